@@ -1,0 +1,50 @@
+"""How each example model is packed: its handler, helper files, model-config and serving defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from handlers import HANDLER_DIR
+from torchship.errors import ArchiveError
+
+from .spec import ArchiveSpec
+
+_SHARED = ("torchship_base_handler.py", "torchship_models.py")
+
+
+@dataclass(frozen=True)
+class Example:
+    handler: str
+    extra_files: tuple[str, ...] = _SHARED
+    model_config: dict[str, Any] = field(default_factory=dict)
+    # what `torchship deploy` registers it with unless told otherwise
+    serving: dict[str, Any] = field(default_factory=dict)
+
+
+EXAMPLES: dict[str, Example] = {
+    "mlp": Example(
+        handler="mlp_handler.py",
+        model_config={"responseTimeout": 30, "startupTimeout": 60, "handler": {"threads": 1}},
+        serving={"batch_size": 8, "max_batch_delay": 10, "workers": 1},
+    ),
+}
+
+
+def example_spec(name: str, run_dir: Path, version: str) -> ArchiveSpec:
+    """The spec of example model `name` from a training run folder."""
+    example = EXAMPLES.get(name)
+    if example is None:
+        raise ArchiveError(f"no example model called {name!r}; known: {', '.join(sorted(EXAMPLES))}")
+    run_dir = Path(run_dir)
+    if not (run_dir / "meta.json").is_file() or not (run_dir / "model.safetensors").is_file():
+        raise ArchiveError(f"{run_dir} is not a complete checkpoint (needs meta.json and model.safetensors)")
+    return ArchiveSpec(
+        name=name,
+        version=version,
+        handler=HANDLER_DIR / example.handler,
+        weights=run_dir / "model.safetensors",
+        extra_files=tuple(HANDLER_DIR / f for f in example.extra_files) + (run_dir / "meta.json",),
+        model_config=example.model_config,
+    )

@@ -1,0 +1,79 @@
+"""A real TorchServe for the integration tests: free ports, its own working folder and TMPDIR,
+token auth on, always stopped at the end."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+import archiver
+from torchship import LocalServer
+from torchship.deploy import deploy
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def port_overrides() -> dict[str, str]:
+    inf, man, met, gi, gm = free_ports(5)
+    return {
+        "inference_address": f"http://127.0.0.1:{inf}",
+        "management_address": f"http://127.0.0.1:{man}",
+        "metrics_address": f"http://127.0.0.1:{met}",
+        "grpc_inference_port": str(gi),
+        "grpc_management_port": str(gm),
+    }
+
+
+def start_server(workdir: Path, store: Path, **extra: str) -> LocalServer:
+    server = LocalServer(ROOT / "config.properties", workdir, model_store=store,
+                         overrides={**port_overrides(), **extra})
+    server.start(timeout=120)
+    return server
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("model_store")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, store):
+    srv = start_server(tmp_path_factory.mktemp("server"), store)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    with server.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def mlp_archive(mlp_run, store) -> Path:
+    return archiver.build(archiver.example_spec("mlp", mlp_run, "1.0"), store)
+
+
+@pytest.fixture(scope="session")
+def mlp_deployed(client, store, mlp_archive):
+    """mlp 1.0 registered with dynamic batching, as `torchship deploy` does."""
+    serving = archiver.EXAMPLES["mlp"].serving
+    return deploy(client, store, "mlp", "1.0", workers=1, batch_size=serving["batch_size"],
+                  max_batch_delay=serving["max_batch_delay"])

@@ -1,0 +1,242 @@
+import json
+
+import pytest
+import requests
+
+from torchship import TorchServe
+from torchship import errors as E
+from torchship.auth import KeyFile, StaticKeys
+
+from .fake_transport import FakeTransport, session_with
+
+
+def make(responder, keys=None, **kw):
+    transport = FakeTransport(responder)
+    ts = TorchServe("http://m:8081", "http://i:8080", "http://x:8082", keys=keys or StaticKeys("MKEY", "IKEY", "AKEY"),
+                    session=session_with(transport), backoff=0, **kw)
+    return ts, transport
+
+
+def ok(body=None):
+    return lambda req: (200, body if body is not None else {"status": "ok"})
+
+
+def test_register_passes_only_the_file_name_and_query_parameters():
+    ts, t = make(ok({"status": 'Model "mlp" Version: 1.0 registered with 1 initial workers'}))
+    ts.register("/some/where/mlp-1.0.mar", model_name="mlp", initial_workers=2, batch_size=8, max_batch_delay=10)
+    req = t.last()
+    assert req.method == "POST" and t.path(req) == "/models"
+    assert t.query(req) == {"url": "mlp-1.0.mar", "model_name": "mlp", "initial_workers": "2", "batch_size": "8",
+                            "max_batch_delay": "10", "synchronous": "true"}
+    assert req.headers["Authorization"] == "Bearer MKEY"
+    assert req.body is None
+
+
+@pytest.mark.parametrize("bad", ["http://evil.example/x.mar", "file:///etc/passwd", "", ".hidden.mar"])
+def test_register_refuses_urls_and_odd_names(bad):
+    ts, t = make(ok())
+    with pytest.raises(ValueError):
+        ts.register(bad)
+    assert t.requests == []
+
+
+def test_scale_set_default_unregister_describe_paths():
+    describe = [{"modelName": "mlp", "modelVersion": "2.0", "modelUrl": "mlp-2.0.mar", "minWorkers": 1, "maxWorkers": 2,
+                 "batchSize": 8, "maxBatchDelay": 10, "workers": [{"id": "9000", "status": "READY", "pid": 1}]}]
+
+    def responder(req):
+        return 200, describe if req.method == "GET" else {"status": "done"}
+
+    ts, t = make(responder)
+    ts.scale("mlp", min_workers=1, max_workers=2, version="2.0")
+    assert (t.last().method, t.path(t.last())) == ("PUT", "/models/mlp/2.0")
+    assert t.query(t.last()) == {"min_worker": "1", "max_worker": "2", "synchronous": "true"}
+    ts.scale("mlp", min_workers=3)
+    assert t.query(t.last())["max_worker"] == "3"
+    ts.set_default("mlp", "2.0")
+    assert (t.last().method, t.path(t.last())) == ("PUT", "/models/mlp/2.0/set-default")
+    ts.unregister("mlp", "1.0")
+    assert (t.last().method, t.path(t.last())) == ("DELETE", "/models/mlp/1.0")
+    [d] = ts.describe("mlp", "2.0")
+    assert d.version == "2.0" and d.is_default and d.ready_workers == 1 and d.status == "READY"
+    assert t.path(t.requests[-2]) == "/models/mlp/2.0" and t.path(t.last()) == "/models/mlp"
+
+
+def test_model_names_are_not_paths():
+    ts, t = make(ok())
+    for bad in ("a/b", "..", ""):
+        with pytest.raises(ValueError):
+            ts.describe(bad)
+    assert t.requests == []
+
+
+def test_list_models_follows_every_page():
+    pages = {None: {"models": [{"modelName": "a", "modelUrl": "a.mar"}], "nextPageToken": "1"},
+             "1": {"models": [{"modelName": "b", "modelUrl": "b.mar"}], "nextPageToken": "2"},
+             "2": {"models": [{"modelName": "c", "modelUrl": "c.mar"}]}}
+    ts, t = make(lambda req: (200, pages[FakeTransport.query(req).get("next_page_token")]))
+    assert [m.name for m in ts.list_models(page_size=1)] == ["a", "b", "c"]
+    assert [FakeTransport.query(r)["limit"] for r in t.requests] == ["1", "1", "1"]
+
+
+def test_predict_sends_compact_json_with_the_inference_key_and_decodes_json():
+    ts, t = make(ok({"class_id": 3}))
+    assert ts.predict("mlp", {"data": [1, 2]}, version="1.0") == {"class_id": 3}
+    req = t.last()
+    assert t.path(req) == "/predictions/mlp/1.0"
+    assert req.body == b'{"data":[1,2]}'
+    assert req.headers["Content-Type"] == "application/json"
+    assert req.headers["Authorization"] == "Bearer IKEY"
+
+
+def test_predict_sends_bytes_and_files_raw(tmp_path):
+    ts, t = make(ok({}))
+    ts.predict("img", b"\x89PNG")
+    assert t.last().body == b"\x89PNG" and t.last().headers["Content-Type"] == "application/octet-stream"
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"abc")
+    from pathlib import Path
+
+    ts.predict("img", Path(f))
+    assert t.last().body == b"abc"
+
+
+def test_predict_refuses_nan_before_sending():
+    ts, t = make(ok())
+    with pytest.raises(ValueError):
+        ts.predict("mlp", {"data": [float("nan")]})
+    assert t.requests == []
+
+
+def test_safe_calls_retry_503_and_connection_errors_with_a_bound():
+    answers = iter([(503, {"code": 503, "type": "ServiceUnavailableException", "message": "busy"}),
+                    (0, requests.exceptions.ConnectionError("refused")),
+                    (200, {"ok": 1})])
+    ts, t = make(lambda req: next(answers))
+    assert ts.predict("mlp", {"data": []}) == {"ok": 1}
+    assert len(t.requests) == 3
+
+    ts, t = make(lambda req: (503, {"code": 503, "type": "ServiceUnavailableException", "message": "busy"}), retries=2)
+    with pytest.raises(E.ServiceUnavailable):
+        ts.predict("mlp", {})
+    assert len(t.requests) == 3  # first try + 2 retries
+
+
+def test_worker_died_is_retried_for_predictions_only():
+    died = (500, {"code": 500, "type": "InternalServerException", "message": "Worker died."})
+    answers = iter([died, (200, {"ok": 1})])
+    ts, t = make(lambda req: next(answers))
+    assert ts.predict("mlp", {}) == {"ok": 1}
+
+    ts, t = make(lambda req: died)
+    with pytest.raises(E.WorkerDied):
+        ts.register("mlp-1.0.mar")
+    assert len(t.requests) == 1
+
+
+def test_register_and_unregister_are_never_retried():
+    ts, t = make(lambda req: (503, {"code": 503, "type": "ServiceUnavailableException", "message": "busy"}))
+    with pytest.raises(E.ServiceUnavailable):
+        ts.register("mlp-1.0.mar")
+    with pytest.raises(E.ServiceUnavailable):
+        ts.unregister("mlp")
+    assert len(t.requests) == 2
+
+
+def test_unreachable_server_is_one_clear_error():
+    ts, t = make(lambda req: (0, requests.exceptions.ConnectionError("refused")), retries=1)
+    with pytest.raises(E.ServerUnreachable, match="no TorchServe answers at http://i:8080"):
+        ts.ping()
+
+
+def write_keys(path, m, i, a="AKEY"):
+    path.write_text(json.dumps({"management": {"key": m, "expiration time": "x"},
+                                "inference": {"key": i, "expiration time": "x"}, "API": {"key": a}}))
+
+
+INVALID = (400, {"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed."})
+
+
+def test_stale_key_is_re_read_from_the_key_file_and_retried_once(tmp_path):
+    kf = tmp_path / "key_file.json"
+    write_keys(kf, "M1", "I1")
+
+    def responder(req):
+        return (200, {"status": "Healthy"}) if req.headers["Authorization"] == "Bearer I2" else INVALID
+
+    ts, t = make(responder, keys=KeyFile(kf))
+    ts.keys.key("inference")  # loaded: I1
+    write_keys(kf, "M2", "I2")  # the server restarted and wrote new keys
+    assert ts.ping() == "Healthy"
+    assert [r.headers["Authorization"] for r in t.requests] == ["Bearer I1", "Bearer I2"]
+
+
+def test_expired_key_is_rotated_with_the_api_key(tmp_path):
+    kf = tmp_path / "key_file.json"
+    write_keys(kf, "M1", "I1")
+
+    def responder(req):
+        if FakeTransport.path(req) == "/token":
+            assert req.headers["Authorization"] == "Bearer AKEY"
+            assert FakeTransport.query(req) == {"type": "inference"}
+            write_keys(kf, "M1", "I2")  # TorchServe answers 200 with an empty body and rewrites the file
+            return 200, b""
+        return (200, {"status": "Healthy"}) if req.headers["Authorization"] == "Bearer I2" else INVALID
+
+    ts, t = make(responder, keys=KeyFile(kf))
+    assert ts.ping() == "Healthy"
+    assert [t.path(r) for r in t.requests] == ["/ping", "/token", "/ping"]
+
+
+def test_a_wrong_key_fails_after_one_refresh(tmp_path):
+    kf = tmp_path / "key_file.json"
+    write_keys(kf, "M1", "I1")
+    ts, t = make(lambda req: (200, b"") if t.path(req) == "/token" else INVALID, keys=KeyFile(kf))
+    with pytest.raises(E.Unauthorized):
+        ts.ping()
+    assert [t.path(r) for r in t.requests] == ["/ping", "/token", "/ping"]
+
+
+def test_keys_never_show_in_repr_or_errors(tmp_path):
+    kf = tmp_path / "key_file.json"
+    write_keys(kf, "SECRETM", "SECRETI", "SECRETA")
+    ts, t = make(lambda req: INVALID if t.path(req) != "/token" else (200, b""), keys=KeyFile(kf))
+    with pytest.raises(E.Unauthorized) as info:
+        ts.ping()
+    assert "SECRET" not in str(info.value) and "SECRET" not in repr(ts) and "SECRET" not in repr(ts.keys)
+
+
+def test_missing_key_file_says_how_to_fix(tmp_path):
+    ts, t = make(ok(), keys=KeyFile(tmp_path / "nope.json"))
+    with pytest.raises(E.ConfigError, match="Is the server running"):
+        ts.ping()
+
+
+def test_from_config_finds_addresses_and_key_file(tmp_path):
+    (tmp_path / "config.properties").write_text("inference_address=http://127.0.0.1:1\nmanagement_address=http://127.0.0.1:2\n")
+    ts = TorchServe.from_config(tmp_path / "config.properties")
+    assert ts.urls["inference"] == "http://127.0.0.1:1" and ts.urls["management"] == "http://127.0.0.1:2"
+    assert ts.keys.path == tmp_path.resolve() / ".torchship" / "server" / "key_file.json"
+    write_keys(tmp_path / "key_file.json", "m", "i")
+    assert TorchServe.from_config(tmp_path / "config.properties").keys.path == tmp_path.resolve() / "key_file.json"
+
+
+def test_from_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("TS_MANAGEMENT_URL", "http://127.0.0.1:5")
+    monkeypatch.setenv("TS_INFERENCE_URL", "http://127.0.0.1:6")
+    monkeypatch.setenv("TS_KEY_FILE", str(tmp_path / "k.json"))
+    ts = TorchServe.from_env()
+    assert ts.urls["management"] == "http://127.0.0.1:5" and ts.urls["inference"] == "http://127.0.0.1:6"
+    assert ts.keys.path == tmp_path / "k.json"
+
+
+def test_predict_many_keeps_order_and_per_item_errors():
+    def responder(req):
+        body = json.loads(req.body)
+        if body["i"] == 2:
+            return 400, {"code": 400, "type": "BadRequest", "message": "bad item"}
+        return 200, {"i": body["i"]}
+
+    ts, t = make(responder)
+    out = ts.predict_many("mlp", [{"i": i} for i in range(5)], concurrency=1)
+    assert [o if isinstance(o, dict) else type(o) for o in out] == [{"i": 0}, {"i": 1}, E.BadRequest, {"i": 3}, {"i": 4}]

@@ -1,0 +1,410 @@
+"""The TorchServe client: one method per management and inference endpoint.
+
+Three layers, bottom up: `_send` (one HTTP exchange with the token and the error mapping),
+`_call` (tokens re-read or rotated once, safe retries with back-off), and the public methods,
+each one or two lines over `_call` and named as TorchServe's docs name the operation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import requests
+
+from .auth import KeyFile, StaticKeys
+from .config import ServerConfig
+from .errors import (
+    APIError,
+    ModelNotFound,
+    ReadinessTimeout,
+    ServerUnreachable,
+    ServiceUnavailable,
+    TorchServeError,
+    Unauthorized,
+    WorkerDied,
+    error_from_response,
+)
+from .types import ModelDescription, ModelSummary
+
+__all__ = ["TorchServe"]
+
+_MANAGEMENT, _INFERENCE, _METRICS = "management", "inference", "metrics"
+
+
+class TorchServe:
+    """A client for one TorchServe server.
+
+    >>> ts = TorchServe.from_config("config.properties")
+    >>> ts.register("mlp-1.0.mar", initial_workers=1)
+    >>> ts.predict("mlp", {"data": [0.0] * 100})
+    """
+
+    def __init__(
+        self,
+        management_url: str = "http://127.0.0.1:8081",
+        inference_url: str = "http://127.0.0.1:8080",
+        metrics_url: str = "http://127.0.0.1:8082",
+        key_file: str | os.PathLike | None = None,
+        *,
+        keys: KeyFile | StaticKeys | None = None,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.urls = {
+            _MANAGEMENT: management_url.rstrip("/"),
+            _INFERENCE: inference_url.rstrip("/"),
+            _METRICS: metrics_url.rstrip("/"),
+        }
+        if keys is None:
+            keys = KeyFile(key_file) if key_file else StaticKeys()
+        self.keys = keys
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._session = session
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike, *, key_file: str | os.PathLike | None = None, **kwargs: Any) -> "TorchServe":
+        """A client for the server that runs from this config file.
+
+        The key file is found beside the config (a server's working folder) or in
+        ``.torchship/server/`` next to it (a project's config.properties).
+        """
+        config = ServerConfig.load(path)
+        if key_file is None:
+            here = config.path.parent
+            beside = here / "key_file.json"
+            key_file = beside if beside.exists() else here / ".torchship" / "server" / "key_file.json"
+            if (config.get("disable_token_authorization") or "").lower() == "true":
+                key_file = None
+        return cls(config.management_url, config.inference_url, config.metrics_url, key_file, **kwargs)
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> "TorchServe":
+        """A client from TS_MANAGEMENT_URL, TS_INFERENCE_URL, TS_METRICS_URL and TS_KEY_FILE."""
+        env = os.environ
+        return cls(
+            env.get("TS_MANAGEMENT_URL", "http://127.0.0.1:8081"),
+            env.get("TS_INFERENCE_URL", "http://127.0.0.1:8080"),
+            env.get("TS_METRICS_URL", "http://127.0.0.1:8082"),
+            env.get("TS_KEY_FILE") or None,
+            **kwargs,
+        )
+
+    def __repr__(self) -> str:
+        return f"TorchServe(management={self.urls[_MANAGEMENT]!r}, inference={self.urls[_INFERENCE]!r}, keys={self.keys!r})"
+
+    def close(self) -> None:
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+            self._local.session = None
+
+    def __enter__(self) -> "TorchServe":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transport
+
+    @property
+    def session(self) -> requests.Session:
+        """A keep-alive session per thread (requests.Session is not thread-safe)."""
+        if self._session is not None:
+            return self._session
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._local.session = session
+        return session
+
+    def _send(self, api: str, method: str, path: str, *, params: dict | None = None,
+              data: bytes | None = None, headers: dict | None = None, timeout: float | None = None,
+              stream: bool = False) -> requests.Response:
+        url = self.urls[api] + path
+        headers = dict(headers or {})
+        key_kind = _MANAGEMENT if api == _MANAGEMENT else _INFERENCE
+        if api != _METRICS:
+            key = self.keys.key(key_kind)
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+        try:
+            resp = self.session.request(method, url, params=_clean(params), data=data, headers=headers,
+                                        timeout=timeout or self.timeout, stream=stream)
+        except requests.exceptions.ConnectionError as exc:
+            raise ServerUnreachable(f"no TorchServe answers at {self.urls[api]}: is it running? "
+                                    f"(torchship serve start) [{type(exc).__name__}]") from None
+        except requests.exceptions.Timeout:
+            raise ServerUnreachable(f"{method} {url} got no answer within {timeout or self.timeout:.0f} s") from None
+        if resp.status_code >= 400:
+            body = resp.content
+            resp.close()
+            raise error_from_response(resp.status_code, body, _strip_query(url))
+        return resp
+
+    def _call(self, api: str, method: str, path: str, *, safe: bool, retry_worker_died: bool = False,
+              **kwargs: Any) -> requests.Response:
+        """_send with a token refresh and, where `safe`, bounded retries with back-off.
+
+        `safe` means repeating the request cannot do harm: reads and predictions. Register and
+        unregister are never repeated.
+        """
+        refreshed = False
+        attempt = 0
+        while True:
+            try:
+                return self._send(api, method, path, **kwargs)
+            except Unauthorized:
+                if refreshed:
+                    raise
+                refreshed = True
+                self._refresh_key(_MANAGEMENT if api == _MANAGEMENT else _INFERENCE)
+            except (ServerUnreachable, ServiceUnavailable, WorkerDied) as exc:
+                retriable = safe and (not isinstance(exc, WorkerDied) or retry_worker_died)
+                if not retriable or attempt >= self.retries:
+                    raise
+                time.sleep(self.backoff * (2 ** attempt))
+                attempt += 1
+
+    def _refresh_key(self, kind: str) -> None:
+        """Re-read the key file; if nothing changed the key expired, so rotate it with the API key."""
+        if self.keys.reload():
+            return
+        api_key = self.keys.key("api")
+        if not api_key:
+            return
+        url = self.urls[_MANAGEMENT] + "/token"
+        try:
+            resp = self.session.get(url, params={"type": kind}, timeout=self.timeout,
+                                    headers={"Authorization": f"Bearer {api_key}"})
+        except requests.exceptions.RequestException:
+            return
+        if resp.status_code == 200:
+            self.keys.reload()
+
+    # ------------------------------------------------------------------ health
+
+    def ping(self) -> str:
+        """The server's health: 'Healthy', or raises (an unhealthy server answers 500)."""
+        resp = self._call(_INFERENCE, "GET", "/ping", safe=True)
+        return str(_json(resp).get("status", ""))
+
+    def is_healthy(self) -> bool:
+        try:
+            return self.ping() == "Healthy"
+        except TorchServeError:
+            return False
+
+    # ------------------------------------------------------------------ management
+
+    def register(self, archive: str | os.PathLike, *, model_name: str | None = None, initial_workers: int = 1,
+                 batch_size: int | None = None, max_batch_delay: int | None = None,
+                 response_timeout: int | None = None, startup_timeout: int | None = None,
+                 synchronous: bool = True, timeout: float | None = None) -> str:
+        """Register an archive of the server's model store by its file name.
+
+        Only a bare file name is passed to TorchServe: never a URL or a path (CVE-2023-43654).
+        """
+        name = _store_file_name(archive)
+        params = {
+            "url": name, "model_name": model_name, "initial_workers": initial_workers,
+            "batch_size": batch_size, "max_batch_delay": max_batch_delay,
+            "response_timeout": response_timeout, "startup_timeout": startup_timeout,
+            "synchronous": _bool(synchronous),
+        }
+        resp = self._call(_MANAGEMENT, "POST", "/models", safe=False, params=params,
+                          timeout=timeout or max(self.timeout, 120))
+        return str(_json(resp).get("status", ""))
+
+    def unregister(self, name: str, version: str | None = None, *, timeout: float | None = None) -> str:
+        resp = self._call(_MANAGEMENT, "DELETE", _model_path(name, version), safe=False,
+                          timeout=timeout or max(self.timeout, 120))
+        return str(_json(resp).get("status", ""))
+
+    def scale(self, name: str, *, min_workers: int, max_workers: int | None = None, version: str | None = None,
+              synchronous: bool = True, timeout: float | None = None) -> str:
+        params = {"min_worker": min_workers, "max_worker": max_workers if max_workers is not None else min_workers,
+                  "synchronous": _bool(synchronous)}
+        resp = self._call(_MANAGEMENT, "PUT", _model_path(name, version), safe=True, params=params,
+                          timeout=timeout or max(self.timeout, 120))
+        return str(_json(resp).get("status", ""))
+
+    def set_default(self, name: str, version: str) -> str:
+        resp = self._call(_MANAGEMENT, "PUT", f"{_model_path(name, version)}/set-default", safe=True)
+        return str(_json(resp).get("status", ""))
+
+    def describe(self, name: str, version: str | None = None, *, customized: bool = False) -> list[ModelDescription]:
+        """Describe a model: its default version, one version, or every version ("all")."""
+        params = {"customized": "true"} if customized else None
+        raw = _json(self._call(_MANAGEMENT, "GET", _model_path(name, version), safe=True, params=params))
+        entries = raw if isinstance(raw, list) else [raw]
+        default = self._default_version(name) if version is not None else None
+        out = []
+        for entry in entries:
+            is_default = (version is None) or entry.get("modelVersion") == default
+            out.append(ModelDescription.from_json(entry, is_default=is_default))
+        return out
+
+    def _default_version(self, name: str) -> str | None:
+        raw = _json(self._call(_MANAGEMENT, "GET", _model_path(name, None), safe=True))
+        entries = raw if isinstance(raw, list) else [raw]
+        return entries[0].get("modelVersion") if entries else None
+
+    def versions(self, name: str) -> list[ModelDescription]:
+        """Every registered version of a model, the default flagged."""
+        return self.describe(name, "all")
+
+    def list_models(self, *, page_size: int = 100) -> list[ModelSummary]:
+        """Every registered model, following all pages."""
+        out: list[ModelSummary] = []
+        token: str | None = None
+        while True:
+            raw = _json(self._call(_MANAGEMENT, "GET", "/models", safe=True,
+                                   params={"limit": page_size, "next_page_token": token}))
+            out += [ModelSummary(m["modelName"], m.get("modelUrl", "")) for m in raw.get("models", [])]
+            token = raw.get("nextPageToken")
+            if not token:
+                return out
+
+    def wait_until_ready(self, name: str, version: str | None = None, *, timeout: float = 120.0,
+                         poll: float = 0.25) -> ModelDescription:
+        """Wait until the model (or version) has at least min_workers (and one) READY workers."""
+        deadline = time.monotonic() + timeout
+        last = "not registered"
+        while True:
+            try:
+                desc = self.describe(name, version)[0]
+                if desc.ready_workers >= max(desc.min_workers, 1):
+                    return desc
+                last = f"{desc.ready_workers}/{max(desc.min_workers, 1)} workers ready"
+            except ModelNotFound:
+                last = "not registered"
+            if time.monotonic() >= deadline:
+                label = f"{name}/{version}" if version else name
+                raise ReadinessTimeout(f"{label} not ready after {timeout:.0f} s ({last}); "
+                                       "see the server's model_log.log")
+            time.sleep(poll)
+
+    # ------------------------------------------------------------------ inference
+
+    def predict(self, name: str, data: Any, *, version: str | None = None, headers: dict | None = None,
+                timeout: float | None = None, raw: bool = False) -> Any:
+        """One prediction. `data`: a JSON-able object, raw bytes, or a pathlib.Path to send as is.
+
+        JSON answers are decoded; anything else comes back as bytes (or the Response when raw).
+        """
+        body, content_type = _encode(data)
+        hdrs = {"Content-Type": content_type, **(headers or {})}
+        resp = self._call(_INFERENCE, "POST", f"/predictions/{_model_path(name, version)[len('/models/'):]}",
+                          safe=True, retry_worker_died=True, data=body, headers=hdrs, timeout=timeout)
+        return resp if raw else _decode(resp)
+
+    def predict_many(self, name: str, items: Iterable[Any], *, version: str | None = None,
+                     concurrency: int = 8) -> list[Any]:
+        """Predict every item concurrently over pooled keep-alive connections.
+
+        The result list is in the order of `items`; an item that failed holds its APIError (or
+        TorchServeError) instead of a result, so one bad item never hides the others.
+        """
+        items = list(items)
+
+        def one(item: Any) -> Any:
+            try:
+                return self.predict(name, item, version=version)
+            except TorchServeError as exc:
+                return exc
+
+        if not items:
+            return []
+        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(items)))) as pool:
+            return list(pool.map(one, items))
+
+    def stream(self, name: str, data: Any, *, version: str | None = None, timeout: float | None = None) -> Iterator[bytes]:
+        """Yield the chunks of a streaming handler's answer as they arrive."""
+        body, content_type = _encode(data)
+        resp = self._call(_INFERENCE, "POST", f"/predictions/{_model_path(name, version)[len('/models/'):]}",
+                          safe=True, data=body, headers={"Content-Type": content_type}, timeout=timeout, stream=True)
+        with resp:
+            yield from resp.iter_content(chunk_size=None)
+
+    # ------------------------------------------------------------------ metrics
+
+    def metrics_text(self) -> str:
+        """The Prometheus text of the metrics port (needs metrics_mode=prometheus)."""
+        return self._call(_METRICS, "GET", "/metrics", safe=True).text
+
+
+def _model_path(name: str, version: str | None) -> str:
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"invalid model name: {name!r}")
+    path = f"/models/{requests.utils.quote(name, safe='')}"
+    if version is not None:
+        path += f"/{requests.utils.quote(str(version), safe='')}"
+    return path
+
+
+def _store_file_name(archive: str | os.PathLike) -> str:
+    text = str(archive)
+    if "://" in text:
+        raise ValueError(f"register takes an archive of the local model store, not a URL: {text}")
+    name = Path(text).name
+    if not name or name in (".", "..") or name.startswith("."):
+        raise ValueError(f"not an archive file name: {text!r}")
+    return name
+
+
+def _clean(params: dict | None) -> dict | None:
+    if params is None:
+        return None
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _strip_query(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+def _json(resp: requests.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return {}
+
+
+def _encode(data: Any) -> tuple[bytes, str]:
+    if isinstance(data, Path):
+        return data.read_bytes(), "application/octet-stream"
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data), "application/octet-stream"
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).encode(), "application/json"
+
+
+def _decode(resp: requests.Response) -> Any:
+    content_type = resp.headers.get("Content-Type", "")
+    body = resp.content
+    if "json" in content_type or not content_type:
+        try:
+            return json.loads(body)
+        except ValueError:
+            pass
+    if content_type.startswith("text/"):
+        return body.decode(resp.encoding or "utf-8", "replace")
+    return body

@@ -1,0 +1,166 @@
+"""Reading and writing TorchServe's config.properties, and where a project keeps its things."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+__all__ = ["ServerConfig", "Project", "read_properties", "write_properties", "java_regex_literal"]
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """Parse a Java .properties file the way java.util.Properties does, for the parts we use:
+    `#`/`!` comments, `=`/`:` separators, backslash escapes and line continuations."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    props: dict[str, str] = {}
+    logical = ""
+    for raw in lines:
+        line = raw.lstrip()
+        if not logical and (not line or line[0] in "#!"):
+            continue
+        # an odd number of trailing backslashes continues the line
+        trailing = len(line) - len(line.rstrip("\\"))
+        if trailing % 2 == 1:
+            logical += line[:-1]
+            continue
+        logical += line
+        key, value = _split_property(logical)
+        props[key] = value
+        logical = ""
+    if logical:
+        key, value = _split_property(logical)
+        props[key] = value
+    return props
+
+
+def _split_property(line: str) -> tuple[str, str]:
+    match = re.match(r"((?:\\.|[^=:\s\\])*)\s*[=:\s]\s*(.*)$", line)
+    if not match:
+        return _unescape(line.strip()), ""
+    return _unescape(match.group(1)), _unescape(match.group(2).rstrip())
+
+
+def _unescape(text: str) -> str:
+    table = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+    return re.sub(r"\\(.)", lambda m: table.get(m.group(1), m.group(1)), text)
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def write_properties(path: Path, props: dict[str, str], header: str = "") -> None:
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines += [f"{key}={_escape(value)}" for key, value in props.items()]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def java_regex_literal(text: str) -> str:
+    """A Java regex that matches `text` literally (\\Q...\\E quoting)."""
+    return "\\Q" + text.replace("\\E", "\\E\\\\E\\Q") + "\\E"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The parts of a TorchServe config that a client and a local server need."""
+
+    path: Path
+    properties: dict
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ServerConfig":
+        path = Path(path).resolve()
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return cls(path, read_properties(path))
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        return self.properties.get(key, default)
+
+    @property
+    def inference_url(self) -> str:
+        return _normalise_url(self.get("inference_address", "http://127.0.0.1:8080"))
+
+    @property
+    def management_url(self) -> str:
+        return _normalise_url(self.get("management_address", "http://127.0.0.1:8081"))
+
+    @property
+    def metrics_url(self) -> str:
+        return _normalise_url(self.get("metrics_address", "http://127.0.0.1:8082"))
+
+    @property
+    def model_store(self) -> Path:
+        store = Path(self.get("model_store", "model_store"))
+        return store if store.is_absolute() else (self.path.parent / store).resolve()
+
+    def listen_addresses(self) -> dict[str, tuple[str, int]]:
+        """Every listener this config opens, as (host, port)."""
+        out = {}
+        for name in ("inference", "management", "metrics"):
+            parts = urlsplit(getattr(self, f"{name}_url"))
+            out[name] = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        for name, port in (("grpc_inference", "7070"), ("grpc_management", "7071")):
+            out[name] = (self.get(f"{name}_address", "0.0.0.0") or "", int(self.get(f"{name}_port", port) or port))
+        return out
+
+
+def _normalise_url(url: str | None) -> str:
+    if not url:
+        raise ConfigError("an address in the config is empty")
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    return url
+
+
+@dataclass(frozen=True)
+class Project:
+    """Where a torchship project keeps its config, checkpoints, archives and server state.
+
+    The root is $TORCHSHIP_HOME, else the nearest folder at or above the current one that holds
+    config.properties, else the current folder.
+    """
+
+    root: Path
+
+    @classmethod
+    def find(cls, start: Path | None = None) -> "Project":
+        env = os.environ.get("TORCHSHIP_HOME")
+        if env:
+            return cls(Path(env).resolve())
+        here = (start or Path.cwd()).resolve()
+        for folder in (here, *here.parents):
+            if (folder / "config.properties").is_file():
+                return cls(folder)
+        return cls(here)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.properties"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".torchship"
+
+    @property
+    def server_dir(self) -> Path:
+        return self.state_dir / "server"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def model_store(self) -> Path:
+        if self.config_path.is_file():
+            return ServerConfig.load(self.config_path).model_store
+        return self.root / "model_store"

@@ -1,0 +1,61 @@
+"""Deploy one archive of the local model store: register it, wait until it serves, optionally make it default.
+
+Idempotent: deploying a version that is already registered only makes sure it has its workers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .client import TorchServe
+from .errors import ArchiveError, ModelAlreadyExists, ServerError, TorchServeError
+from .types import ModelDescription
+from .versions import latest_version
+
+__all__ = ["DeployResult", "deploy"]
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    action: str  # "registered" or "already registered"
+    description: ModelDescription
+    seconds_to_ready: float
+
+
+def deploy(client: TorchServe, store: Path, name: str, version: str | None = None, *, workers: int = 1,
+           batch_size: int | None = None, max_batch_delay: int | None = None, make_default: bool = False,
+           timeout: float = 120.0) -> DeployResult:
+    started = time.monotonic()
+    version = version or latest_version(store, name)
+    if version is None:
+        raise ArchiveError(f"no archive of {name} in {store}: run `torchship package {name}` first")
+    archive = Path(store) / f"{name}-{version}.mar"
+    if not archive.is_file():
+        raise ArchiveError(f"archive not found: {archive}: run `torchship package {name} --version {version}`")
+    if workers < 1:
+        raise ValueError("deploy needs at least one worker")
+
+    action = "registered"
+    try:
+        client.register(archive.name, model_name=name, initial_workers=workers, batch_size=batch_size,
+                        max_batch_delay=max_batch_delay, synchronous=True, timeout=timeout)
+    except ModelAlreadyExists:
+        action = "already registered"
+        current = client.describe(name, version)[0]
+        if current.min_workers < workers or current.ready_workers < workers:
+            client.scale(name, version=version, min_workers=workers, max_workers=max(workers, current.max_workers))
+    except ServerError as exc:
+        # A failed synchronous register leaves the version registered with no worker: remove it.
+        try:
+            client.unregister(name, version)
+        except TorchServeError:
+            pass
+        raise ServerError(exc.status, exc.type, f"{name} {version} failed to load and was removed again: "
+                          f"{exc.message}; see model_log.log in the server's logs folder", exc.url) from None
+    desc = client.wait_until_ready(name, version, timeout=timeout)
+    if make_default and not desc.is_default:
+        client.set_default(name, version)
+    desc = client.describe(name, version)[0]
+    return DeployResult(action, desc, time.monotonic() - started)

@@ -1,0 +1,234 @@
+"""Every error torchship raises, and the one function that turns a TorchServe answer into one.
+
+Catch ``TorchServeError`` to catch everything::
+
+    TorchServeError
+    ├── APIError(status, type, message, url)     the server answered with an error
+    │   ├── BadRequest                  400: the request (or one item of a batch) is invalid
+    │   ├── Unauthorized                400 InvalidKeyException: missing, wrong or expired token
+    │   ├── Forbidden                   403: e.g. unregistering the default version
+    │   ├── ModelNotFound               404: unknown model, version or archive
+    │   ├── ModelAPIDisabled            405: register/unregister with enable_model_api off
+    │   ├── ModelAlreadyExists          409: that name and version are registered already
+    │   ├── PayloadTooLarge             413: body over max_request_size
+    │   └── ServerError                 5xx
+    │       ├── WorkerDied              500 "Worker died": the worker crashed or timed out
+    │       └── ServiceUnavailable      503: no worker, full queue, or the handler raised
+    ├── ServerUnreachable               nothing answers at that address
+    ├── ReadinessTimeout                a model or server did not become ready in time
+    ├── ConfigError                     config.properties or the key file is missing or wrong
+    ├── ServerStartError                a local server failed to start or stop
+    ├── ArchiveError                    packaging failed or would overwrite an archive
+    ├── VerificationError               an archive failed verification
+    └── TrainingError                   a training run cannot start or failed
+
+Messages say what happened and what to do about it. Keys never appear in them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+__all__ = [
+    "TorchServeError",
+    "APIError",
+    "BadRequest",
+    "Unauthorized",
+    "Forbidden",
+    "ModelNotFound",
+    "ModelAPIDisabled",
+    "ModelAlreadyExists",
+    "PayloadTooLarge",
+    "ServerError",
+    "WorkerDied",
+    "ServiceUnavailable",
+    "ServerUnreachable",
+    "ReadinessTimeout",
+    "ConfigError",
+    "ServerStartError",
+    "ArchiveError",
+    "VerificationError",
+    "TrainingError",
+    "error_from_response",
+]
+
+
+class TorchServeError(Exception):
+    """Root of every torchship error."""
+
+
+class APIError(TorchServeError):
+    """TorchServe answered with an error status."""
+
+    def __init__(self, status: int, type: str, message: str, url: str = "") -> None:
+        self.status = status
+        self.type = type
+        self.message = message
+        self.url = url
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        where = f" ({self.url})" if self.url else ""
+        hint = self.hint()
+        return f"{self.status} {self.type}: {self.message}{where}" + (f". {hint}" if hint else "")
+
+    def hint(self) -> str:
+        """What to do about it; empty when the server's message says enough."""
+        return ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.status, "type": self.type, "message": self.message}
+
+
+class BadRequest(APIError):
+    pass
+
+
+class Unauthorized(APIError):
+    def hint(self) -> str:
+        return (
+            "The token was missing, wrong or expired: check that the key file belongs to the "
+            "server at this address (torchship reads .torchship/server/key_file.json)"
+        )
+
+
+class Forbidden(APIError):
+    def hint(self) -> str:
+        if "default" in self.message.lower():
+            return "Set another version as default first (torchship set-default NAME VERSION)"
+        return ""
+
+
+class ModelNotFound(APIError):
+    pass
+
+
+class ModelAPIDisabled(APIError):
+    def hint(self) -> str:
+        return "Model API is disabled: set enable_model_api=true in config.properties"
+
+
+class ModelAlreadyExists(APIError):
+    def hint(self) -> str:
+        return "Use another version, or unregister this one first"
+
+
+class PayloadTooLarge(APIError):
+    def hint(self) -> str:
+        return "The body is over the server's max_request_size: send less, or raise it"
+
+
+class ServerError(APIError):
+    pass
+
+
+class WorkerDied(ServerError):
+    def hint(self) -> str:
+        return "The worker crashed or overran response_timeout; see the server's model_log.log"
+
+
+class ServiceUnavailable(ServerError):
+    def hint(self) -> str:
+        return "No worker could take the request (none running, queue full, or the handler failed)"
+
+
+class ServerUnreachable(TorchServeError):
+    """Nothing answered at the address."""
+
+
+class ReadinessTimeout(TorchServeError):
+    """A server or model did not become ready in time."""
+
+
+class ConfigError(TorchServeError):
+    """A configuration or key file is missing or invalid."""
+
+
+class ServerStartError(TorchServeError):
+    """A local TorchServe failed to start or to stop."""
+
+
+class ArchiveError(TorchServeError):
+    """An archive could not be built, or building it would overwrite one."""
+
+
+class VerificationError(TorchServeError):
+    """An archive failed verification."""
+
+
+class TrainingError(TorchServeError):
+    """A training run could not start or failed."""
+
+
+_BY_STATUS: dict[int, type[APIError]] = {
+    400: BadRequest,
+    403: Forbidden,
+    404: ModelNotFound,
+    405: ModelAPIDisabled,
+    409: ModelAlreadyExists,
+    413: PayloadTooLarge,
+    503: ServiceUnavailable,
+}
+
+# TorchServe's own names for what it answers; used when the status alone is ambiguous.
+_BY_TYPE: dict[str, type[APIError]] = {
+    "InvalidKeyException": Unauthorized,
+    "ModelNotFoundException": ModelNotFound,
+    "MethodNotAllowedException": ModelAPIDisabled,
+    "ConflictStatusException": ModelAlreadyExists,
+}
+
+_REASONS = {
+    400: "BadRequest",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    413: "PayloadTooLarge",
+    500: "InternalServerError",
+    503: "ServiceUnavailable",
+    507: "InsufficientStorage",
+}
+
+
+def error_from_response(status: int, body: bytes | str | None, url: str = "") -> APIError:
+    """Map an error answer to the matching APIError.
+
+    TorchServe's errors are ``{"code", "type", "message"}``; torchship's handlers answer a bad
+    item in the same shape. Empty, HTML or otherwise non-JSON bodies still give a useful error.
+    """
+    text = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else (body or "")
+    err_type = _REASONS.get(status, f"HTTP{status}")
+    message = ""
+    try:
+        parsed = json.loads(text) if text.strip() else None
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and ("message" in parsed or "type" in parsed):
+        err_type = str(parsed.get("type") or err_type)
+        message = str(parsed.get("message") or "")
+    elif parsed is None and text.strip():
+        message = _first_line_of(text)
+    if not message:
+        message = {413: "request body too large"}.get(status, "no details in the answer")
+
+    if err_type in _BY_TYPE:
+        cls: type[APIError] = _BY_TYPE[err_type]
+    elif status == 500 and "worker died" in message.lower():
+        cls = WorkerDied
+    elif status in _BY_STATUS:
+        cls = _BY_STATUS[status]
+    elif status >= 500:
+        cls = ServerError
+    else:
+        cls = APIError
+    return cls(status, err_type, message, url)
+
+
+def _first_line_of(text: str, limit: int = 200) -> str:
+    """A readable line out of a non-JSON body (HTML error pages included)."""
+    plain = re.sub(r"<[^>]+>", " ", text)
+    plain = " ".join(plain.split())
+    return plain[:limit]

@@ -1,0 +1,256 @@
+"""A local TorchServe that torchship owns: start, stop and status.
+
+Each server runs in its own working folder (key file, logs, effective config) with its own TMPDIR
+(pid file, worker sockets), so several can run on one host without stopping each other.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .client import TorchServe
+from .config import ServerConfig, java_regex_literal, read_properties, write_properties
+from .errors import ConfigError, ServerStartError, TorchServeError
+
+__all__ = ["LocalServer", "ServerStatus"]
+
+_JAVA_MAIN = "org.pytorch.serve.ModelServer"
+# Environment variables that must never reach a worker: this one silently re-enables
+# pickle code execution in torch.load.
+_FORBIDDEN_ENV = ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD",)
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    running: bool
+    healthy: bool
+    pid: int | None
+    inference_url: str
+    management_url: str
+    metrics_url: str
+    workdir: Path
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+class LocalServer:
+    """A TorchServe started from `config_path`, running in `workdir`.
+
+    `overrides` replace properties of the config (tests use them for free ports and short token
+    lifetimes). The effective config is written to `workdir/config.properties`, with the model
+    store made absolute and allowed_urls narrowed to it.
+    """
+
+    def __init__(self, config_path: str | os.PathLike, workdir: str | os.PathLike, *,
+                 model_store: str | os.PathLike | None = None, overrides: dict[str, str] | None = None) -> None:
+        self.config_path = Path(config_path).resolve()
+        self.workdir = Path(workdir).resolve()
+        self._model_store = Path(model_store).resolve() if model_store else None
+        self.overrides = dict(overrides or {})
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def tmpdir(self) -> Path:
+        return self.workdir / "tmp"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.tmpdir / ".model_server.pid"
+
+    @property
+    def key_file(self) -> Path:
+        return self.workdir / "key_file.json"
+
+    @property
+    def effective_config_path(self) -> Path:
+        return self.workdir / "config.properties"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.workdir / "logs"
+
+    @property
+    def console_log(self) -> Path:
+        return self.log_dir / "console.log"
+
+    def config(self) -> ServerConfig:
+        """The config this server runs with (the effective one once written)."""
+        if self.effective_config_path.exists():
+            return ServerConfig.load(self.effective_config_path)
+        return ServerConfig(self.config_path, self._effective_properties())
+
+    def _effective_properties(self) -> dict[str, str]:
+        if not self.config_path.is_file():
+            raise ConfigError(f"config file not found: {self.config_path}")
+        props = read_properties(self.config_path)
+        props.update(self.overrides)
+        store = self._model_store or ServerConfig(self.config_path, props).model_store
+        props["model_store"] = str(store)
+        # Only archives of the local store, by file name or file:// URL; nothing remote.
+        props["allowed_urls"] = "file://" + java_regex_literal(str(store) + "/") + "[^/]+\\.mar"
+        return props
+
+    def write_config(self) -> ServerConfig:
+        props = self._effective_properties()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        write_properties(self.effective_config_path, props,
+                         header=f"Written by `torchship serve start` from {self.config_path}; edit that file instead.")
+        return ServerConfig.load(self.effective_config_path)
+
+    def client(self, **kwargs: Any) -> TorchServe:
+        cfg = self.config()
+        return TorchServe(cfg.management_url, cfg.inference_url, cfg.metrics_url, self.key_file, **kwargs)
+
+    # ------------------------------------------------------------------ process
+
+    def pid(self) -> int | None:
+        """The frontend's pid, if this server is running; a stale pid file is removed."""
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            proc = psutil.Process(pid)
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and _JAVA_MAIN in " ".join(proc.cmdline()):
+                return pid
+        except psutil.Error:
+            pass
+        self.pid_file.unlink(missing_ok=True)
+        return None
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, *, timeout: float = 90.0) -> bool:
+        """Start the server and wait until /ping answers Healthy. False if it was already running."""
+        if self.is_running():
+            return False
+        _check_java()
+        cfg = self.write_config()
+        cfg.model_store.mkdir(parents=True, exist_ok=True)
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        _check_ports_free(cfg)
+        self.key_file.unlink(missing_ok=True)
+
+        env = {k: v for k, v in os.environ.items() if k not in _FORBIDDEN_ENV}
+        env.update(TMPDIR=str(self.tmpdir), TEMP=str(self.tmpdir), TMP=str(self.tmpdir))
+        venv_bin = str(Path(sys.executable).parent)
+        env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+        cmd = [_torchserve_executable(), "--start", "--ncs", "--ts-config", str(cfg.path),
+               "--model-store", str(cfg.model_store)]
+        with open(self.console_log, "ab") as log:
+            launcher = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+            launcher.wait(timeout=60)
+        try:
+            self._wait_healthy(timeout)
+        except ServerStartError:
+            self.stop()
+            raise
+        return True
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        client = self.client(retries=0, timeout=5)
+        try:
+            while time.monotonic() < deadline:
+                if self.pid() is None:
+                    raise ServerStartError("TorchServe exited during start-up:\n" + self.log_tail())
+                if self.key_file.exists():
+                    try:
+                        if client.ping() == "Healthy":
+                            return
+                    except TorchServeError:
+                        pass
+                time.sleep(0.2)
+        finally:
+            client.close()
+        raise ServerStartError(f"TorchServe did not answer /ping Healthy within {timeout:.0f} s:\n" + self.log_tail())
+
+    def stop(self, *, timeout: float = 30.0) -> bool:
+        """Stop the server and its workers, and wait until they are gone. False if not running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        try:
+            proc = psutil.Process(pid)
+            children = proc.children(recursive=True)
+            proc.terminate()
+            _, alive = psutil.wait_procs([proc], timeout=timeout)
+            for p in alive:
+                p.kill()
+            _, alive = psutil.wait_procs(children, timeout=10)
+            for p in alive:
+                p.kill()
+        except psutil.NoSuchProcess:
+            pass
+        self.pid_file.unlink(missing_ok=True)
+        self.key_file.unlink(missing_ok=True)
+        return True
+
+    def status(self) -> ServerStatus:
+        cfg = self.config()
+        pid = self.pid()
+        healthy, detail = False, "not running"
+        if pid is not None:
+            client = self.client(retries=0, timeout=5)
+            try:
+                detail = client.ping()
+                healthy = detail == "Healthy"
+            except TorchServeError as exc:
+                detail = str(exc)
+            finally:
+                client.close()
+        return ServerStatus(pid is not None, healthy, pid, cfg.inference_url, cfg.management_url,
+                            cfg.metrics_url, self.workdir, detail)
+
+    def log_tail(self, lines: int = 25) -> str:
+        """The last lines of the console log: where start-up errors show."""
+        try:
+            text = self.console_log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "(no log written)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _torchserve_executable() -> str:
+    beside = Path(sys.executable).parent / "torchserve"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("torchserve")
+    if not found:
+        raise ServerStartError("torchserve is not installed in this environment: pip install torchserve==0.12.0")
+    return found
+
+
+def _check_java() -> None:
+    java = shutil.which("java", path=os.path.join(os.environ["JAVA_HOME"], "bin")) if os.environ.get("JAVA_HOME") else shutil.which("java")
+    if not java:
+        raise ServerStartError("TorchServe needs Java 11 or newer and none was found: "
+                               "install a JRE (Debian/Ubuntu: apt-get install openjdk-17-jre-headless)")
+
+
+def _check_ports_free(cfg: ServerConfig) -> None:
+    for name, (host, port) in cfg.listen_addresses().items():
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # SO_REUSEADDR: a port in TIME_WAIT after the last server is free; a listener is not.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                raise ServerStartError(f"{name} port {host}:{port} is already in use: another server runs "
+                                       f"there; stop it or change the port in {cfg.path.name}") from None

@@ -1,0 +1,39 @@
+"""Archive versions in a model store: which exist, which is newest, which comes next."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
+
+
+def _key(version: str) -> tuple:
+    try:
+        return (1, Version(version), version)
+    except InvalidVersion:
+        return (0, Version("0"), version)
+
+
+def store_versions(store: Path, name: str) -> list[str]:
+    """Versions of `name` with an archive in `store`, oldest first."""
+    prefix = f"{name}-"
+    found = [p.name[len(prefix):-len(".mar")] for p in Path(store).glob(f"{name}-*.mar") if p.is_file()]
+    # `name-x.mar` also matches a model called e.g. `name-x`: keep versions that look like versions
+    return sorted((v for v in found if re.match(r"^[0-9][0-9A-Za-z_.\-]*$", v)), key=_key)
+
+
+def latest_version(store: Path, name: str) -> str | None:
+    versions = store_versions(store, name)
+    return versions[-1] if versions else None
+
+
+def next_version(store: Path, name: str) -> str:
+    """The next free major version: 1.0 for a new model, else the newest major + 1."""
+    latest = latest_version(store, name)
+    if latest is None:
+        return "1.0"
+    try:
+        return f"{Version(latest).major + 1}.0"
+    except InvalidVersion:
+        return f"{latest}.1"

@@ -1,0 +1,21 @@
+"""Training scripts, one per example model; each writes checkpoints/NAME/<run>/.
+
+A run folder holds `model.safetensors` (weights, no pickle) and `meta.json` (the lineage:
+architecture, hyper-parameters, data fingerprint, metrics, seed, torch version, git commit, time).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .common import RunResult
+
+
+def trainers() -> dict[str, Callable[..., RunResult]]:
+    """Name -> train function. Imported lazily so `torchship --help` does not import torch."""
+    from . import mlp
+
+    return {"mlp": mlp.train}
+
+
+__all__ = ["trainers", "RunResult"]

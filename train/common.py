@@ -1,0 +1,139 @@
+"""What every training script shares: run folders, lineage (meta.json), progress, seeding."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+__all__ = ["RunResult", "new_run_dir", "write_checkpoint", "git_commit", "fingerprint_tensors",
+           "fingerprint_files", "Progress", "latest_run", "seed_everything"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, float]
+    seconds: float
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def new_run_dir(checkpoints: Path, name: str) -> Path:
+    """A fresh folder checkpoints/NAME/<UTC time>[-n]; run names sort by creation time."""
+    base = checkpoints / name
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1000):
+        run = base / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot create a run folder under {base}")
+
+
+def latest_run(checkpoints: Path, name: str) -> Path | None:
+    """The newest complete run of a model (one with meta.json), or None."""
+    base = checkpoints / name
+    runs = sorted(p for p in base.glob("*") if (p / "meta.json").is_file()) if base.is_dir() else []
+    return runs[-1] if runs else None
+
+
+def git_commit(start: Path | None = None) -> str | None:
+    """The commit of the code that trained (with '+dirty' for uncommitted changes), if in git."""
+    cwd = start or Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        if not commit:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def fingerprint_tensors(*tensors: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(str(t.dtype).encode())
+        digest.update(t.contiguous().numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def fingerprint_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def write_checkpoint(run_dir: Path, *, model: torch.nn.Module, kind: str, architecture: dict[str, Any],
+                     hyper_parameters: dict[str, Any], data: dict[str, Any], metrics: dict[str, float],
+                     history: list[dict[str, float]], seed: int, seconds: float,
+                     extra: dict[str, Any] | None = None) -> None:
+    """Write weights then meta.json; meta.json last, so a run without it is incomplete."""
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(run_dir / "model.safetensors"))
+    meta = {
+        "name": kind,
+        "run": run_dir.name,
+        "model": {"kind": kind, "architecture": architecture},
+        "hyper_parameters": hyper_parameters,
+        "data": data,
+        "metrics": metrics,
+        "history": history,
+        "seed": seed,
+        "training_seconds": round(seconds, 2),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "git_commit": git_commit(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    tmp = run_dir / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, run_dir / "meta.json")
+
+
+class Progress:
+    """One line per step on stderr, redrawn in place on a terminal: `name  epoch 3/10 [###...] loss 0.42`."""
+
+    def __init__(self, name: str, total: int, stream=None) -> None:
+        self.name, self.total = name, total
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.monotonic()
+
+    def update(self, step: int, **figures: float) -> None:
+        width = 20
+        filled = int(width * step / max(self.total, 1))
+        bar = "#" * filled + "." * (width - filled)
+        text = "  ".join(f"{k} {v:.4f}" for k, v in figures.items())
+        line = f"{self.name}  epoch {step}/{self.total} [{bar}] {text}  {time.monotonic() - self.start:.1f}s"
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if step >= self.total else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()

@@ -1,0 +1,80 @@
+"""Train `mlp`, the mission's model (Linear 100->50->10, Adam, cross-entropy), on seeded random data.
+
+As in the mission, the inputs are random tensors. So that accuracy means something, each label
+is the class a fixed random linear "teacher" scores highest for that input: the data is random
+but learnable, and a held-out split measures how well the model learnt it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from handlers.torchship_models import MLP
+
+from .common import Progress, RunResult, fingerprint_tensors, new_run_dir, seed_everything, write_checkpoint
+
+ARCHITECTURE = {"in_features": 100, "hidden": 50, "classes": 10}
+
+
+def make_data(seed: int, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`samples` random inputs and their teacher labels; the same seed gives the same data."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(samples, ARCHITECTURE["in_features"], generator=gen)
+    teacher = torch.randn(ARCHITECTURE["in_features"], ARCHITECTURE["classes"], generator=gen)
+    y = (x @ teacher).argmax(dim=1)
+    return x, y
+
+
+def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick: bool = False,
+          samples: int | None = None, lr: float = 1e-3, batch_size: int = 64, progress: bool = True) -> RunResult:
+    started = time.monotonic()
+    epochs = epochs or (10 if quick else 30)
+    samples = samples or 10000
+    torch.set_num_threads(1)
+    gen = seed_everything(seed)
+    x, y = make_data(seed, samples)
+    split = int(0.8 * samples)
+    x_train, y_train, x_val, y_val = x[:split], y[:split], x[split:], y[split:]
+
+    model = MLP(**ARCHITECTURE)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    bar = Progress("mlp", epochs) if progress else None
+    history = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(split, generator=gen)
+        total = 0.0
+        for start in range(0, split, batch_size):
+            idx = order[start:start + batch_size]
+            optimiser.zero_grad()
+            loss = loss_fn(model(x_train[idx]), y_train[idx])
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(idx)
+        model.eval()
+        with torch.inference_mode():
+            logits = model(x_val)
+            val_loss = loss_fn(logits, y_val).item()
+            val_acc = (logits.argmax(dim=1) == y_val).float().mean().item()
+        history.append({"epoch": epoch, "train_loss": total / split, "val_loss": val_loss, "val_accuracy": val_acc})
+        if bar:
+            bar.update(epoch, loss=total / split, val_acc=val_acc)
+
+    metrics = {"val_accuracy": round(history[-1]["val_accuracy"], 4), "val_loss": round(history[-1]["val_loss"], 4)}
+    run_dir = new_run_dir(checkpoints, "mlp")
+    seconds = time.monotonic() - started
+    write_checkpoint(
+        run_dir, model=model, kind="mlp", architecture=ARCHITECTURE,
+        hyper_parameters={"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": "Adam",
+                          "loss": "cross_entropy", "quick": quick},
+        data={"source": "seeded random tensors, labels from a seeded random linear teacher",
+              "samples": samples, "train": split, "validation": samples - split,
+              "fingerprint": fingerprint_tensors(x, y)},
+        metrics=metrics, history=history, seed=seed, seconds=seconds,
+    )
+    return RunResult(run_dir, metrics, seconds)
