@@ -73,7 +73,7 @@ def _run_model_archiver(spec: ArchiveSpec, staging: Path) -> Path:
         model_name=spec.name,
         handler=str(spec.handler),
         version=spec.version,
-        serialized_file=str(spec.weights),
+        serialized_file=str(spec.weights) if spec.weights else None,
         model_file=str(spec.model_file) if spec.model_file else None,
         extra_files=",".join(str(p) for p in spec.extra_files) or None,
         requirements_file=str(spec.requirements) if spec.requirements else None,

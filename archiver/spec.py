@@ -19,7 +19,7 @@ class ArchiveSpec:
     name: str
     version: str
     handler: Path
-    weights: Path
+    weights: Path | None = None
     model_file: Path | None = None
     extra_files: tuple[Path, ...] = ()
     model_config: dict[str, Any] = field(default_factory=dict, hash=False)
@@ -41,7 +41,9 @@ class ArchiveSpec:
 
     def files(self) -> list[tuple[str, Path]]:
         """(role, path) of every file that goes into the archive."""
-        out = [("handler", self.handler), ("weights", self.weights)]
+        out = [("handler", self.handler)]
+        if self.weights:
+            out.append(("weights", self.weights))
         if self.model_file:
             out.append(("model file", self.model_file))
         out += [("extra file", p) for p in self.extra_files]

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 import torchship_models
+import torchship_oip as oip
 
 
 class ItemError(Exception):
@@ -31,8 +32,11 @@ class ItemError(Exception):
         self.message = message
         self.code = code
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "type": HTTPStatus(self.code).phrase.replace(" ", ""), "message": self.message}
+    def to_dict(self, v2: bool = False) -> dict[str, Any]:
+        body = {"code": self.code, "type": HTTPStatus(self.code).phrase.replace(" ", ""), "message": self.message}
+        if v2:
+            body["error"] = self.message  # the Open Inference Protocol's error field
+        return body
 
 
 class BatchHandler:
@@ -67,25 +71,53 @@ class BatchHandler:
     # -------------------------------------------------------------- requests
 
     def handle(self, data: list[dict], context: Any) -> list[Any]:
+        explain = _header(context, 0, "explain") == "True"
         results: list[Any] = [None] * len(data)
         parsed: list[tuple[int, Any]] = []
+        v2: dict[int, dict] = {}
         for idx, request in enumerate(data):
+            is_v2 = False
             try:
-                parsed.append((idx, self.parse(self.payload(request))))
-            except ItemError as exc:
-                results[idx] = self._answer(context, idx, exc.to_dict(), exc.code)
+                payload, binary = self.payload(request, _headers(context, idx))
+                is_v2 = oip.is_v2(payload)
+                if is_v2:
+                    item = self.parse_v2(oip.decode_inputs(payload, binary))
+                    v2[idx] = payload
+                else:
+                    item = self.parse(payload)
+                parsed.append((idx, item))
+            except (ItemError, oip.ProtocolError) as exc:
+                error = exc if isinstance(exc, ItemError) else ItemError(str(exc))
+                results[idx] = self._answer(context, idx, error.to_dict(v2=is_v2), error.code)
         if parsed:
-            with torch.inference_mode():
-                outputs = self.predict([item for _, item in parsed])
+            items = [item for _, item in parsed]
+            try:
+                if explain:
+                    with torch.enable_grad():
+                        outputs = self.explain(items)
+                else:
+                    with torch.inference_mode():
+                        outputs = self.predict(items)
+            except ItemError as exc:  # the request kind itself is unsupported: same answer for each
+                for idx, _ in parsed:
+                    results[idx] = self._answer(context, idx, exc.to_dict(v2=idx in v2), exc.code)
+                return results
             for (idx, _), output in zip(parsed, outputs):
-                results[idx] = self._answer(context, idx, output, 200)
+                if idx in v2:
+                    results[idx] = self._answer_v2(context, idx, output, v2[idx])
+                else:
+                    results[idx] = self._answer(context, idx, output, 200)
         return results
 
-    def payload(self, request: dict) -> Any:
-        """The request's body, decoded from JSON when it came as bytes or text."""
+    def payload(self, request: dict, headers: dict[str, Any]) -> tuple[Any, bytes]:
+        """The request's body, decoded from JSON when it came as bytes or text, and the binary
+        tensor data that follows the JSON part under the v2 binary extension (else b"")."""
         body = request.get("data", request.get("body")) if isinstance(request, dict) else None
         if body is None or body == b"" or body == "":
             raise ItemError("empty request body: send a JSON object")
+        json_length = oip.header_length(headers)
+        if json_length is not None and isinstance(body, (bytes, bytearray)):
+            return oip.split_body(bytes(body), json_length)
         if isinstance(body, (bytes, bytearray)):
             try:
                 body = body.decode("utf-8")
@@ -93,16 +125,43 @@ class BatchHandler:
                 raise ItemError("body is not UTF-8 JSON") from None
         if isinstance(body, str):
             try:
-                return json.loads(body)
+                return json.loads(body), b""
             except ValueError as exc:
                 raise ItemError(f"body is not valid JSON: {exc}") from None
-        return body
+        return body, b""
 
     def parse(self, payload: Any) -> Any:
         raise NotImplementedError
 
     def predict(self, inputs: list[Any]) -> list[Any]:
         raise NotImplementedError
+
+    def explain(self, inputs: list[Any]) -> list[Any]:
+        """Explanations (POST /explanations/...); a model without them answers 501 per item."""
+        raise ItemError("this model has no explanations", 501)
+
+    # Open Inference Protocol (v2): tensors in, tensors out. See torchship_oip.
+    def parse_v2(self, tensors: dict[str, Any]) -> Any:
+        raise ItemError("this model does not take Open Inference Protocol requests", 501)
+
+    def v2_outputs(self, output: Any) -> list[tuple[str, Any]]:
+        raise NotImplementedError
+
+    def _answer_v2(self, context: Any, idx: int, output: Any, request: dict) -> bytes:
+        binary = oip.wants_binary(request)
+        model = context.manifest["model"]
+        try:
+            body, json_length = oip.encode_response(model.get("modelName", ""), model.get("modelVersion", ""),
+                                                    str(request.get("id") or context.get_request_id(idx)),
+                                                    self.v2_outputs(output), request, binary)
+        except oip.ProtocolError as exc:
+            return self._answer(context, idx, ItemError(str(exc)).to_dict(v2=True), 400)
+        if json_length is not None:
+            context.set_response_header(idx, "Inference-Header-Content-Length", str(json_length))
+            context.set_response_content_type(idx, "application/octet-stream")
+        else:
+            context.set_response_content_type(idx, "application/json")
+        return body
 
     @staticmethod
     def _answer(context: Any, idx: int, body: Any, code: int) -> bytes:
@@ -111,3 +170,13 @@ class BatchHandler:
         context.set_response_content_type(idx, "application/json")
         return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
+
+def _headers(context: Any, idx: int) -> dict[str, Any]:
+    try:
+        return context.get_all_request_header(idx) or {}
+    except (AttributeError, IndexError, TypeError):
+        return {}
+
+
+def _header(context: Any, idx: int, name: str) -> Any:
+    return _headers(context, idx).get(name)

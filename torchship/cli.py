@@ -217,18 +217,17 @@ def deploy(c: Ctx, name: str, version: str | None, workers: int | None, batch_si
 @click.option("--json", "json_data", default=None, help="Request body as JSON text.")
 @click.option("--file", "file_path", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Send this file's bytes as the body (an image, a .json, ...).")
+@click.option("--stream", is_flag=True, help="Print the answer's chunks as they arrive (streaming handlers).")
 @pass_ctx
-def predict(c: Ctx, name: str, version: str | None, json_data: str | None, file_path: str | None) -> None:
+def predict(c: Ctx, name: str, version: str | None, json_data: str | None, file_path: str | None,
+            stream: bool) -> None:
     """One prediction; prints the answer."""
-    if (json_data is None) == (file_path is None):
-        raise click.UsageError("give exactly one of --json DATA or --file PATH")
-    if json_data is not None:
-        try:
-            data: Any = json.loads(json_data)
-        except ValueError as exc:
-            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--json") from None
-    else:
-        data = Path(file_path)
+    data = _request_body(json_data, file_path)
+    if stream:
+        for chunk in c.client.stream(name, data, version=version):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+        return
     answer = c.client.predict(name, data, version=version)
     if isinstance(answer, bytes):
         sys.stdout.buffer.write(answer)
@@ -236,11 +235,62 @@ def predict(c: Ctx, name: str, version: str | None, json_data: str | None, file_
         emit(answer)
 
 
+def _request_body(json_data: str | None, file_path: str | None) -> Any:
+    if (json_data is None) == (file_path is None):
+        raise click.UsageError("give exactly one of --json DATA or --file PATH")
+    if json_data is not None:
+        try:
+            return json.loads(json_data)
+        except ValueError as exc:
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--json") from None
+    return Path(file_path)
+
+
 @cli.command()
+@click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def ping(c: Ctx) -> None:
+def ping(c: Ctx, as_json: bool) -> None:
     """The server's health."""
-    click.echo(c.client.ping())
+    health = c.client.ping()
+    emit({"status": health}) if as_json else click.echo(health)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--version", "version", default=None)
+@click.option("--json", "json_data", default=None, help="Request body as JSON text.")
+@click.option("--file", "file_path", type=click.Path(dir_okay=False, exists=True), default=None)
+@pass_ctx
+def explain(c: Ctx, name: str, version: str | None, json_data: str | None, file_path: str | None) -> None:
+    """An explanation of one prediction (if the model's handler offers one)."""
+    emit(c.client.explain(name, _request_body(json_data, file_path), version=version))
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--raw", is_flag=True, help="Print the Prometheus text as served.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def metrics(c: Ctx, name: str | None, raw: bool, as_json: bool) -> None:
+    """Requests and latency per model, from the metrics port."""
+    if raw:
+        click.echo(c.client.metrics_text(), nl=False)
+        return
+    m = c.client.metrics()
+    names = [name] if name else m.models()
+    rows = [{"model": n, "requests": int(m.requests(n)), "mean_latency_ms": _round(m.mean_latency_ms(n)),
+             "mean_queue_ms": _round(m.mean_queue_ms(n))} for n in names]
+    if as_json:
+        emit(rows)
+    elif rows:
+        click.echo(render(["model", "requests", "mean latency ms", "mean queue ms"],
+                          [[r["model"], r["requests"], r["mean_latency_ms"], r["mean_queue_ms"]] for r in rows]))
+    else:
+        click.echo("no inference metrics yet")
+
+
+def _round(value: float) -> float | None:
+    return None if value != value else round(value, 3)  # NaN -> None
 
 
 # ---------------------------------------------------------------- management
@@ -279,10 +329,57 @@ def models(c: Ctx, name: str | None, as_json: bool) -> None:
 @cli.command()
 @click.argument("name")
 @click.option("--version", "version", default=None, help="A version, or 'all' (default: the default version).")
+@click.option("--json", "as_json", is_flag=True, help="Full description as JSON (workers included).")
 @pass_ctx
-def describe(c: Ctx, name: str, version: str | None) -> None:
-    """Full description of a model version, as JSON."""
-    emit([d.to_dict() for d in c.client.describe(name, version)])
+def describe(c: Ctx, name: str, version: str | None, as_json: bool) -> None:
+    """A model version: settings, default flag, and each worker."""
+    descs = c.client.describe(name, version)
+    if as_json:
+        emit([d.to_dict() for d in descs])
+        return
+    click.echo(_models_table(descs))
+    workers = [[d.version, w.id, w.status, w.pid, f"{(w.memory_usage or 0) / 1e6:.0f}"] for d in descs for w in d.workers]
+    if workers:
+        click.echo()
+        click.echo(render(["version", "worker", "status", "pid", "memory MB"], workers))
+
+
+def _say(as_json: bool, status: str, **fields: Any) -> None:
+    emit({"status": status, **fields}) if as_json else click.echo(status)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--min", "min_workers", required=True, type=click.IntRange(min=0), help="Minimum workers.")
+@click.option("--max", "max_workers", default=None, type=click.IntRange(min=0), help="Maximum workers (default: --min).")
+@click.option("--version", "version", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def scale(c: Ctx, name: str, min_workers: int, max_workers: int | None, version: str | None, as_json: bool) -> None:
+    """Set a model version's workers; waits until they run."""
+    if max_workers is not None and max_workers < min_workers:
+        raise click.BadParameter(f"--max ({max_workers}) is below --min ({min_workers})", param_hint="--max")
+    _say(as_json, c.client.scale(name, min_workers=min_workers, max_workers=max_workers, version=version))
+
+
+@cli.command("set-default")
+@click.argument("name")
+@click.argument("version")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def set_default(c: Ctx, name: str, version: str, as_json: bool) -> None:
+    """Make VERSION the version that /predictions/NAME serves."""
+    _say(as_json, c.client.set_default(name, version))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--version", "version", default=None, help="Version to remove (default: the default version).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def unregister(c: Ctx, name: str, version: str | None, as_json: bool) -> None:
+    """Remove a model version from the server (the archive stays in the store)."""
+    _say(as_json, c.client.unregister(name, version))
 
 
 def main(argv: list[str] | None = None) -> int:

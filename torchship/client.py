@@ -15,12 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numpy as np
 import requests
 
 from .auth import KeyFile, StaticKeys
 from .config import ServerConfig
+from .metrics import Metrics
 from .errors import (
-    APIError,
     ModelNotFound,
     ReadinessTimeout,
     ServerUnreachable,
@@ -314,6 +315,40 @@ class TorchServe:
                           safe=True, retry_worker_died=True, data=body, headers=hdrs, timeout=timeout)
         return resp if raw else _decode(resp)
 
+    def explain(self, name: str, data: Any, *, version: str | None = None, timeout: float | None = None) -> Any:
+        """An explanation of one prediction (POST /explanations/...), if the handler offers one."""
+        body, content_type = _encode(data)
+        resp = self._call(_INFERENCE, "POST", f"/explanations/{_model_path(name, version)[len('/models/'):]}",
+                          safe=True, data=body, headers={"Content-Type": content_type}, timeout=timeout)
+        return _decode(resp)
+
+    def infer_v2(self, name: str, inputs: dict[str, Any] | list[dict], *, outputs: list[str] | None = None,
+                 request_id: str | None = None, timeout: float | None = None) -> dict:
+        """Open Inference Protocol (KServe v2) inference: POST /v2/models/{name}/infer.
+
+        `inputs` maps input names to arrays (their shape and datatype are taken from numpy), or is
+        a list of v2 tensor objects as they go on the wire. Returns the v2 response, with each
+        output's `data` as a numpy array of its shape. TorchServe routes v2 only to a model's
+        default version.
+        """
+        if isinstance(inputs, dict):
+            tensors = [_v2_tensor(n, a) for n, a in inputs.items()]
+        else:
+            tensors = list(inputs)
+        request: dict[str, Any] = {"inputs": tensors}
+        if request_id:
+            request["id"] = request_id
+        if outputs:
+            request["outputs"] = [{"name": n} for n in outputs]
+        resp = self._call(_INFERENCE, "POST", f"/v2/models/{requests.utils.quote(name, safe='')}/infer", safe=True,
+                          data=json.dumps(request, allow_nan=False).encode(),
+                          headers={"Content-Type": "application/json"}, timeout=timeout)
+        answer = _json(resp)
+        for out in answer.get("outputs", []):
+            dtype = _V2_TO_NUMPY.get(out.get("datatype"), object)
+            out["data"] = np.asarray(out.get("data", []), dtype=dtype).reshape(out.get("shape", [-1]))
+        return answer
+
     def predict_many(self, name: str, items: Iterable[Any], *, version: str | None = None,
                      concurrency: int = 8) -> list[Any]:
         """Predict every item concurrently over pooled keep-alive connections.
@@ -347,6 +382,26 @@ class TorchServe:
     def metrics_text(self) -> str:
         """The Prometheus text of the metrics port (needs metrics_mode=prometheus)."""
         return self._call(_METRICS, "GET", "/metrics", safe=True).text
+
+    def metrics(self) -> Metrics:
+        """The metrics port parsed into samples, with per-model helpers (requests, latency)."""
+        return Metrics.from_text(self.metrics_text())
+
+
+_V2_TO_NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+                "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+                "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+_NUMPY_TO_V2 = {np.dtype(v).name: k for k, v in _V2_TO_NUMPY.items()}
+
+
+def _v2_tensor(name: str, value: Any) -> dict[str, Any]:
+    array = np.asarray(value)
+    if array.dtype.name not in _NUMPY_TO_V2:
+        array = array.astype(np.float32) if array.dtype.kind == "f" else array
+    if array.dtype.name not in _NUMPY_TO_V2:
+        raise ValueError(f"input {name!r}: cannot send numpy {array.dtype} as an Open Inference Protocol tensor")
+    return {"name": name, "shape": list(array.shape), "datatype": _NUMPY_TO_V2[array.dtype.name],
+            "data": array.reshape(-1).tolist()}
 
 
 def _model_path(name: str, version: str | None) -> str:
