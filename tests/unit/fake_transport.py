@@ -24,6 +24,7 @@ class FakeTransport(BaseAdapter):
         resp = requests.Response()
         resp.status_code = status
         resp._content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        resp._content_consumed = True
         resp.headers["Content-Type"] = "application/json"
         resp.url = request.url
         resp.request = request

@@ -240,3 +240,63 @@ def test_predict_many_keeps_order_and_per_item_errors():
     ts, t = make(responder)
     out = ts.predict_many("mlp", [{"i": i} for i in range(5)], concurrency=1)
     assert [o if isinstance(o, dict) else type(o) for o in out] == [{"i": 0}, {"i": 1}, E.BadRequest, {"i": 3}, {"i": 4}]
+
+
+def test_explain_infer_v2_and_metrics_endpoints():
+    import numpy as np
+
+    def responder(req):
+        path = FakeTransport.path(req)
+        if path.startswith("/v2/"):
+            return 200, {"model_name": "mlp", "id": "r", "outputs": [
+                {"name": "class_id", "shape": [2], "datatype": "INT64", "data": [1, 2]},
+                {"name": "p", "shape": [2, 2], "datatype": "FP32", "data": [0.1, 0.9, 0.2, 0.8]}]}
+        if path == "/metrics":
+            return 200, b'ts_inference_requests_total{model_name="mlp",model_version="default",} 4.0\n'
+        return 200, {"attributions": [0.5]}
+
+    ts, t = make(responder)
+    assert ts.explain("mlp", {"data": [1]}, version="2.0") == {"attributions": [0.5]}
+    assert (t.last().method, t.path(t.last())) == ("POST", "/explanations/mlp/2.0")
+
+    answer = ts.infer_v2("mlp", {"input-0": np.zeros((2, 3), dtype=np.float32)}, outputs=["p"], request_id="r")
+    req = t.last()
+    assert t.path(req) == "/v2/models/mlp/infer" and req.headers["Authorization"] == "Bearer IKEY"
+    assert json.loads(req.body) == {"inputs": [{"name": "input-0", "shape": [2, 3], "datatype": "FP32",
+                                                "data": [0.0] * 6}], "id": "r", "outputs": [{"name": "p"}]}
+    assert answer["outputs"][0]["data"].dtype == np.int64
+    assert answer["outputs"][1]["data"].shape == (2, 2)
+
+    assert ts.metrics().requests("mlp") == 4.0
+    assert t.path(t.last()) == "/metrics" and "Authorization" not in t.last().headers
+
+
+def test_stream_yields_chunks():
+    ts, t = make(lambda req: (200, b"tick 0\ntick 1\n"))
+    assert b"".join(ts.stream("countdown", {"count": 2})) == b"tick 0\ntick 1\n"
+    assert t.path(t.last()) == "/predictions/countdown"
+
+
+def test_wait_until_ready_polls_until_workers_are_up():
+    states = iter(["STARTING", "STARTING", "READY"])
+
+    def responder(req):
+        return 200, [{"modelName": "m", "modelVersion": "1", "minWorkers": 1, "maxWorkers": 1,
+                      "workers": [{"id": "9000", "status": next(states)}]}]
+
+    ts, t = make(responder)
+    assert ts.wait_until_ready("m", timeout=5, poll=0).ready_workers == 1
+    assert len(t.requests) == 3
+
+
+def test_public_surface():
+    import torchship
+    from torchship import errors
+
+    assert set(torchship.__all__) == {"TorchServe", "LocalServer", "TorchServeError", "errors", "__version__"}
+    for name in errors.__all__:
+        assert hasattr(errors, name)
+    api = {"register", "unregister", "scale", "describe", "versions", "list_models", "set_default",
+           "wait_until_ready", "ping", "is_healthy", "predict", "predict_many", "stream", "explain", "infer_v2",
+           "metrics", "metrics_text", "from_config", "from_env", "close"}
+    assert api <= {n for n in dir(TorchServe) if not n.startswith("_")}
