@@ -1,8 +1,43 @@
-"""The packaging layer: an ArchiveSpec goes in, a TorchServe .mar in the model store comes out."""
+"""The packaging layer: an ArchiveSpec goes in; a signed TorchServe .mar with provenance comes out.
 
-from .build import build, archive_path
-from .examples import example_spec, EXAMPLES
+    result = archiver.package(spec, store, key_dir)     # build + sign
+    archiver.ensure_verified(result.path, public_key=key_dir / "signing-key.pub.pem")
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .build import BuildResult, archive_path, build
+from .examples import EXAMPLES, example_spec
 from .model_config import validate_model_config
+from .signing import ensure_keys, sign, signature_path
 from .spec import ArchiveSpec
+from .verify import VerifyReport, ensure_verified, verify_archive
 
-__all__ = ["ArchiveSpec", "build", "archive_path", "example_spec", "EXAMPLES", "validate_model_config"]
+__all__ = ["ArchiveSpec", "BuildResult", "build", "package", "archive_path", "example_spec", "EXAMPLES",
+           "validate_model_config", "sign", "signature_path", "ensure_keys", "verify_archive", "ensure_verified",
+           "VerifyReport", "public_key_path"]
+
+
+def public_key_path(key_dir: Path) -> Path:
+    from .signing import PUBLIC_NAME
+
+    return Path(key_dir) / PUBLIC_NAME
+
+
+def package(spec: ArchiveSpec, store: Path, key_dir: Path, *, force: bool = False, meta: dict | None = None,
+            progress=None) -> BuildResult:
+    """Build and sign. The checkpoint's meta.json is read from the spec's extra files when not given."""
+    if meta is None:
+        meta_file = next((p for p in spec.extra_files if Path(p).name == "meta.json"), None)
+        meta = json.loads(Path(meta_file).read_text(encoding="utf-8")) if meta_file else None
+    result = build(spec, store, force=force, meta=meta, progress=progress)
+    try:
+        sign(result.path, key_dir)
+    except Exception:
+        # an unsigned archive would only be refused later: leave nothing half-done
+        result.path.unlink(missing_ok=True)
+        raise
+    return result

@@ -62,6 +62,11 @@ class Ctx:
 
         return LocalServer(self.config_path, self.project.server_dir)
 
+    def public_key(self, given: str | None) -> Path:
+        from archiver import public_key_path
+
+        return Path(given) if given else public_key_path(self.project.key_dir)
+
     @property
     def store(self) -> Path:
         from .config import ServerConfig
@@ -156,25 +161,88 @@ def train(c: Ctx, name: str, seed: int, epochs: int | None, quick: bool) -> None
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--version", "version", default=None, help="Archive version (default: the next free one).")
 @click.option("--checkpoint", type=click.Path(file_okay=False, exists=True), default=None,
               help="Checkpoint folder (default: the newest run of NAME).")
 @click.option("--force", is_flag=True, help="Replace an existing archive of this version.")
+@click.option("--handler", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A handler file of your own (packages a third-party model; needs --name).")
+@click.option("--name", "model_name", default=None, help="Model name, with --handler.")
+@click.option("--weights", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Weights file, with --handler (safetensors, or a .pt that loads with weights_only).")
+@click.option("--model-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Model definition file, with --handler.")
+@click.option("--extra-file", "extra_files", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="More files for the archive (repeatable), with --handler.")
+@click.option("--model-config", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="model-config.yaml, with --handler (its types are checked).")
 @pass_ctx
-def package(c: Ctx, name: str, version: str | None, checkpoint: str | None, force: bool) -> None:
-    """Build model_store/NAME-VERSION.mar from a checkpoint."""
+def package(c: Ctx, name: str | None, version: str | None, checkpoint: str | None, force: bool,
+            handler: str | None, model_name: str | None, weights: str | None, model_file: str | None,
+            extra_files: tuple[str, ...], model_config: str | None) -> None:
+    """Build and sign model_store/NAME-VERSION.mar from a checkpoint (or from your own handler)."""
     import archiver
-    from train.common import latest_run
 
     from .versions import next_version
 
-    run = Path(checkpoint) if checkpoint else latest_run(c.project.checkpoints, name)
-    if run is None:
-        raise E.ArchiveError(f"no checkpoint of {name} in {c.project.checkpoints}: run `torchship train {name}` first")
-    version = version or next_version(c.store, name)
-    path = archiver.build(archiver.example_spec(name, run, version), c.store, force=force)
-    click.echo(f"packaged {name} {version} from {run} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    if handler:
+        if name or checkpoint:
+            raise click.UsageError("give either an example NAME (with --checkpoint) or --handler with --name")
+        if not model_name:
+            raise click.UsageError("--handler needs --name")
+        import yaml
+
+        config = yaml.safe_load(Path(model_config).read_text()) if model_config else {}
+        version = version or next_version(c.store, model_name)
+        spec = archiver.ArchiveSpec(model_name, version, Path(handler), Path(weights) if weights else None,
+                                    Path(model_file) if model_file else None, tuple(Path(p) for p in extra_files),
+                                    config or {})
+        source = handler
+    else:
+        if not name:
+            raise click.UsageError("give the NAME of an example model, or --handler with --name")
+        from train.common import latest_run
+
+        run = Path(checkpoint) if checkpoint else latest_run(c.project.checkpoints, name)
+        if run is None:
+            raise E.ArchiveError(f"no checkpoint of {name} in {c.project.checkpoints}: "
+                                 f"run `torchship train {name}` first")
+        version = version or next_version(c.store, name)
+        spec = archiver.example_spec(name, run, version)
+        source = str(run)
+    result = archiver.package(spec, c.store, c.project.key_dir, force=force)
+    click.echo(f"packaged {spec.name} {version} from {source} -> {result.path} "
+               f"({result.path.stat().st_size / 1e6:.2f} MB)\n"
+               f"build digest {result.digest}; signed: {archiver.signature_path(result.path).name}")
+
+
+@cli.command()
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.option("--public-key", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="PEM public key to check the signature with (default: the project's key).")
+@click.option("--allow-unsigned", is_flag=True,
+              help="Accept an archive without signature/provenance (third-party); safety checks still run.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def verify(c: Ctx, archive: str, public_key: str | None, allow_unsigned: bool, as_json: bool) -> None:
+    """Check an archive's signature, every member's digest, its safety, and its weights."""
+    import archiver
+
+    report = archiver.verify_archive(Path(archive), public_key=c.public_key(public_key), allow_unsigned=allow_unsigned)
+    if as_json:
+        emit(report.to_dict())
+    else:
+        marks = {True: "ok", False: "FAILED", None: "skipped"}
+        click.echo(render(["check", "result", "detail"], [[ch.name, marks[ch.ok], ch.detail] for ch in report.checks]))
+        if report.provenance and report.provenance.get("checkpoint"):
+            ck = report.provenance["checkpoint"]
+            click.echo(f"\nbuilt from run {ck.get('run')} (git {ck.get('git_commit')}), metrics {ck.get('metrics')}")
+    if not report.ok:
+        bad = report.failure
+        raise E.VerificationError(f"{Path(archive).name} failed verification ({bad.name}): {bad.detail}")
+    if allow_unsigned and any(ch.ok is None for ch in report.checks):
+        click.echo("WARNING: accepted without signature or provenance (--allow-unsigned)", err=True)
 
 
 @cli.command()
@@ -185,11 +253,18 @@ def package(c: Ctx, name: str, version: str | None, checkpoint: str | None, forc
 @click.option("--max-batch-delay", default=None, type=click.IntRange(min=0), help="Milliseconds.")
 @click.option("--default", "make_default", is_flag=True, help="Make this version the default.")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait until ready.")
+@click.option("--public-key", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="PEM public key to verify the archive with (default: the project's key).")
+@click.option("--allow-unsigned", is_flag=True,
+              help="DANGER: deploy a third-party archive without signature/provenance (safety checks still run).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def deploy(c: Ctx, name: str, version: str | None, workers: int | None, batch_size: int | None,
-           max_batch_delay: int | None, make_default: bool, timeout: float, as_json: bool) -> None:
-    """Register an archive of the model store and wait until it serves."""
+           max_batch_delay: int | None, make_default: bool, timeout: float, public_key: str | None,
+           allow_unsigned: bool, as_json: bool) -> None:
+    """Verify an archive of the model store, register it, and wait until it serves."""
+    if allow_unsigned:
+        click.echo("WARNING: --allow-unsigned: the archive's signature and provenance are not checked", err=True)
     from archiver import EXAMPLES
 
     from .deploy import deploy as do_deploy
@@ -199,7 +274,8 @@ def deploy(c: Ctx, name: str, version: str | None, workers: int | None, batch_si
                        workers=workers or serving.get("workers", 1),
                        batch_size=batch_size or serving.get("batch_size"),
                        max_batch_delay=max_batch_delay if max_batch_delay is not None else serving.get("max_batch_delay"),
-                       make_default=make_default, timeout=timeout)
+                       make_default=make_default, timeout=timeout, public_key=c.public_key(public_key),
+                       allow_unsigned=allow_unsigned)
     d = result.description
     if as_json:
         emit({"action": result.action, "seconds": round(result.seconds_to_ready, 2), **d.to_dict()})

@@ -156,6 +156,10 @@ class Project:
         return self.state_dir / "server"
 
     @property
+    def key_dir(self) -> Path:
+        return self.state_dir / "keys"
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 

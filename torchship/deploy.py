@@ -26,7 +26,12 @@ class DeployResult:
 
 def deploy(client: TorchServe, store: Path, name: str, version: str | None = None, *, workers: int = 1,
            batch_size: int | None = None, max_batch_delay: int | None = None, make_default: bool = False,
-           timeout: float = 120.0) -> DeployResult:
+           timeout: float = 120.0, public_key: Path | None = None, allow_unsigned: bool = False) -> DeployResult:
+    """Verify the archive, then register it (by file name), wait until it serves, and make it the
+    default if asked. Nothing reaches TorchServe unless verification passes; `allow_unsigned`
+    skips only the signature and provenance checks (third-party archives), never the safety ones."""
+    from archiver import ensure_verified
+
     started = time.monotonic()
     version = version or latest_version(store, name)
     if version is None:
@@ -36,6 +41,7 @@ def deploy(client: TorchServe, store: Path, name: str, version: str | None = Non
         raise ArchiveError(f"archive not found: {archive}: run `torchship package {name} --version {version}`")
     if workers < 1:
         raise ValueError("deploy needs at least one worker")
+    ensure_verified(archive, public_key=public_key, allow_unsigned=allow_unsigned)
 
     action = "registered"
     try:

@@ -67,13 +67,25 @@ def client(server):
 
 
 @pytest.fixture(scope="session")
-def mlp_archive(mlp_run, store) -> Path:
-    return archiver.build(archiver.example_spec("mlp", mlp_run, "1.0"), store)
+def key_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("keys")
 
 
 @pytest.fixture(scope="session")
-def mlp_deployed(client, store, mlp_archive):
-    """mlp 1.0 registered with dynamic batching, as `torchship deploy` does."""
+def public_key(key_dir) -> Path:
+    archiver.ensure_keys(key_dir)
+    return archiver.public_key_path(key_dir)
+
+
+@pytest.fixture(scope="session")
+def mlp_archive(mlp_run, store, key_dir) -> Path:
+    """mlp-1.0.mar, built and signed."""
+    return archiver.package(archiver.example_spec("mlp", mlp_run, "1.0"), store, key_dir).path
+
+
+@pytest.fixture(scope="session")
+def mlp_deployed(client, store, mlp_archive, public_key):
+    """mlp 1.0 verified and registered with dynamic batching, as `torchship deploy` does."""
     serving = archiver.EXAMPLES["mlp"].serving
     return deploy(client, store, "mlp", "1.0", workers=1, batch_size=serving["batch_size"],
-                  max_batch_delay=serving["max_batch_delay"])
+                  max_batch_delay=serving["max_batch_delay"], public_key=public_key)

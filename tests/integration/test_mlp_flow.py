@@ -69,8 +69,8 @@ def test_bad_requests_are_4xx_and_the_server_stays_healthy(client, mlp_deployed)
     assert client.ping() == "Healthy"
 
 
-def test_deploy_twice_is_harmless(client, store, mlp_deployed):
-    again = deploy(client, store, "mlp", "1.0", workers=1)
+def test_deploy_twice_is_harmless(client, store, mlp_deployed, public_key):
+    again = deploy(client, store, "mlp", "1.0", workers=1, public_key=public_key)
     assert again.action == "already registered"
     assert again.description.ready_workers == 1
     assert len(client.versions("mlp")) == 1

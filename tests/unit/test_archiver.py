@@ -13,7 +13,7 @@ from torchship.errors import ArchiveError
 
 
 def test_example_archive_holds_what_the_worker_needs(mlp_run, tmp_path):
-    path = archiver.build(example_spec("mlp", mlp_run, "1.0"), tmp_path)
+    path = archiver.build(example_spec("mlp", mlp_run, "1.0"), tmp_path).path
     assert path == tmp_path / "mlp-1.0.mar"
     with zipfile.ZipFile(path) as z:
         names = set(z.namelist())
@@ -23,11 +23,11 @@ def test_example_archive_holds_what_the_worker_needs(mlp_run, tmp_path):
             "meta.json", "model-config.yaml"} <= names
     assert manifest["model"]["modelName"] == "mlp" and manifest["model"]["modelVersion"] == "1.0"
     assert manifest["model"]["serializedFile"] == "model.safetensors"
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
 
 
 def test_existing_archive_is_never_overwritten_without_force(mlp_run, tmp_path):
-    path = archiver.build(example_spec("mlp", mlp_run, "1.0"), tmp_path)
+    path = archiver.build(example_spec("mlp", mlp_run, "1.0"), tmp_path).path
     before = path.read_bytes()
     with pytest.raises(ArchiveError, match="--force"):
         archiver.build(example_spec("mlp", mlp_run, "1.0"), tmp_path)
@@ -38,7 +38,7 @@ def test_existing_archive_is_never_overwritten_without_force(mlp_run, tmp_path):
 
 def test_each_handler_imports_on_its_own_from_the_archive(mlp_run, tmp_path):
     """In a worker, an ImportError in a handler surfaces as a misleading message: check here."""
-    path = archiver.build(example_spec("mlp", mlp_run, "1.0"), tmp_path / "store")
+    path = archiver.build(example_spec("mlp", mlp_run, "1.0"), tmp_path / "store").path
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(path).extractall(unpacked)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -1,0 +1,246 @@
+"""`torchship verify`: is this archive exactly what torchship built, and safe to hand to TorchServe?
+
+An archive is code (the handler runs in the worker), and TorchServe's MANIFEST holds no digests.
+Every check runs in order and is reported; the first failure makes the archive refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+import stat
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torchship.errors import VerificationError
+
+from .provenance import FORMAT, PROVENANCE_NAME
+from .signing import signature_path, verify_signature
+
+MAX_TOTAL_BYTES = 64 << 30  # what an archive may unpack to
+MAX_RATIO = 200  # uncompressed / compressed, per member and in total (zip bombs)
+MAX_MEMBERS = 10_000
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool | None  # None: skipped
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    archive: Path
+    checks: list[Check] = field(default_factory=list)
+    provenance: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok is not False for c in self.checks) and bool(self.checks)
+
+    @property
+    def failure(self) -> Check | None:
+        return next((c for c in self.checks if c.ok is False), None)
+
+    def to_dict(self) -> dict:
+        return {"archive": str(self.archive), "ok": self.ok,
+                "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks]}
+
+
+def verify_archive(archive: str | Path, *, public_key: Path | None, allow_unsigned: bool = False) -> VerifyReport:
+    """Run every check; never raises for a bad archive (see `ensure_verified`)."""
+    archive = Path(archive)
+    report = VerifyReport(archive)
+    steps = [_check_zip, _check_safety, _check_signature, _check_provenance, _check_identity, _check_weights]
+    ctx = {"public_key": public_key, "allow_unsigned": allow_unsigned}
+    try:
+        for step in steps:
+            check = step(archive, ctx, report)
+            report.checks.append(check)
+            if check.ok is False:
+                break
+    finally:
+        zf = ctx.get("zip")
+        if zf is not None:
+            zf.close()
+    return report
+
+
+def ensure_verified(archive: Path, *, public_key: Path | None, allow_unsigned: bool = False) -> VerifyReport:
+    report = verify_archive(archive, public_key=public_key, allow_unsigned=allow_unsigned)
+    if not report.ok:
+        bad = report.failure
+        raise VerificationError(f"{archive.name} failed verification ({bad.name}): {bad.detail}")
+    return report
+
+
+# ------------------------------------------------------------------ the checks
+
+def _check_zip(archive: Path, ctx: dict, report: VerifyReport) -> Check:
+    if not archive.is_file():
+        return Check("archive", False, f"not found: {archive}")
+    try:
+        ctx["zip"] = zipfile.ZipFile(archive)
+        ctx["infos"] = ctx["zip"].infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        return Check("archive", False, f"not a readable zip archive: {exc}")
+    return Check("archive", True, f"zip with {len(ctx['infos'])} members, {archive.stat().st_size / 1e6:.2f} MB")
+
+
+def _check_safety(archive: Path, ctx: dict, report: VerifyReport) -> Check:
+    infos: list[zipfile.ZipInfo] = ctx["infos"]
+    if len(infos) > MAX_MEMBERS:
+        return Check("safety", False, f"{len(infos)} members (at most {MAX_MEMBERS})")
+    seen: set[str] = set()
+    total = compressed = 0
+    for info in infos:
+        name = info.filename
+        norm = posixpath.normpath(name)
+        if (not name or name.startswith(("/", "\\")) or "\\" in name or (len(name) > 1 and name[1] == ":")
+                or ".." in name.split("/") or norm.startswith("../") or norm == ".."):
+            return Check("safety", False, f"unsafe member path {name!r} (absolute, '..' or backslash)")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            return Check("safety", False, f"member {name!r} is a symbolic link")
+        key = norm.rstrip("/").lower()
+        if key in seen:
+            return Check("safety", False, f"duplicate member name {name!r}")
+        seen.add(key)
+        total += info.file_size
+        compressed += info.compress_size
+        if info.compress_size and info.file_size / info.compress_size > MAX_RATIO:
+            return Check("safety", False, f"member {name!r} expands {info.file_size / info.compress_size:.0f}x "
+                                          f"(at most {MAX_RATIO}x): a zip bomb?")
+        if info.compress_size == 0 and info.file_size > 0:
+            return Check("safety", False, f"member {name!r} claims {info.file_size} bytes from nothing")
+    if total > MAX_TOTAL_BYTES:
+        return Check("safety", False, f"unpacks to {total / 2**30:.1f} GiB (at most {MAX_TOTAL_BYTES / 2**30:.0f} GiB)")
+    if compressed and total / compressed > MAX_RATIO:
+        return Check("safety", False, f"expands {total / compressed:.0f}x overall (at most {MAX_RATIO}x)")
+    return Check("safety", True, "no absolute or '..' paths, no links, no duplicates, size and ratio bounded")
+
+
+def _check_signature(archive: Path, ctx: dict, report: VerifyReport) -> Check:
+    sig = signature_path(archive)
+    if ctx["allow_unsigned"] and not sig.exists():
+        return Check("signature", None, "SKIPPED: unsigned archive allowed by --allow-unsigned")
+    key = ctx["public_key"]
+    if key is None:
+        return Check("signature", False, "no public key to verify with (give --public-key)")
+    try:
+        verify_signature(archive, key)
+    except VerificationError as exc:
+        return Check("signature", False, str(exc))
+    return Check("signature", True, f"{sig.name} valid for {Path(key).name}")
+
+
+def _check_provenance(archive: Path, ctx: dict, report: VerifyReport) -> Check:
+    zf: zipfile.ZipFile = ctx["zip"]
+    names = {i.filename for i in ctx["infos"]}
+    if PROVENANCE_NAME not in names:
+        if ctx["allow_unsigned"]:
+            return Check("provenance", None, f"SKIPPED: no {PROVENANCE_NAME} (not built by torchship)")
+        return Check("provenance", False, f"{PROVENANCE_NAME} is missing: not built by torchship")
+    try:
+        prov = json.loads(zf.read(PROVENANCE_NAME))
+        members = prov["members"]
+        assert prov.get("format") == FORMAT and isinstance(members, dict)
+    except (ValueError, KeyError, AssertionError, TypeError):
+        return Check("provenance", False, f"{PROVENANCE_NAME} is unreadable or of an unknown format")
+    report.provenance = prov
+    listed = set(members)
+    present = names - {PROVENANCE_NAME}
+    if present != listed:
+        extra, missing = sorted(present - listed), sorted(listed - present)
+        return Check("provenance", False, f"members differ from the provenance: added {extra}, missing {missing}")
+    for name in sorted(listed):
+        digest = hashlib.sha256()
+        with zf.open(name) as f:
+            for block in iter(lambda: f.read(8 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != members[name].get("sha256"):
+            return Check("provenance", False, f"{name} was modified (sha256 differs from the provenance)")
+    return Check("provenance", True, f"sha256 of all {len(listed)} members match")
+
+
+def _check_identity(archive: Path, ctx: dict, report: VerifyReport) -> Check:
+    try:
+        manifest = json.loads(ctx["zip"].read("MAR-INF/MANIFEST.json"))["model"]
+    except (KeyError, ValueError, TypeError):
+        return Check("identity", False, "MAR-INF/MANIFEST.json is missing or unreadable")
+    name, version = manifest.get("modelName"), manifest.get("modelVersion")
+    ctx["manifest"] = manifest
+    prov = report.provenance
+    if prov is not None and (prov["model"].get("name"), prov["model"].get("version")) != (name, version):
+        return Check("identity", False, f"MANIFEST says {name} {version}, provenance says "
+                                        f"{prov['model'].get('name')} {prov['model'].get('version')}")
+    if archive.name != f"{name}-{version}.mar":
+        return Check("identity", False, f"file name {archive.name} does not match the model inside ({name} {version}): "
+                                        "a renamed or swapped archive?")
+    return Check("identity", True, f"{name} {version}, as the file name says")
+
+
+def _check_weights(archive: Path, ctx: dict, report: VerifyReport) -> Check:
+    zf: zipfile.ZipFile = ctx["zip"]
+    checked = []
+    for info in ctx["infos"]:
+        lower = info.filename.lower()
+        if lower.endswith(PICKLE_SUFFIXES):
+            return Check("weights", False, f"{info.filename} is a pickle: it could run code when loaded")
+        if lower.endswith(".safetensors"):
+            problem = _safetensors_problem(zf, info)
+        elif lower.endswith(TORCH_SUFFIXES):
+            problem = _torch_problem(zf, info)
+        else:
+            continue
+        if problem:
+            return Check("weights", False, f"{info.filename}: {problem}")
+        checked.append(info.filename)
+    serialized = (ctx.get("manifest") or {}).get("serializedFile")
+    if serialized and serialized not in checked:
+        return Check("weights", False, f"serialized file {serialized} is neither safetensors nor a torch file "
+                                       "that loads with weights_only")
+    return Check("weights", True, ", ".join(checked) + " hold tensors only" if checked else "no weight files")
+
+
+def _safetensors_problem(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str | None:
+    with zf.open(info) as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return "too short for safetensors"
+        (length,) = struct.unpack("<Q", head)
+        if length > min(info.file_size - 8, 100 << 20):
+            return "safetensors header length is out of range"
+        try:
+            header = json.loads(f.read(length))
+        except ValueError:
+            return "safetensors header is not JSON"
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            end = max(end, int(entry["data_offsets"][1]))
+        except (KeyError, TypeError, ValueError, IndexError):
+            return f"safetensors entry {key!r} is malformed"
+    if 8 + length + end > info.file_size:
+        return "safetensors offsets point past the end of the file"
+    return None
+
+
+def _torch_problem(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str | None:
+    import pickle
+
+    import torch
+
+    try:
+        torch.load(io.BytesIO(zf.read(info)), weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, AttributeError, TypeError) as exc:
+        return f"does not load with weights_only=True (a pickle that could run code?): {str(exc).splitlines()[0][:120]}"
+    return None
