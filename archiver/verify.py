@@ -13,6 +13,7 @@ import posixpath
 import stat
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +63,10 @@ def verify_archive(archive: str | Path, *, public_key: Path | None, allow_unsign
     ctx = {"public_key": public_key, "allow_unsigned": allow_unsigned}
     try:
         for step in steps:
-            check = step(archive, ctx, report)
+            try:
+                check = step(archive, ctx, report)
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+                check = Check(step.__name__.removeprefix("_check_"), False, f"the archive is corrupt: {exc}")
             report.checks.append(check)
             if check.ok is False:
                 break
@@ -137,7 +141,7 @@ def _check_signature(archive: Path, ctx: dict, report: VerifyReport) -> Check:
         verify_signature(archive, key)
     except VerificationError as exc:
         return Check("signature", False, str(exc))
-    return Check("signature", True, f"{sig.name} valid for {Path(key).name}")
+    return Check("signature", True, f"{sig.name}: provenance signed by {Path(key).name}")
 
 
 def _check_provenance(archive: Path, ctx: dict, report: VerifyReport) -> Check:
