@@ -26,6 +26,7 @@ import yaml
 
 from torchship.errors import ArchiveError
 
+from .digests import recorded_digest
 from .model_config import validate_model_config
 from .provenance import PROVENANCE_NAME, build_time, provenance_document
 from .spec import ArchiveSpec
@@ -144,24 +145,26 @@ def _write_member(zf: zipfile.ZipFile, arcname: str, source: Path | bytes,
         zf.writestr(_zipinfo(arcname, len(source)), bytes(source))
         return {"sha256": digest.hexdigest(), "size": len(source)}
     size = source.stat().st_size
+    known = recorded_digest(source)  # recorded when training wrote the file, if still unchanged
     done = 0
-    # sha256 (for the provenance) runs in a second thread while this one computes the zip's
-    # CRC-32 and writes: hashlib, zlib and file writes release the GIL on large blocks.
+    # Otherwise sha256 runs in a second thread while this one computes the zip's CRC-32 and
+    # writes: hashlib, zlib and file writes release the GIL on large blocks.
     with open(source, "rb") as src, zf.open(_zipinfo(arcname, size), "w", force_zip64=size >= 0xFFFFFFFF) as dst, \
             ThreadPoolExecutor(max_workers=1) as hasher:
         while True:
             block = src.read(CHUNK)
             if not block:
                 break
-            hashed = hasher.submit(digest.update, block)
+            hashed = hasher.submit(digest.update, block) if known is None else None
             dst.write(block)
-            hashed.result()
+            if hashed is not None:
+                hashed.result()
             done += len(block)
             if size >= LARGE:
                 progress(arcname, done, size)
     if done != size:
         raise ArchiveError(f"{source} changed size while it was packed")
-    return {"sha256": digest.hexdigest(), "size": size}
+    return {"sha256": known or digest.hexdigest(), "size": size}
 
 
 def _fsync_dir(path: Path) -> None:

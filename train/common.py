@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-__all__ = ["RunResult", "new_run_dir", "write_checkpoint", "git_commit", "fingerprint_tensors",
+__all__ = ["RunResult", "new_run_dir", "write_checkpoint", "save_weights", "git_commit", "fingerprint_tensors",
            "fingerprint_files", "Progress", "latest_run", "seed_everything"]
 
 
@@ -94,14 +94,14 @@ def write_checkpoint(run_dir: Path, *, model: torch.nn.Module, kind: str, archit
                      history: list[dict[str, float]], seed: int, seconds: float,
                      extra: dict[str, Any] | None = None) -> None:
     """Write weights then meta.json; meta.json last, so a run without it is incomplete."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(run_dir / "model.safetensors"))
+    weights = save_weights(run_dir, model)
     meta = {
         "name": kind,
         "run": run_dir.name,
         "model": {"kind": kind, "architecture": architecture},
         "hyper_parameters": hyper_parameters,
         "data": data,
+        "weights": weights,
         "metrics": metrics,
         "history": history,
         "seed": seed,
@@ -115,6 +115,17 @@ def write_checkpoint(run_dir: Path, *, model: torch.nn.Module, kind: str, archit
     tmp = run_dir / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, run_dir / "meta.json")
+
+
+def save_weights(run_dir: Path, model_or_state) -> dict[str, Any]:
+    """Write model.safetensors and record its sha256 (packaging then need not hash it again)."""
+    from archiver.digests import record_digest
+
+    state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
+    state = {k: v.detach().contiguous() for k, v in state.items()}
+    path = run_dir / "model.safetensors"
+    save_file(state, str(path))
+    return {"file": path.name, "sha256": record_digest(path), "size": path.stat().st_size}
 
 
 class Progress:

@@ -219,3 +219,32 @@ def test_a_corrupt_archive_on_disk_is_refused_with_a_clear_reason(built, keys):
     built.path.write_bytes(bytes(data))
     report, failed = verdict(built.path, keys)
     assert failed == "provenance" and "corrupt" in report.failure.detail
+
+
+def test_digest_recorded_by_training_is_reused_only_while_the_file_is_unchanged(mlp_run, tmp_path, keys):
+    import hashlib
+    import os
+
+    from archiver.digests import recorded_digest
+
+    weights = mlp_run / "model.safetensors"
+    real = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert recorded_digest(weights) == real  # training recorded it
+
+    run = tmp_path / "run"
+    shutil.copytree(mlp_run, run)  # a copy keeps the sidecar, but is another file: not trusted
+    assert recorded_digest(run / "model.safetensors") is None
+    built = archiver.package(example_spec("mlp", run, "1.0"), tmp_path / "s", keys)
+    assert built.provenance["members"]["model.safetensors"]["sha256"] == real
+
+    # a file changed behind the cache's back (same size and inode, mtime put back): refused later
+    from archiver.digests import record_digest
+
+    target = run / "model.safetensors"
+    record_digest(target)
+    st = target.stat()
+    target.write_bytes(tamper.flip_byte(target.read_bytes()))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    stale = archiver.package(example_spec("mlp", run, "2.0"), tmp_path / "s", keys)
+    report, failed = verdict(stale.path, keys)
+    assert failed == "provenance" and "model.safetensors was modified" in report.failure.detail

@@ -1,0 +1,239 @@
+"""The desired state of a deployment (deploy.yaml), and the plan that converges a server to it.
+
+    models:
+      mlp:
+        versions: ["1.0", "2.0"]     # archives model_store/mlp-<v>.mar
+        default: "2.0"
+        workers: {min: 1, max: 1}
+        batch_size: 8
+        max_batch_delay_ms: 10
+
+`plan` compares the file with the live server and lists the actions; `apply` runs them in a safe
+order: register what is missing (verified first), fix workers, recreate versions whose batching
+changed, set the default, and only then unregister versions no longer listed, so the version
+serving traffic is never removed before its successor serves. Models the file does not name are
+left alone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, ModelNotFound, TorchServeError
+from .types import ModelDescription
+
+__all__ = ["ModelState", "DesiredState", "Action", "plan", "apply", "ApplyReport", "load_desired"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
+
+
+@dataclass(frozen=True)
+class ModelState:
+    name: str
+    versions: tuple[str, ...]
+    default: str
+    min_workers: int = 1
+    max_workers: int = 1
+    batch_size: int = 1
+    max_batch_delay_ms: int = 100
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"versions": list(self.versions), "default": self.default,
+                "workers": {"min": self.min_workers, "max": self.max_workers},
+                "batch_size": self.batch_size, "max_batch_delay_ms": self.max_batch_delay_ms}
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    models: dict[str, ModelState] = field(default_factory=dict)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump({"models": {n: m.to_dict() for n, m in self.models.items()}}, sort_keys=False)
+
+
+def load_desired(path: str | Path) -> DesiredState:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return parse_desired(raw, str(path))
+
+
+def parse_desired(raw: Any, where: str = "deploy.yaml") -> DesiredState:
+    if not isinstance(raw, dict) or not isinstance(raw.get("models"), dict) or not raw["models"]:
+        raise ConfigError(f"{where}: expected a top-level 'models:' mapping with at least one model")
+    unknown_top = set(raw) - {"models"}
+    if unknown_top:
+        raise ConfigError(f"{where}: unknown top-level key(s) {sorted(unknown_top)}")
+    models = {}
+    for name, spec in raw["models"].items():
+        here = f"{where}: models.{name}"
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(f"{here}: invalid model name")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{here}: expected a mapping")
+        unknown = set(spec) - {"versions", "default", "workers", "batch_size", "max_batch_delay_ms"}
+        if unknown:
+            raise ConfigError(f"{here}: unknown key(s) {sorted(unknown)}")
+        versions = spec.get("versions")
+        if not isinstance(versions, list) or not versions:
+            raise ConfigError(f"{here}.versions: a non-empty list of versions, e.g. [\"1.0\"]")
+        versions = [str(v) for v in versions]
+        if len(set(versions)) != len(versions):
+            raise ConfigError(f"{here}.versions: a version is listed twice")
+        default = str(spec.get("default", versions[-1]))
+        if default not in versions:
+            raise ConfigError(f"{here}.default: {default} is not among the versions {versions}")
+        workers = spec.get("workers", {"min": 1, "max": 1})
+        if isinstance(workers, int) and not isinstance(workers, bool):
+            workers = {"min": workers, "max": workers}
+        if not isinstance(workers, dict) or set(workers) - {"min", "max"}:
+            raise ConfigError(f"{here}.workers: expected {{min: N, max: M}}")
+        lo, hi = workers.get("min", 1), workers.get("max", workers.get("min", 1))
+        batch, delay = spec.get("batch_size", 1), spec.get("max_batch_delay_ms", 100)
+        for label, value, least in (("workers.min", lo, 0), ("workers.max", hi, 1), ("batch_size", batch, 1),
+                                    ("max_batch_delay_ms", delay, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ConfigError(f"{here}.{label}: an integer >= {least}, not {value!r}")
+        if lo > hi:
+            raise ConfigError(f"{here}.workers: min ({lo}) is above max ({hi})")
+        models[name] = ModelState(name, tuple(versions), default, lo, hi, batch, delay)
+    return DesiredState(models)
+
+
+# ---------------------------------------------------------------------- plan
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # register | recreate | scale | set-default | unregister
+    model: str
+    version: str
+    detail: str
+    params: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.kind:12} {self.model} {self.version}: {self.detail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.kind, "model": self.model, "version": self.version, "detail": self.detail}
+
+
+_ORDER = {"register": 0, "recreate": 1, "scale": 2, "set-default": 3, "unregister": 4}
+
+
+def _live(client, name: str) -> dict[str, ModelDescription]:
+    try:
+        return {d.version: d for d in client.versions(name)}
+    except ModelNotFound:
+        return {}
+
+
+def plan(client, desired: DesiredState) -> list[Action]:
+    """What `apply` would do, in the order it would do it. Empty when the server already matches."""
+    actions: list[Action] = []
+    for name, want in desired.models.items():
+        live = _live(client, name)
+        reg = {"workers": want.min_workers, "max_workers": want.max_workers, "batch_size": want.batch_size,
+               "max_batch_delay": want.max_batch_delay_ms}
+        current_default = next((v for v, d in live.items() if d.is_default), None)
+        for version in want.versions:
+            have = live.get(version)
+            if have is None:
+                actions.append(Action("register", name, version,
+                                      f"workers {want.min_workers}-{want.max_workers}, batch {want.batch_size}"
+                                      f" / {want.max_batch_delay_ms} ms", reg))
+                continue
+            if (have.batch_size, have.max_batch_delay) != (want.batch_size, want.max_batch_delay_ms):
+                actions.append(Action("recreate", name, version,
+                                      f"batch {have.batch_size} / {have.max_batch_delay} ms -> {want.batch_size} / "
+                                      f"{want.max_batch_delay_ms} ms (TorchServe cannot change batching in place)",
+                                      {**reg, "was_default": have.is_default}))
+            elif (have.min_workers, have.max_workers) != (want.min_workers, want.max_workers) \
+                    or have.ready_workers < want.min_workers:
+                actions.append(Action("scale", name, version,
+                                      f"workers {have.min_workers}-{have.max_workers} ({have.ready_workers} ready) -> "
+                                      f"{want.min_workers}-{want.max_workers}", reg))
+        if current_default != want.default:
+            actions.append(Action("set-default", name, want.default, f"default {current_default} -> {want.default}"))
+        for version in live:
+            if version not in want.versions:
+                actions.append(Action("unregister", name, version, "no longer listed"))
+    return sorted(actions, key=lambda a: (_ORDER[a.kind], a.model))
+
+
+# ---------------------------------------------------------------------- apply
+
+@dataclass
+class ApplyReport:
+    done: list[Action] = field(default_factory=list)
+    not_done: list[Action] = field(default_factory=list)
+    failed: Action | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failed is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "done": [a.to_dict() for a in self.done],
+                "failed": self.failed.to_dict() if self.failed else None, "error": self.error,
+                "not_done": [a.to_dict() for a in self.not_done]}
+
+
+def apply(client, store: Path, desired: DesiredState, *, public_key: Path | None, registry=None,
+          timeout: float = 120.0, progress=None) -> ApplyReport:
+    """Run the plan. Stops at the first failure and reports what was and was not applied; the
+    default keeps serving (unregistering comes last)."""
+    from .deploy import deploy
+
+    actions = plan(client, desired)
+    report = ApplyReport()
+    for i, action in enumerate(actions):
+        if progress:
+            progress(action)
+        try:
+            _run(client, store, action, public_key=public_key, timeout=timeout, deploy=deploy)
+        except (TorchServeError, ValueError) as exc:
+            report.failed, report.error, report.not_done = action, str(exc), actions[i + 1:]
+            if registry:
+                registry.record(action.model, action.version, "apply_failed", action=action.kind, error=str(exc))
+            return report
+        report.done.append(action)
+        if registry:
+            kind = {"register": "registered", "recreate": "registered", "scale": "scaled",
+                    "set-default": "default_set", "unregister": "unregistered"}[action.kind]
+            registry.record(action.model, action.version, kind, via="apply", detail=action.detail)
+    return report
+
+
+def _run(client, store: Path, action: Action, *, public_key, timeout: float, deploy) -> None:
+    p = action.params
+    if action.kind == "register":
+        deploy(client, store, action.model, action.version, workers=max(p["workers"], 1),
+               batch_size=p["batch_size"], max_batch_delay=p["max_batch_delay"], timeout=timeout, public_key=public_key)
+        if p["workers"] != max(p["workers"], 1) or p["max_workers"] != max(p["workers"], 1):
+            client.scale(action.model, version=action.version, min_workers=p["workers"], max_workers=p["max_workers"])
+    elif action.kind == "recreate":
+        if p.get("was_default"):
+            raise TorchServeError(f"{action.model} {action.version} is the default and serves traffic: its batching "
+                                  "cannot be changed in place without dropping requests. Package the same model as "
+                                  "a new version with the new batching, list it, and make it the default")
+        client.unregister(action.model, action.version)
+        deploy(client, store, action.model, action.version, workers=max(p["workers"], 1),
+               batch_size=p["batch_size"], max_batch_delay=p["max_batch_delay"], timeout=timeout, public_key=public_key)
+    elif action.kind == "scale":
+        client.scale(action.model, version=action.version, min_workers=p["workers"], max_workers=p["max_workers"])
+        if p["workers"]:
+            client.wait_until_ready(action.model, action.version, timeout=timeout)
+    elif action.kind == "set-default":
+        client.set_default(action.model, action.version)
+    elif action.kind == "unregister":
+        client.unregister(action.model, action.version)
