@@ -11,12 +11,12 @@ MODEL   ?= mlp
 VERSION ?= 1.0
 PYTEST_ARGS ?=
 
-.PHONY: help setup java train package serve deploy predict demo test unit integration stop status clean
+.PHONY: help setup java train package serve deploy apply predict demo test unit integration stop status clean
 
 help:
 	@echo "make demo      set up, quick-train, package, serve, deploy and predict ($(MODEL))"
 	@echo "make test      run the whole test suite (starts its own TorchServe)"
-	@echo "make train | package | serve | deploy | predict | status | stop | clean   (MODEL=, VERSION=)"
+	@echo "make train | package | serve | deploy | apply | predict | status | stop | clean   (MODEL=, VERSION=)"
 
 # The virtual environment, made and filled on first use; redone when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -42,6 +42,9 @@ serve: setup java
 deploy: setup
 	$(TS) deploy $(MODEL) --version $(VERSION)
 
+apply: setup
+	$(TS) apply deploy.yaml
+
 predict: setup
 	$(BIN)/python scripts/demo_request.py $(MODEL) | $(TS) predict $(MODEL) --version $(VERSION) --json "$$(cat)"
 
@@ -52,7 +55,7 @@ stop: setup
 	$(TS) serve stop
 
 # The demo reuses what a previous run left (checkpoint, archive, running server, registration),
-# so running it twice in a row just works.
+# so running it twice in a row just works. deploy.yaml says what the server should run.
 demo: setup java
 	@set -e; start=$$(date +%s); \
 	if [ -z "$$(ls -d checkpoints/$(MODEL)/*/meta.json 2>/dev/null)" ]; then $(TS) train $(MODEL) --quick; \
@@ -60,7 +63,7 @@ demo: setup java
 	if [ ! -f model_store/$(MODEL)-$(VERSION).mar ]; then $(TS) package $(MODEL) --version $(VERSION); \
 	else echo "model_store/$(MODEL)-$(VERSION).mar exists: skipping packaging"; fi; \
 	$(TS) serve start; \
-	$(TS) deploy $(MODEL) --version $(VERSION); \
+	$(TS) apply deploy.yaml; \
 	echo; echo "prediction for $(MODEL) $(VERSION):"; \
 	$(BIN)/python scripts/demo_request.py $(MODEL) | $(TS) predict $(MODEL) --version $(VERSION) --json "$$(cat)"; \
 	echo; $(TS) models; \

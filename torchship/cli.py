@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok, 1 other failure, 2 usage, 3 server unreachable or not started, 4 not found,
 5 conflict (exists already, or forbidden), 6 unauthorized, 7 bad input, 8 archive or verification
-failure, 9 timed out, 10 server error.
+failure, 9 timed out, 10 server error, 11 rollout rejected.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (E.ArchiveError, 8), (E.VerificationError, 8),
     (E.ReadinessTimeout, 9),
     (E.ServerError, 10),
+    (E.RolloutFailed, 11),
     (E.TorchServeError, 1),
 ]
 
@@ -61,6 +62,14 @@ class Ctx:
         from .server import LocalServer
 
         return LocalServer(self.config_path, self.project.server_dir)
+
+    @property
+    def registry(self):
+        if getattr(self, "_registry", None) is None:
+            from .registry import Registry
+
+            self._registry = Registry(self.project.state_dir / "registry.db")
+        return self._registry
 
     def public_key(self, given: str | None) -> Path:
         from archiver import public_key_path
@@ -147,15 +156,18 @@ def serve_status(c: Ctx, as_json: bool) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="Override the number of epochs.")
 @click.option("--quick", is_flag=True, help="Short training, as CI and the demo run it.")
+@click.option("--shuffle-labels", is_flag=True, help="Train on shuffled labels: a deliberately bad model, "
+              "to see a rollout reject it.")
 @pass_ctx
-def train(c: Ctx, name: str, seed: int, epochs: int | None, quick: bool) -> None:
+def train(c: Ctx, name: str, seed: int, epochs: int | None, quick: bool, shuffle_labels: bool) -> None:
     """Train an example model into checkpoints/NAME/<run>/."""
     import train as trainers_pkg
 
     trainers = trainers_pkg.trainers()
     if name not in trainers:
         raise E.TrainingError(f"no training script for {name!r}; known: {', '.join(sorted(trainers))}")
-    result = trainers[name](c.project.checkpoints, seed=seed, epochs=epochs, quick=quick)
+    extra = {"shuffle_labels": True} if shuffle_labels else {}
+    result = trainers[name](c.project.checkpoints, seed=seed, epochs=epochs, quick=quick, **extra)
     figures = ", ".join(f"{k} {v}" for k, v in result.metrics.items())
     click.echo(f"trained {name} in {result.seconds:.1f} s: {figures}\ncheckpoint: {result.run_dir}")
 
@@ -212,6 +224,8 @@ def package(c: Ctx, name: str | None, version: str | None, checkpoint: str | Non
         spec = archiver.example_spec(name, run, version)
         source = str(run)
     result = archiver.package(spec, c.store, c.project.key_dir, force=force)
+    c.registry.record_archive(name=spec.name, version=version, digest=result.digest, path=result.path,
+                              provenance=result.provenance, signature=archiver.signature_path(result.path))
     click.echo(f"packaged {spec.name} {version} from {source} -> {result.path} "
                f"({result.path.stat().st_size / 1e6:.2f} MB)\n"
                f"build digest {result.digest}; signed: {archiver.signature_path(result.path).name}")
@@ -277,6 +291,10 @@ def deploy(c: Ctx, name: str, version: str | None, workers: int | None, batch_si
                        make_default=make_default, timeout=timeout, public_key=c.public_key(public_key),
                        allow_unsigned=allow_unsigned)
     d = result.description
+    if result.action == "registered":
+        c.registry.record(name, d.version, "registered", via="deploy", workers=d.min_workers)
+    if make_default:
+        c.registry.record(name, d.version, "default_set", via="deploy")
     if as_json:
         emit({"action": result.action, "seconds": round(result.seconds_to_ready, 2), **d.to_dict()})
     else:
@@ -420,6 +438,139 @@ def describe(c: Ctx, name: str, version: str | None, as_json: bool) -> None:
         click.echo(render(["version", "worker", "status", "pid", "memory MB"], workers))
 
 
+# ---------------------------------------------------------------- version control
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def history(c: Ctx, name: str, as_json: bool) -> None:
+    """Versions with their lineage (training run, data, metrics) and deployment events, newest first."""
+    archives = c.registry.archives(name)
+    events = c.registry.events(name)
+    try:
+        live = {d.version: d for d in c.client.versions(name)}
+    except E.TorchServeError:
+        live = None
+    if as_json:
+        emit({"name": name, "versions": [{**a.to_dict(), "registered": live is not None and a.version in live,
+                                          "default": bool(live and a.version in live and live[a.version].is_default)}
+                                         for a in archives],
+              "events": [e.to_dict() for e in events]})
+        return
+    if not archives and not events:
+        raise E.TorchServeError(f"no history for {name}: package it first (torchship package {name})")
+
+    def state(version: str) -> str:
+        if live is None:
+            return "?"
+        if version not in live:
+            return ""
+        return "default" if live[version].is_default else "registered"
+
+    click.echo(f"versions of {name}, newest first" + ("" if live is not None else " (server not reachable)"))
+    click.echo(render(["version", "server", "digest", "training run", "data", "metrics", "git"],
+                      [[a.version, state(a.version), a.digest[:19], a.checkpoint_run, (a.data_fingerprint or "")[:19],
+                        " ".join(f"{k}={v}" for k, v in a.metrics.items()), (a.git_commit or "")[:12]]
+                       for a in archives]))
+    click.echo(f"\nevents of {name}, newest first")
+    click.echo(render(["time", "version", "event", "detail"],
+                      [[e.time[:19].replace("T", " "), e.version or "", e.kind,
+                        " ".join(f"{k}={v}" for k, v in e.detail.items())[:100]] for e in events]))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def plan(c: Ctx, file: str, as_json: bool) -> None:
+    """Show what `apply FILE` would change on the server."""
+    from .desired import load_desired, plan as make_plan
+
+    actions = make_plan(c.client, load_desired(file))
+    if as_json:
+        emit([a.to_dict() for a in actions])
+    elif actions:
+        click.echo(render(["action", "model", "version", "detail"], [[a.kind, a.model, a.version, a.detail]
+                                                                    for a in actions]))
+    else:
+        click.echo("no changes: the server matches " + file)
+
+
+@cli.command("apply")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--public-key", type=click.Path(dir_okay=False, exists=True), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def apply_cmd(c: Ctx, file: str, public_key: str | None, as_json: bool) -> None:
+    """Converge the server to FILE (idempotent; a second run changes nothing)."""
+    from .desired import apply as do_apply, load_desired
+
+    desired = load_desired(file)
+    say = None if as_json else (lambda a: click.echo(f"  {a}"))
+    report = do_apply(c.client, c.store, desired, public_key=c.public_key(public_key), registry=c.registry,
+                      progress=say)
+    if as_json:
+        emit(report.to_dict())
+    elif not report.done and report.ok:
+        click.echo("no changes: the server matches " + file)
+    elif report.ok:
+        click.echo(f"applied {len(report.done)} change(s) from {file}")
+    if not report.ok:
+        not_done = ", ".join(f"{a.kind} {a.model} {a.version}" for a in report.not_done) or "nothing else"
+        raise E.TorchServeError(f"apply stopped at '{report.failed}': {report.error}. Done: {len(report.done)} "
+                                f"change(s); not done: {not_done}. The default version keeps serving.")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--version", "version", required=True, help="The version to roll out.")
+@click.option("--golden", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Golden set (JSON lines of input + expected); default tests/golden/NAME.jsonl.")
+@click.option("--min-accuracy", type=click.FloatRange(0, 1), default=None,
+              help="Golden accuracy needed (default: no more than 0.02 below the current default's).")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
+              help="Share of golden inputs on which the new version must agree with the current default.")
+@click.option("--max-p99-ms", type=click.FloatRange(min=0), default=None, help="Latency budget under load.")
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--requests", "load_requests", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Requests of the latency check.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--public-key", type=click.Path(dir_okay=False, exists=True), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def rollout(c: Ctx, name: str, version: str, golden: str | None, min_accuracy: float | None,
+            min_agreement: float | None, max_p99_ms: float | None, warmup: int, load_requests: int,
+            concurrency: int, public_key: str | None, as_json: bool) -> None:
+    """Guarded promotion of VERSION with automatic rollback (see the README)."""
+    from .rollout import load_golden, rollout as do_rollout
+
+    golden_path = Path(golden) if golden else c.project.root / "tests" / "golden" / f"{name}.jsonl"
+    if not golden_path.is_file():
+        raise click.UsageError(f"no golden set at {golden_path}: give --golden FILE")
+    report = do_rollout(c.client, c.store, name, version, golden=load_golden(golden_path),
+                        min_accuracy=min_accuracy, min_agreement=min_agreement, max_p99_ms=max_p99_ms, warmup=warmup,
+                        load_requests=load_requests, concurrency=concurrency, public_key=c.public_key(public_key),
+                        registry=c.registry, log=None if as_json else click.echo)
+    if as_json:
+        emit(report.to_dict())
+    if not report.passed:
+        raise E.RolloutFailed(f"rollout of {name} {version} rejected at the {report.gate} gate: {report.reason}; "
+                              f"{report.previous} keeps serving")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def rollback(c: Ctx, name: str, as_json: bool) -> None:
+    """Make the previous good version the default again."""
+    from .rollout import rollback as do_rollback
+
+    old, new = do_rollback(c.client, name, c.registry)
+    _say(as_json, f"{name}: default {old} -> {new}", previous=old, default=new)
+
+
 def _say(as_json: bool, status: str, **fields: Any) -> None:
     emit({"status": status, **fields}) if as_json else click.echo(status)
 
@@ -436,6 +587,7 @@ def scale(c: Ctx, name: str, min_workers: int, max_workers: int | None, version:
     if max_workers is not None and max_workers < min_workers:
         raise click.BadParameter(f"--max ({max_workers}) is below --min ({min_workers})", param_hint="--max")
     _say(as_json, c.client.scale(name, min_workers=min_workers, max_workers=max_workers, version=version))
+    c.registry.record(name, version, "scaled", min_workers=min_workers, max_workers=max_workers or min_workers)
 
 
 @cli.command("set-default")
@@ -446,6 +598,7 @@ def scale(c: Ctx, name: str, min_workers: int, max_workers: int | None, version:
 def set_default(c: Ctx, name: str, version: str, as_json: bool) -> None:
     """Make VERSION the version that /predictions/NAME serves."""
     _say(as_json, c.client.set_default(name, version))
+    c.registry.record(name, version, "default_set", via="set-default")
 
 
 @cli.command()
@@ -456,6 +609,7 @@ def set_default(c: Ctx, name: str, version: str, as_json: bool) -> None:
 def unregister(c: Ctx, name: str, version: str | None, as_json: bool) -> None:
     """Remove a model version from the server (the archive stays in the store)."""
     _say(as_json, c.client.unregister(name, version))
+    c.registry.record(name, version, "unregistered", via="unregister")
 
 
 def main(argv: list[str] | None = None) -> int:

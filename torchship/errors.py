@@ -20,6 +20,7 @@ Catch ``TorchServeError`` to catch everything::
     ├── ServerStartError                a local server failed to start or stop
     ├── ArchiveError                    packaging failed or would overwrite an archive
     ├── VerificationError               an archive failed verification
+    ├── RolloutFailed                   a guarded rollout was rejected at a gate
     └── TrainingError                   a training run cannot start or failed
 
 Messages say what happened and what to do about it. Keys never appear in them.
@@ -51,6 +52,7 @@ __all__ = [
     "ArchiveError",
     "VerificationError",
     "TrainingError",
+    "RolloutFailed",
     "error_from_response",
 ]
 
@@ -160,6 +162,10 @@ class VerificationError(TorchServeError):
 
 class TrainingError(TorchServeError):
     """A training run could not start or failed."""
+
+
+class RolloutFailed(TorchServeError):
+    """A guarded rollout was rejected at a gate; the previous default keeps serving."""
 
 
 _BY_STATUS: dict[int, type[APIError]] = {

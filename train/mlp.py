@@ -20,25 +20,37 @@ from .common import Progress, RunResult, fingerprint_tensors, new_run_dir, seed_
 ARCHITECTURE = {"in_features": 100, "hidden": 50, "classes": 10}
 
 
+def make_teacher(seed: int) -> torch.Tensor:
+    """The fixed random linear map whose highest-scoring class is each input's label."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(ARCHITECTURE["in_features"], ARCHITECTURE["classes"], generator=gen)
+
+
 def make_data(seed: int, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`samples` random inputs and their teacher labels; the same seed gives the same data."""
-    gen = torch.Generator().manual_seed(seed)
+    teacher = make_teacher(seed)  # its own generator: the task does not depend on the sample count
+    gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(samples, ARCHITECTURE["in_features"], generator=gen)
-    teacher = torch.randn(ARCHITECTURE["in_features"], ARCHITECTURE["classes"], generator=gen)
     y = (x @ teacher).argmax(dim=1)
     return x, y
 
 
 def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick: bool = False,
-          samples: int | None = None, lr: float = 1e-3, batch_size: int = 64, progress: bool = True) -> RunResult:
+          samples: int | None = None, lr: float = 1e-3, batch_size: int = 64, progress: bool = True,
+          shuffle_labels: bool = False, data_seed: int = 0) -> RunResult:
+    """Train and write a checkpoint. `seed` sets the initial weights and batch order; `data_seed`
+    the data set (the same task for every run unless changed). `shuffle_labels` trains on permuted
+    labels: a deliberately bad model, for testing that rollouts reject it."""
     started = time.monotonic()
     epochs = epochs or (10 if quick else 30)
     samples = samples or 10000
     torch.set_num_threads(1)
     gen = seed_everything(seed)
-    x, y = make_data(seed, samples)
+    x, y = make_data(data_seed, samples)
     split = int(0.8 * samples)
     x_train, y_train, x_val, y_val = x[:split], y[:split], x[split:], y[split:]
+    if shuffle_labels:
+        y_train = y_train[torch.randperm(split, generator=gen)]
 
     model = MLP(**ARCHITECTURE)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
@@ -71,10 +83,10 @@ def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick:
     write_checkpoint(
         run_dir, model=model, kind="mlp", architecture=ARCHITECTURE,
         hyper_parameters={"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": "Adam",
-                          "loss": "cross_entropy", "quick": quick},
-        data={"source": "seeded random tensors, labels from a seeded random linear teacher",
+                          "loss": "cross_entropy", "quick": quick, "shuffle_labels": shuffle_labels},
+        data={"source": f"seeded random tensors (data seed {data_seed}), labels from a seeded random linear teacher",
               "samples": samples, "train": split, "validation": samples - split,
               "fingerprint": fingerprint_tensors(x, y)},
-        metrics=metrics, history=history, seed=seed, seconds=seconds,
+        metrics=metrics, history=history, seed=seed, seconds=seconds, extra={"data_seed": data_seed},
     )
     return RunResult(run_dir, metrics, seconds)

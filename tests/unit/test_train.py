@@ -43,3 +43,15 @@ def test_progress_is_shown(tmp_path, capsys):
     mlp.train(tmp_path, epochs=2, samples=200)
     err = capsys.readouterr().err
     assert "epoch 1/2" in err and "epoch 2/2" in err and "val_acc" in err
+
+
+def test_the_task_does_not_depend_on_the_sample_count():
+    teacher = mlp.make_teacher(0)
+    for n in (50, 500):
+        x, y = mlp.make_data(0, n)
+        assert torch.equal(y, (x @ teacher).argmax(dim=1))
+
+
+def test_shuffled_labels_give_a_bad_model(tmp_path):
+    bad = mlp.train(tmp_path, seed=1, epochs=3, samples=2000, progress=False, shuffle_labels=True)
+    assert bad.metrics["val_accuracy"] < 0.3

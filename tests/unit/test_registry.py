@@ -1,0 +1,114 @@
+import sqlite3
+import threading
+
+import pytest
+
+from torchship.desired import parse_desired
+from torchship.errors import ConfigError
+from torchship.registry import Registry
+
+
+@pytest.fixture
+def reg(tmp_path):
+    with Registry(tmp_path / "registry.db") as r:
+        yield r
+
+
+PROV = {"checkpoint": {"run": "20261128T000000Z", "data": {"fingerprint": "sha256:abc"}, "git_commit": "deadbeef",
+                       "metrics": {"val_accuracy": 0.88}}}
+
+
+def test_archives_keep_their_lineage(reg, tmp_path):
+    reg.record_archive(name="m", version="1.0", digest="sha256:1", path=tmp_path / "m-1.0.mar", provenance=PROV)
+    rec = reg.archive("m", "1.0")
+    assert (rec.checkpoint_run, rec.data_fingerprint, rec.git_commit) == ("20261128T000000Z", "sha256:abc", "deadbeef")
+    assert rec.metrics == {"val_accuracy": 0.88}
+    assert reg.provenance("m", "1.0") == PROV
+    assert [e.kind for e in reg.events("m")] == ["packaged"]
+
+
+def test_events_newest_first_and_filtered(reg):
+    for kind in ("registered", "default_set", "scaled"):
+        reg.record("m", "1.0", kind, n=1)
+    assert [e.kind for e in reg.events("m")] == ["scaled", "default_set", "registered"]
+    assert [e.kind for e in reg.events("m", kinds=("registered",))] == ["registered"]
+    with pytest.raises(ValueError):
+        reg.record("m", "1.0", "made-up")
+
+
+def test_a_failed_write_leaves_nothing_half_written(reg, tmp_path, monkeypatch):
+    class Boom(Exception):
+        pass
+
+    real = reg._conn
+
+    class Flaky:
+        """The connection fails between the archive row and its event."""
+
+        def __init__(self):
+            self.calls = 0
+
+        def cursor(self):
+            cur = real.cursor()
+            flaky = self
+
+            class C:
+                lastrowid = None
+
+                def execute(self, sql, args=()):
+                    if sql.startswith("INSERT INTO events") and flaky.calls == 0:
+                        flaky.calls += 1
+                        raise Boom()
+                    return cur.execute(sql, args)
+
+            return C()
+
+    monkeypatch.setattr(reg, "_conn", Flaky())
+    with pytest.raises(Boom):
+        reg.record_archive(name="m", version="1.0", digest="d", path=tmp_path / "x", provenance=PROV)
+    monkeypatch.setattr(reg, "_conn", real)
+    assert reg.archive("m", "1.0") is None and reg.events("m") == []
+
+
+def test_concurrent_writers_lose_nothing(reg):
+    threads = [threading.Thread(target=lambda: [reg.record("m", "1", "scaled") for _ in range(50)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(reg.events("m")) == 200
+    assert sqlite3.connect(reg.path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_previous_default_skips_versions_rolled_back_from(reg):
+    reg.record("m", "1.0", "default_set")
+    reg.record("m", "2.0", "promoted")
+    assert reg.previous_default("m", "2.0") == "1.0"
+    reg.record("m", "1.0", "rolled_back", **{"from": "2.0"})
+    reg.record("m", "3.0", "promoted")
+    # 2.0 was rolled back from: never a rollback target
+    assert reg.previous_default("m", "3.0") == "1.0"
+    assert reg.previous_default("other", None) is None
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({}, "top-level 'models:'"),
+    ({"models": {"m": {"versions": []}}}, "non-empty list"),
+    ({"models": {"m": {"versions": ["1.0"], "default": "2.0"}}}, "not among the versions"),
+    ({"models": {"m": {"versions": ["1.0"], "workers": {"min": 3, "max": 1}}}}, "min (3) is above max"),
+    ({"models": {"m": {"versions": ["1.0"], "batch_size": 0}}}, "batch_size: an integer >= 1"),
+    ({"models": {"m": {"versions": ["1.0"], "batchsize": 8}}}, "unknown key"),
+    ({"models": {"m": {"versions": ["1.0", "1.0"]}}}, "listed twice"),
+    ({"models": {"../x": {"versions": ["1.0"]}}}, "invalid model name"),
+    ({"models": {"m": {"versions": ["1.0"]}}, "extra": 1}, "unknown top-level"),
+])
+def test_desired_state_is_validated(raw, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_desired(raw)
+
+
+def test_desired_state_defaults():
+    state = parse_desired({"models": {"m": {"versions": [1.0, "2.0"], "workers": 2}}})
+    m = state.models["m"]
+    assert m.versions == ("1.0", "2.0") and m.default == "2.0" and (m.min_workers, m.max_workers) == (2, 2)
+    assert parse_desired(__import__("yaml").safe_load(state.to_yaml())) == state
