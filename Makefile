@@ -9,9 +9,11 @@ TS      := $(BIN)/torchship
 STAMP   := $(VENV)/.installed
 MODEL   ?= mlp
 VERSION ?= 1.0
+# the models `make demo` trains, packages and deploys (deploy.yaml lists the same)
+MODELS  ?= mlp sentiment fashion recommender
 PYTEST_ARGS ?=
 
-.PHONY: help setup java train package serve deploy apply predict demo test unit integration stop status clean
+.PHONY: help setup java data train package serve deploy apply predict demo test unit integration stop status clean
 
 help:
 	@echo "make demo      set up, quick-train, package, serve, deploy and predict ($(MODEL))"
@@ -30,7 +32,12 @@ setup: $(STAMP)
 java:
 	@scripts/check-java.sh
 
-train: setup
+# The example data (fetched and checked by sha256) and the golden sets built from it.
+data: setup
+	$(BIN)/python scripts/fetch_data.py
+	$(BIN)/python scripts/make_golden.py all
+
+train: data
 	$(TS) train $(MODEL)
 
 package: setup
@@ -46,7 +53,7 @@ apply: setup
 	$(TS) apply deploy.yaml
 
 predict: setup
-	$(BIN)/python scripts/demo_request.py $(MODEL) | $(TS) predict $(MODEL) --version $(VERSION) --json "$$(cat)"
+	scripts/demo_predict.sh $(MODEL) $(VERSION)
 
 status: setup
 	$(TS) serve status
@@ -56,26 +63,27 @@ stop: setup
 
 # The demo reuses what a previous run left (checkpoint, archive, running server, registration),
 # so running it twice in a row just works. deploy.yaml says what the server should run.
-demo: setup java
+demo: data java
 	@set -e; start=$$(date +%s); \
-	if [ -z "$$(ls -d checkpoints/$(MODEL)/*/meta.json 2>/dev/null)" ]; then $(TS) train $(MODEL) --quick; \
-	else echo "checkpoint of $(MODEL) exists: skipping training (make train for a new one)"; fi; \
-	if [ ! -f model_store/$(MODEL)-$(VERSION).mar ]; then $(TS) package $(MODEL) --version $(VERSION); \
-	else echo "model_store/$(MODEL)-$(VERSION).mar exists: skipping packaging"; fi; \
+	for m in $(MODELS); do \
+	  if [ -z "$$(ls -d checkpoints/$$m/*/meta.json 2>/dev/null)" ]; then $(TS) train $$m --quick; \
+	  else echo "checkpoint of $$m exists: skipping training (make train MODEL=$$m for a new one)"; fi; \
+	  if [ ! -f model_store/$$m-$(VERSION).mar ]; then $(TS) package $$m --version $(VERSION); \
+	  else echo "model_store/$$m-$(VERSION).mar exists: skipping packaging"; fi; \
+	done; \
 	$(TS) serve start; \
 	$(TS) apply deploy.yaml; \
-	echo; echo "prediction for $(MODEL) $(VERSION):"; \
-	$(BIN)/python scripts/demo_request.py $(MODEL) | $(TS) predict $(MODEL) --version $(VERSION) --json "$$(cat)"; \
+	for m in $(MODELS); do echo; echo "== prediction of $$m $(VERSION):"; scripts/demo_predict.sh $$m $(VERSION); done; \
 	echo; $(TS) models; \
 	echo; echo "demo done in $$(( $$(date +%s) - start )) s (after set-up). The server keeps running: make stop"
 
-test: setup java
+test: data java
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-unit: setup
+unit: data
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: setup java
+integration: data java
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 clean:

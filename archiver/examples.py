@@ -19,16 +19,22 @@ class Example:
     handler: str
     extra_files: tuple[str, ...] = _SHARED
     model_config: dict[str, Any] = field(default_factory=dict)
+    # files of the training run packed beside meta.json (vocabularies, catalogs)
+    run_files: tuple[str, ...] = ()
     # what `torchship deploy` registers it with unless told otherwise
     serving: dict[str, Any] = field(default_factory=dict)
 
 
+_CONFIG = {"responseTimeout": 30, "startupTimeout": 60, "handler": {"threads": 1}}
+_SERVING = {"batch_size": 8, "max_batch_delay": 10, "workers": 1}
+
 EXAMPLES: dict[str, Example] = {
-    "mlp": Example(
-        handler="mlp_handler.py",
-        model_config={"responseTimeout": 30, "startupTimeout": 60, "handler": {"threads": 1}},
-        serving={"batch_size": 8, "max_batch_delay": 10, "workers": 1},
-    ),
+    "mlp": Example(handler="mlp_handler.py", model_config=_CONFIG, serving=_SERVING),
+    "sentiment": Example(handler="sentiment_handler.py", extra_files=_SHARED + ("torchship_text.py",),
+                         model_config=_CONFIG, serving=_SERVING, run_files=("vocab.json",)),
+    "fashion": Example(handler="fashion_handler.py", model_config=_CONFIG, serving=_SERVING),
+    "recommender": Example(handler="recommender_handler.py", model_config=_CONFIG, serving=_SERVING,
+                           run_files=("catalog.json",)),
 }
 
 
@@ -45,6 +51,7 @@ def example_spec(name: str, run_dir: Path, version: str) -> ArchiveSpec:
         version=version,
         handler=HANDLER_DIR / example.handler,
         weights=run_dir / "model.safetensors",
-        extra_files=tuple(HANDLER_DIR / f for f in example.extra_files) + (run_dir / "meta.json",),
+        extra_files=tuple(HANDLER_DIR / f for f in example.extra_files) + (run_dir / "meta.json",)
+        + tuple(run_dir / f for f in example.run_files),
         model_config=example.model_config,
     )

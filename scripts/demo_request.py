@@ -1,23 +1,63 @@
-"""Print one real request body for an example model (used by `make demo` and `make predict`)."""
+"""One real request for an example model (used by `make demo` and `make predict`).
+
+    .venv/bin/python scripts/demo_request.py MODEL          # prints a JSON body
+    .venv/bin/python scripts/demo_request.py fashion --png F  # writes a real test image as PNG
+
+mlp: a held-out input of its data; sentiment: a held-out review; fashion: a test image;
+recommender: a real user of MovieLens-100k.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def mlp_request() -> dict:
-    # a held-out input of the mlp's own data (the seed-0 data set, past its training split)
     from train.mlp import make_data
 
-    x, y = make_data(seed=0, samples=10000)
+    x, _ = make_data(seed=0, samples=10000)
     return {"data": [round(v, 6) for v in x[-1].tolist()]}
 
 
-REQUESTS = {"mlp": mlp_request}
+def sentiment_request() -> dict:
+    from train.data import load_rotten_tomatoes
+    from train.sentiment import split
+
+    texts, _ = load_rotten_tomatoes()
+    _, held_out = split(len(texts))
+    return {"text": texts[held_out[0]]}
+
+
+def fashion_png(path: Path) -> None:
+    from PIL import Image
+
+    from train.data import load_fashion
+
+    _, _, x_test, _ = load_fashion()
+    Image.fromarray(x_test[0]).save(path)
+
+
+def recommender_request() -> dict:
+    return {"user_id": "196", "k": 5, "exclude_seen": True}
+
+
+REQUESTS = {"mlp": mlp_request, "sentiment": sentiment_request, "recommender": recommender_request}
 
 if __name__ == "__main__":
-    name = sys.argv[1] if len(sys.argv) > 1 else "mlp"
-    if name not in REQUESTS:
-        sys.exit(f"error: no demo request for {name!r}; known: {', '.join(REQUESTS)}")
-    print(json.dumps(REQUESTS[name]()))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--png", type=Path, help="fashion: write a test image here instead")
+    args = parser.parse_args()
+    if args.model == "fashion":
+        if not args.png:
+            sys.exit("error: fashion takes an image: give --png PATH")
+        fashion_png(args.png)
+    elif args.model in REQUESTS:
+        print(json.dumps(REQUESTS[args.model]()))
+    else:
+        sys.exit(f"error: no demo request for {args.model!r}; known: mlp, sentiment, fashion, recommender")

@@ -1,9 +1,12 @@
 """Write tests/golden/<model>.jsonl: held-out inputs with their expected answers.
 
-    .venv/bin/python scripts/make_golden.py mlp [--rows 100]
+    .venv/bin/python scripts/make_golden.py mlp|sentiment|fashion|recommender|all [--rows 100]
 
-Golden sets are used by the tests and by guarded rollouts (`torchship rollout --golden`).
-The same command always writes the same file.
+Golden sets are used by the tests and by guarded rollouts (`torchship rollout --golden`). The
+same command always writes the same file. mlp's is committed; the others are built from data/
+by the set-up (`make data`), since their data may not be redistributed.
+
+`expected` holds fields the answer must have; {"contains": x} means a list that contains x.
 """
 
 from __future__ import annotations
@@ -25,20 +28,52 @@ def mlp_rows(rows: int) -> list[dict]:
             for i in range(10000 - rows, 10000)]
 
 
-BUILDERS = {"mlp": mlp_rows}
+def sentiment_rows(rows: int) -> list[dict]:
+    from train.data import load_rotten_tomatoes
+    from train.sentiment import LABELS, split
+
+    texts, labels = load_rotten_tomatoes()
+    _, held_out = split(len(texts))
+    return [{"input": {"text": texts[i]}, "expected": {"label": LABELS[int(labels[i])]}} for i in held_out[:rows]]
+
+
+def fashion_rows(rows: int) -> list[dict]:
+    from train.data import FASHION_LABELS, load_fashion
+
+    _, _, x_test, y_test = load_fashion()
+    return [{"input": {"image": x_test[i].tolist()}, "expected": {"label": FASHION_LABELS[int(y_test[i])]}}
+            for i in range(rows)]
+
+
+def recommender_rows(rows: int) -> list[dict]:
+    # each user's held-out (last) interaction must be among the top 10 of all unseen items
+    from train.data import load_movielens
+    from train.recommender import leave_one_out
+
+    ml = load_movielens()
+    split = leave_one_out(ml)
+    return [{"input": {"user_id": split.users[split.u[k]], "k": 10},
+             "expected": {"item_ids": {"contains": split.items[split.i[k]]}}} for k in split.held_out[:rows]]
+
+
+BUILDERS = {"mlp": mlp_rows, "sentiment": sentiment_rows, "fashion": fashion_rows, "recommender": recommender_rows}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=sorted(BUILDERS))
+    parser.add_argument("model", choices=sorted(BUILDERS) + ["all"])
     parser.add_argument("--rows", type=int, default=100)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    out = args.out or ROOT / "tests" / "golden" / f"{args.model}.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    rows = BUILDERS[args.model](args.rows)
-    out.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
-    print(f"wrote {len(rows)} golden rows to {out}")
+    sys.path.insert(0, str(ROOT))
+    for model in sorted(BUILDERS) if args.model == "all" else [args.model]:
+        out = args.out or ROOT / "tests" / "golden" / f"{model}.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rows = BUILDERS[model](args.rows)
+        text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
+        if not out.exists() or out.read_text() != text:
+            out.write_text(text)
+            print(f"wrote {len(rows)} golden rows to {out.relative_to(ROOT)}", file=sys.stderr)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -35,3 +36,43 @@ def mlp_reference(mlp_run):
     model = torchship_models.build("mlp", meta["model"]["architecture"])
     model.load_state_dict(load_file(str(mlp_run / "model.safetensors")))
     return model.eval()
+
+
+def _quick_run(tmp_path_factory, name):
+    from train import trainers
+
+    return trainers()[name](tmp_path_factory.mktemp(f"ck-{name}"), quick=True, progress=False).run_dir
+
+
+@pytest.fixture(scope="session")
+def sentiment_run(tmp_path_factory) -> Path:
+    """sentiment trained as CI trains it (--quick)."""
+    return _quick_run(tmp_path_factory, "sentiment")
+
+
+@pytest.fixture(scope="session")
+def fashion_run(tmp_path_factory) -> Path:
+    return _quick_run(tmp_path_factory, "fashion")
+
+
+@pytest.fixture(scope="session")
+def recommender_run(tmp_path_factory) -> Path:
+    return _quick_run(tmp_path_factory, "recommender")
+
+
+def load_handler(run_dir, module_name, class_name, tmp_path_factory):
+    """A handler initialised from a run folder, as the worker would from the unpacked archive."""
+    import importlib
+    import shutil
+
+    from archiver import EXAMPLES
+
+    from tests.unit.handler_context import make_context
+
+    name = json.loads((run_dir / "meta.json").read_text())["name"]
+    model_dir = tmp_path_factory.mktemp(f"{name}-model")
+    for f in ("model.safetensors", "meta.json", *EXAMPLES[name].run_files):
+        shutil.copy(run_dir / f, model_dir / f)
+    handler = getattr(importlib.import_module(module_name), class_name)()
+    handler.initialize(make_context(model_dir))
+    return handler

@@ -56,7 +56,17 @@ def load_golden(path: str | Path) -> list[GoldenItem]:
 
 
 def _agrees(answer: Any, expected: dict) -> bool:
-    return isinstance(answer, dict) and all(answer.get(k) == v for k, v in expected.items())
+    """Every expected field equals the answer's; {"contains": x} asks for a list holding x."""
+    if not isinstance(answer, dict):
+        return False
+    for key, want in expected.items():
+        got = answer.get(key)
+        if isinstance(want, dict) and set(want) == {"contains"}:
+            if not isinstance(got, list) or want["contains"] not in got:
+                return False
+        elif got != want:
+            return False
+    return True
 
 
 def evaluate(client, name: str, version: str, golden: list[GoldenItem], concurrency: int = 4) -> tuple[float, list]:

@@ -13,9 +13,10 @@ from .common import RunResult
 
 def trainers() -> dict[str, Callable[..., RunResult]]:
     """Name -> train function. Imported lazily so `torchship --help` does not import torch."""
-    from . import mlp
+    from . import fashion, mlp, recommender, sentiment
 
-    return {"mlp": mlp.train}
+    return {"mlp": mlp.train, "sentiment": sentiment.train, "fashion": fashion.train,
+            "recommender": recommender.train}
 
 
 __all__ = ["trainers", "RunResult"]

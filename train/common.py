@@ -112,9 +112,39 @@ def write_checkpoint(run_dir: Path, *, model: torch.nn.Module, kind: str, archit
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }
+    plot_history(history, run_dir / "training_curve.png", title=f"{kind} ({run_dir.name})")
     tmp = run_dir / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, run_dir / "meta.json")
+
+
+def plot_history(history: list[dict[str, float]], path: Path, title: str) -> None:
+    """Losses on the left, other metrics on the right, per epoch (a PNG beside the checkpoint)."""
+    if not history:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    epochs = [h["epoch"] for h in history]
+    keys = [k for k in history[0] if k != "epoch"]
+    losses = [k for k in keys if "loss" in k]
+    others = [k for k in keys if k not in losses]
+    fig, axes = plt.subplots(1, 2 if others else 1, figsize=(10 if others else 5, 3.6), squeeze=False)
+    for ax, group, label in ((axes[0][0], losses, "loss"), *(((axes[0][1], others, "metric"),) if others else ())):
+        for k in group:
+            ax.plot(epochs, [h[k] for h in history], marker="o", label=k)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def save_weights(run_dir: Path, model_or_state) -> dict[str, Any]:

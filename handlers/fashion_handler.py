@@ -1,0 +1,106 @@
+"""Handler for `fashion`: what piece of clothing is in a picture?
+
+Request:  a PNG or JPEG body (any size or mode: converted to 28x28 grey), or
+          {"image": 28x28 numbers (0-255, or 0-1), "k": 3}
+Answer:   {"label": "Ankle boot", "class_id": 9, "predictions": [{"label", "class_id", "score"}, ... top k],
+           "probabilities": [10 floats]}
+Fashion-MNIST pictures are light clothes on a black background; photos of dark clothes on white
+need inverting first. Corrupt image bytes, a wrong shape or a bad k answer 400 for that request
+alone. Open Inference Protocol: one input of shape [28, 28], [n, 28, 28] or [n, 1, 28, 28].
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from torchship_base_handler import BatchHandler, ItemError
+
+MAX_PIXELS = 40_000_000  # decompression bombs: refuse images bigger than this
+_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF")
+
+
+class FashionHandler(BatchHandler):
+    def initialize(self, context: Any) -> None:
+        super().initialize(context)
+        self.labels = self.meta["labels"]
+
+    def payload(self, request: dict, headers: dict) -> tuple[Any, bytes]:
+        body = request.get("data", request.get("body")) if isinstance(request, dict) else None
+        if isinstance(body, (bytes, bytearray)) and body[:1] not in (b"{", b"[", b" ", b"\n"):
+            return {"_image_bytes": bytes(body)}, b""
+        return super().payload(request, headers)
+
+    def parse(self, payload: Any) -> tuple[np.ndarray, int]:
+        if isinstance(payload, dict) and "_image_bytes" in payload:
+            return self._decode_image(payload["_image_bytes"]), 3
+        if not isinstance(payload, dict) or "image" not in payload:
+            raise ItemError('expected a PNG/JPEG body, or {"image": 28x28 numbers, "k": 3}')
+        k = payload.get("k", 3)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= len(self.labels):
+            raise ItemError(f"'k' must be an integer from 1 to {len(self.labels)}")
+        try:
+            image = np.asarray(payload["image"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ItemError("'image' must be 28 rows of 28 numbers") from None
+        return self._normalise(image, "'image'"), k
+
+    def parse_v2(self, tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, int]:
+        if len(tensors) != 1:
+            raise ItemError("expected one input of shape [28, 28], [n, 28, 28] or [n, 1, 28, 28]")
+        [(name, array)] = tensors.items()
+        return self._normalise(array.astype(np.float64), f"input {name!r}"), len(self.labels)
+
+    def _normalise(self, image: np.ndarray, what: str) -> np.ndarray:
+        if image.ndim == 4 and image.shape[1] == 1:
+            image = image[:, 0]
+        if image.ndim == 2:
+            image = image[None]
+        if image.ndim != 3 or image.shape[1:] != (28, 28) or image.shape[0] == 0 or image.shape[0] > 256:
+            raise ItemError(f"{what} has shape {list(image.shape)}: expected 28x28 (at most 256 images)")
+        if not np.isfinite(image).all() or image.min() < 0 or image.max() > 255:
+            raise ItemError(f"{what} values must be finite, from 0 to 255 (or 0 to 1)")
+        scale = 1.0 if image.max() <= 1.0 else 255.0
+        return (image / scale).astype(np.float32)
+
+    def _decode_image(self, data: bytes) -> np.ndarray:
+        if not data.startswith(_MAGIC):
+            raise ItemError("the body is neither JSON nor a PNG/JPEG image")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+                with Image.open(io.BytesIO(data)) as img:
+                    img.load()
+                    grey = img.convert("L").resize((28, 28), Image.Resampling.BILINEAR)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
+                Image.DecompressionBombError) as exc:
+            raise ItemError(f"cannot read the image: {str(exc).splitlines()[0][:120]}") from None
+        return (np.asarray(grey, dtype=np.float32) / 255.0)[None]
+
+    def predict(self, inputs: list[tuple[np.ndarray, int]]) -> list[Any]:
+        batch = torch.from_numpy(np.concatenate([images for images, _ in inputs]))[:, None]
+        probs = torch.softmax(self.model(batch), dim=1).double().numpy()
+        out, start = [], 0
+        for images, k in inputs:
+            answers = [self._answer_for(p, k) for p in probs[start:start + len(images)]]
+            start += len(images)
+            out.append(answers[0] if len(answers) == 1 else answers)
+        return out
+
+    def _answer_for(self, p: np.ndarray, k: int) -> dict:
+        top = np.argsort(-p, kind="stable")[:k]
+        preds = [{"label": self.labels[c], "class_id": int(c), "score": round(float(p[c]), 6)} for c in top]
+        return {"label": preds[0]["label"], "class_id": preds[0]["class_id"], "predictions": preds,
+                "probabilities": [round(float(v), 6) for v in p]}
+
+    def v2_outputs(self, output: Any) -> list[tuple[str, np.ndarray]]:
+        answers = output if isinstance(output, list) else [output]
+        return [("class_id", np.array([a["class_id"] for a in answers], dtype=np.int64)),
+                ("probabilities", np.array([a["probabilities"] for a in answers], dtype=np.float32))]
+

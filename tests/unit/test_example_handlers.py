@@ -1,0 +1,156 @@
+"""The sentiment, fashion and recommender handlers with a hand-built context: answers equal the
+trained model's, and every bad item gets its own 400 while the rest of its batch is answered."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import torchship_models
+from tests.conftest import load_handler
+from train.data import load_fashion
+
+from .handler_context import make_context, statuses
+
+
+def run(handler, bodies):
+    ctx = make_context(handler.model_dir, batch=len(bodies))
+    results = handler.handle([{"body": b} for b in bodies], ctx)
+    return statuses(ctx, len(bodies)), [json.loads(r) for r in results]
+
+
+def reference(run_dir, kind):
+    from safetensors.torch import load_file
+
+    meta = json.loads((run_dir / "meta.json").read_text())
+    model = torchship_models.build(kind, meta["model"]["architecture"])
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    return model.eval()
+
+
+# ---------------------------------------------------------------- sentiment
+
+@pytest.fixture(scope="module")
+def sentiment(sentiment_run, tmp_path_factory):
+    return load_handler(sentiment_run, "sentiment_handler", "SentimentHandler", tmp_path_factory)
+
+
+def test_sentiment_answers_and_per_item_errors(sentiment):
+    bodies = [{"text": "a gripping, funny and moving film"}, {"text": ""}, {"text": 42},
+              {"text": "a dull, lifeless, tedious mess"}, {"nope": "x"}, {"text": "x" * 5001}, b"{broken"]
+    codes, answers = run(sentiment, bodies)
+    assert codes == [200, 400, 400, 200, 400, 400, 400]
+    assert answers[0]["label"] == "positive" and answers[3]["label"] == "negative"
+    assert abs(sum(answers[0]["probabilities"].values()) - 1) < 1e-4
+    assert "empty" in answers[1]["message"] and "must be a string" in answers[2]["message"]
+    assert "at most 5000" in answers[5]["message"] and "missing field 'text'" in answers[4]["message"]
+
+
+def test_sentiment_batch_equals_one_by_one(sentiment):
+    texts = ["the best film of the year", "not funny at all", "unknownword zzzz", "a film"]
+    batch = run(sentiment, [{"text": t} for t in texts])[1]
+    alone = [run(sentiment, [{"text": t}])[1][0] for t in texts]
+    for a, b in zip(batch, alone):
+        assert a["label"] == b["label"]
+        assert np.allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-5)
+
+
+# ---------------------------------------------------------------- fashion
+
+@pytest.fixture(scope="module")
+def fashion(fashion_run, tmp_path_factory):
+    return load_handler(fashion_run, "fashion_handler", "FashionHandler", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    _, _, x, y = load_fashion()
+    return x[:8], y[:8]
+
+
+def png(array, mode="L", size=None, fmt="PNG"):
+    img = Image.fromarray(array).convert(mode)
+    if size:
+        img = img.resize(size)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_fashion_json_and_image_bodies_agree_with_the_model(fashion, fashion_run, test_images):
+    x, y = test_images
+    model = reference(fashion_run, "fashion")
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x.astype(np.float32) / 255)[:, None]).argmax(1).tolist()
+    codes, answers = run(fashion, [{"image": img.tolist(), "k": 3} for img in x])
+    assert codes == [200] * 8 and [a["class_id"] for a in answers] == expected
+    assert all(len(a["predictions"]) == 3 and a["predictions"][0]["label"] == a["label"] for a in answers)
+    codes, from_png = run(fashion, [png(img) for img in x])
+    assert codes == [200] * 8 and [a["class_id"] for a in from_png] == expected
+
+
+def test_fashion_any_size_and_mode(fashion, test_images):
+    x, _ = test_images
+    bodies = [png(x[0], "RGB", (100, 80), "JPEG"), png(x[0], "RGBA", (56, 56)), png(x[0], "1")]
+    codes, answers = run(fashion, bodies)
+    assert codes == [200, 200, 200] and all("label" in a for a in answers)
+
+
+def test_fashion_bad_items_get_400_and_the_rest_are_answered(fashion, test_images):
+    x, _ = test_images
+    bomb = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(bomb, format="PNG")
+    bodies = [png(x[0]), b"\x89PNG\r\n\x1a\nbroken", b"GIF8garbage", b"\x00\x01random", {"image": [[1, 2], [3]]},
+              {"image": x[0].tolist(), "k": 0}, {"image": (x[0] * 1000.0).tolist()}, bomb.getvalue(),
+              {"image": x[1].tolist()}]
+    codes, answers = run(fashion, bodies)
+    assert codes == [200, 400, 400, 400, 400, 400, 400, 400, 200]
+    assert "cannot read the image" in answers[1]["message"]
+    assert "neither JSON nor a PNG/JPEG" in answers[3]["message"]
+    assert "'k' must be" in answers[5]["message"] and "0 to 255" in answers[6]["message"]
+
+
+# ---------------------------------------------------------------- recommender
+
+@pytest.fixture(scope="module")
+def recommender(recommender_run, tmp_path_factory):
+    return load_handler(recommender_run, "recommender_handler", "RecommenderHandler", tmp_path_factory)
+
+
+def test_recommender_top_k_matches_the_model_and_excludes_seen(recommender, recommender_run):
+    catalog = json.loads((recommender_run / "catalog.json").read_text())
+    model = reference(recommender_run, "recommender")
+    codes, [answer, with_seen] = run(recommender, [{"user_id": "196", "k": 5},
+                                                   {"user_id": 196, "k": 5, "exclude_seen": False}])
+    assert codes == [200, 200] and answer["fallback"] is None and len(answer["items"]) == 5
+    u = catalog["users"].index("196")
+    with torch.no_grad():
+        scores = model(torch.tensor([u]))[0]
+    scores[catalog["seen"][u]] = float("-inf")
+    assert answer["item_ids"] == [catalog["items"][i] for i in torch.topk(scores, 5).indices.tolist()]
+    seen_ids = {catalog["items"][i] for i in catalog["seen"][u]}
+    assert not seen_ids & set(answer["item_ids"])
+    assert all(it["title"] and it["title"] != it["item_id"] for it in answer["items"])
+    assert with_seen["item_ids"] != answer["item_ids"]
+
+
+def test_recommender_unknown_user_gets_popular_items_flagged(recommender):
+    codes, [answer] = run(recommender, [{"user_id": "no-such-user", "k": 3}])
+    assert codes == [200] and answer["fallback"] == "popular" and len(answer["item_ids"]) == 3
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"user_id": "196", "k": 0}, "'k' must be an integer from 1 to 100"),
+    ({"user_id": "196", "k": 101}, "from 1 to 100"),
+    ({"user_id": "196", "k": "10"}, "from 1 to 100"),
+    ({"user_id": "196", "k": True}, "from 1 to 100"),
+    ({"k": 3}, "missing field 'user_id'"),
+    ({"user_id": None}, "non-empty string"),
+    ({"user_id": "196", "exclude_seen": "yes"}, "true or false"),
+])
+def test_recommender_bad_items(recommender, body, message):
+    codes, answers = run(recommender, [{"user_id": "1", "k": 2}, body])
+    assert codes == [200, 400] and message in answers[1]["message"]
