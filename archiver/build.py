@@ -30,6 +30,7 @@ from .digests import recorded_digest
 from .model_config import validate_model_config
 from .provenance import PROVENANCE_NAME, build_time, provenance_document
 from .spec import ArchiveSpec
+from .verify import weights_problem
 
 __all__ = ["build", "archive_path", "BuildResult", "ZIP_TIME", "CHUNK"]
 
@@ -60,6 +61,10 @@ def build(spec: ArchiveSpec, store: str | os.PathLike, *, force: bool = False, m
     hidden temp file in the store, flushed to disk, and renamed into place.
     """
     validate_model_config(spec.model_config)
+    for _, path in spec.files():
+        problem = weights_problem(path)
+        if problem:
+            raise ArchiveError(f"refusing to package {path}: {problem}")
     store = Path(store)
     target = store / spec.file_name
     if target.exists() and not force:

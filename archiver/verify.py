@@ -213,18 +213,37 @@ def _check_weights(archive: Path, ctx: dict, report: VerifyReport) -> Check:
     return Check("weights", True, ", ".join(checked) + " hold tensors only" if checked else "no weight files")
 
 
+def weights_problem(path: Path) -> str | None:
+    """Why a weights file on disk is unsafe or corrupt, or None (used before packaging)."""
+    lower = path.name.lower()
+    if lower.endswith(PICKLE_SUFFIXES):
+        return "is a pickle: it could run code when loaded"
+    if lower.endswith(".safetensors"):
+        with open(path, "rb") as f:
+            return _safetensors_header_problem(f, path.stat().st_size)
+    if lower.endswith(TORCH_SUFFIXES):
+        return _torch_bytes_problem(path.read_bytes())
+    return None
+
+
 def _safetensors_problem(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str | None:
     with zf.open(info) as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return "too short for safetensors"
-        (length,) = struct.unpack("<Q", head)
-        if length > min(info.file_size - 8, 100 << 20):
-            return "safetensors header length is out of range"
-        try:
-            header = json.loads(f.read(length))
-        except ValueError:
-            return "safetensors header is not JSON"
+        return _safetensors_header_problem(f, info.file_size)
+
+
+def _safetensors_header_problem(f, file_size: int) -> str | None:
+    head = f.read(8)
+    if len(head) < 8:
+        return "too short for safetensors"
+    (length,) = struct.unpack("<Q", head)
+    if length > min(file_size - 8, 100 << 20):
+        return "safetensors header length is out of range"
+    try:
+        header = json.loads(f.read(length))
+    except ValueError:
+        return "safetensors header is not JSON"
+    if not isinstance(header, dict):
+        return "safetensors header is not a mapping"
     end = 0
     for key, entry in header.items():
         if key == "__metadata__":
@@ -233,18 +252,22 @@ def _safetensors_problem(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str | No
             end = max(end, int(entry["data_offsets"][1]))
         except (KeyError, TypeError, ValueError, IndexError):
             return f"safetensors entry {key!r} is malformed"
-    if 8 + length + end > info.file_size:
-        return "safetensors offsets point past the end of the file"
+    if 8 + length + end > file_size:
+        return "safetensors offsets point past the end of the file (truncated?)"
     return None
 
 
 def _torch_problem(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str | None:
+    return _torch_bytes_problem(zf.read(info))
+
+
+def _torch_bytes_problem(data: bytes) -> str | None:
     import pickle
 
     import torch
 
     try:
-        torch.load(io.BytesIO(zf.read(info)), weights_only=True, map_location="cpu")
+        torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, AttributeError, TypeError) as exc:
         return f"does not load with weights_only=True (a pickle that could run code?): {str(exc).splitlines()[0][:120]}"
     return None

@@ -12,7 +12,7 @@ Catch ``TorchServeError`` to catch everything::
     │   ├── ModelAlreadyExists          409: that name and version are registered already
     │   ├── PayloadTooLarge             413: body over max_request_size
     │   └── ServerError                 5xx
-    │       ├── WorkerDied              500 "Worker died": the worker crashed or timed out
+    │       ├── WorkerDied              500/507 "Worker died": the worker crashed or timed out
     │       └── ServiceUnavailable      503: no worker, full queue, or the handler raised
     ├── ServerUnreachable               nothing answers at that address
     ├── ReadinessTimeout                a model or server did not become ready in time
@@ -222,8 +222,8 @@ def error_from_response(status: int, body: bytes | str | None, url: str = "") ->
 
     if err_type in _BY_TYPE:
         cls: type[APIError] = _BY_TYPE[err_type]
-    elif status == 500 and "worker died" in message.lower():
-        cls = WorkerDied
+    elif status >= 500 and "worker died" in message.lower():
+        cls = WorkerDied  # TorchServe answers it with 500, and with 507 when a worker is killed
     elif status in _BY_STATUS:
         cls = _BY_STATUS[status]
     elif status >= 500:

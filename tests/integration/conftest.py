@@ -89,3 +89,13 @@ def mlp_deployed(client, store, mlp_archive, public_key):
     serving = archiver.EXAMPLES["mlp"].serving
     return deploy(client, store, "mlp", "1.0", workers=1, batch_size=serving["batch_size"],
                   max_batch_delay=serving["max_batch_delay"], public_key=public_key)
+
+
+@pytest.fixture(scope="session")
+def example_archives(store, key_dir, mlp_archive, sentiment_run, fashion_run, recommender_run):
+    """<name>-1.0.mar for the four example models, built and signed once per session."""
+    runs = {"sentiment": sentiment_run, "fashion": fashion_run, "recommender": recommender_run}
+    out = {"mlp": mlp_archive}
+    for name, run in runs.items():
+        out[name] = archiver.package(archiver.example_spec(name, run, "1.0"), store, key_dir).path
+    return out

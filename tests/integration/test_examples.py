@@ -20,10 +20,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def deployed(client, store, key_dir, public_key, sentiment_run, fashion_run, recommender_run):
+def deployed(client, store, public_key, example_archives, sentiment_run, fashion_run, recommender_run):
     runs = {"sentiment": sentiment_run, "fashion": fashion_run, "recommender": recommender_run}
-    for name, run in runs.items():
-        archiver.package(archiver.example_spec(name, run, "1.0"), store, key_dir, force=True)
+    for name in runs:
         serving = archiver.EXAMPLES[name].serving
         deploy(client, store, name, "1.0", workers=1, batch_size=serving["batch_size"],
                max_batch_delay=serving["max_batch_delay"], public_key=public_key)

@@ -106,3 +106,24 @@ def test_unwritable_store_is_a_clear_error_and_leaves_nothing(mlp_run, tmp_path)
         store.chmod(0o500)
     with pytest.raises(ArchiveError, match="cannot write to the model store"):
         archiver.build(example_spec("mlp", mlp_run, "1.0"), store)
+
+
+def test_disk_full_while_packaging_leaves_no_partial_archive(mlp_run, tmp_path):
+    """The file-size limit stands in for a full disk: the write fails half-way."""
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import resource, signal, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        import archiver
+        from torchship.errors import ArchiveError
+        try:
+            archiver.build(archiver.example_spec("mlp", {str(mlp_run)!r}, "1.0"), {str(tmp_path / "store")!r})
+        except ArchiveError as exc:
+            print("ArchiveError:", exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "ArchiveError: packaging mlp-1.0.mar failed: File too large; nothing was written" in out.stdout, out.stderr
+    assert list((tmp_path / "store").iterdir()) == []

@@ -15,6 +15,7 @@ from torchship.errors import error_from_response
         (409, b'{"code":409,"type":"ConflictStatusException","message":"Model version 1.0 is already registered for model mlp"}', E.ModelAlreadyExists, "ConflictStatusException", "already registered"),
         (413, b"", E.PayloadTooLarge, "PayloadTooLarge", "too large"),
         (500, b'{"code":500,"type":"InternalServerException","message":"Worker died."}', E.WorkerDied, "InternalServerException", "Worker died"),
+        (507, b'{"code":507,"type":"InternalServerException","message":"Worker died."}', E.WorkerDied, "InternalServerException", "Worker died"),
         (500, b'{"code":500,"type":"InternalServerException","message":"boom"}', E.ServerError, "InternalServerException", "boom"),
         (503, b'{"code":503,"type":"ServiceUnavailableException","message":"Model \\"mlp\\" has no worker to serve inference request."}', E.ServiceUnavailable, "ServiceUnavailableException", "no worker"),
         (502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", E.ServerError, "HTTP502", "502 Bad Gateway"),

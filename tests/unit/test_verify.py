@@ -5,6 +5,7 @@ import json
 import shutil
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import archiver
 from archiver import ArchiveSpec, example_spec, verify_archive
 from archiver.provenance import PROVENANCE_NAME
 from tests.fixtures import tamper
-from torchship.errors import VerificationError
+from torchship.errors import ArchiveError, VerificationError
 
 
 @pytest.fixture(scope="module")
@@ -169,22 +170,55 @@ def test_zip_bomb_is_refused(tmp_path, keys):
     assert failed == "safety" and "zip bomb" in report.failure.detail
 
 
-def test_pickles_that_run_code_are_refused(mlp_run, tmp_path, keys):
+def third_party(tmp_path, name, members: dict) -> Path:
+    """An unsigned archive as torch-model-archiver would make it elsewhere."""
+    path = tmp_path / f"{name}-1.0.mar"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("h.py", "class H:\n    pass\n")
+        serialized = next(iter(members))
+        z.writestr("MAR-INF/MANIFEST.json", json.dumps({"model": {"modelName": name, "modelVersion": "1.0",
+                                                                  "handler": "h.py", "serializedFile": serialized}}))
+        for member, data in members.items():
+            z.writestr(member, data)
+    return path
+
+
+def test_pickles_that_run_code_are_refused(tmp_path, keys):
+    import os
+
     (tmp_path / "h.py").write_text("class H:\n    pass\n")
     evil = tmp_path / "model.pt"
     evil.write_bytes(tamper.malicious_pickle())
-    path = archiver.package(ArchiveSpec("evil", "1.0", tmp_path / "h.py", evil), tmp_path / "store", keys).path
-    report, failed = verdict(path, keys)
+    with pytest.raises(ArchiveError, match="refusing to package .*weights_only"):
+        archiver.package(ArchiveSpec("evil", "1.0", tmp_path / "h.py", evil), tmp_path / "store", keys)
+    assert not (tmp_path / "store" / "evil-1.0.mar").exists()
+
+    # a third-party archive carrying one: refused even with --allow-unsigned
+    report, failed = verdict(third_party(tmp_path, "evil", {"model.pt": tamper.malicious_pickle()}), keys,
+                             allow_unsigned=True)
     assert failed == "weights" and "weights_only" in report.failure.detail
-    import os
-
     assert not os.path.exists("/tmp/torchship-pwned")  # nothing ran while checking
+    report, failed = verdict(third_party(tmp_path, "plain", {"model.pt": torch_bytes(), "state.pkl": b"\x80\x04K\x01."}),
+                             keys, allow_unsigned=True)
+    assert failed == "weights" and "pickle" in report.failure.detail
 
-    plain = tmp_path / "state.pkl"
-    plain.write_bytes(b"\x80\x04K\x01.")
-    path = archiver.package(ArchiveSpec("evil", "2.0", tmp_path / "h.py", evil, extra_files=(plain,)),
-                            tmp_path / "store", keys).path
-    assert verdict(path, keys)[1] == "weights"
+
+def torch_bytes() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buf)
+    return buf.getvalue()
+
+
+def test_a_truncated_checkpoint_is_refused_before_packaging(mlp_run, tmp_path, keys):
+    run = tmp_path / "run"
+    shutil.copytree(mlp_run, run)
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ArchiveError, match="past the end of the file"):
+        archiver.package(example_spec("mlp", run, "1.0"), tmp_path / "store", keys)
+    assert not (tmp_path / "store").exists() or list((tmp_path / "store").iterdir()) == []
 
 
 def test_a_torch_file_that_loads_weights_only_is_accepted(tmp_path, keys):
