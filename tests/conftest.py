@@ -60,6 +60,20 @@ def recommender_run(tmp_path_factory) -> Path:
     return _quick_run(tmp_path_factory, "recommender")
 
 
+@pytest.fixture(scope="session")
+def embedder_run(tmp_path_factory) -> Path:
+    """all-MiniLM-L6-v2 imported into a checkpoint (no training)."""
+    return _quick_run(tmp_path_factory, "embedder")
+
+
+@pytest.fixture(scope="session")
+def textgen_run(tmp_path_factory) -> Path:
+    """A briefly trained text generator: enough to stream text, not to read well."""
+    from train import textgen
+
+    return textgen.train(tmp_path_factory.mktemp("ck-textgen"), epochs=1, steps_per_epoch=30, progress=False).run_dir
+
+
 def load_handler(run_dir, module_name, class_name, tmp_path_factory):
     """A handler initialised from a run folder, as the worker would from the unpacked archive."""
     import importlib

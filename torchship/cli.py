@@ -319,8 +319,9 @@ def predict(c: Ctx, name: str, version: str | None, json_data: str | None, file_
     data = _request_body(json_data, file_path)
     if stream:
         for chunk in c.client.stream(name, data, version=version):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
         return
     answer = c.client.predict(name, data, version=version)
     if isinstance(answer, bytes):
@@ -338,6 +339,42 @@ def _request_body(json_data: str | None, file_path: str | None) -> Any:
         except ValueError as exc:
             raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--json") from None
     return Path(file_path)
+
+
+@cli.command("bench")
+@click.argument("name")
+@click.option("--version", "version", default=None)
+@click.option("--json", "json_data", default=None, help="Request body as JSON text.")
+@click.option("--payload", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Request bodies: a .jsonl file (one per line, cycled) or one JSON file.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--duration", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds.")
+@click.option("--requests", "n_requests", type=click.IntRange(min=1), default=None,
+              help="Send this many requests instead of running for --duration.")
+@click.option("--stream", is_flag=True, help="Streaming model: report time to first token and tokens/s.")
+@click.option("--output-json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def bench_cmd(c: Ctx, name: str, version: str | None, json_data: str | None, payload: str | None, concurrency: int,
+              duration: float, n_requests: int | None, stream: bool, as_json: bool) -> None:
+    """Load-test a model: throughput, latency percentiles, errors by status (TTFT when streaming)."""
+    from .bench import bench, bench_stream
+
+    if payload:
+        text = Path(payload).read_text(encoding="utf-8")
+        try:
+            bodies = [json.loads(line) for line in text.splitlines() if line.strip()] if payload.endswith(".jsonl") \
+                else [json.loads(text)]
+        except ValueError as exc:
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--payload") from None
+    else:
+        bodies = [_request_body(json_data, None)]
+    run = bench_stream if stream else bench
+    result = run(c.client, name, bodies, version=version, concurrency=concurrency, duration=duration,
+                 requests=n_requests)
+    if as_json:
+        emit(result)
+    else:
+        click.echo(render(["figure", "value"], [[k, v] for k, v in result.items() if k not in ("first_errors",)]))
 
 
 @cli.command()

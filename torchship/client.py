@@ -7,6 +7,7 @@ each one or two lines over `_call` and named as TorchServe's docs name the opera
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import threading
@@ -369,13 +370,25 @@ class TorchServe:
         with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(items)))) as pool:
             return list(pool.map(one, items))
 
-    def stream(self, name: str, data: Any, *, version: str | None = None, timeout: float | None = None) -> Iterator[bytes]:
-        """Yield the chunks of a streaming handler's answer as they arrive."""
+    def stream(self, name: str, data: Any, *, version: str | None = None, timeout: float | None = None,
+               raw: bool = False) -> Iterator[str]:
+        """Yield the chunks of a streaming handler's answer as they arrive: text (decoded as
+        UTF-8, never splitting a character), or bytes with `raw`."""
         body, content_type = _encode(data)
         resp = self._call(_INFERENCE, "POST", f"/predictions/{_model_path(name, version)[len('/models/'):]}",
                           safe=True, data=body, headers={"Content-Type": content_type}, timeout=timeout, stream=True)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
         with resp:
-            yield from resp.iter_content(chunk_size=None)
+            for chunk in resp.iter_content(chunk_size=None):
+                if raw:
+                    yield chunk
+                    continue
+                text = decoder.decode(chunk)
+                if text:
+                    yield text
+            tail = decoder.decode(b"", final=True)
+            if tail and not raw:
+                yield tail
 
     # ------------------------------------------------------------------ metrics
 

@@ -13,10 +13,10 @@ from .common import RunResult
 
 def trainers() -> dict[str, Callable[..., RunResult]]:
     """Name -> train function. Imported lazily so `torchship --help` does not import torch."""
-    from . import fashion, mlp, recommender, sentiment
+    from . import embedder, fashion, mlp, recommender, sentiment, textgen
 
     return {"mlp": mlp.train, "sentiment": sentiment.train, "fashion": fashion.train,
-            "recommender": recommender.train}
+            "recommender": recommender.train, "embedder": embedder.train, "textgen": textgen.train}
 
 
 __all__ = ["trainers", "RunResult"]

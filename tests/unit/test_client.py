@@ -273,7 +273,8 @@ def test_explain_infer_v2_and_metrics_endpoints():
 
 def test_stream_yields_chunks():
     ts, t = make(lambda req: (200, b"tick 0\ntick 1\n"))
-    assert b"".join(ts.stream("countdown", {"count": 2})) == b"tick 0\ntick 1\n"
+    assert "".join(ts.stream("countdown", {"count": 2})) == "tick 0\ntick 1\n"
+    assert b"".join(ts.stream("countdown", {"count": 2}, raw=True)) == b"tick 0\ntick 1\n"
     assert t.path(t.last()) == "/predictions/countdown"
 
 

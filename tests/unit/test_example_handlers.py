@@ -154,3 +154,31 @@ def test_recommender_unknown_user_gets_popular_items_flagged(recommender):
 def test_recommender_bad_items(recommender, body, message):
     codes, answers = run(recommender, [{"user_id": "1", "k": 2}, body])
     assert codes == [200, 400] and message in answers[1]["message"]
+
+
+# ---------------------------------------------------------------- embedder
+
+@pytest.fixture(scope="module")
+def embedder(embedder_run, tmp_path_factory):
+    return load_handler(embedder_run, "embedder_handler", "EmbedderHandler", tmp_path_factory)
+
+
+def test_embedder_reference_pair_and_per_item_errors(embedder):
+    pair = ["A man is eating food.", "A man is eating a piece of bread."]
+    codes, answers = run(embedder, [{"texts": pair}, {"texts": []}, {"texts": ["ok", 5]},
+                                    {"query": "A man is eating food.", "candidates": [pair[1], "A man rides a horse."]},
+                                    {"texts": ["x" * 2001]}, {"texts": ["a"] * 65}, {"other": 1}])
+    assert codes == [200, 400, 400, 200, 400, 400, 400]
+    a, b = np.array(answers[0]["embeddings"])
+    assert a.shape == (384,) and abs(np.linalg.norm(a) - 1) < 1e-4
+    assert 0.70 <= float(a @ b) <= 0.80  # the published model's behaviour (about 0.75)
+    ranked = answers[3]["ranked"]
+    assert ranked[0]["index"] == 0 and ranked[0]["score"] == pytest.approx(float(a @ b), abs=1e-4)
+
+
+def test_embedder_batches_across_and_within_requests(embedder):
+    texts = ["short", "a somewhat longer sentence about films", "the third one"]
+    together = run(embedder, [{"texts": texts}])[1][0]["embeddings"]
+    across = [run(embedder, [{"texts": [t]} for t in texts])[1][i]["embeddings"][0] for i in range(3)]
+    alone = [run(embedder, [{"texts": [t]}])[1][0]["embeddings"][0] for t in texts]
+    assert np.allclose(together, alone, atol=1e-5) and np.allclose(across, alone, atol=1e-5)

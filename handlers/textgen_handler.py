@@ -1,0 +1,107 @@
+"""Handler for `textgen`: text generated character by character, streamed as it is made.
+
+Request:  {"prompt": "This film", "max_new_tokens": 100, "temperature": 0.8, "top_k": 20, "seed": 1}
+Answer:   chunks of text, sent as they are generated (HTTP chunked transfer), then the last one.
+Limits answer 400 before anything streams: prompt a string of at most 500 characters,
+max_new_tokens 1..500, temperature 0..2 (0: always the likeliest character), top_k 1..vocabulary,
+seed an integer (the same seed gives the same text). A batch is generated in lock step: one
+forward pass per step for all its requests, each with its own sampler.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import torch
+
+from torchship_base_handler import BatchHandler, ItemError
+
+MAX_PROMPT = 500
+MAX_NEW = 500
+CHUNK = 4  # characters per streamed chunk
+
+
+class TextgenHandler(BatchHandler):
+    def initialize(self, context: Any) -> None:
+        super().initialize(context)
+        vocab = json.loads((self.model_dir / "chars.json").read_text(encoding="utf-8"))
+        self.chars = ["\ufffd", *vocab["chars"]]
+        self.ids = {c: i for i, c in enumerate(self.chars)}
+        self.context_len = int(vocab["context"])
+
+    def parse(self, payload: Any) -> dict:
+        if not isinstance(payload, dict) or "prompt" not in payload:
+            raise ItemError('missing field \'prompt\': expected {"prompt": "...", "max_new_tokens": 100}')
+        prompt = payload["prompt"]
+        if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT:
+            raise ItemError(f"'prompt' must be a string of at most {MAX_PROMPT} characters")
+        new = _int(payload.get("max_new_tokens", 100), "max_new_tokens", 1, MAX_NEW)
+        top_k = _int(payload.get("top_k", 20), "top_k", 1, len(self.chars))
+        temperature = payload.get("temperature", 0.8)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+            raise ItemError("'temperature' must be a number from 0 to 2")
+        seed = payload.get("seed", random.randrange(2**31))
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ItemError("'seed' must be a non-negative integer")
+        return {"prompt": prompt, "new": new, "top_k": top_k, "temperature": float(temperature),
+                "generator": torch.Generator().manual_seed(seed)}
+
+    def handle(self, data: list[dict], context: Any) -> list[Any]:
+        from ts.handler_utils.utils import send_intermediate_predict_response
+
+        results: list[Any] = [None] * len(data)
+        jobs: dict[int, dict] = {}
+        for idx, request in enumerate(data):
+            try:
+                payload, _ = self.payload(request, {})
+                jobs[idx] = self.parse(payload)
+            except ItemError as exc:
+                results[idx] = self._answer(context, idx, exc.to_dict(), exc.code)
+        if not jobs:
+            return results
+        for idx in jobs:
+            context.set_response_content_type(idx, "text/plain; charset=utf-8")
+        streams = {idx: [self.ids.get(c, 0) for c in job["prompt"]] or [self.ids.get("\n", 0)]
+                   for idx, job in jobs.items()}
+        pending = {idx: "" for idx in jobs}
+        request_ids = context.request_ids
+        with torch.inference_mode():
+            for step in range(max(job["new"] for job in jobs.values())):
+                active = [idx for idx, job in jobs.items() if step < job["new"]]
+                width = min(self.context_len, max(len(streams[i]) for i in active))
+                batch = torch.zeros(len(active), width, dtype=torch.long)
+                for row, idx in enumerate(active):  # left-aligned windows, read at each one's last position
+                    window = streams[idx][-width:]
+                    batch[row, :len(window)] = torch.tensor(window)
+                logits = self.model(batch)
+                for row, idx in enumerate(active):
+                    last = min(len(streams[idx]), width) - 1
+                    token = self._sample(logits[row, last], jobs[idx])
+                    streams[idx].append(token)
+                    pending[idx] += self.chars[token]
+                ready = {i: pending[i] for i in active if len(pending[i]) >= CHUNK and step + 1 < jobs[i]["new"]}
+                if ready:
+                    send_intermediate_predict_response(
+                        [ready.get(i, "") for i in range(len(data))], {i: request_ids[i] for i in ready},
+                        "Intermediate Prediction success", 200, context)
+                    for i in ready:
+                        pending[i] = ""
+        for idx in jobs:
+            results[idx] = pending[idx]
+        return results
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, job: dict) -> int:
+        if job["temperature"] == 0:
+            return int(logits.argmax())
+        values, indices = torch.topk(logits / job["temperature"], job["top_k"])
+        choice = torch.multinomial(torch.softmax(values, dim=-1), 1, generator=job["generator"])
+        return int(indices[choice])
+
+
+def _int(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ItemError(f"'{name}' must be an integer from {low} to {high}")
+    return value

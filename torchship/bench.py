@@ -1,0 +1,71 @@
+"""`torchship bench`: a load test of one model, with latency percentiles and, for streaming
+models, time to first token and tokens (chunks' characters) per second."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Sequence
+
+from .errors import APIError, TorchServeError
+from .load import percentile, run_load
+
+__all__ = ["bench", "bench_stream"]
+
+
+def bench(client, name: str, payloads: Sequence[Any], *, version: str | None = None, concurrency: int = 4,
+          duration: float | None = 10.0, requests: int | None = None) -> dict[str, Any]:
+    result = run_load(client, name, payloads, version=version, concurrency=concurrency, requests=requests,
+                      duration=None if requests else duration)
+    return {"model": name, "version": version, "concurrency": concurrency, **result.to_dict()}
+
+
+def bench_stream(client, name: str, payloads: Sequence[Any], *, version: str | None = None, concurrency: int = 1,
+                 duration: float | None = 10.0, requests: int | None = None) -> dict[str, Any]:
+    """Streams concurrently; per stream: time to first chunk, total time, characters received."""
+    lock = threading.Lock()
+    counter = iter(range(10**12))
+    first, totals, rates, chars, errors = [], [], [], [], {}
+    deadline = time.monotonic() + duration if duration and not requests else None
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = next(counter)
+            if (requests is not None and i >= requests) or (deadline and time.monotonic() >= deadline):
+                return
+            start = time.perf_counter()
+            got, ttft = 0, None
+            try:
+                for chunk in client.stream(name, payloads[i % len(payloads)], version=version):
+                    if ttft is None:
+                        ttft = time.perf_counter() - start
+                    got += len(chunk)
+            except TorchServeError as exc:
+                key = str(exc.status) if isinstance(exc, APIError) else "unreachable"
+                with lock:
+                    errors[key] = errors.get(key, 0) + 1
+                continue
+            total = time.perf_counter() - start
+            with lock:
+                first.append(ttft * 1000 if ttft is not None else float("nan"))
+                totals.append(total * 1000)
+                chars.append(got)
+                if ttft is not None and total > ttft:
+                    rates.append(got / (total - ttft))
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, concurrency))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.monotonic() - started
+    return {
+        "model": name, "version": version, "concurrency": concurrency, "streams": len(totals), "errors": errors,
+        "ttft_p50_ms": round(percentile(first, 50), 2), "ttft_p99_ms": round(percentile(first, 99), 2),
+        "total_p50_ms": round(percentile(totals, 50), 2), "total_p99_ms": round(percentile(totals, 99), 2),
+        "tokens_per_s_per_stream": round(percentile(rates, 50), 1) if rates else None,
+        "tokens_per_s_total": round(sum(chars) / seconds, 1) if seconds else None,
+        "seconds": round(seconds, 2),
+    }
