@@ -51,6 +51,10 @@ FASHION = {
     "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
 }
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+# KServe's SDK wheel, kept whole: the tests validate exported manifests against the models it
+# generates from KServe's CRDs (imported from the wheel; the SDK is never installed)
+SCHEMAS = ("kserve==0.21.0", "kserve-0.21.0-py3-none-any.whl",
+           "df9bc5888704d9085015e08f1a8fced5ff0698f3becc6212d4e7b8234c71623b")
 
 
 def sha256(path: Path) -> str:
@@ -94,6 +98,23 @@ def fetch_wheel(name: str) -> str | None:
     return None
 
 
+def fetch_schemas() -> str | None:
+    requirement, wheel_name, digest = SCHEMAS
+    cache = DATA / ".cache"
+    wheel = cache / wheel_name
+    if wheel.is_file() and sha256(wheel) == digest:
+        return None
+    cache.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                             "-d", str(cache), requirement], capture_output=True, text=True)
+    if result.returncode != 0 or not wheel.is_file():
+        return f"schemas: cannot download {requirement}; check the package index is reachable"
+    if sha256(wheel) != digest:
+        return f"schemas: {wheel_name} has an unexpected sha256; delete it and retry"
+    print(f"schemas: {wheel_name} -> {wheel.relative_to(ROOT)}", file=sys.stderr)
+    return None
+
+
 def fetch_fashion(source: Path) -> str | None:
     target = DATA / "fashion"
     if present(target, FASHION):
@@ -112,17 +133,19 @@ def fetch_fashion(source: Path) -> str | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="sentiment,fashion,recommender,embedder")
+    parser.add_argument("--only", default="sentiment,fashion,recommender,embedder,schemas")
     parser.add_argument("--fashion-dir", type=Path, default=FASHION_DEBIAN)
     args = parser.parse_args()
     problems = []
     for name in [n.strip() for n in args.only.split(",") if n.strip()]:
         if name == "fashion":
             problem = fetch_fashion(args.fashion_dir)
+        elif name == "schemas":
+            problem = fetch_schemas()
         elif name in WHEELS:
             problem = fetch_wheel(name)
         else:
-            problem = f"{name}: unknown data set (known: sentiment, fashion, recommender, embedder)"
+            problem = f"{name}: unknown data set (known: sentiment, fashion, recommender, embedder, schemas)"
         if problem:
             problems.append(problem)
     for p in problems:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -339,6 +340,62 @@ def _request_body(json_data: str | None, file_path: str | None) -> Any:
         except ValueError as exc:
             raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--json") from None
     return Path(file_path)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--version", "version", default=None)
+@click.option("--min", "min_workers", required=True, type=click.IntRange(min=1))
+@click.option("--max", "max_workers", required=True, type=click.IntRange(min=1))
+@click.option("--target-queue-ms", type=click.FloatRange(min=0.1), default=50.0, show_default=True,
+              help="Scale up when requests wait longer than this in the queue.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="Seconds per tick.")
+@click.option("--up-cooldown", type=click.FloatRange(min=0), default=3.0, show_default=True)
+@click.option("--down-cooldown", type=click.FloatRange(min=0), default=15.0, show_default=True)
+@click.option("--duration", type=click.FloatRange(min=0.1), default=None, help="Stop after this many seconds.")
+@pass_ctx
+def autoscale(c: Ctx, name: str, version: str | None, min_workers: int, max_workers: int, target_queue_ms: float,
+              interval: float, up_cooldown: float, down_cooldown: float, duration: float | None) -> None:
+    """Scale a model's workers within [min, max] from its queue time; Ctrl-C to stop."""
+    from .autoscale import Autoscaler
+
+    if max_workers < min_workers:
+        raise click.BadParameter(f"--max ({max_workers}) is below --min ({min_workers})", param_hint="--max")
+
+    def log(line: str) -> None:
+        click.echo(f"{time.strftime('%H:%M:%S')} {name}: {line}")
+
+    scaler = Autoscaler(c.client, name, min_workers, max_workers, version=version, target_queue_ms=target_queue_ms,
+                        interval=interval, up_cooldown=up_cooldown, down_cooldown=down_cooldown, log=log)
+    log(f"autoscaling within [{min_workers}, {max_workers}], target queue {target_queue_ms:g} ms")
+    for d in scaler.run(duration=duration, handle_signals=True):
+        c.registry.record(name, version, "scaled", via="autoscale", workers=d.workers_to, reason=d.reason)
+
+
+@cli.command("export")
+@click.argument("target", type=click.Choice(["k8s", "kserve"]))
+@click.option("--deploy", "deploy_file", type=click.Path(dir_okay=False, exists=True), default="deploy.yaml",
+              show_default=True, help="Desired-state file: which models and versions.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder to write into.")
+@click.option("--name", default="torchship", show_default=True, help="Name of the Kubernetes objects.")
+@click.option("--image", default=None, help="TorchServe image (default pytorch/torchserve:0.12.0-cpu).")
+@click.option("--max-replicas", type=click.IntRange(min=1), default=4, show_default=True, help="k8s: HPA maximum.")
+@click.option("--storage-uri", default=None, help="kserve: where the model-store folder will be (default pvc://NAME-model-store).")
+@click.option("--canary-percent", type=click.IntRange(0, 100), default=None, help="kserve: canaryTrafficPercent.")
+@click.option("--public-key", type=click.Path(dir_okay=False, exists=True), default=None)
+@pass_ctx
+def export_cmd(c: Ctx, target: str, deploy_file: str, out: str, name: str, image: str | None, max_replicas: int,
+               storage_uri: str | None, canary_percent: int | None, public_key: str | None) -> None:
+    """Write Kubernetes or KServe manifests and the model-store layout (verified archives)."""
+    from .desired import load_desired
+    from .export import IMAGE, export
+
+    written = export(target, load_desired(deploy_file), c.store, Path(out), public_key=c.public_key(public_key),
+                     name=name, image=image or IMAGE, max_replicas=max_replicas, storage_uri=storage_uri,
+                     canary_percent=canary_percent)
+    click.echo(f"{len(written['archives'])} verified archive(s) -> {Path(out) / 'model-store' / 'model-store'}")
+    for path in written["config"] + written["manifests"]:
+        click.echo(f"wrote {path}")
 
 
 @cli.command("bench")
