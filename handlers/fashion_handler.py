@@ -1,6 +1,7 @@
 """Handler for `fashion`: what piece of clothing is in a picture?
 
-Request:  a PNG or JPEG body (any size or mode: converted to 28x28 grey), or
+Request:  a PNG or JPEG body (any size or mode: converted to 28x28 grey), a .npy body of 28x28
+          images (uint8 0-255 or floats 0-1), or
           {"image": 28x28 numbers (0-255, or 0-1), "k": 3}
 Answer:   {"label": "Ankle boot", "class_id": 9, "predictions": [{"label", "class_id", "score"}, ... top k],
            "probabilities": [10 floats]}
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from torchship_base_handler import BatchHandler, ItemError
+from torchship_base_handler import NPY_MAGIC, BatchHandler, ItemError
 
 MAX_PIXELS = 40_000_000  # decompression bombs: refuse images bigger than this
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF")
@@ -32,11 +33,16 @@ class FashionHandler(BatchHandler):
 
     def payload(self, request: dict, headers: dict) -> tuple[Any, bytes]:
         body = request.get("data", request.get("body")) if isinstance(request, dict) else None
-        if isinstance(body, (bytes, bytearray)) and body[:1] not in (b"{", b"[", b" ", b"\n"):
+        if isinstance(body, (bytes, bytearray)) and body[:1] not in (b"{", b"[", b" ", b"\n") \
+                and bytes(body[:6]) != NPY_MAGIC:
             return {"_image_bytes": bytes(body)}, b""
         return super().payload(request, headers)
 
     def parse(self, payload: Any) -> tuple[np.ndarray, int]:
+        if isinstance(payload, np.ndarray):  # a binary .npy body of 28x28 images
+            if payload.dtype.kind not in "iuf":
+                raise ItemError("the .npy array must hold numbers")
+            return self._normalise(payload.astype(np.float64), "the .npy array"), 3
         if isinstance(payload, dict) and "_image_bytes" in payload:
             return self._decode_image(payload["_image_bytes"]), 3
         if not isinstance(payload, dict) or "image" not in payload:

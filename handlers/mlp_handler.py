@@ -2,6 +2,7 @@
 
 Request:  {"data": [100 numbers]}              -> {"class_id": 3, "probabilities": [10 floats]}
           {"data": [[100 numbers], ...]}       -> a list of those, one per row (at most 1024 rows)
+          or the same as a binary .npy body (Content-Type application/x-npy): no JSON to decode.
 A missing field, wrong length, non-number, NaN or infinity answers 400 for that request alone.
 
 Open Inference Protocol (POST /v2/models/mlp/infer): one numeric input of shape [100] or [n, 100]
@@ -29,6 +30,8 @@ class MLPHandler(BatchHandler):
 
     def parse(self, payload: Any) -> tuple[np.ndarray, bool]:
         usage = f'expected {{"data": [{self.width} numbers]}} or {{"data": [[{self.width} numbers], ...]}}'
+        if isinstance(payload, np.ndarray):  # a binary .npy body: shape [100] or [n, 100]
+            return self._rows(payload, "the .npy array", usage)
         if not isinstance(payload, dict) or "data" not in payload:
             raise ItemError(f"missing field 'data': {usage}")
         try:

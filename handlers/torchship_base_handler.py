@@ -118,6 +118,8 @@ class BatchHandler:
         json_length = oip.header_length(headers)
         if json_length is not None and isinstance(body, (bytes, bytearray)):
             return oip.split_body(bytes(body), json_length)
+        if isinstance(body, (bytes, bytearray)) and bytes(body[:6]) == NPY_MAGIC:
+            return _load_npy(bytes(body)), b""
         if isinstance(body, (bytes, bytearray)):
             try:
                 body = body.decode("utf-8")
@@ -169,6 +171,21 @@ class BatchHandler:
             context.set_response_status(code, HTTPStatus(code).phrase, idx)
         context.set_response_content_type(idx, "application/json")
         return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _load_npy(data: bytes) -> Any:
+    """A binary tensor body (numpy's .npy format): no JSON to decode. Pickled arrays are refused."""
+    import io
+
+    import numpy as np
+
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ItemError(f"the .npy body cannot be read: {str(exc).splitlines()[0][:120]}") from None
 
 
 def _headers(context: Any, idx: int) -> dict[str, Any]:

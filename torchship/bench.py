@@ -5,19 +5,47 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import APIError, TorchServeError
 from .load import percentile, run_load
 
-__all__ = ["bench", "bench_stream"]
+__all__ = ["bench", "bench_stream", "plot_latencies"]
 
 
 def bench(client, name: str, payloads: Sequence[Any], *, version: str | None = None, concurrency: int = 4,
-          duration: float | None = 10.0, requests: int | None = None) -> dict[str, Any]:
+          duration: float | None = 10.0, requests: int | None = None, keep: bool = False):
+    """Figures of a load test (and, with keep, the LoadResult for plotting)."""
     result = run_load(client, name, payloads, version=version, concurrency=concurrency, requests=requests,
                       duration=None if requests else duration)
-    return {"model": name, "version": version, "concurrency": concurrency, **result.to_dict()}
+    figures = {"model": name, "version": version, "concurrency": concurrency, **result.to_dict()}
+    return (figures, result) if keep else figures
+
+
+def plot_latencies(result, path: Path, title: str) -> None:
+    """Latency over time (each request at its completion) and the latency histogram, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax1.plot(result.completed_s, result.latencies_ms, ".", markersize=2, alpha=0.5)
+    ax1.set_xlabel("seconds into the test")
+    ax1.set_ylabel("latency ms")
+    ax1.set_title("latency over time")
+    ax2.hist(result.latencies_ms, bins=60)
+    for q, style in ((50, "--"), (99, ":")):
+        ax2.axvline(result.p(q), color="k", linestyle=style, label=f"p{q} {result.p(q):.1f} ms")
+    ax2.set_xlabel("latency ms")
+    ax2.set_title("histogram")
+    ax2.legend()
+    fig.suptitle(f"{title}: {result.throughput:.0f} req/s, {result.failed} failed")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def bench_stream(client, name: str, payloads: Sequence[Any], *, version: str | None = None, concurrency: int = 1,

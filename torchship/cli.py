@@ -401,33 +401,46 @@ def export_cmd(c: Ctx, target: str, deploy_file: str, out: str, name: str, image
 @cli.command("bench")
 @click.argument("name")
 @click.option("--version", "version", default=None)
-@click.option("--json", "json_data", default=None, help="Request body as JSON text.")
+@click.option("--data", "json_data", default=None, help="Request body as JSON text.")
 @click.option("--payload", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Request bodies: a .jsonl file (one per line, cycled) or one JSON file.")
+              help="Request bodies: a .jsonl file (one per line, cycled), one JSON file, or any other file sent "
+                   "as raw bytes (an image, a .npy).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--duration", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds.")
 @click.option("--requests", "n_requests", type=click.IntRange(min=1), default=None,
               help="Send this many requests instead of running for --duration.")
 @click.option("--stream", is_flag=True, help="Streaming model: report time to first token and tokens/s.")
-@click.option("--output-json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG: latency over time and its histogram.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def bench_cmd(c: Ctx, name: str, version: str | None, json_data: str | None, payload: str | None, concurrency: int,
-              duration: float, n_requests: int | None, stream: bool, as_json: bool) -> None:
+              duration: float, n_requests: int | None, stream: bool, plot: str | None, as_json: bool) -> None:
     """Load-test a model: throughput, latency percentiles, errors by status (TTFT when streaming)."""
-    from .bench import bench, bench_stream
+    from .bench import bench, bench_stream, plot_latencies
 
     if payload:
-        text = Path(payload).read_text(encoding="utf-8")
-        try:
-            bodies = [json.loads(line) for line in text.splitlines() if line.strip()] if payload.endswith(".jsonl") \
-                else [json.loads(text)]
-        except ValueError as exc:
-            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--payload") from None
+        path = Path(payload)
+        if path.suffix in (".json", ".jsonl"):
+            text = path.read_text(encoding="utf-8")
+            try:
+                bodies = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" \
+                    else [json.loads(text)]
+            except ValueError as exc:
+                raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--payload") from None
+        else:
+            bodies = [path]
     else:
         bodies = [_request_body(json_data, None)]
-    run = bench_stream if stream else bench
-    result = run(c.client, name, bodies, version=version, concurrency=concurrency, duration=duration,
-                 requests=n_requests)
+    if stream:
+        result = bench_stream(c.client, name, bodies, version=version, concurrency=concurrency, duration=duration,
+                              requests=n_requests)
+    else:
+        result, load = bench(c.client, name, bodies, version=version, concurrency=concurrency, duration=duration,
+                             requests=n_requests, keep=True)
+        if plot:
+            plot_latencies(load, Path(plot), title=f"{name}: concurrency {concurrency}")
+            result["plot"] = plot
     if as_json:
         emit(result)
     else:

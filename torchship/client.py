@@ -306,7 +306,8 @@ class TorchServe:
 
     def predict(self, name: str, data: Any, *, version: str | None = None, headers: dict | None = None,
                 timeout: float | None = None, raw: bool = False) -> Any:
-        """One prediction. `data`: a JSON-able object, raw bytes, or a pathlib.Path to send as is.
+        """One prediction. `data`: a JSON-able object, a numpy array (sent as .npy bytes), raw bytes,
+        or a pathlib.Path to send as is.
 
         JSON answers are decoded; anything else comes back as bytes (or the Response when raw).
         """
@@ -458,6 +459,12 @@ def _json(resp: requests.Response) -> Any:
 
 
 def _encode(data: Any) -> tuple[bytes, str]:
+    if isinstance(data, np.ndarray):  # binary tensors: numpy's .npy format, no JSON on either side
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, data, allow_pickle=False)
+        return buf.getvalue(), "application/x-npy"
     if isinstance(data, Path):
         return data.read_bytes(), "application/octet-stream"
     if isinstance(data, (bytes, bytearray, memoryview)):

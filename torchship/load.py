@@ -32,6 +32,7 @@ def percentile(values: Sequence[float], p: float) -> float:
 @dataclass
 class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
+    completed_s: list[float] = field(default_factory=list)  # when each answered request finished
     statuses: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -96,10 +97,12 @@ def run_load(client, name: str, payloads: Sequence[Any], *, version: str | None 
                 result.statuses[status] += 1
                 if status == 200:
                     result.latencies_ms.append(elapsed)
+                    result.completed_s.append(time.perf_counter() - begin)
                 elif error:
                     result.errors.append(error)
 
     started = time.monotonic()
+    begin = time.perf_counter()
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, concurrency))]
     for t in threads:
         t.start()

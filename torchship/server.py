@@ -152,6 +152,9 @@ class LocalServer:
         env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
         cmd = [_torchserve_executable(), "--start", "--ncs", "--ts-config", str(cfg.path),
                "--model-store", str(cfg.model_store)]
+        log_config = self.config_path.parent / "log4j2.xml"
+        if log_config.is_file():  # quiet logging (see the file); TorchServe's own otherwise
+            cmd += ["--log-config", str(log_config)]
         with open(self.console_log, "ab") as log:
             launcher = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True)

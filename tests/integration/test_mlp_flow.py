@@ -81,3 +81,8 @@ def test_register_refuses_an_archive_outside_the_store(client, mlp_deployed):
         client.register("does-not-exist.mar")
     with pytest.raises(ValueError):
         client.register("file:///etc/passwd")
+
+
+def test_binary_npy_request_answers_like_json(client, mlp_deployed):
+    data = np.asarray(rows(4, seed=11), dtype=np.float32)
+    assert_same_answers(client.predict("mlp", data), client.predict("mlp", {"data": data.tolist()}))

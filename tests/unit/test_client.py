@@ -301,3 +301,11 @@ def test_public_surface():
            "wait_until_ready", "ping", "is_healthy", "predict", "predict_many", "stream", "explain", "infer_v2",
            "metrics", "metrics_text", "from_config", "from_env", "close"}
     assert api <= {n for n in dir(TorchServe) if not n.startswith("_")}
+
+
+def test_numpy_arrays_travel_as_npy():
+    import numpy as np
+
+    ts, t = make(ok({}))
+    ts.predict("mlp", np.zeros((2, 100), dtype=np.float32))
+    assert t.last().headers["Content-Type"] == "application/x-npy" and t.last().body.startswith(b"\x93NUMPY")

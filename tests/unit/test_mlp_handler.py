@@ -120,3 +120,21 @@ def test_pickle_weights_are_refused(mlp_run, tmp_path):
     shutil.copy(mlp_run / "meta.json", tmp_path / "meta.json")
     with pytest.raises(ValueError, match="safetensors only"):
         mlp_handler.MLPHandler().initialize(make_context(tmp_path, serialized_file="model.pt"))
+
+
+def test_binary_npy_bodies_skip_json(handler, mlp_reference):
+    import io
+
+    data = np.asarray(rows(3, seed=5), dtype=np.float32)
+
+    def npy(array):
+        buf = io.BytesIO()
+        np.save(buf, array)
+        return buf.getvalue()
+
+    codes, answers = run(handler, [npy(data), npy(data[0]), npy(data[:, :10]), b"\x93NUMPYbroken",
+                                   npy(np.array(["a"] * 100))])
+    assert codes == [200, 200, 400, 400, 400]
+    assert_same_answers(answers[0], run(handler, [{"data": data.tolist()}])[1][0])
+    assert answers[1]["class_id"] == answers[0][0]["class_id"]
+    assert "cannot be read" in answers[3]["message"] and "only numbers" in answers[4]["message"]
