@@ -398,6 +398,71 @@ def export_cmd(c: Ctx, target: str, deploy_file: str, out: str, name: str, image
         click.echo(f"wrote {path}")
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--slo-p99-ms", type=click.FloatRange(min=0.1), required=True, help="The p99 latency budget.")
+@click.option("--version", "version", default=None, help="Archive version (default: the newest).")
+@click.option("--data", "json_data", default=None, help="Request body as JSON text.")
+@click.option("--payload", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Request bodies, .jsonl (default: the inputs of tests/golden/NAME.jsonl).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=0.5), default=5.0, show_default=True, help="Per trial.")
+@click.option("--max-workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--write", "write_file", type=click.Path(dir_okay=False), default=None,
+              help="Write the winner into this desired-state file (e.g. deploy.yaml).")
+@click.option("--public-key", type=click.Path(dir_okay=False, exists=True), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def tune(c: Ctx, name: str, slo_p99_ms: float, version: str | None, json_data: str | None, payload: str | None,
+         concurrency: int, seconds: float, max_workers: int, write_file: str | None, public_key: str | None,
+         as_json: bool) -> None:
+    """Search workers and batching for the highest throughput whose p99 meets the budget."""
+    import yaml
+
+    from .tune import tune as do_tune
+    from .versions import latest_version
+
+    version = version or latest_version(c.store, name)
+    if version is None:
+        raise E.ArchiveError(f"no archive of {name} in {c.store}: run `torchship package {name}` first")
+    if json_data:
+        bodies = [_request_body(json_data, None)]
+    else:
+        source = Path(payload) if payload else c.project.root / "tests" / "golden" / f"{name}.jsonl"
+        if not source.is_file():
+            raise click.UsageError(f"no requests to tune with: give --data or --payload ({source} is missing)")
+        rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+        bodies = [r["input"] if isinstance(r, dict) and "input" in r else r for r in rows]
+    trials, best = do_tune(c.client, c.store, name, version, bodies, slo_p99_ms=slo_p99_ms, concurrency=concurrency,
+                           seconds=seconds, max_workers=max_workers, public_key=c.public_key(public_key),
+                           log=(lambda line: None) if as_json else click.echo)
+    settings = {"versions": [version], "default": version, "workers": {"min": best.workers, "max": best.workers},
+                "batch_size": best.batch_size, "max_batch_delay_ms": best.max_batch_delay}
+    if write_file:
+        path = Path(write_file)
+        doc = yaml.safe_load(path.read_text()) if path.exists() else {"models": {}}
+        current = (doc.get("models") or {}).get(name) or {}
+        doc.setdefault("models", {})[name] = {**current, **{k: v for k, v in settings.items()
+                                                            if k not in ("versions", "default") or k not in current}}
+        from .desired import parse_desired
+
+        parse_desired(doc, str(path))  # never write a file apply would refuse
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    if as_json:
+        emit({"trials": [t.to_dict() for t in trials], "best": best.to_dict(), "meets_slo": best.meets(slo_p99_ms),
+              "deploy_yaml": {"models": {name: settings}}})
+        return
+    click.echo()
+    click.echo(render(["workers", "batch", "delay ms", "req/s", "p50 ms", "p99 ms", "meets SLO"],
+                      [[t.workers, t.batch_size, t.max_batch_delay, t.throughput, t.p50_ms, t.p99_ms,
+                        "yes" if t.meets(slo_p99_ms) else "no"] for t in trials]))
+    verdict = "fastest within" if best.meets(slo_p99_ms) else "NOTHING met; lowest p99 for"
+    click.echo(f"\n{verdict} p99 {slo_p99_ms:g} ms: workers {best.workers}, batch {best.batch_size}, "
+               f"delay {best.max_batch_delay} ms -> {best.throughput} req/s, p99 {best.p99_ms} ms")
+    click.echo(("written into " + write_file) if write_file else yaml.safe_dump({"models": {name: settings}},
+                                                                                sort_keys=False))
+
+
 @cli.command("bench")
 @click.argument("name")
 @click.option("--version", "version", default=None)

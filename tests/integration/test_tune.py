@@ -1,0 +1,46 @@
+"""`torchship tune` on a real TorchServe: a guided search that returns the fastest settings
+within the latency budget and writes them where `apply` reads them."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import rows
+from torchship.tune import best_trial
+from torchship.tune import tune as run_tune
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_tune_finds_the_fastest_settings_within_the_budget(client, store, public_key, mlp_archive, mlp_deployed):
+    payloads = [{"data": r} for r in rows(20, seed=4)]
+    trials, best = run_tune(client, store, "mlp", "1.0", payloads, slo_p99_ms=5000, concurrency=8, seconds=1.5,
+                            warmup=0.5, public_key=public_key, log=lambda line: None)
+    assert len(trials) >= 6  # batch sweep, delay sweep, workers: a guided search, not the 4x4x2 grid
+    assert len(trials) < 16
+    assert best == best_trial(trials, 5000) and best.meets(5000)
+    assert all(best.throughput >= t.throughput for t in trials if t.meets(5000))
+    assert "tune-mlp" not in [m.name for m in client.list_models()]  # trials leave nothing behind
+    # an impossible budget: the lowest p99 is returned, flagged as not meeting it
+    assert not best_trial(trials, 0.001).meets(0.001)
+
+
+def test_tune_cli_writes_the_winner_into_the_desired_state(server, tmp_path, public_key, mlp_archive):
+    target = tmp_path / "deploy.yaml"
+    target.write_text(yaml.safe_dump({"models": {"mlp": {"versions": ["1.0"], "default": "1.0"},
+                                                 "other": {"versions": ["3.0"]}}}))
+    r = subprocess.run([str(Path(sys.executable).parent / "torchship"), "--config", str(server.effective_config_path),
+                        "tune", "mlp", "--slo-p99-ms", "5000", "--seconds", "1", "--concurrency", "4", "--version",
+                        "1.0", "--data", json.dumps({"data": rows(1)[0]}), "--public-key", str(public_key),
+                        "--write", str(target), "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    doc = yaml.safe_load(target.read_text())
+    best = result["best"]
+    assert doc["models"]["mlp"]["batch_size"] == best["batch_size"]
+    assert doc["models"]["mlp"]["workers"] == {"min": best["workers"], "max": best["workers"]}
+    assert doc["models"]["other"] == {"versions": ["3.0"]}  # other models untouched
