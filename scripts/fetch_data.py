@@ -18,7 +18,6 @@ sha256 are kept. Exits non-zero with one line per missing data set saying how to
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -57,12 +56,8 @@ SCHEMAS = ("kserve==0.21.0", "kserve-0.21.0-py3-none-any.whl",
            "df9bc5888704d9085015e08f1a8fced5ff0698f3becc6212d4e7b8234c71623b")
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sys.path.insert(0, str(ROOT))
+from archiver.digests import sha256_file as sha256  # noqa: E402
 
 
 def present(folder: Path, files: dict[str, str]) -> bool:

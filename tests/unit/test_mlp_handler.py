@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import mlp_handler
+from tests.conftest import load_handler
 from tests.helpers import assert_same_answers, rows
 
 from .handler_context import decoded, make_context, statuses
@@ -16,12 +17,7 @@ from .handler_context import decoded, make_context, statuses
 
 @pytest.fixture(scope="module")
 def handler(mlp_run, tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("mlp_model")
-    for f in ("model.safetensors", "meta.json"):
-        shutil.copy(mlp_run / f, model_dir / f)
-    h = mlp_handler.MLPHandler()
-    h.initialize(make_context(model_dir))
-    return h
+    return load_handler(mlp_run, "mlp_handler", "MLPHandler", tmp_path_factory)
 
 
 def run(handler, bodies):

@@ -1,14 +1,13 @@
 """The Open Inference Protocol codec and the mlp handler's v2 and explanation paths."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 from ts.context import RequestProcessor
 
-import mlp_handler
 import torchship_oip as oip
+from tests.conftest import load_handler
 from tests.helpers import rows
 
 from .handler_context import make_context, statuses
@@ -52,12 +51,7 @@ def test_binary_response_round_trips():
 
 @pytest.fixture(scope="module")
 def handler(mlp_run, tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("mlp_model")
-    for f in ("model.safetensors", "meta.json"):
-        shutil.copy(mlp_run / f, model_dir / f)
-    h = mlp_handler.MLPHandler()
-    h.initialize(make_context(model_dir))
-    return h
+    return load_handler(mlp_run, "mlp_handler", "MLPHandler", tmp_path_factory)
 
 
 def test_v2_and_classic_requests_in_one_batch(handler):
