@@ -86,6 +86,10 @@ class Ctx:
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
+public_key_option = click.option(
+    "--public-key", type=click.Path(dir_okay=False, exists=True), default=None,
+    help="PEM public key that verifies the archives' signatures (default: the project's key).")
+
 
 def emit(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
@@ -234,8 +238,7 @@ def package(c: Ctx, name: str | None, version: str | None, checkpoint: str | Non
 
 @cli.command()
 @click.argument("archive", type=click.Path(dir_okay=False))
-@click.option("--public-key", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="PEM public key to check the signature with (default: the project's key).")
+@public_key_option
 @click.option("--allow-unsigned", is_flag=True,
               help="Accept an archive without signature/provenance (third-party); safety checks still run.")
 @click.option("--json", "as_json", is_flag=True)
@@ -268,8 +271,7 @@ def verify(c: Ctx, archive: str, public_key: str | None, allow_unsigned: bool, a
 @click.option("--max-batch-delay", default=None, type=click.IntRange(min=0), help="Milliseconds.")
 @click.option("--default", "make_default", is_flag=True, help="Make this version the default.")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait until ready.")
-@click.option("--public-key", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="PEM public key to verify the archive with (default: the project's key).")
+@public_key_option
 @click.option("--allow-unsigned", is_flag=True,
               help="DANGER: deploy a third-party archive without signature/provenance (safety checks still run).")
 @click.option("--json", "as_json", is_flag=True)
@@ -382,7 +384,7 @@ def autoscale(c: Ctx, name: str, version: str | None, min_workers: int, max_work
 @click.option("--max-replicas", type=click.IntRange(min=1), default=4, show_default=True, help="k8s: HPA maximum.")
 @click.option("--storage-uri", default=None, help="kserve: where the model-store folder will be (default pvc://NAME-model-store).")
 @click.option("--canary-percent", type=click.IntRange(0, 100), default=None, help="kserve: canaryTrafficPercent.")
-@click.option("--public-key", type=click.Path(dir_okay=False, exists=True), default=None)
+@public_key_option
 @pass_ctx
 def export_cmd(c: Ctx, target: str, deploy_file: str, out: str, name: str, image: str | None, max_replicas: int,
                storage_uri: str | None, canary_percent: int | None, public_key: str | None) -> None:
@@ -410,7 +412,7 @@ def export_cmd(c: Ctx, target: str, deploy_file: str, out: str, name: str, image
 @click.option("--max-workers", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--write", "write_file", type=click.Path(dir_okay=False), default=None,
               help="Write the winner into this desired-state file (e.g. deploy.yaml).")
-@click.option("--public-key", type=click.Path(dir_okay=False, exists=True), default=None)
+@public_key_option
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def tune(c: Ctx, name: str, slo_p99_ms: float, version: str | None, json_data: str | None, payload: str | None,
@@ -671,7 +673,7 @@ def plan(c: Ctx, file: str, as_json: bool) -> None:
 
 @cli.command("apply")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
-@click.option("--public-key", type=click.Path(dir_okay=False, exists=True), default=None)
+@public_key_option
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def apply_cmd(c: Ctx, file: str, public_key: str | None, as_json: bool) -> None:
@@ -708,7 +710,7 @@ def apply_cmd(c: Ctx, file: str, public_key: str | None, as_json: bool) -> None:
 @click.option("--requests", "load_requests", type=click.IntRange(min=1), default=200, show_default=True,
               help="Requests of the latency check.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--public-key", type=click.Path(dir_okay=False, exists=True), default=None)
+@public_key_option
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def rollout(c: Ctx, name: str, version: str, golden: str | None, min_accuracy: float | None,
