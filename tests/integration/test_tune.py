@@ -20,8 +20,8 @@ def test_tune_finds_the_fastest_settings_within_the_budget(client, store, public
     payloads = [{"data": r} for r in rows(20, seed=4)]
     trials, best = run_tune(client, store, "mlp", "1.0", payloads, slo_p99_ms=5000, concurrency=8, seconds=1.5,
                             warmup=0.5, public_key=public_key, log=lambda line: None)
-    assert len(trials) >= 6  # batch sweep, delay sweep, workers: a guided search, not the 4x4x2 grid
-    assert len(trials) < 16
+    # batch sweep (4), delay sweep (when batching wins), workers: a guided search, not the 4x4x2 grid
+    assert 5 <= len(trials) <= 9
     assert best == best_trial(trials, 5000) and best.meets(5000)
     assert all(best.throughput >= t.throughput for t in trials if t.meets(5000))
     assert "tune-mlp" not in [m.name for m in client.list_models()]  # trials leave nothing behind

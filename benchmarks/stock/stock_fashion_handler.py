@@ -1,0 +1,40 @@
+"""The baseline a TorchServe user writes first: a plain BaseHandler for fashion, with the image
+as JSON ({"image": 28x28 numbers}). See stock_mlp_handler.py."""
+
+import json
+import os
+
+import torch
+from safetensors.torch import load_file
+from ts.torch_handler.base_handler import BaseHandler
+
+import torchship_models
+
+LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+class StockFashion(BaseHandler):
+    def initialize(self, context):
+        model_dir = context.system_properties["model_dir"]
+        meta = json.load(open(os.path.join(model_dir, "meta.json")))
+        self.model = torchship_models.build("fashion", meta["model"]["architecture"])
+        self.model.load_state_dict(load_file(os.path.join(model_dir, "model.safetensors")))
+        self.model.eval()
+        self.initialized = True
+
+    def preprocess(self, data):
+        images = []
+        for row in data:
+            body = row.get("data") or row.get("body")
+            if isinstance(body, (bytes, bytearray)):
+                body = json.loads(body)
+            images.append(torch.tensor(body["image"], dtype=torch.float32).div(255).unsqueeze(0))
+        return torch.stack(images)
+
+    def inference(self, data, *args, **kwargs):
+        with torch.no_grad():
+            return self.model(data)
+
+    def postprocess(self, data):
+        probs = torch.softmax(data, dim=1)
+        return [{"label": LABELS[int(p.argmax())], "probabilities": p.tolist()} for p in probs]
