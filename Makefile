@@ -13,12 +13,12 @@ VERSION ?= 1.0
 MODELS  ?= mlp sentiment fashion recommender embedder textgen
 PYTEST_ARGS ?=
 
-.PHONY: help setup java data train package serve deploy apply predict demo test unit integration stop status clean
+.PHONY: help setup java data train package serve deploy apply predict demo test unit integration bench stop status clean
 
 help:
 	@echo "make demo      set up, quick-train, package, serve, deploy and predict ($(MODEL))"
 	@echo "make test      run the whole test suite (starts its own TorchServe)"
-	@echo "make train | package | serve | deploy | apply | predict | status | stop | clean   (MODEL=, VERSION=)"
+	@echo "make train | package | serve | deploy | apply | predict | bench | status | stop | clean   (MODEL=, VERSION=)"
 
 # The virtual environment, made and filled on first use; redone when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -85,6 +85,12 @@ unit: data
 
 integration: data java
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+# The serving benchmark: five ways to serve the same models, side by side (needs wrk).
+bench: data java
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@command -v wrk >/dev/null || { echo "error: the serving benchmark needs wrk (Debian: apt-get install wrk)" >&2; exit 1; }
+	$(BIN)/python benchmarks/bench_serving.py
 
 clean:
 	-@test -x $(TS) && $(TS) serve stop

@@ -37,7 +37,7 @@ def wrk(url: str, key: str | None, body: bytes, seconds: float, concurrency: int
                  f'wrk.headers["Content-Type"] = "{content_type}"\n'
                  + (f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else ""))
     script.close()
-    run = subprocess.run(["wrk", "-t2", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "-s", script.name, url],
+    run = subprocess.run(["wrk", f"-t{min(2, concurrency)}", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "-s", script.name, url],
                          capture_output=True, text=True, timeout=seconds + 60)
     Path(script.name).unlink()
     Path(payload.name).unlink()
