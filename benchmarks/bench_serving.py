@@ -37,11 +37,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "handlers"))
 
-import numpy as np  # noqa: E402
 import requests  # noqa: E402
 
 import archiver  # noqa: E402
-from bench_loadgen import wrk  # noqa: E402
+from torchship import wrk as wrk_engine  # noqa: E402
 from handlers import HANDLER_DIR  # noqa: E402
 from torchship import LocalServer  # noqa: E402
 from train import trainers  # noqa: E402
@@ -49,6 +48,11 @@ from train.common import latest_run  # noqa: E402
 
 CANDIDATES = [(1, 8, 5), (1, 16, 5), (2, 8, 5), (2, 16, 10), (1, 8, 2)]  # (workers, batch, delay ms)
 STOCK = {"mlp": "stock_mlp_handler.py", "fashion": "stock_fashion_handler.py"}
+
+
+def wrk(url: str, key: str | None, body: bytes, seconds: float, concurrency: int, ctype: str) -> dict:
+    return wrk_engine.run(url, body, seconds=seconds, concurrency=concurrency, content_type=ctype,
+                          headers={"Authorization": f"Bearer {key}"} if key else None)
 
 
 def free_port() -> int:
@@ -142,7 +146,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--models", default="mlp,fashion")
     args = parser.parse_args()
-    if not shutil.which("wrk"):
+    if not wrk_engine.available():
         print("error: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 1
     models = [m for m in args.models.split(",") if m]

@@ -9,18 +9,42 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import APIError, TorchServeError
+from . import wrk
 from .load import percentile, run_load
 
-__all__ = ["bench", "bench_stream", "plot_latencies"]
+__all__ = ["bench", "bench_stream", "plot_latencies", "wrk_load"]
 
 
 def bench(client, name: str, payloads: Sequence[Any], *, version: str | None = None, concurrency: int = 4,
-          duration: float | None = 10.0, requests: int | None = None, keep: bool = False):
-    """Figures of a load test (and, with keep, the LoadResult for plotting)."""
+          duration: float | None = 10.0, requests: int | None = None, keep: bool = False, engine: str = "python"):
+    """Figures of a load test (and, with keep, the LoadResult for plotting; python engine only).
+
+    engine "wrk" sends the first payload with wrk for `duration` seconds (see torchship.wrk);
+    "python" uses the client's pooled sessions in threads; "auto" picks wrk when installed and
+    the test is by duration.
+    """
+    if engine == "auto":
+        engine = "wrk" if wrk.available() and not requests else "python"
+    if engine == "wrk":
+        figures = {"model": name, "version": version, "concurrency": concurrency, "engine": "wrk",
+                   **wrk_load(client, name, payloads[0], version=version, concurrency=concurrency,
+                              seconds=duration or 10.0)}
+        return (figures, None) if keep else figures
     result = run_load(client, name, payloads, version=version, concurrency=concurrency, requests=requests,
                       duration=None if requests else duration)
-    figures = {"model": name, "version": version, "concurrency": concurrency, **result.to_dict()}
+    figures = {"model": name, "version": version, "concurrency": concurrency, "engine": "python", **result.to_dict()}
     return (figures, result) if keep else figures
+
+
+def wrk_load(client, name: str, payload: Any, *, version: str | None, concurrency: int, seconds: float) -> dict:
+    """One wrk run against a model through the client's address and inference key."""
+    from .client import _encode, _model_path
+
+    body, content_type = _encode(payload)
+    url = f"{client.urls['inference']}/predictions/{_model_path(name, version)[len('/models/'):]}"
+    key = client.keys.key("inference")
+    return wrk.run(url, body, seconds=seconds, concurrency=concurrency, content_type=content_type,
+                   headers={"Authorization": f"Bearer {key}"} if key else None)
 
 
 def plot_latencies(result, path: Path, title: str) -> None:

@@ -410,14 +410,16 @@ def export_cmd(c: Ctx, target: str, deploy_file: str, out: str, name: str, image
 @click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--seconds", type=click.FloatRange(min=0.5), default=5.0, show_default=True, help="Per trial.")
 @click.option("--max-workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--engine", type=click.Choice(["auto", "python", "wrk"]), default="auto", show_default=True,
+              help="Load generator of each trial: wrk (with --data) when installed, else Python threads.")
 @click.option("--write", "write_file", type=click.Path(dir_okay=False), default=None,
               help="Write the winner into this desired-state file (e.g. deploy.yaml).")
 @public_key_option
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def tune(c: Ctx, name: str, slo_p99_ms: float, version: str | None, json_data: str | None, payload: str | None,
-         concurrency: int, seconds: float, max_workers: int, write_file: str | None, public_key: str | None,
-         as_json: bool) -> None:
+         concurrency: int, seconds: float, max_workers: int, engine: str, write_file: str | None,
+         public_key: str | None, as_json: bool) -> None:
     """Search workers and batching for the highest throughput whose p99 meets the budget."""
     import yaml
 
@@ -435,9 +437,13 @@ def tune(c: Ctx, name: str, slo_p99_ms: float, version: str | None, json_data: s
             raise click.UsageError(f"no requests to tune with: give --data or --payload ({source} is missing)")
         rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
         bodies = [r["input"] if isinstance(r, dict) and "input" in r else r for r in rows]
+    from . import wrk
+
+    if engine == "auto":
+        engine = "wrk" if wrk.available() and len(bodies) == 1 else "python"
     trials, best = do_tune(c.client, c.store, name, version, bodies, slo_p99_ms=slo_p99_ms, concurrency=concurrency,
                            seconds=seconds, max_workers=max_workers, public_key=c.public_key(public_key),
-                           log=(lambda line: None) if as_json else click.echo)
+                           log=(lambda line: None) if as_json else click.echo, engine=engine)
     settings = {"versions": [version], "default": version, "workers": {"min": best.workers, "max": best.workers},
                 "batch_size": best.batch_size, "max_batch_delay_ms": best.max_batch_delay}
     if write_file:
@@ -478,11 +484,14 @@ def tune(c: Ctx, name: str, slo_p99_ms: float, version: str | None, json_data: s
               help="Send this many requests instead of running for --duration.")
 @click.option("--stream", is_flag=True, help="Streaming model: report time to first token and tokens/s.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
-              help="Write a PNG: latency over time and its histogram.")
+              help="Write a PNG: latency over time and its histogram (python engine).")
+@click.option("--engine", type=click.Choice(["auto", "python", "wrk"]), default="auto", show_default=True,
+              help="Load generator: wrk (C, when installed) or Python threads; auto picks wrk for plain tests.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def bench_cmd(c: Ctx, name: str, version: str | None, json_data: str | None, payload: str | None, concurrency: int,
-              duration: float, n_requests: int | None, stream: bool, plot: str | None, as_json: bool) -> None:
+              duration: float, n_requests: int | None, stream: bool, plot: str | None, engine: str,
+              as_json: bool) -> None:
     """Load-test a model: throughput, latency percentiles, errors by status (TTFT when streaming)."""
     from .bench import bench, bench_stream, plot_latencies
 
@@ -503,9 +512,11 @@ def bench_cmd(c: Ctx, name: str, version: str | None, json_data: str | None, pay
         result = bench_stream(c.client, name, bodies, version=version, concurrency=concurrency, duration=duration,
                               requests=n_requests)
     else:
+        if engine == "auto" and (plot or len(bodies) > 1):
+            engine = "python"  # wrk sends one body and gives no per-request latencies to plot
         result, load = bench(c.client, name, bodies, version=version, concurrency=concurrency, duration=duration,
-                             requests=n_requests, keep=True)
-        if plot:
+                             requests=n_requests, keep=True, engine=engine)
+        if plot and load is not None:
             plot_latencies(load, Path(plot), title=f"{name}: concurrency {concurrency}")
             result["plot"] = plot
     if as_json:

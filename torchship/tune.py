@@ -51,8 +51,13 @@ def best_trial(trials: Sequence[Trial], slo_p99_ms: float) -> Trial:
 
 def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], *, slo_p99_ms: float,
          concurrency: int = 16, seconds: float = 5.0, warmup: float = 1.0, max_workers: int = 2,
-         public_key: Path | None = None, log: Callable[[str], None] = print) -> tuple[list[Trial], Trial]:
+         public_key: Path | None = None, log: Callable[[str], None] = print,
+         engine: str = "python") -> tuple[list[Trial], Trial]:
+    """`engine`: how each trial is loaded: "python" (the client's threads) or "wrk" (the first
+    payload, by wrk: for tiny models the Python generator is the bottleneck)."""
     from archiver import ensure_verified
+
+    from .bench import wrk_load
 
     archive = Path(store) / f"{name}-{version}.mar"
     ensure_verified(archive, public_key=public_key)
@@ -69,17 +74,22 @@ def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], 
             client.wait_until_ready(temp, timeout=120)
             if warmup:
                 run_load(client, temp, payloads, concurrency=concurrency, duration=warmup)
-            load = run_load(client, temp, payloads, concurrency=concurrency, duration=seconds)
+            if engine == "wrk":
+                w = wrk_load(client, temp, payloads[0], version=None, concurrency=concurrency, seconds=seconds)
+                figures = (w["throughput_rps"], w["p50_ms"], w["p99_ms"], w["failed"])
+            else:
+                load = run_load(client, temp, payloads, concurrency=concurrency, duration=seconds)
+                figures = (load.throughput, load.p(50), load.p(99), load.failed)
         finally:
             try:
                 client.unregister(temp)
             except TorchServeError:
                 pass
-        result = Trial(workers, batch, delay, round(load.throughput, 1), round(load.p(50), 2), round(load.p(99), 2),
-                       load.failed)
+        result = Trial(workers, batch, delay, round(figures[0], 1), round(figures[1], 2), round(figures[2], 2),
+                       figures[3])
         trials[key] = result
         log(f"workers {workers}  batch {batch:>2}  delay {delay:>2} ms  ->  {result.throughput:8.1f} req/s  "
-            f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms" + (f"  {load.failed} failed" if load.failed else ""))
+            f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms" + (f"  {result.failed} failed" if result.failed else ""))
         return result
 
     best = best_trial([trial(1, b, 5 if b > 1 else 0) for b in (1, 4, 8, 16)], slo_p99_ms)

@@ -44,3 +44,19 @@ def test_tune_cli_writes_the_winner_into_the_desired_state(server, tmp_path, pub
     assert doc["models"]["mlp"]["batch_size"] == best["batch_size"]
     assert doc["models"]["mlp"]["workers"] == {"min": best["workers"], "max": best["workers"]}
     assert doc["models"]["other"] == {"versions": ["3.0"]}  # other models untouched
+
+
+def test_bench_and_tune_with_wrk(client, store, public_key, mlp_archive, mlp_deployed):
+    """wrk engine: the same figures from a C load generator (the Python one bottlenecks tiny models)."""
+    from torchship import wrk
+    from torchship.bench import bench
+
+    if not wrk.available():
+        pytest.skip("wrk is not installed (apt-get install wrk; .ci/run installs it)")
+    body = {"data": rows(1)[0]}
+    figures = bench(client, "mlp", [body], concurrency=8, duration=2, engine="wrk")
+    assert figures["engine"] == "wrk" and figures["failed"] == 0 and figures["sent"] > 100
+    assert 0 < figures["p50_ms"] <= figures["p99_ms"] and figures["throughput_rps"] > 0
+    trials, best = run_tune(client, store, "mlp", "1.0", [body], slo_p99_ms=5000, concurrency=8, seconds=1,
+                            warmup=0, public_key=public_key, log=lambda line: None, engine="wrk")
+    assert best.meets(5000) and all(t.failed == 0 for t in trials)
