@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from .errors import APIError, TorchServeError
 from . import wrk
-from .load import percentile, run_load
+from .load import percentile, run_load, run_threads
 
 __all__ = ["bench", "bench_stream", "plot_latencies", "wrk_load"]
 
@@ -106,13 +106,7 @@ def bench_stream(client, name: str, payloads: Sequence[Any], *, version: str | N
                 if ttft is not None and total > ttft:
                     rates.append(got / (total - ttft))
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, concurrency))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.monotonic() - started
+    seconds = run_threads(worker, concurrency)
     return {
         "model": name, "version": version, "concurrency": concurrency, "streams": len(totals), "errors": errors,
         "ttft_p50_ms": round(percentile(first, 50), 2), "ttft_p99_ms": round(percentile(first, 99), 2),

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from .errors import APIError, TorchServeError
 
-__all__ = ["LoadResult", "run_load", "percentile"]
+__all__ = ["LoadResult", "run_load", "run_threads", "percentile"]
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -101,12 +101,17 @@ def run_load(client, name: str, payloads: Sequence[Any], *, version: str | None 
                 elif error:
                     result.errors.append(error)
 
-    started = time.monotonic()
     begin = time.perf_counter()
+    result.seconds = run_threads(worker, concurrency)
+    return result
+
+
+def run_threads(worker, concurrency: int) -> float:
+    """Run `worker` in `concurrency` threads until each returns; the seconds it took."""
+    started = time.monotonic()
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, concurrency))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    result.seconds = time.monotonic() - started
-    return result
+    return time.monotonic() - started

@@ -35,6 +35,14 @@ def split(n: int) -> tuple[np.ndarray, np.ndarray]:
     return order[cut:], order[:cut]
 
 
+def corpus(data_dir: Path | None = None) -> tuple[Path, list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """The snippets file, its texts and labels, and the fixed (train, held-out) split."""
+    path = (data_dir or DATA / "sentiment") / "rotten_tomatoes_corpus_full.csv.bz2"
+    texts, labels = load_rotten_tomatoes(path)
+    train_idx, test_idx = split(len(texts))
+    return path, texts, labels, train_idx, test_idx
+
+
 def _batch(encoded: list[list[int]], idx) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = [len(encoded[i]) for i in idx]
     flat = torch.tensor([t for i in idx for t in encoded[i]], dtype=torch.long)
@@ -49,9 +57,7 @@ def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick:
     epochs = epochs or (6 if quick else 10)
     torch.set_num_threads(2)
     gen = seed_everything(seed)
-    path = (data_dir or DATA / "sentiment") / "rotten_tomatoes_corpus_full.csv.bz2"
-    texts, labels = load_rotten_tomatoes(path)
-    train_idx, test_idx = split(len(texts))
+    path, texts, labels, train_idx, test_idx = corpus(data_dir)
     counts = Counter(t for i in train_idx for t in set(tokenize(texts[i])))
     vocab = {t: n + 1 for n, t in enumerate(sorted(t for t, c in counts.items() if c >= 2))}
     encoded = [encode(t, vocab) for t in texts]

@@ -19,8 +19,7 @@ from torch import nn
 from handlers.torchship_models import CharTransformer
 
 from .common import Progress, RunResult, fingerprint_files, new_run_dir, seed_everything, write_checkpoint
-from .data import DATA, load_rotten_tomatoes
-from .sentiment import split
+from .sentiment import corpus
 
 CONTEXT = 128
 
@@ -32,9 +31,7 @@ def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick:
     epochs = epochs or (1 if quick else 12)
     torch.set_num_threads(2)
     gen = seed_everything(seed)
-    path = (data_dir or DATA / "sentiment") / "rotten_tomatoes_corpus_full.csv.bz2"
-    texts, _ = load_rotten_tomatoes(path)
-    train_idx, test_idx = split(len(texts))
+    path, texts, _, train_idx, test_idx = corpus(data_dir)
     train_text = "\n".join(texts[i] for i in train_idx) + "\n"
     test_text = "\n".join(texts[i] for i in test_idx) + "\n"
     counts = Counter(train_text)
