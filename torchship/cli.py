@@ -194,10 +194,12 @@ def train(c: Ctx, name: str, seed: int, epochs: int | None, quick: bool, shuffle
               help="More files for the archive (repeatable), with --handler.")
 @click.option("--model-config", type=click.Path(dir_okay=False, exists=True), default=None,
               help="model-config.yaml, with --handler (its types are checked).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads per worker (model-config handler.threads; `torchship tune` finds it).")
 @pass_ctx
 def package(c: Ctx, name: str | None, version: str | None, checkpoint: str | None, force: bool,
             handler: str | None, model_name: str | None, weights: str | None, model_file: str | None,
-            extra_files: tuple[str, ...], model_config: str | None) -> None:
+            extra_files: tuple[str, ...], model_config: str | None, threads: int | None) -> None:
     """Build and sign model_store/NAME-VERSION.mar from a checkpoint (or from your own handler)."""
     import archiver
 
@@ -228,6 +230,11 @@ def package(c: Ctx, name: str | None, version: str | None, checkpoint: str | Non
         version = version or next_version(c.store, name)
         spec = archiver.example_spec(name, run, version)
         source = str(run)
+    if threads is not None:
+        import dataclasses
+
+        handler_config = {**(spec.model_config.get("handler") or {}), "threads": threads}
+        spec = dataclasses.replace(spec, model_config={**spec.model_config, "handler": handler_config})
     result = archiver.package(spec, c.store, c.project.key_dir, force=force)
     c.registry.record_archive(name=spec.name, version=version, digest=result.digest, path=result.path,
                               provenance=result.provenance, signature=archiver.signature_path(result.path))
@@ -333,6 +340,27 @@ def predict(c: Ctx, name: str, version: str | None, json_data: str | None, file_
         emit(answer)
 
 
+def _load_bodies(json_data: str | None, payload: str | None) -> list[Any]:
+    """Request bodies of a load test: --data JSON text, or --payload: .jsonl (one body per line; a
+    golden set's rows give their "input"), one .json, or any other file sent as raw bytes."""
+    if (json_data is None) == (payload is None):
+        raise click.UsageError("give one of --data JSON or --payload FILE")
+    if payload is None:
+        return [_request_body(json_data, None)]
+    path = Path(payload)
+    if path.suffix not in (".json", ".jsonl"):
+        return [path]
+    text = path.read_text(encoding="utf-8")
+    try:
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" \
+            else [json.loads(text)]
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--payload") from None
+    if not rows:
+        raise click.BadParameter(f"{path} has no request bodies", param_hint="--payload")
+    return [r["input"] if isinstance(r, dict) and set(r) >= {"input", "expected"} else r for r in rows]
+
+
 def _request_body(json_data: str | None, file_path: str | None) -> Any:
     if (json_data is None) == (file_path is None):
         raise click.UsageError("give exactly one of --json DATA or --file PATH")
@@ -406,10 +434,13 @@ def export_cmd(c: Ctx, target: str, deploy_file: str, out: str, name: str, image
 @click.option("--version", "version", default=None, help="Archive version (default: the newest).")
 @click.option("--data", "json_data", default=None, help="Request body as JSON text.")
 @click.option("--payload", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Request bodies, .jsonl (default: the inputs of tests/golden/NAME.jsonl).")
+              help="Request bodies: .jsonl (cycled), .json, or a raw file such as an image or .npy "
+                   "(default: the inputs of tests/golden/NAME.jsonl).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--seconds", type=click.FloatRange(min=0.5), default=5.0, show_default=True, help="Per trial.")
 @click.option("--max-workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--cores", type=click.IntRange(min=1), default=None,
+              help="Cores the server may use, for the threads step (default: this machine's).")
 @click.option("--engine", type=click.Choice(["auto", "python", "wrk"]), default="auto", show_default=True,
               help="Load generator of each trial: wrk (with --data) when installed, else Python threads.")
 @click.option("--write", "write_file", type=click.Path(dir_okay=False), default=None,
@@ -418,9 +449,9 @@ def export_cmd(c: Ctx, target: str, deploy_file: str, out: str, name: str, image
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def tune(c: Ctx, name: str, slo_p99_ms: float, version: str | None, json_data: str | None, payload: str | None,
-         concurrency: int, seconds: float, max_workers: int, engine: str, write_file: str | None,
-         public_key: str | None, as_json: bool) -> None:
-    """Search workers and batching for the highest throughput whose p99 meets the budget."""
+         concurrency: int, seconds: float, max_workers: int, cores: int | None, engine: str,
+         write_file: str | None, public_key: str | None, as_json: bool) -> None:
+    """Search batching, workers and threads for the highest throughput whose p99 meets the budget."""
     import yaml
 
     from .tune import tune as do_tune
@@ -429,23 +460,25 @@ def tune(c: Ctx, name: str, slo_p99_ms: float, version: str | None, json_data: s
     version = version or latest_version(c.store, name)
     if version is None:
         raise E.ArchiveError(f"no archive of {name} in {c.store}: run `torchship package {name}` first")
-    if json_data:
-        bodies = [_request_body(json_data, None)]
-    else:
-        source = Path(payload) if payload else c.project.root / "tests" / "golden" / f"{name}.jsonl"
-        if not source.is_file():
-            raise click.UsageError(f"no requests to tune with: give --data or --payload ({source} is missing)")
-        rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
-        bodies = [r["input"] if isinstance(r, dict) and "input" in r else r for r in rows]
+    golden = c.project.root / "tests" / "golden" / f"{name}.jsonl"
+    if not (json_data or payload or golden.is_file()):
+        raise click.UsageError(f"no requests to tune with: give --data or --payload ({golden} is missing)")
+    bodies = _load_bodies(json_data, payload or (None if json_data else str(golden)))
     from . import wrk
 
     if engine == "auto":
         engine = "wrk" if wrk.available() and len(bodies) == 1 else "python"
     trials, best = do_tune(c.client, c.store, name, version, bodies, slo_p99_ms=slo_p99_ms, concurrency=concurrency,
-                           seconds=seconds, max_workers=max_workers, public_key=c.public_key(public_key),
+                           seconds=seconds, max_workers=max_workers, cores=cores, public_key=c.public_key(public_key),
                            log=(lambda line: None) if as_json else click.echo, engine=engine)
     settings = {"versions": [version], "default": version, "workers": {"min": best.workers, "max": best.workers},
                 "batch_size": best.batch_size, "max_batch_delay_ms": best.max_batch_delay}
+    from .tune import packaged_threads
+
+    repackage = None
+    if best.threads != packaged_threads(c.store / f"{name}-{version}.mar"):
+        # threads live in the archive's model-config, not in anything TorchServe's API can set
+        repackage = f"torchship package {name} --threads {best.threads}"
     if write_file:
         path = Path(write_file)
         doc = yaml.safe_load(path.read_text()) if path.exists() else {"models": {}}
@@ -458,17 +491,21 @@ def tune(c: Ctx, name: str, slo_p99_ms: float, version: str | None, json_data: s
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
     if as_json:
         emit({"trials": [t.to_dict() for t in trials], "best": best.to_dict(), "meets_slo": best.meets(slo_p99_ms),
-              "deploy_yaml": {"models": {name: settings}}})
+              "deploy_yaml": {"models": {name: settings}}, "repackage": repackage})
         return
     click.echo()
-    click.echo(render(["workers", "batch", "delay ms", "req/s", "p50 ms", "p99 ms", "meets SLO"],
-                      [[t.workers, t.batch_size, t.max_batch_delay, t.throughput, t.p50_ms, t.p99_ms,
+    click.echo(render(["workers", "threads", "batch", "delay ms", "req/s", "p50 ms", "p99 ms", "meets SLO"],
+                      [[t.workers, t.threads, t.batch_size, t.max_batch_delay, t.throughput, t.p50_ms, t.p99_ms,
                         "yes" if t.meets(slo_p99_ms) else "no"] for t in trials]))
     verdict = "fastest within" if best.meets(slo_p99_ms) else "NOTHING met; lowest p99 for"
-    click.echo(f"\n{verdict} p99 {slo_p99_ms:g} ms: workers {best.workers}, batch {best.batch_size}, "
-               f"delay {best.max_batch_delay} ms -> {best.throughput} req/s, p99 {best.p99_ms} ms")
+    click.echo(f"\n{verdict} p99 {slo_p99_ms:g} ms: workers {best.workers}, threads {best.threads}, "
+               f"batch {best.batch_size}, delay {best.max_batch_delay} ms -> {best.throughput} req/s, "
+               f"p99 {best.p99_ms} ms")
     click.echo(("written into " + write_file) if write_file else yaml.safe_dump({"models": {name: settings}},
                                                                                 sort_keys=False))
+    if repackage:
+        click.echo(f"threads per worker are part of the archive: `{repackage}` builds a version with "
+                   f"{best.threads}, then deploy that version with these settings")
 
 
 @cli.command("bench")
@@ -495,19 +532,7 @@ def bench_cmd(c: Ctx, name: str, version: str | None, json_data: str | None, pay
     """Load-test a model: throughput, latency percentiles, errors by status (TTFT when streaming)."""
     from .bench import bench, bench_stream, plot_latencies
 
-    if payload:
-        path = Path(payload)
-        if path.suffix in (".json", ".jsonl"):
-            text = path.read_text(encoding="utf-8")
-            try:
-                bodies = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" \
-                    else [json.loads(text)]
-            except ValueError as exc:
-                raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--payload") from None
-        else:
-            bodies = [path]
-    else:
-        bodies = [_request_body(json_data, None)]
+    bodies = _load_bodies(json_data, payload)
     if stream:
         result = bench_stream(c.client, name, bodies, version=version, concurrency=concurrency, duration=duration,
                               requests=n_requests)

@@ -6,15 +6,21 @@ the model registered under a temporary name:
 
 1. batch size (1, 4, 8, 16) at one worker and a 5 ms batch delay;
 2. batch delay (1, 5, 10, 20 ms) at the best batch size (skipped for batch 1);
-3. workers (1 .. max) at the best batching.
+3. workers (1 .. max) at the best batching;
+4. torch threads per worker at the best batching: 2 and all the cores a worker can have
+   (workers x threads <= cores), for one worker and for the best number of workers.
 
 The best trial is the highest throughput whose p99 meets the budget (when none does, the lowest
-p99). Torch threads per worker stay at one: on two cores, more threads per worker measured far
-slower, and changing them means repackaging.
+p99). Steps 1-3 run the archive as packaged (its model-config's `handler.threads`, one for the
+examples); threads are part of the archive, so step 4 registers a temporary copy whose
+model-config asks for more, and a winner with other threads than packaged says how to repackage.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,7 +28,7 @@ from typing import Any, Callable, Sequence
 from .errors import TorchServeError
 from .load import run_load
 
-__all__ = ["Trial", "tune", "best_trial"]
+__all__ = ["Trial", "tune", "best_trial", "packaged_threads", "threads_copy", "thread_splits"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,7 @@ class Trial:
     workers: int
     batch_size: int
     max_batch_delay: int
+    threads: int
     throughput: float
     p50_ms: float
     p99_ms: float
@@ -49,47 +56,96 @@ def best_trial(trials: Sequence[Trial], slo_p99_ms: float) -> Trial:
     return min(trials, key=lambda t: t.p99_ms)
 
 
+def packaged_threads(archive: Path) -> int:
+    """Torch threads per worker that an archive's model-config asks for (the handlers' default: 1)."""
+    import yaml
+
+    with zipfile.ZipFile(archive) as zf:
+        manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))
+        member = manifest.get("model", {}).get("configFile")
+        config = yaml.safe_load(zf.read(member)) if member and member in zf.namelist() else {}
+    return int(((config or {}).get("handler") or {}).get("threads", 1))
+
+
+def threads_copy(archive: Path, threads: int, dest: Path) -> Path:
+    """A copy of `archive` whose model-config asks for `threads` torch threads per worker.
+
+    For trials only: it is not signed, and its provenance no longer matches the model-config.
+    """
+    import yaml
+
+    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(dest, "w") as out:
+        member = json.loads(src.read("MAR-INF/MANIFEST.json"))["model"].get("configFile")
+        if not member:
+            raise TorchServeError(f"{archive.name} has no model-config: its handler cannot be told the threads")
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == member:
+                config = yaml.safe_load(data) or {}
+                config["handler"] = {**(config.get("handler") or {}), "threads": threads}
+                data = yaml.safe_dump(config, sort_keys=False).encode()
+            out.writestr(info, data)
+    return dest
+
+
+def thread_splits(best_workers: int, cores: int, packaged: int) -> list[tuple[int, int]]:
+    """(workers, threads) for step 4: 2 threads and a whole share of the cores, at one worker and
+    at the best number of workers, never more threads in all than cores."""
+    splits = {(w, t) for w in {1, best_workers} for t in (2, cores // w) if t > 1 and t != packaged and w * t <= cores}
+    return sorted(splits)
+
+
 def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], *, slo_p99_ms: float,
          concurrency: int = 16, seconds: float = 5.0, warmup: float = 1.0, max_workers: int = 2,
-         public_key: Path | None = None, log: Callable[[str], None] = print,
+         cores: int | None = None, public_key: Path | None = None, log: Callable[[str], None] = print,
          engine: str = "python") -> tuple[list[Trial], Trial]:
     """`engine`: how each trial is loaded: "python" (the client's threads) or "wrk" (the first
-    payload, by wrk: for tiny models the Python generator is the bottleneck)."""
+    payload, by wrk: for tiny models the Python generator is the bottleneck). `cores`: what the
+    server may use (default: the cores this process may run on; tune runs beside the server)."""
     from archiver import ensure_verified
 
     from .bench import wrk_load
 
     archive = Path(store) / f"{name}-{version}.mar"
     ensure_verified(archive, public_key=public_key)
+    packaged = packaged_threads(archive)
+    cores = cores or len(os.sched_getaffinity(0))
     temp = f"tune-{name}"
-    trials: dict[tuple[int, int, int], Trial] = {}
+    trials: dict[tuple[int, int, int, int], Trial] = {}
 
-    def trial(workers: int, batch: int, delay: int) -> Trial:
-        key = (workers, batch, delay)
+    def trial(workers: int, batch: int, delay: int, threads: int = packaged) -> Trial:
+        key = (workers, batch, delay, threads)
         if key in trials:
             return trials[key]
-        client.register(archive.name, model_name=temp, initial_workers=workers, batch_size=batch,
-                        max_batch_delay=delay)
+        copy = threads_copy(archive, threads, Path(store) / f"{temp}-{version}-threads{threads}.mar") \
+            if threads != packaged else None
         try:
-            client.wait_until_ready(temp, timeout=120)
-            if warmup:
-                run_load(client, temp, payloads, concurrency=concurrency, duration=warmup)
-            if engine == "wrk":
-                w = wrk_load(client, temp, payloads[0], version=None, concurrency=concurrency, seconds=seconds)
-                figures = (w["throughput_rps"], w["p50_ms"], w["p99_ms"], w["failed"])
-            else:
-                load = run_load(client, temp, payloads, concurrency=concurrency, duration=seconds)
-                figures = (load.throughput, load.p(50), load.p(99), load.failed)
-        finally:
+            client.register((copy or archive).name, model_name=temp, initial_workers=workers, batch_size=batch,
+                            max_batch_delay=delay)
             try:
-                client.unregister(temp)
-            except TorchServeError:
-                pass
-        result = Trial(workers, batch, delay, round(figures[0], 1), round(figures[1], 2), round(figures[2], 2),
-                       figures[3])
+                client.wait_until_ready(temp, timeout=120)
+                if warmup:
+                    run_load(client, temp, payloads, concurrency=concurrency, duration=warmup)
+                if engine == "wrk":
+                    w = wrk_load(client, temp, payloads[0], version=None, concurrency=concurrency, seconds=seconds)
+                    figures = (w["throughput_rps"], w["p50_ms"], w["p99_ms"], w["failed"])
+                else:
+                    load = run_load(client, temp, payloads, concurrency=concurrency, duration=seconds)
+                    figures = (load.throughput, load.p(50), load.p(99), load.failed)
+            finally:
+                try:
+                    client.unregister(temp)
+                except TorchServeError:
+                    pass
+        finally:
+            if copy is not None:
+                copy.unlink(missing_ok=True)
+        result = Trial(workers, batch, delay, threads, round(figures[0], 1), round(figures[1], 2),
+                       round(figures[2], 2), figures[3])
         trials[key] = result
-        log(f"workers {workers}  batch {batch:>2}  delay {delay:>2} ms  ->  {result.throughput:8.1f} req/s  "
-            f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms" + (f"  {result.failed} failed" if result.failed else ""))
+        log(f"workers {workers}  threads {threads}  batch {batch:>2}  delay {delay:>2} ms  ->  "
+            f"{result.throughput:8.1f} req/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
+            + (f"  {result.failed} failed" if result.failed else ""))
         return result
 
     best = best_trial([trial(1, b, 5 if b > 1 else 0) for b in (1, 4, 8, 16)], slo_p99_ms)
@@ -97,4 +153,6 @@ def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], 
         best = best_trial([best] + [trial(1, best.batch_size, d) for d in (1, 5, 10, 20)], slo_p99_ms)
     best = best_trial([best] + [trial(w, best.batch_size, best.max_batch_delay) for w in range(1, max_workers + 1)],
                       slo_p99_ms)
+    best = best_trial([best] + [trial(w, best.batch_size, best.max_batch_delay, t)
+                                for w, t in thread_splits(best.workers, cores, packaged)], slo_p99_ms)
     return list(trials.values()), best

@@ -34,6 +34,20 @@ def test_train_package_deploy_predict(server, client):
     assert r.returncode == 8 and "--force" in r.stderr and r.stderr.count("\n") == 1
     assert archive.read_bytes() == before
 
+    # threads per worker, as `torchship tune` recommends: in the model-config, signed like the rest
+    r = run(server, "package", "mlp", "--version", "3.1", "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    from torchship.tune import packaged_threads
+
+    threaded = archive.with_name("mlp-3.1.mar")
+    try:
+        assert packaged_threads(threaded) == 2 and packaged_threads(archive) == 1
+        r = run(server, "verify", str(threaded))
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        threaded.unlink()
+        threaded.with_name(threaded.name + ".sig").unlink(missing_ok=True)
+
     try:
         r = run(server, "deploy", "mlp", "--version", "3.0", "--json")
         assert r.returncode == 0, r.stderr

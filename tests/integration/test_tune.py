@@ -18,24 +18,35 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_tune_finds_the_fastest_settings_within_the_budget(client, store, public_key, mlp_archive, mlp_deployed):
     payloads = [{"data": r} for r in rows(20, seed=4)]
+    before = sorted(p.name for p in store.iterdir())
     trials, best = run_tune(client, store, "mlp", "1.0", payloads, slo_p99_ms=5000, concurrency=8, seconds=1.5,
-                            warmup=0.5, public_key=public_key, log=lambda line: None)
-    # batch sweep (4), delay sweep (when batching wins), workers: a guided search, not the 4x4x2 grid
-    assert 5 <= len(trials) <= 9
+                            warmup=0.5, cores=2, public_key=public_key, log=lambda line: None)
+    # batch sweep (4), delay sweep (when batching wins), workers, threads: guided, not the 4x4x2x2 grid
+    assert 6 <= len(trials) <= 10
     assert best == best_trial(trials, 5000) and best.meets(5000)
     assert all(best.throughput >= t.throughput for t in trials if t.meets(5000))
-    assert "tune-mlp" not in [m.name for m in client.list_models()]  # trials leave nothing behind
+    # the threads step: one worker with both cores, served from a trial copy of the archive
+    threaded = [t for t in trials if t.threads == 2]
+    assert [(t.workers, t.failed) for t in threaded] == [(1, 0)] and threaded[0].throughput > 0
+    assert all(t.workers * t.threads <= 2 for t in trials)
+    # trials leave nothing behind: no model, no archive copy
+    assert "tune-mlp" not in [m.name for m in client.list_models()]
+    assert sorted(p.name for p in store.iterdir()) == before
     # an impossible budget: the lowest p99 is returned, flagged as not meeting it
     assert not best_trial(trials, 0.001).meets(0.001)
 
 
 def test_tune_cli_writes_the_winner_into_the_desired_state(server, tmp_path, public_key, mlp_archive):
+    """Raw-bytes payloads (.npy here) too, as `bench` takes them."""
+    import numpy as np
+
+    np.save(tmp_path / "row.npy", np.asarray(rows(1)[0], dtype=np.float32))
     target = tmp_path / "deploy.yaml"
     target.write_text(yaml.safe_dump({"models": {"mlp": {"versions": ["1.0"], "default": "1.0"},
                                                  "other": {"versions": ["3.0"]}}}))
     r = subprocess.run([str(Path(sys.executable).parent / "torchship"), "--config", str(server.effective_config_path),
                         "tune", "mlp", "--slo-p99-ms", "5000", "--seconds", "1", "--concurrency", "4", "--version",
-                        "1.0", "--data", json.dumps({"data": rows(1)[0]}), "--public-key", str(public_key),
+                        "1.0", "--payload", str(tmp_path / "row.npy"), "--public-key", str(public_key),
                         "--write", str(target), "--json"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
@@ -44,6 +55,9 @@ def test_tune_cli_writes_the_winner_into_the_desired_state(server, tmp_path, pub
     assert doc["models"]["mlp"]["batch_size"] == best["batch_size"]
     assert doc["models"]["mlp"]["workers"] == {"min": best["workers"], "max": best["workers"]}
     assert doc["models"]["other"] == {"versions": ["3.0"]}  # other models untouched
+    assert all(t["failed"] == 0 for t in result["trials"])  # the .npy body was understood
+    # threads are part of the archive: a winner with other threads than packaged says how to repackage
+    assert result["repackage"] == (None if best["threads"] == 1 else f"torchship package mlp --threads {best['threads']}")
 
 
 def test_bench_and_tune_with_wrk(client, store, public_key, mlp_archive, mlp_deployed):

@@ -44,6 +44,15 @@ def test_predict_needs_exactly_one_input(project, capsys):
     assert "not valid JSON" in capsys.readouterr().err
 
 
+def test_load_tests_need_one_source_of_bodies(project, capsys, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    for args in (["bench", "mlp"], ["bench", "mlp", "--data", "{}", "--payload", str(tmp_path / "empty.jsonl")]):
+        assert main(args) == 2
+        assert "give one of --data JSON or --payload FILE" in capsys.readouterr().err
+    assert main(["bench", "mlp", "--payload", str(tmp_path / "empty.jsonl")]) == 2
+    assert "has no request bodies" in capsys.readouterr().err
+
+
 def test_unreachable_server_is_one_line_and_exit_3(project, capsys):
     assert main(["predict", "mlp", "--json", '{"data": [1]}']) == 3
     err = capsys.readouterr().err
