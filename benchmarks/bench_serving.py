@@ -5,17 +5,20 @@
 For each model, at concurrency 1 and 16 (HTTP load from wrk, a C load generator in its own
 process: `apt-get install wrk`; the Python client is too slow to saturate a server for tiny models):
 
-1. in-process: torchship's handler (parse + forward + answer) called directly, batch 1 and 8;
+1. in-process: the handler's forward pass and answer on parsed inputs, no HTTP, at batch 1 and at
+   the tuned batch size, with one torch thread and with all the cores (the better of the two);
 2. stock TorchServe: its default config and logging, batch 1, one worker, and the BaseHandler
    a user writes first (benchmarks/stock/), JSON in and out;
 3. torchship as `make demo` deploys it: its config (quiet logging), handler, batch 8 / 10 ms,
    binary payloads where they help (fashion: PNG bytes);
-4. torchship after tuning: a few candidate workers/batching settings measured at concurrency 16,
-   the fastest whose p99 is no worse than stock's;
+4. torchship after `torchship tune` (torchship/tune.py, its guided search over batch size, delay,
+   workers and threads, wrk driving each trial at concurrency 16) for a p99 budget of stock's p99;
 5. FastAPI/uvicorn: one process serving the same handler code.
 
-Then the ratios against the targets, and the median time from register to first prediction for
-every example model. Results: benchmarks/results/serving.json and serving.png.
+Then the ratios against the targets, where the CPU time of a request goes in the tuned setup (the
+Java frontend, the Python workers, the model's own share, wrk), and the median time from register
+to first prediction for every example model. Results: benchmarks/results/serving.json and
+serving.png.
 """
 
 from __future__ import annotations
@@ -37,16 +40,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "handlers"))
 
+import psutil  # noqa: E402
 import requests  # noqa: E402
 
 import archiver  # noqa: E402
 from torchship import wrk as wrk_engine  # noqa: E402
 from handlers import HANDLER_DIR  # noqa: E402
 from torchship import LocalServer  # noqa: E402
+from torchship.tune import threads_copy, tune  # noqa: E402
 from train import trainers  # noqa: E402
 from train.common import latest_run  # noqa: E402
 
-CANDIDATES = [(1, 8, 5), (1, 16, 5), (2, 8, 5), (2, 16, 10), (1, 8, 2)]  # (workers, batch, delay ms)
 STOCK = {"mlp": "stock_mlp_handler.py", "fashion": "stock_fashion_handler.py",
          "sentiment": "stock_sentiment_handler.py", "recommender": "stock_recommender_handler.py"}
 STOCK_EXTRA = {"sentiment": ("vocab.json",), "recommender": ("catalog.json",)}
@@ -96,14 +100,37 @@ def bodies(model: str) -> tuple[bytes, bytes, str]:
     return json.dumps({"image": images[0].tolist()}).encode(), png.getvalue(), "image/png"
 
 
-def in_process(run: Path, model: str, body: bytes, batch: int, seconds: float = 3.0) -> float:
-    """Items per second through the handler's parse + predict, no HTTP."""
+MULTI = 16  # items per request in the client-batched run (mlp, fashion: one .npy body)
+
+
+def multi_body(model: str) -> bytes | None:
+    """One .npy body of MULTI real held-out inputs, for the models that take a batch in one request."""
+    import io
+
+    import numpy as np
+
+    if model == "mlp":
+        from train.mlp import make_data
+
+        x = make_data(0, 10000)[0][-MULTI:].numpy().astype(np.float32)
+    elif model == "fashion":
+        from train.data import load_fashion
+
+        x = load_fashion()[2][:MULTI]
+    else:
+        return None
+    buf = io.BytesIO()
+    np.save(buf, x, allow_pickle=False)
+    return buf.getvalue()
+
+
+def in_process(run: Path, model: str, body: bytes, batch: int, threads: int, seconds: float = 3.0) -> float:
+    """Items per second through the handler's forward pass and answer (inputs parsed beforehand)."""
     import importlib
 
     import torch
     from ts.context import Context
 
-    torch.set_num_threads(1)
     module, cls = {"mlp": ("mlp_handler", "MLPHandler"), "fashion": ("fashion_handler", "FashionHandler"),
                    "sentiment": ("sentiment_handler", "SentimentHandler"),
                    "recommender": ("recommender_handler", "RecommenderHandler")}[model]
@@ -112,6 +139,7 @@ def in_process(run: Path, model: str, body: bytes, batch: int, seconds: float = 
     for name in ("model.safetensors", "meta.json", *archiver.EXAMPLES[model].run_files):
         shutil.copy(run / name, folder / name)
     handler.initialize(Context(model, str(folder), {"model": {"serializedFile": "model.safetensors"}}, batch, None, ""))
+    torch.set_num_threads(threads)  # after initialize, which sets the archive's threads
     items = [handler.parse(handler.payload({"body": body}, {})[0]) for _ in range(batch)]
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -121,14 +149,63 @@ def in_process(run: Path, model: str, body: bytes, batch: int, seconds: float = 
     return done / (time.perf_counter() - start)
 
 
+def model_limit(run: Path, model: str, body: bytes, batch: int) -> dict:
+    """The model's own limit on this machine at one batch size: one torch thread, and all the cores."""
+    cores = len(os.sched_getaffinity(0))
+    rates = {t: in_process(run, model, body, batch, t) for t in sorted({1, cores})}
+    return {"items_per_s": max(rates.values()), "threads": max(rates, key=rates.get),
+            "one_thread_items_per_s": rates[1]}
+
+
+class CpuMeter:
+    """CPU seconds of a TorchServe's frontend (Java), its workers (Python) and wrk (this script's
+    child) over a load test, per request sent."""
+
+    def __init__(self, server: LocalServer) -> None:
+        self.frontend = psutil.Process(server.pid())
+
+    def _now(self) -> tuple[float, float, float]:
+        def cpu(proc: psutil.Process) -> float:
+            try:
+                t = proc.cpu_times()
+                return t.user + t.system
+            except psutil.NoSuchProcess:
+                return 0.0
+
+        import resource
+
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return cpu(self.frontend), sum(cpu(w) for w in self.frontend.children(recursive=True)), \
+            kids.ru_utime + kids.ru_stime
+
+    def measure(self, load) -> tuple[dict, dict]:
+        before = self._now()
+        figures = load()
+        after = self._now()
+        sent = max(1, figures["sent"])
+        names = ("frontend_us", "workers_us", "wrk_us")
+        return figures, {n: round((a - b) / sent * 1e6, 1) for n, a, b in zip(names, after, before)}
+
+
 def register_and_measure(client, url_base: str, key: str | None, archive: str, name: str, settings, body: bytes,
-                         ctype: str, seconds: float, concurrencies=(1, 16)) -> dict:
+                         ctype: str, seconds: float, concurrencies=(1, 16), meter: CpuMeter | None = None,
+                         multi: bytes | None = None):
+    """wrk's figures at each concurrency (with a meter, CPU per request at the highest; with a
+    multi body, also that body's figures at the highest concurrency, under the key "multi")."""
     workers, batch, delay = settings
     client.register(archive, model_name=name, initial_workers=workers, batch_size=batch, max_batch_delay=delay)
     try:
         url = f"{url_base}/predictions/{name}"
         wrk(url, key, body, 5, 16, ctype)  # warm-up
-        return {c: wrk(url, key, body, seconds, c, ctype) for c in concurrencies}
+        figures = {c: wrk(url, key, body, seconds, c, ctype) for c in concurrencies[:-1]}
+        top = concurrencies[-1]
+        if meter is None:
+            figures[top] = wrk(url, key, body, seconds, top, ctype)
+            return figures
+        figures[top], cpu = meter.measure(lambda: wrk(url, key, body, seconds, top, ctype))
+        if multi is not None:
+            figures["multi"] = wrk(url, key, multi, seconds, top, "application/x-npy")
+        return figures, cpu
     finally:
         unregister(client, name)
 
@@ -161,6 +238,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="serving-"))
     store, keys = work / "store", work / "keys"
     runs = {}
+    public_key = archiver.ensure_keys(keys)[1]
     for m in ["mlp", "fashion", "sentiment", "recommender"]:
         runs[m] = latest_run(ROOT / "checkpoints", m) or \
             trainers()[m](work / "checkpoints", quick=True, progress=False).run_dir
@@ -190,7 +268,6 @@ def main() -> int:
             print(f"{m}: measuring ...", file=sys.stderr)
             stock_body, body, ctype = bodies(m)
             r = results["models"][m] = {}
-            r["in_process"] = {1: in_process(runs[m], m, body, 1), 16: in_process(runs[m], m, body, 8)}
             r["stock"] = register_and_measure(sc, stock.config().inference_url, skey, f"stock-{m}-1.0.mar", m,
                                               (1, 1, 100), stock_body, "application/json", args.seconds)
             serving = archiver.EXAMPLES[m].serving
@@ -198,16 +275,22 @@ def main() -> int:
                                                   (1, serving["batch_size"], serving["max_batch_delay"]), body, ctype,
                                                   args.seconds)
             budget = r["stock"][16]["p99_ms"]
-            trials = {}
-            for cand in CANDIDATES:
-                trials[cand] = register_and_measure(oc, ours.config().inference_url, okey, f"{m}-1.0.mar", m, cand,
-                                                    body, ctype, max(3, args.seconds / 2), concurrencies=(16,))[16]
-            good = {c: t for c, t in trials.items() if t["p99_ms"] <= budget and t["failed"] == 0}
-            best = max(good, key=lambda c: good[c]["throughput_rps"]) if good else \
-                min(trials, key=lambda c: trials[c]["p99_ms"])
-            r["tuned_settings"] = {"workers": best[0], "batch_size": best[1], "max_batch_delay": best[2]}
-            r["tuned"] = register_and_measure(oc, ours.config().inference_url, okey, f"{m}-1.0.mar", m, best, body,
-                                              ctype, args.seconds)
+            print(f"{m}: torchship tune --slo-p99-ms {budget} (stock's p99) ...", file=sys.stderr)
+            payload = json.loads(body) if ctype == "application/json" else body
+            trials, best = tune(oc, store, m, "1.0", [payload], slo_p99_ms=budget, concurrency=16,
+                                seconds=max(3, args.seconds / 2), warmup=1, engine="wrk", public_key=public_key,
+                                log=lambda line: print(f"  {m}: {line}", file=sys.stderr))
+            r["tune_trials"] = [t.to_dict() for t in trials]
+            r["tuned_settings"] = {"workers": best.workers, "threads": best.threads, "batch_size": best.batch_size,
+                                   "max_batch_delay": best.max_batch_delay}
+            archive = f"{m}-1.0.mar"
+            if best.threads != 1:
+                archive = threads_copy(store / archive, best.threads, store / f"{m}-1.0-threads{best.threads}.mar").name
+            r["tuned"], r["cpu_us_per_request"] = register_and_measure(
+                oc, ours.config().inference_url, okey, archive, m, (best.workers, best.batch_size,
+                                                                    best.max_batch_delay),
+                body, ctype, args.seconds, meter=CpuMeter(ours), multi=multi_body(m))
+            r["in_process"] = {1: model_limit(runs[m], m, body, 1), 16: model_limit(runs[m], m, body, best.batch_size)}
             port = free_port()
             env = {**os.environ, "MODEL_DIR": str(runs[m]), "MODEL_KIND": m, "OMP_NUM_THREADS": "1"}
             fastapi = subprocess.Popen([sys.executable, "-m", "uvicorn", "benchmarks.fastapi_app:app", "--port",
@@ -254,23 +337,25 @@ def report(results: dict) -> None:
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "serving.json").write_text(json.dumps(results, indent=1, default=str))
-    names = [("in_process", "(1) in-process handler"), ("stock", "(2) stock TorchServe"),
+    names = [("in_process", "(1) in-process forward"), ("stock", "(2) stock TorchServe"),
              ("torchship", "(3) torchship (make demo)"), ("tuned", "(4) torchship tuned"),
              ("fastapi", "(5) FastAPI/uvicorn")]
     for m, r in results["models"].items():
-        print(f"\n{m}  (throughput req/s and p99 ms; in-process: items/s at batch 1 and 8)")
+        tuned = r["tuned_settings"]
+        print(f"\n{m}  (throughput req/s and p99 ms; in-process: items/s at batch 1 and {tuned['batch_size']})")
         print(f"{'configuration':30} {'c=1 req/s':>10} {'c=1 p99':>8} {'c=16 req/s':>11} {'c=16 p99':>9}")
         for key, label in names:
             row = r[key]
             if key == "in_process":
-                print(f"{label:30} {row[1]:10.0f} {'':>8} {row[16]:11.0f}")
+                print(f"{label:30} {row[1]['items_per_s']:10.0f} {'':>8} {row[16]['items_per_s']:11.0f}")
                 continue
             print(f"{label:30} {row[1]['throughput_rps']:10.0f} {row[1]['p99_ms']:8.1f} {row[16]['throughput_rps']:11.0f}"
                   f" {row[16]['p99_ms']:9.1f}")
-        print(f"tuned settings: {r['tuned_settings']}")
+        print(f"tuned by `torchship tune` ({len(r['tune_trials'])} trials): workers {tuned['workers']}, threads "
+              f"{tuned['threads']}, batch {tuned['batch_size']}, delay {tuned['max_batch_delay']} ms")
     print("\nratios (concurrency 16) against the targets")
     for m, r in results["models"].items():
-        t, s, f, raw = r["tuned"][16], r["stock"][16], r["fastapi"][16], r["in_process"][16]
+        t, s, f, raw = r["tuned"][16], r["stock"][16], r["fastapi"][16], r["in_process"][16]["items_per_s"]
         want = {"mlp": 3.0, "fashion": 2.0}.get(m)  # (4)/(2) targets; other models: reported only
         checks = [(f"(4)/(2) throughput (p99 {t['p99_ms']:.1f} vs {s['p99_ms']:.1f} ms)", t["throughput_rps"] /
                    s["throughput_rps"], want, t["p99_ms"] <= s["p99_ms"]),
@@ -280,6 +365,24 @@ def report(results: dict) -> None:
         for label, ratio, target, p99_ok in checks:
             verdict = "" if target is None else ("MET" if ratio >= target and p99_ok else "NOT MET")
             print(f"  {m:8} {label:52} {ratio:6.2f}x  target {'-' if target is None else f'>= {target}x'} {verdict}")
+    print(f"\nclient-side batching: the tuned server, {MULTI} items per request (one .npy body), concurrency 16")
+    for m, r in results["models"].items():
+        if "multi" in r["tuned"]:
+            multi, raw = r["tuned"]["multi"], r["in_process"][16]["items_per_s"]
+            items = multi["throughput_rps"] * MULTI
+            print(f"  {m:8} {items:9.0f} items/s (p99 {multi['p99_ms']:.1f} ms, {multi['failed']} failed) = "
+                  f"{items / raw:.2f}x of (1), {items / r['tuned'][16]['throughput_rps']:.1f}x one item per request")
+    print("\nwhere a request's CPU time goes, tuned, concurrency 16 (microseconds of CPU per request)")
+    print(f"{'model':12} {'frontend (Java)':>16} {'workers (Python)':>17} {'model alone':>12} {'wrk':>6} {'total':>7}"
+          f" {'ceiling req/s':>14}")
+    cores = len(os.sched_getaffinity(0))
+    for m, r in results["models"].items():
+        cpu = r["cpu_us_per_request"]
+        alone = 1e6 / r["in_process"][16]["one_thread_items_per_s"]  # one item's forward, one thread
+        total = cpu["frontend_us"] + cpu["workers_us"] + cpu["wrk_us"]
+        print(f"{m:12} {cpu['frontend_us']:16.0f} {cpu['workers_us']:17.0f} {alone:12.0f} {cpu['wrk_us']:6.0f} "
+              f"{total:7.0f} {cores * 1e6 / total:14.0f}")
+    print(f"(ceiling: {cores} cores / total CPU per request; 'model alone' is part of the workers' time)")
     print("\ndeploy to first prediction, median of 3 (target <= 3 s):")
     for m, s in results["deploy_to_first_prediction_s"].items():
         print(f"  {m:12} {s:5.2f} s  {'MET' if s <= 3 else 'NOT MET'}")
@@ -292,7 +395,8 @@ def report(results: dict) -> None:
         fig, axes = plt.subplots(1, len(results["models"]), figsize=(5.5 * len(results["models"]), 4), squeeze=False)
         for ax, (m, r) in zip(axes[0], results["models"].items()):
             labels = [label.split(") ")[1] for key, label in names]
-            vals = [r["in_process"][16] if key == "in_process" else r[key][16]["throughput_rps"] for key, _ in names]
+            vals = [r["in_process"][16]["items_per_s"] if key == "in_process" else r[key][16]["throughput_rps"]
+                    for key, _ in names]
             ax.barh(labels[::-1], vals[::-1], color="#4c72b0")
             ax.set_xscale("log")
             for y, v in enumerate(vals[::-1]):

@@ -6,7 +6,9 @@ the model registered under a temporary name:
 
 1. batch size (1, 4, 8, 16) at one worker and a 5 ms batch delay;
 2. batch delay (1, 5, 10, 20 ms) at the best batch size (skipped for batch 1);
-3. workers (1 .. max) at the best batching;
+3. workers (1 .. max) at the best batching, each with that batch size and with it shared among
+   the workers (batch / workers: the same requests in flight, in batches that overlap instead of
+   one worker computing while the frontend waits);
 4. torch threads per worker at the best batching: 2 and all the cores a worker can have
    (workers x threads <= cores), for one worker and for the best number of workers.
 
@@ -151,8 +153,9 @@ def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], 
     best = best_trial([trial(1, b, 5 if b > 1 else 0) for b in (1, 4, 8, 16)], slo_p99_ms)
     if best.batch_size > 1:
         best = best_trial([best] + [trial(1, best.batch_size, d) for d in (1, 5, 10, 20)], slo_p99_ms)
-    best = best_trial([best] + [trial(w, best.batch_size, best.max_batch_delay) for w in range(1, max_workers + 1)],
-                      slo_p99_ms)
+    batch, delay = best.batch_size, best.max_batch_delay
+    best = best_trial([best] + [trial(w, b, delay) for w in range(1, max_workers + 1)
+                                for b in sorted({batch, max(1, batch // w)})], slo_p99_ms)
     best = best_trial([best] + [trial(w, best.batch_size, best.max_batch_delay, t)
                                 for w, t in thread_splits(best.workers, cores, packaged)], slo_p99_ms)
     return list(trials.values()), best
