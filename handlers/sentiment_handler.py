@@ -2,8 +2,9 @@
 
 Request:  {"text": "a gripping, funny film"}
 Answer:   {"label": "positive", "probabilities": {"negative": 0.08, "positive": 0.92}}
+Request:  {"texts": ["...", ...]} (at most 256)   -> a list of those answers, in order
 Empty text, a non-string, or text over the limit in vocab.json (5,000 characters) answers 400
-for that request alone. The whole batch goes through one EmbeddingBag call.
+for that request alone. Every text of the whole batch goes through one EmbeddingBag call.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 from torchship_base_handler import BatchHandler, ItemError
 from torchship_text import encode
 
+MAX_TEXTS = 256
+
 
 class SentimentHandler(BatchHandler):
     def initialize(self, context: Any) -> None:
@@ -26,21 +29,36 @@ class SentimentHandler(BatchHandler):
         self.labels = vocab["labels"]
         self.max_chars = int(vocab["max_chars"])
 
-    def parse(self, payload: Any) -> list[int]:
+    def parse(self, payload: Any) -> tuple[list[list[int]], bool]:
+        """(token ids of each text, whether the request sent a list of texts)."""
+        if isinstance(payload, dict) and "texts" in payload:
+            texts = payload["texts"]
+            if not isinstance(texts, list) or not texts or len(texts) > MAX_TEXTS:
+                raise ItemError(f"'texts' must be a list of 1 to {MAX_TEXTS} strings")
+            return [self._encode(t, f"'texts'[{i}]") for i, t in enumerate(texts)], True
         if not isinstance(payload, dict) or "text" not in payload:
-            raise ItemError('missing field \'text\': expected {"text": "..."}')
-        text = payload["text"]
+            raise ItemError('missing field \'text\': expected {"text": "..."} or {"texts": ["...", ...]}')
+        return [self._encode(payload["text"], "'text'")], False
+
+    def _encode(self, text: Any, what: str) -> list[int]:
         if not isinstance(text, str):
-            raise ItemError(f"'text' must be a string, not {type(text).__name__}")
+            raise ItemError(f"{what} must be a string, not {type(text).__name__}")
         if not text.strip():
-            raise ItemError("'text' is empty")
+            raise ItemError(f"{what} is empty")
         if len(text) > self.max_chars:
-            raise ItemError(f"'text' has {len(text)} characters; at most {self.max_chars}")
+            raise ItemError(f"{what} has {len(text)} characters; at most {self.max_chars}")
         return encode(text, self.tokens)
 
-    def predict(self, inputs: list[list[int]]) -> list[Any]:
-        ids = torch.tensor([t for item in inputs for t in item], dtype=torch.long)
-        offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(i) for i in inputs])[:-1]]), dtype=torch.long)
+    def predict(self, inputs: list[tuple[list[list[int]], bool]]) -> list[Any]:
+        texts = [ids for item, _ in inputs for ids in item]
+        ids = torch.tensor([t for item in texts for t in item], dtype=torch.long)
+        offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(i) for i in texts])[:-1]]), dtype=torch.long)
         probs = torch.softmax(self.model(ids, offsets), dim=1).double().numpy().round(6)
-        return [{"label": self.labels[int(p.argmax())],
-                 "probabilities": {label: float(v) for label, v in zip(self.labels, p)}} for p in probs]
+        answers = [{"label": self.labels[int(p.argmax())],
+                    "probabilities": {label: float(v) for label, v in zip(self.labels, p)}} for p in probs]
+        out, start = [], 0
+        for item, many in inputs:
+            mine = answers[start:start + len(item)]
+            start += len(item)
+            out.append(mine if many else mine[0])
+        return out

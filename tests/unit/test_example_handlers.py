@@ -58,6 +58,20 @@ def test_sentiment_batch_equals_one_by_one(sentiment):
         assert np.allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-5)
 
 
+def test_sentiment_texts_list_answers_each_in_order(sentiment):
+    texts = ["the best film of the year", "not funny at all", "a film"]
+    codes, answers = run(sentiment, [{"texts": texts}, {"text": texts[1]}, {"texts": ["fine", ""]}, {"texts": []},
+                                     {"texts": ["x"] * 257}, {"texts": "not a list"}])
+    assert codes == [200, 200, 400, 400, 400, 400]
+    alone = [run(sentiment, [{"text": t}])[1][0] for t in texts]
+    assert [a["label"] for a in answers[0]] == [a["label"] for a in alone]
+    for a, b in zip(answers[0], alone):
+        assert np.allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-5)
+    assert answers[1] == alone[1]  # a single text still gets a single answer, not a list
+    assert "'texts'[1] is empty" in answers[2]["message"]
+    assert all("list of 1 to 256 strings" in a["message"] for a in answers[3:])
+
+
 # ---------------------------------------------------------------- fashion
 
 @pytest.fixture(scope="module")
