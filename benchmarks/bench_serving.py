@@ -236,7 +236,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--models", default="mlp,sentiment,fashion,recommender")
+    parser.add_argument("--report", action="store_true",
+                        help="Print the tables and redraw the plot of the last run (results/serving.json); measure nothing.")
     args = parser.parse_args()
+    if args.report:
+        def int_keys(d):
+            return {int(k) if k.isdigit() else k: int_keys(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+        report(int_keys(json.loads((ROOT / "benchmarks" / "results" / "serving.json").read_text())))
+        return 0
     if not wrk_engine.available():
         print("error: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 1
@@ -405,16 +413,21 @@ def report(results: dict) -> None:
         import matplotlib.pyplot as plt
 
         fig, axes = plt.subplots(1, len(results["models"]), figsize=(5.5 * len(results["models"]), 4), squeeze=False)
+        from matplotlib.ticker import NullFormatter
+
         for ax, (m, r) in zip(axes[0], results["models"].items()):
-            labels = [label.split(") ")[1] for key, label in names]
-            vals = [r["in_process"][16]["items_per_s"] if key == "in_process" else r[key][16]["throughput_rps"]
-                    for key, _ in names]
-            ax.barh(labels[::-1], vals[::-1], color="#4c72b0")
+            bars = [(label.split(") ")[1], r["in_process"][16]["items_per_s"] if key == "in_process"
+                     else r[key][16]["throughput_rps"], "#4c72b0") for key, label in names]
+            if "multi" in r["tuned"]:
+                bars.append((f"tuned, {MULTI} items/request", r["tuned"]["multi"]["throughput_rps"] * MULTI, "#dd8452"))
+            for y, (label, value, color) in enumerate(bars[::-1]):
+                ax.barh(y, value, color=color)
+                ax.text(value, y, f" {value:,.0f}", va="center")
+            ax.set_yticks(range(len(bars)), [b[0] for b in bars[::-1]])
             ax.set_xscale("log")
-            for y, v in enumerate(vals[::-1]):
-                ax.text(v, y, f" {v:,.0f}", va="center")
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_title(f"{m}: throughput at concurrency 16")
-            ax.set_xlabel("requests (items) per second, log scale")
+            ax.set_xlabel("requests (orange: items) per second, log scale")
         fig.tight_layout()
         fig.savefig(out / "serving.png", dpi=90)
     except ImportError:

@@ -78,7 +78,7 @@ class BatchHandler:
         for idx, request in enumerate(data):
             is_v2 = False
             try:
-                payload, binary = self.payload(request, _headers(context, idx))
+                payload, binary = self.payload(_inflated(request), _headers(context, idx))
                 is_v2 = oip.is_v2(payload)
                 if is_v2:
                     item = self.parse_v2(oip.decode_inputs(payload, binary))
@@ -174,6 +174,28 @@ class BatchHandler:
 
 
 NPY_MAGIC = b"\x93NUMPY"
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_INFLATED = 64 * 1024 * 1024  # a gzip body may unpack to this many bytes at most (gzip bombs)
+
+
+def _inflated(request: Any) -> Any:
+    """The request with a gzip body unpacked (the client's compress_min_bytes; TorchServe's frontend
+    passes such bodies through untouched). No other body starts with gzip's two magic bytes."""
+    body = request.get("data", request.get("body")) if isinstance(request, dict) else None
+    if not isinstance(body, (bytes, bytearray)) or bytes(body[:2]) != GZIP_MAGIC:
+        return request
+    import zlib
+
+    unpack = zlib.decompressobj(wbits=31)
+    try:
+        data = unpack.decompress(bytes(body), MAX_INFLATED)
+    except zlib.error as exc:
+        raise ItemError(f"the gzip body is corrupt: {exc}") from None
+    if unpack.unconsumed_tail:
+        raise ItemError(f"the gzip body unpacks to more than {MAX_INFLATED:,} bytes")
+    if not unpack.eof or unpack.unused_data:
+        raise ItemError("the gzip body is truncated or has data after its end")
+    return {**{k: v for k, v in request.items() if k not in ("data", "body")}, "body": data}
 
 
 def _load_npy(data: bytes) -> Any:

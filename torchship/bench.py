@@ -38,13 +38,15 @@ def bench(client, name: str, payloads: Sequence[Any], *, version: str | None = N
 
 def wrk_load(client, name: str, payload: Any, *, version: str | None, concurrency: int, seconds: float) -> dict:
     """One wrk run against a model through the client's address and inference key."""
-    from .client import _encode, _model_path
+    from .client import _model_path
 
-    body, content_type = _encode(payload)
+    body, headers = client._body(payload)  # as the client sends it (gzipped if it compresses)
+    content_type = headers.pop("Content-Type")
     url = f"{client.urls['inference']}/predictions/{_model_path(name, version)[len('/models/'):]}"
     key = client.keys.key("inference")
-    return wrk.run(url, body, seconds=seconds, concurrency=concurrency, content_type=content_type,
-                   headers={"Authorization": f"Bearer {key}"} if key else None)
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return wrk.run(url, body, seconds=seconds, concurrency=concurrency, content_type=content_type, headers=headers)
 
 
 def plot_latencies(result, path: Path, title: str) -> None:

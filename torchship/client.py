@@ -8,6 +8,7 @@ each one or two lines over `_call` and named as TorchServe's docs name the opera
 from __future__ import annotations
 
 import codecs
+import gzip
 import json
 import os
 import threading
@@ -59,6 +60,7 @@ class TorchServe:
         retries: int = 3,
         backoff: float = 0.2,
         session: requests.Session | None = None,
+        compress_min_bytes: int | None = None,
     ) -> None:
         self.urls = {
             _MANAGEMENT: management_url.rstrip("/"),
@@ -73,6 +75,9 @@ class TorchServe:
         self.backoff = backoff
         self._session = session
         self._local = threading.local()
+        # gzip request bodies of at least this many bytes (None: never). Pays only on slow links:
+        # see benchmarks/bench_compression.py. torchship's handlers unpack them; others may not.
+        self.compress_min_bytes = compress_min_bytes
 
     # ------------------------------------------------------------------ construction
 
@@ -304,6 +309,16 @@ class TorchServe:
 
     # ------------------------------------------------------------------ inference
 
+    def _body(self, data: Any) -> tuple[bytes, dict[str, str]]:
+        """A request body and its headers: encoded (see _encode), gzipped when compress_min_bytes
+        says so (level 1: the cheapest; the answer is the same either way)."""
+        body, content_type = _encode(data)
+        headers = {"Content-Type": content_type}
+        if self.compress_min_bytes is not None and len(body) >= self.compress_min_bytes:
+            body = gzip.compress(body, compresslevel=1, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+        return body, headers
+
     def predict(self, name: str, data: Any, *, version: str | None = None, headers: dict | None = None,
                 timeout: float | None = None, raw: bool = False) -> Any:
         """One prediction. `data`: a JSON-able object, a numpy array (sent as .npy bytes), raw bytes,
@@ -311,17 +326,17 @@ class TorchServe:
 
         JSON answers are decoded; anything else comes back as bytes (or the Response when raw).
         """
-        body, content_type = _encode(data)
-        hdrs = {"Content-Type": content_type, **(headers or {})}
+        body, hdrs = self._body(data)
         resp = self._call(_INFERENCE, "POST", f"/predictions/{_model_path(name, version)[len('/models/'):]}",
-                          safe=True, retry_worker_died=True, data=body, headers=hdrs, timeout=timeout)
+                          safe=True, retry_worker_died=True, data=body, headers={**hdrs, **(headers or {})},
+                          timeout=timeout)
         return resp if raw else _decode(resp)
 
     def explain(self, name: str, data: Any, *, version: str | None = None, timeout: float | None = None) -> Any:
         """An explanation of one prediction (POST /explanations/...), if the handler offers one."""
-        body, content_type = _encode(data)
+        body, hdrs = self._body(data)
         resp = self._call(_INFERENCE, "POST", f"/explanations/{_model_path(name, version)[len('/models/'):]}",
-                          safe=True, data=body, headers={"Content-Type": content_type}, timeout=timeout)
+                          safe=True, data=body, headers=hdrs, timeout=timeout)
         return _decode(resp)
 
     def infer_v2(self, name: str, inputs: dict[str, Any] | list[dict], *, outputs: list[str] | None = None,
@@ -342,9 +357,9 @@ class TorchServe:
             request["id"] = request_id
         if outputs:
             request["outputs"] = [{"name": n} for n in outputs]
+        body, hdrs = self._body(request)
         resp = self._call(_INFERENCE, "POST", f"/v2/models/{requests.utils.quote(name, safe='')}/infer", safe=True,
-                          data=json.dumps(request, allow_nan=False).encode(),
-                          headers={"Content-Type": "application/json"}, timeout=timeout)
+                          data=body, headers=hdrs, timeout=timeout)
         answer = _json(resp)
         for out in answer.get("outputs", []):
             dtype = _V2_TO_NUMPY.get(out.get("datatype"), object)
@@ -375,9 +390,9 @@ class TorchServe:
                raw: bool = False) -> Iterator[str]:
         """Yield the chunks of a streaming handler's answer as they arrive: text (decoded as
         UTF-8, never splitting a character), or bytes with `raw`."""
-        body, content_type = _encode(data)
+        body, hdrs = self._body(data)
         resp = self._call(_INFERENCE, "POST", f"/predictions/{_model_path(name, version)[len('/models/'):]}",
-                          safe=True, data=body, headers={"Content-Type": content_type}, timeout=timeout, stream=True)
+                          safe=True, data=body, headers=hdrs, timeout=timeout, stream=True)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         with resp:
             for chunk in resp.iter_content(chunk_size=None):

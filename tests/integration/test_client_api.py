@@ -105,6 +105,20 @@ def test_predict_many_in_order_with_per_item_errors(client, mlp_deployed):
     assert_same_answers([out[0], out[2], out[4]], singles)
 
 
+def test_compressed_requests_get_the_same_answers(server, client, mlp_deployed):
+    """compress_min_bytes: bodies over the threshold go gzipped through the real frontend."""
+    packing = TorchServe.from_config(server.effective_config_path, compress_min_bytes=200)
+    body, headers = packing._body({"data": rows(1)[0]})
+    assert headers["Content-Encoding"] == "gzip" and body[:2] == b"\x1f\x8b"
+    assert packing._body({"data": [1]})[1].get("Content-Encoding") is None  # small bodies go as they are
+    batch = np.asarray(rows(16, seed=8), dtype=np.float32)
+    single = {"data": rows(1)[0]}
+    assert_same_answers([packing.predict("mlp", single)], [client.predict("mlp", single)])
+    assert_same_answers(packing.predict("mlp", batch), client.predict("mlp", batch))
+    with pytest.raises(E.BadRequest, match="gzip body is truncated"):
+        client.predict("mlp", body[:-9])
+
+
 def test_explain(client, mlp_deployed, mlp_reference):
     import torch
 

@@ -134,3 +134,19 @@ def test_binary_npy_bodies_skip_json(handler, mlp_reference):
     assert_same_answers(answers[0], run(handler, [{"data": data.tolist()}])[1][0])
     assert answers[1]["class_id"] == answers[0][0]["class_id"]
     assert "cannot be read" in answers[3]["message"] and "only numbers" in answers[4]["message"]
+
+
+def test_gzip_bodies_are_unpacked_and_gzip_bombs_refused(handler):
+    import gzip
+    import zlib
+
+    data = np.asarray(rows(2, seed=6), dtype=np.float32)
+    body = json.dumps({"data": data.tolist()}).encode()
+    bomb = zlib.compressobj(1, zlib.DEFLATED, 31)
+    bomb = bomb.compress(b" " * (65 * 1024 * 1024)) + bomb.flush()  # 65 MiB of spaces in ~65 KB
+    packed = gzip.compress(body)
+    codes, answers = run(handler, [packed, body, packed[:-9], bomb, packed + b"junk"])
+    assert codes == [200, 200, 400, 400, 400]
+    assert_same_answers(answers[0], answers[1])  # the same answer, packed or not
+    assert "truncated" in answers[2]["message"] and "more than 67,108,864 bytes" in answers[3]["message"]
+    assert "data after its end" in answers[4]["message"]
