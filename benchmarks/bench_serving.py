@@ -47,7 +47,7 @@ import archiver  # noqa: E402
 from torchship import wrk as wrk_engine  # noqa: E402
 from handlers import HANDLER_DIR  # noqa: E402
 from torchship import LocalServer  # noqa: E402
-from torchship.tune import threads_copy, tune  # noqa: E402
+from torchship.tune import threads_copy, tune, unregister_after_load as unregister  # noqa: E402
 from train import trainers  # noqa: E402
 from train.common import latest_run  # noqa: E402
 
@@ -214,22 +214,6 @@ def register_and_measure(client, url_base: str, key: str | None, archive: str, n
         return figures, cpu
     finally:
         unregister(client, name)
-
-
-def unregister(client, name: str) -> None:
-    """TorchServe 0.12 sometimes answers 500 ConcurrentModificationException to an unregister right
-    after heavy load, and leaves the model registered: wait and try again."""
-    from torchship.errors import ModelNotFound, ServerError
-
-    for _ in range(10):
-        try:
-            client.unregister(name)
-            return
-        except ModelNotFound:
-            return
-        except ServerError:
-            time.sleep(1)
-    client.unregister(name)
 
 
 def main() -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from torchship_base_handler import BatchHandler, ItemError
+from torchship_base_handler import BatchHandler, ItemError, inflated
 
 MAX_PROMPT = 500
 MAX_NEW = 500
@@ -55,7 +55,7 @@ class TextgenHandler(BatchHandler):
         jobs: dict[int, dict] = {}
         for idx, request in enumerate(data):
             try:
-                payload, _ = self.payload(request, {})
+                payload, _ = self.payload(inflated(request), {})
                 jobs[idx] = self.parse(payload)
             except ItemError as exc:
                 results[idx] = self._answer(context, idx, exc.to_dict(), exc.code)

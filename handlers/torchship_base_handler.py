@@ -78,7 +78,7 @@ class BatchHandler:
         for idx, request in enumerate(data):
             is_v2 = False
             try:
-                payload, binary = self.payload(_inflated(request), _headers(context, idx))
+                payload, binary = self.payload(inflated(request), _headers(context, idx))
                 is_v2 = oip.is_v2(payload)
                 if is_v2:
                     item = self.parse_v2(oip.decode_inputs(payload, binary))
@@ -178,7 +178,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 MAX_INFLATED = 64 * 1024 * 1024  # a gzip body may unpack to this many bytes at most (gzip bombs)
 
 
-def _inflated(request: Any) -> Any:
+def inflated(request: Any) -> Any:
     """The request with a gzip body unpacked (the client's compress_min_bytes; TorchServe's frontend
     passes such bodies through untouched). No other body starts with gzip's two magic bytes."""
     body = request.get("data", request.get("body")) if isinstance(request, dict) else None

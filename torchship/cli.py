@@ -494,9 +494,9 @@ def tune(c: Ctx, name: str, slo_p99_ms: float, version: str | None, json_data: s
               "deploy_yaml": {"models": {name: settings}}, "repackage": repackage})
         return
     click.echo()
-    click.echo(render(["workers", "threads", "batch", "delay ms", "req/s", "p50 ms", "p99 ms", "meets SLO"],
+    click.echo(render(["workers", "threads", "batch", "delay ms", "req/s", "p50 ms", "p99 ms", "runs", "meets SLO"],
                       [[t.workers, t.threads, t.batch_size, t.max_batch_delay, t.throughput, t.p50_ms, t.p99_ms,
-                        "yes" if t.meets(slo_p99_ms) else "no"] for t in trials]))
+                        t.runs, "yes" if t.meets(slo_p99_ms) else "no"] for t in trials]))
     verdict = "fastest within" if best.meets(slo_p99_ms) else "NOTHING met; lowest p99 for"
     click.echo(f"\n{verdict} p99 {slo_p99_ms:g} ms: workers {best.workers}, threads {best.threads}, "
                f"batch {best.batch_size}, delay {best.max_batch_delay} ms -> {best.throughput} req/s, "

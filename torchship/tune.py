@@ -10,7 +10,9 @@ the model registered under a temporary name:
    the workers (batch / workers: the same requests in flight, in batches that overlap instead of
    one worker computing while the frontend waits);
 4. torch threads per worker at the best batching: 2 and all the cores a worker can have
-   (workers x threads <= cores), for one worker and for the best number of workers.
+   (workers x threads <= cores), for one worker and for the best number of workers;
+5. the two fastest trials within the budget are measured again, and decided on the mean of
+   their runs (with the worse p99): one short run on a shared machine can be lucky.
 
 The best trial is the highest throughput whose p99 meets the budget (when none does, the lowest
 p99). Steps 1-3 run the archive as packaged (its model-config's `handler.threads`, one for the
@@ -22,15 +24,17 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import TorchServeError
+from .errors import ArchiveError, ModelNotFound, ServerError
 from .load import run_load
 
-__all__ = ["Trial", "tune", "best_trial", "packaged_threads", "threads_copy", "thread_splits"]
+__all__ = ["Trial", "tune", "best_trial", "packaged_threads", "threads_copy", "thread_splits",
+           "unregister_after_load"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class Trial:
     p50_ms: float
     p99_ms: float
     failed: int
+    runs: int = 1
 
     def meets(self, slo_p99_ms: float) -> bool:
         return self.p99_ms <= slo_p99_ms and self.failed == 0
@@ -50,12 +55,34 @@ class Trial:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def again(self, other: "Trial") -> "Trial":
+        """This trial measured once more: mean throughput and p50, the worse p99, all failures."""
+        n = self.runs + 1
+        return Trial(self.workers, self.batch_size, self.max_batch_delay, self.threads,
+                     round((self.throughput * self.runs + other.throughput) / n, 1),
+                     round((self.p50_ms * self.runs + other.p50_ms) / n, 2), max(self.p99_ms, other.p99_ms),
+                     self.failed + other.failed, n)
+
 
 def best_trial(trials: Sequence[Trial], slo_p99_ms: float) -> Trial:
     good = [t for t in trials if t.meets(slo_p99_ms)]
     if good:
         return max(good, key=lambda t: t.throughput)
     return min(trials, key=lambda t: t.p99_ms)
+
+
+def unregister_after_load(client, name: str, tries: int = 10) -> None:
+    """Unregister a model that was just under heavy load. TorchServe 0.12 sometimes answers 500
+    (ConcurrentModificationException) and keeps the model: wait and try again; gone is fine."""
+    for _ in range(tries - 1):
+        try:
+            client.unregister(name)
+            return
+        except ModelNotFound:
+            return
+        except ServerError:
+            time.sleep(1)
+    client.unregister(name)
 
 
 def packaged_threads(archive: Path) -> int:
@@ -79,7 +106,7 @@ def threads_copy(archive: Path, threads: int, dest: Path) -> Path:
     with zipfile.ZipFile(archive) as src, zipfile.ZipFile(dest, "w") as out:
         member = json.loads(src.read("MAR-INF/MANIFEST.json"))["model"].get("configFile")
         if not member:
-            raise TorchServeError(f"{archive.name} has no model-config: its handler cannot be told the threads")
+            raise ArchiveError(f"{archive.name} has no model-config: its handler cannot be told the threads")
         for info in src.infolist():
             data = src.read(info)
             if info.filename == member:
@@ -115,9 +142,9 @@ def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], 
     temp = f"tune-{name}"
     trials: dict[tuple[int, int, int, int], Trial] = {}
 
-    def trial(workers: int, batch: int, delay: int, threads: int = packaged) -> Trial:
+    def trial(workers: int, batch: int, delay: int, threads: int = packaged, again: bool = False) -> Trial:
         key = (workers, batch, delay, threads)
-        if key in trials:
+        if key in trials and not again:
             return trials[key]
         copy = threads_copy(archive, threads, Path(store) / f"{temp}-{version}-threads{threads}.mar") \
             if threads != packaged else None
@@ -135,17 +162,17 @@ def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], 
                     load = run_load(client, temp, payloads, concurrency=concurrency, duration=seconds)
                     figures = (load.throughput, load.p(50), load.p(99), load.failed)
             finally:
-                try:
-                    client.unregister(temp)
-                except TorchServeError:
-                    pass
+                unregister_after_load(client, temp)
         finally:
             if copy is not None:
                 copy.unlink(missing_ok=True)
         result = Trial(workers, batch, delay, threads, round(figures[0], 1), round(figures[1], 2),
                        round(figures[2], 2), figures[3])
+        if again:
+            result = trials[key].again(result)
         trials[key] = result
-        log(f"workers {workers}  threads {threads}  batch {batch:>2}  delay {delay:>2} ms  ->  "
+        log(("again: " if again else "") + f"workers {workers}  threads {threads}  batch {batch:>2}  "
+            f"delay {delay:>2} ms  ->  "
             f"{result.throughput:8.1f} req/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
             + (f"  {result.failed} failed" if result.failed else ""))
         return result
@@ -158,4 +185,9 @@ def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], 
                                 for b in sorted({batch, max(1, batch // w)})], slo_p99_ms)
     best = best_trial([best] + [trial(w, best.batch_size, best.max_batch_delay, t)
                                 for w, t in thread_splits(best.workers, cores, packaged)], slo_p99_ms)
+    # one short run can be lucky: measure the two leaders again and decide on the mean
+    leaders = sorted((t for t in trials.values() if t.meets(slo_p99_ms)), key=lambda t: -t.throughput)[:2]
+    if len(leaders) == 2:
+        best = best_trial([trial(t.workers, t.batch_size, t.max_batch_delay, t.threads, again=True)
+                           for t in leaders], slo_p99_ms)
     return list(trials.values()), best

@@ -68,6 +68,12 @@ def test_same_seed_same_text_and_limits(client, large):
 
     assert text(seed=1) == text(seed=1)
     assert text(seed=1) != text(seed=2)
+    # a gzipped body (a client with compress_min_bytes) streams the same text
+    from torchship import TorchServe
+
+    packing = TorchServe(client.urls["management"], client.urls["inference"], client.urls["metrics"],
+                         keys=client.keys, compress_min_bytes=1)
+    assert "".join(packing.stream("textgen", {"prompt": "The plot", "max_new_tokens": 60, "seed": 1})) == text(seed=1)
     assert text(temperature=0) == text(temperature=0, seed=99)
     for bad, message in [({"max_new_tokens": 501}, "max_new_tokens"), ({"temperature": 3}, "temperature"),
                          ({"top_k": 0}, "top_k"), ({"seed": -1}, "seed"), ({"prompt": "x" * 501}, "prompt"),

@@ -27,6 +27,19 @@ def test_thread_splits_never_oversubscribe(best_workers, cores, packaged, splits
     assert all(w * t <= cores for w, t in splits)
 
 
+def test_a_trial_measured_again_is_judged_on_its_mean_and_worse_p99():
+    from torchship.tune import Trial, best_trial
+
+    lucky = Trial(1, 16, 5, 1, throughput=5800.0, p50_ms=2.6, p99_ms=4.7, failed=0)
+    steady = Trial(2, 8, 5, 1, throughput=5600.0, p50_ms=2.5, p99_ms=8.0, failed=0)
+    lucky2 = lucky.again(Trial(1, 16, 5, 1, throughput=4200.0, p50_ms=3.4, p99_ms=6.1, failed=0))
+    steady2 = steady.again(Trial(2, 8, 5, 1, throughput=5500.0, p50_ms=2.5, p99_ms=7.0, failed=1))
+    assert (lucky2.throughput, lucky2.p50_ms, lucky2.p99_ms, lucky2.runs) == (5000.0, 3.0, 6.1, 2)
+    assert steady2.p99_ms == 8.0 and steady2.failed == 1  # the worse p99, every failure kept
+    assert best_trial([lucky2, steady.again(steady)], 10) == steady.again(steady)
+    assert best_trial([lucky2, steady2], 10) == lucky2  # a failed request disqualifies
+
+
 def test_threads_copy_changes_only_the_model_config(mlp_run, tmp_path):
     original = archiver.build(example_spec("mlp", mlp_run, "1.0"), tmp_path / "store").path
     assert packaged_threads(original) == 1
@@ -52,3 +65,28 @@ def test_threads_copy_changes_only_the_model_config(mlp_run, tmp_path):
     finally:
         torch.set_num_threads(before)
         sys.path.remove(str(folder))
+
+
+def test_unregister_after_load_waits_out_torchserves_busy_500(monkeypatch):
+    """TorchServe 0.12 can answer an unregister right after heavy load with 500
+    ConcurrentModificationException and keep the model; a trial must not leave it registered."""
+    from torchship import errors as E
+    from torchship import tune as tune_module
+    from torchship.tune import unregister_after_load
+
+    from .test_client import make
+
+    monkeypatch.setattr(tune_module.time, "sleep", lambda s: None)
+    answers = iter([(500, {"code": 500, "type": "InternalServerException",
+                           "message": "java.util.ConcurrentModificationException"})] * 2
+                   + [(200, {"status": "unregistered"})])
+    ts, transport = make(lambda req: next(answers))
+    unregister_after_load(ts, "tune-mlp")
+    assert [r.method for r in transport.requests] == ["DELETE"] * 3
+
+    ts, transport = make(lambda req: (404, {"code": 404, "type": "ModelNotFoundException", "message": "gone"}))
+    unregister_after_load(ts, "tune-mlp")  # already gone is fine
+    ts, transport = make(lambda req: (500, {"code": 500, "type": "InternalServerException", "message": "busy"}))
+    with pytest.raises(E.ServerError):
+        unregister_after_load(ts, "tune-mlp", tries=3)
+    assert len(transport.requests) == 3
