@@ -171,7 +171,7 @@ def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], 
         if again:
             result = trials[key].again(result)
         trials[key] = result
-        log(("again: " if again else "") + f"workers {workers}  threads {threads}  batch {batch:>2}  "
+        log((f"again, mean of {result.runs} runs: " if again else "") + f"workers {workers}  threads {threads}  batch {batch:>2}  "
             f"delay {delay:>2} ms  ->  "
             f"{result.throughput:8.1f} req/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
             + (f"  {result.failed} failed" if result.failed else ""))
