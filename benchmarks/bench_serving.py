@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -233,6 +234,8 @@ def main() -> int:
         print("error: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 1
     models = [m for m in args.models.split(",") if m]
+    # stopped with SIGTERM (timeout, kill): still stop both servers and FastAPI, in the finally below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="serving-"))
     store, keys = work / "store", work / "keys"
     runs = {}
