@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ import archiver  # noqa: E402
 from torchship import wrk as wrk_engine  # noqa: E402
 from handlers import HANDLER_DIR  # noqa: E402
 from torchship import LocalServer  # noqa: E402
+from torchship.server import free_port_overrides, free_ports  # noqa: E402
 from torchship.tune import threads_copy, tune, unregister_after_load as unregister  # noqa: E402
 from train import trainers  # noqa: E402
 from train.common import latest_run  # noqa: E402
@@ -60,21 +60,6 @@ STOCK_EXTRA = {"sentiment": ("vocab.json",), "recommender": ("catalog.json",)}
 def wrk(url: str, key: str | None, body: bytes, seconds: float, concurrency: int, ctype: str) -> dict:
     return wrk_engine.run(url, body, seconds=seconds, concurrency=concurrency, content_type=ctype,
                           headers={"Authorization": f"Bearer {key}"} if key else None)
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def ports() -> dict[str, str]:
-    return {"inference_address": f"http://127.0.0.1:{free_port()}",
-            "management_address": f"http://127.0.0.1:{free_port()}",
-            "metrics_address": f"http://127.0.0.1:{free_port()}",
-            "grpc_inference_port": str(free_port()), "grpc_management_port": str(free_port())}
 
 
 def bodies(model: str) -> tuple[bytes, bytes, str]:
@@ -256,8 +241,10 @@ def main() -> int:
     stock_dir.mkdir()
     # (the model API must be on to register; everything else stays at its default)
     (stock_dir / "config.properties").write_text("model_store=store\nenable_model_api=true\n")
-    stock = LocalServer(stock_dir / "config.properties", work / "stock-server", model_store=store, overrides=ports())
-    ours = LocalServer(ROOT / "config.properties", work / "torchship-server", model_store=store, overrides=ports())
+    stock = LocalServer(stock_dir / "config.properties", work / "stock-server", model_store=store,
+                        overrides=free_port_overrides())
+    ours = LocalServer(ROOT / "config.properties", work / "torchship-server", model_store=store,
+                       overrides=free_port_overrides())
     results: dict = {"seconds": args.seconds, "models": {}}
     fastapi = None
     try:
@@ -294,7 +281,7 @@ def main() -> int:
             r["in_process"] = {1: model_limit(runs[m], m, body, 1), 16: model_limit(runs[m], m, body, best.batch_size)}
             if "multi" in r["tuned"]:  # the same items per forward pass as the client-batched run
                 r["in_process"]["multi"] = model_limit(runs[m], m, body, best.batch_size * MULTI)
-            port = free_port()
+            [port] = free_ports(1)
             env = {**os.environ, "MODEL_DIR": str(runs[m]), "MODEL_KIND": m, "OMP_NUM_THREADS": "1"}
             fastapi = subprocess.Popen([sys.executable, "-m", "uvicorn", "benchmarks.fastapi_app:app", "--port",
                                         str(port), "--log-level", "warning", "--no-access-log"], cwd=ROOT, env=env,

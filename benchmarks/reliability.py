@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -30,6 +29,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 import archiver  # noqa: E402
 from torchship import LocalServer  # noqa: E402
+from torchship.server import free_port_overrides  # noqa: E402
 from torchship.desired import apply, parse_desired  # noqa: E402
 from torchship.load import run_load  # noqa: E402
 from torchship.testing import GOOD, malformed  # noqa: E402
@@ -37,16 +37,6 @@ from train import trainers  # noqa: E402
 from train.common import latest_run  # noqa: E402
 
 MODELS = ["mlp", "sentiment", "fashion", "recommender"]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def draw(model: str, n: int) -> list[bytes]:
@@ -84,10 +74,8 @@ def main() -> int:
             runs[m] = trainers()[m](work / "checkpoints", quick=True, progress=False).run_dir
         archiver.package(archiver.example_spec(m, runs[m], "1.0"), store, keys, progress=lambda *a: None)
     public_key = archiver.public_key_path(keys)
-    inf, man, met, gi, gm = free_ports(5)
-    server = LocalServer(ROOT / "config.properties", work / "server", model_store=store, overrides={
-        "inference_address": f"http://127.0.0.1:{inf}", "management_address": f"http://127.0.0.1:{man}",
-        "metrics_address": f"http://127.0.0.1:{met}", "grpc_inference_port": str(gi), "grpc_management_port": str(gm)})
+    server = LocalServer(ROOT / "config.properties", work / "server", model_store=store,
+                         overrides=free_port_overrides())
     server.start(timeout=120)
     desired = parse_desired({"models": {m: {"versions": ["1.0"], "workers": {"min": 2, "max": 2}, "batch_size": 8,
                                             "max_batch_delay_ms": 20} for m in MODELS}})

@@ -22,12 +22,35 @@ from .client import TorchServe
 from .config import ServerConfig, java_regex_literal, read_properties, write_properties
 from .errors import ConfigError, ServerStartError, TorchServeError
 
-__all__ = ["LocalServer", "ServerStatus"]
+__all__ = ["LocalServer", "ServerStatus", "free_ports", "free_port_overrides"]
 
 _JAVA_MAIN = "org.pytorch.serve.ModelServer"
 # Environment variables that must never reach a worker: this one silently re-enables
 # pickle code execution in torch.load.
 _FORBIDDEN_ENV = ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD",)
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct loopback ports that were free a moment ago (all held open together while chosen)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port_overrides() -> dict[str, str]:
+    """Config overrides that put every listener of a LocalServer on free loopback ports: for a
+    second server beside another (tests, benchmarks)."""
+    inf, man, met, gi, gm = free_ports(5)
+    return {"inference_address": f"http://127.0.0.1:{inf}", "management_address": f"http://127.0.0.1:{man}",
+            "metrics_address": f"http://127.0.0.1:{met}", "grpc_inference_port": str(gi),
+            "grpc_management_port": str(gm)}
 
 
 @dataclass(frozen=True)

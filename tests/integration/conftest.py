@@ -3,45 +3,21 @@ token auth on, always stopped at the end."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 import archiver
 from torchship import LocalServer
+from torchship.server import free_port_overrides
 from torchship.deploy import deploy
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def port_overrides() -> dict[str, str]:
-    inf, man, met, gi, gm = free_ports(5)
-    return {
-        "inference_address": f"http://127.0.0.1:{inf}",
-        "management_address": f"http://127.0.0.1:{man}",
-        "metrics_address": f"http://127.0.0.1:{met}",
-        "grpc_inference_port": str(gi),
-        "grpc_management_port": str(gm),
-    }
-
-
 def start_server(workdir: Path, store: Path, **extra: str) -> LocalServer:
     server = LocalServer(ROOT / "config.properties", workdir, model_store=store,
-                         overrides={**port_overrides(), **extra})
+                         overrides={**free_port_overrides(), **extra})
     server.start(timeout=120)
     return server
 

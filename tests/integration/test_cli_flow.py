@@ -78,10 +78,11 @@ def test_train_package_deploy_predict(server, client):
 def test_serve_start_status_stop_in_a_project(tmp_path):
     """`torchship serve` on a project of its own (free ports), as `make serve` / `make stop` run it."""
     from torchship.config import read_properties, write_properties
+    from torchship.server import free_port_overrides
 
-    from .conftest import ROOT, port_overrides
+    from .conftest import ROOT
 
-    props = {**read_properties(ROOT / "config.properties"), **port_overrides()}
+    props = {**read_properties(ROOT / "config.properties"), **free_port_overrides()}
     write_properties(tmp_path / "config.properties", props)
     env = {**__import__("os").environ, "TORCHSHIP_HOME": str(tmp_path)}
 

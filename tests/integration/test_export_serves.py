@@ -6,9 +6,8 @@ import pytest
 from torchship import LocalServer
 from torchship.desired import parse_desired
 from torchship.export import export
+from torchship.server import free_port_overrides
 from torchship.testing import GOOD
-
-from .conftest import port_overrides
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +19,7 @@ def test_exported_snapshot_loads_the_declared_state(tmp_path, store, public_key,
     export("kserve", desired, store, tmp_path / "out", public_key=public_key)
     layout = tmp_path / "out" / "model-store"
     server = LocalServer(layout / "config" / "config.properties", tmp_path / "srv", model_store=layout / "model-store",
-                         overrides={**port_overrides(), "disable_token_authorization": "false"})
+                         overrides={**free_port_overrides(), "disable_token_authorization": "false"})
     server.start(timeout=120)
     try:
         with server.client() as c:
