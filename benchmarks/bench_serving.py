@@ -127,10 +127,10 @@ def in_process(run: Path, model: str, body: bytes, batch: int, threads: int, sec
                    "sentiment": ("sentiment_handler", "SentimentHandler"),
                    "recommender": ("recommender_handler", "RecommenderHandler")}[model]
     handler = getattr(importlib.import_module(module), cls)()
-    folder = Path(tempfile.mkdtemp())
-    for name in ("model.safetensors", "meta.json", *archiver.EXAMPLES[model].run_files):
-        shutil.copy(run / name, folder / name)
-    handler.initialize(Context(model, str(folder), {"model": {"serializedFile": "model.safetensors"}}, batch, None, ""))
+    with tempfile.TemporaryDirectory() as folder:  # the handler reads its files while initialising only
+        for name in ("model.safetensors", "meta.json", *archiver.EXAMPLES[model].run_files):
+            shutil.copy(run / name, Path(folder) / name)
+        handler.initialize(Context(model, folder, {"model": {"serializedFile": "model.safetensors"}}, batch, None, ""))
     torch.set_num_threads(threads)  # after initialize, which sets the archive's threads
     items = [handler.parse(handler.payload({"body": body}, {})[0]) for _ in range(batch)]
     done, start = 0, time.perf_counter()
@@ -213,7 +213,11 @@ def main() -> int:
         def int_keys(d):
             return {int(k) if k.isdigit() else k: int_keys(v) if isinstance(v, dict) else v for k, v in d.items()}
 
-        report(int_keys(json.loads((ROOT / "benchmarks" / "results" / "serving.json").read_text())))
+        last = ROOT / "benchmarks" / "results" / "serving.json"
+        if not last.is_file():
+            print(f"error: no earlier run here ({last} is missing): run without --report first", file=sys.stderr)
+            return 1
+        report(int_keys(json.loads(last.read_text())))
         return 0
     if not wrk_engine.available():
         print("error: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
