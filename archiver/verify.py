@@ -1,12 +1,13 @@
 """`torchship verify`: is this archive exactly what torchship built, and safe to hand to TorchServe?
 
 An archive is code (the handler runs in the worker), and TorchServe's MANIFEST holds no digests.
-Every check runs in order and is reported; the first failure makes the archive refused.
+Every check runs in order and is reported; the first failure makes the archive refused. The
+layout check (see `layout`) comes first: it proves that the members Python reads are the bytes
+TorchServe's streaming unzip will extract, so every later check speaks for what the server runs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import posixpath
@@ -19,12 +20,12 @@ from pathlib import Path
 
 from torchship.errors import VerificationError
 
+from .layout import MAX_MEMBERS, Entry, LayoutError, read_members, scan
 from .provenance import FORMAT, PROVENANCE_NAME
 from .signing import signature_path, verify_signature
 
 MAX_TOTAL_BYTES = 64 << 30  # what an archive may unpack to
 MAX_RATIO = 200  # uncompressed / compressed, per member and in total (zip bombs)
-MAX_MEMBERS = 10_000
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
@@ -59,13 +60,14 @@ def verify_archive(archive: str | Path, *, public_key: Path | None, allow_unsign
     """Run every check; never raises for a bad archive (see `ensure_verified`)."""
     archive = Path(archive)
     report = VerifyReport(archive)
-    steps = [_check_zip, _check_safety, _check_signature, _check_provenance, _check_identity, _check_weights]
+    steps = [_check_zip, _check_layout, _check_safety, _check_contents, _check_signature, _check_provenance,
+             _check_identity, _check_weights]
     ctx = {"public_key": public_key, "allow_unsigned": allow_unsigned}
     try:
         for step in steps:
             try:
                 check = step(archive, ctx, report)
-            except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError, struct.error) as exc:
                 check = Check(step.__name__.removeprefix("_check_"), False, f"the archive is corrupt: {exc}")
             report.checks.append(check)
             if check.ok is False:
@@ -98,14 +100,27 @@ def _check_zip(archive: Path, ctx: dict, report: VerifyReport) -> Check:
     return Check("archive", True, f"zip with {len(ctx['infos'])} members, {archive.stat().st_size / 1e6:.2f} MB")
 
 
+def _check_layout(archive: Path, ctx: dict, report: VerifyReport) -> Check:
+    try:
+        with open(archive, "rb") as f:
+            entries = scan(f, archive.stat().st_size)
+    except LayoutError as exc:
+        return Check("layout", False, str(exc))
+    if [e.name for e in entries] != [i.filename for i in ctx["infos"]]:  # cannot happen once scan agrees
+        return Check("layout", False, "Python's zip reader sees other members than the archive's headers")
+    ctx["entries"] = entries
+    return Check("layout", True, f"every byte accounted for: {len(entries)} entries from offset 0, local headers "
+                                 "agree with the central directory, nothing hidden or appended")
+
+
 def _check_safety(archive: Path, ctx: dict, report: VerifyReport) -> Check:
-    infos: list[zipfile.ZipInfo] = ctx["infos"]
-    if len(infos) > MAX_MEMBERS:
-        return Check("safety", False, f"{len(infos)} members (at most {MAX_MEMBERS})")
+    entries: list[Entry] = ctx["entries"]
+    if len(entries) > MAX_MEMBERS:
+        return Check("safety", False, f"{len(entries)} members (at most {MAX_MEMBERS})")
     seen: set[str] = set()
     total = compressed = 0
-    for info in infos:
-        name = info.filename
+    for info in entries:
+        name = info.name
         norm = posixpath.normpath(name)
         if (not name or name.startswith(("/", "\\")) or "\\" in name or (len(name) > 1 and name[1] == ":")
                 or ".." in name.split("/") or norm.startswith("../") or norm == ".."):
@@ -117,17 +132,31 @@ def _check_safety(archive: Path, ctx: dict, report: VerifyReport) -> Check:
             return Check("safety", False, f"duplicate member name {name!r}")
         seen.add(key)
         total += info.file_size
-        compressed += info.compress_size
-        if info.compress_size and info.file_size / info.compress_size > MAX_RATIO:
-            return Check("safety", False, f"member {name!r} expands {info.file_size / info.compress_size:.0f}x "
+        compressed += info.compressed_size
+        if info.compressed_size and info.file_size / info.compressed_size > MAX_RATIO:
+            return Check("safety", False, f"member {name!r} expands {info.file_size / info.compressed_size:.0f}x "
                                           f"(at most {MAX_RATIO}x): a zip bomb?")
-        if info.compress_size == 0 and info.file_size > 0:
+        if info.compressed_size == 0 and info.file_size > 0:
             return Check("safety", False, f"member {name!r} claims {info.file_size} bytes from nothing")
     if total > MAX_TOTAL_BYTES:
         return Check("safety", False, f"unpacks to {total / 2**30:.1f} GiB (at most {MAX_TOTAL_BYTES / 2**30:.0f} GiB)")
     if compressed and total / compressed > MAX_RATIO:
         return Check("safety", False, f"expands {total / compressed:.0f}x overall (at most {MAX_RATIO}x)")
     return Check("safety", True, "no absolute or '..' paths, no links, no duplicates, size and ratio bounded")
+
+
+def _check_contents(archive: Path, ctx: dict, report: VerifyReport) -> Check:
+    digests: dict[str, str] = {}
+    try:
+        with open(archive, "rb") as f:
+            for entry, digest in read_members(f, ctx["entries"]):
+                digests[entry.name] = digest
+    except LayoutError as exc:
+        return Check("contents", False, str(exc))
+    ctx["digests"] = digests
+    total = sum(e.file_size for e in ctx["entries"])
+    return Check("contents", True, f"{len(digests)} members inflate to exactly their declared sizes and CRCs "
+                                   f"({total / 1e6:.2f} MB)")
 
 
 def _check_signature(archive: Path, ctx: dict, report: VerifyReport) -> Check:
@@ -164,11 +193,7 @@ def _check_provenance(archive: Path, ctx: dict, report: VerifyReport) -> Check:
         extra, missing = sorted(present - listed), sorted(listed - present)
         return Check("provenance", False, f"members differ from the provenance: added {extra}, missing {missing}")
     for name in sorted(listed):
-        digest = hashlib.sha256()
-        with zf.open(name) as f:
-            for block in iter(lambda: f.read(8 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != members[name].get("sha256"):
+        if ctx["digests"][name] != members[name].get("sha256"):
             return Check("provenance", False, f"{name} was modified (sha256 differs from the provenance)")
     return Check("provenance", True, f"sha256 of all {len(listed)} members match")
 

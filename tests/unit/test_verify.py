@@ -3,8 +3,10 @@
 import base64
 import json
 import shutil
+import struct
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ import torch
 import archiver
 from archiver import ArchiveSpec, example_spec, verify_archive
 from archiver.provenance import PROVENANCE_NAME
-from tests.fixtures import tamper
+from tests.fixtures import tamper, zipcraft
 from torchship.errors import ArchiveError, VerificationError
 
 
@@ -37,7 +39,8 @@ def verdict(path, keys, **kw):
 def test_a_fresh_archive_passes_every_check(built, keys):
     report, failed = verdict(built.path, keys)
     assert report.ok and failed is None
-    assert [c.name for c in report.checks] == ["archive", "safety", "signature", "provenance", "identity", "weights"]
+    assert [c.name for c in report.checks] == ["archive", "layout", "safety", "contents", "signature", "provenance",
+                                              "identity", "weights"]
     assert all(c.ok for c in report.checks)
 
 
@@ -144,21 +147,26 @@ def unsafe_archive(tmp_path, keys, add):
     return path
 
 
-@pytest.mark.parametrize("case, add, detail", [
-    ("zip slip", lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("../../evil.py"), b"x"), "unsafe member path"),
-    ("absolute", lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("/etc/cron.d/x"), b"x"), "unsafe member path"),
-    ("backslash", lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("..\\evil.py"), b"x"), "unsafe member path"),
-    ("symlink", lambda p: tamper.add_raw_member(p, tamper.symlink_info("link"), b"/etc/passwd"), "symbolic link"),
-    ("duplicate", lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("h.py"), b"x"), "duplicate"),
+@pytest.mark.parametrize("case, add, check, detail", [
+    ("zip slip", lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("../../evil.py"), b"x"), "safety",
+     "unsafe member path"),
+    ("absolute", lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("/etc/cron.d/x"), b"x"), "safety",
+     "unsafe member path"),
+    ("backslash", lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("..\\evil.py"), b"x"), "safety",
+     "unsafe member path"),
+    ("symlink", lambda p: tamper.add_raw_member(p, tamper.symlink_info("link"), b"/etc/passwd"), "safety",
+     "symbolic link"),
+    ("duplicate", lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("h.py"), b"x"), "layout", "duplicate"),
+    ("case duplicate", lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("H.py"), b"x"), "layout", "duplicate"),
 ])
-def test_unsafe_members_are_refused(tmp_path, keys, case, add, detail):
+def test_unsafe_members_are_refused(tmp_path, keys, case, add, check, detail):
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
         path = unsafe_archive(tmp_path, keys, add)
     report, failed = verdict(path, keys)
-    assert failed == "safety" and detail in report.failure.detail
+    assert failed == check and detail in report.failure.detail
 
 
 def test_zip_bomb_is_refused(tmp_path, keys):
@@ -252,7 +260,7 @@ def test_a_corrupt_archive_on_disk_is_refused_with_a_clear_reason(built, keys):
     data[info.header_offset + 200] ^= 0xFF  # inside the weights' data
     built.path.write_bytes(bytes(data))
     report, failed = verdict(built.path, keys)
-    assert failed == "provenance" and "corrupt" in report.failure.detail
+    assert failed == "contents" and "corrupt" in report.failure.detail
 
 
 def test_digest_recorded_by_training_is_reused_only_while_the_file_is_unchanged(mlp_run, tmp_path, keys):
@@ -282,3 +290,111 @@ def test_digest_recorded_by_training_is_reused_only_while_the_file_is_unchanged(
     stale = archiver.package(example_spec("mlp", run, "2.0"), tmp_path / "s", keys)
     report, failed = verdict(stale.path, keys)
     assert failed == "provenance" and "model.safetensors was modified" in report.failure.detail
+
+
+# ------------------------------------------------------------------ every byte accounted for
+# TorchServe unpacks with a streaming reader that walks local headers front to back; zipfile reads the
+# central directory. Each attack below leaves an archive that zipfile reads without complaint.
+
+HIDDEN_HANDLER = b"open('/tmp/torchship-hidden-ran', 'w').write('ran')\n"
+
+
+@pytest.mark.parametrize("case, attack, check, detail", [
+    ("hidden entry", lambda p: zipcraft.hide_entry(p, "mlp_handler.py", HIDDEN_HANDLER), "layout",
+     "no central record accounts for"),
+    ("hidden large entry", lambda p: zipcraft.hide_entry(p, "big.bin", b"\0" * (100 << 20), deflate=True),
+     "layout", "no central record accounts for"),
+    ("data prepended", lambda p: zipcraft.prepend(p, b"#!/bin/sh\n" * 10, fix_offsets=False), "layout",
+     "data prepended or inserted"),
+    ("data prepended, offsets fixed", lambda p: zipcraft.prepend(p, b"MZ" + b"\0" * 510, fix_offsets=True),
+     "layout", "data prepended"),
+    ("local/central name mismatch", lambda p: zipcraft.rename_local(p, "meta.json", "evil.py__"), "layout",
+     "disagrees with the central directory on name"),
+    ("duplicate names", lambda p: zipcraft.duplicate_member(p, "mlp_handler.py", HIDDEN_HANDLER), "layout",
+     "duplicate member name"),
+    ("bytes appended", lambda p: zipcraft.append(p, b"PK\x03\x04" + b"\0" * 60), "layout",
+     "does not end with a zip end record"),
+    ("zip comment", lambda p: zipcraft.comment(p, b"hello"), "layout", "comment"),
+    ("data descriptor flag", lambda p: zipcraft.set_flag(p, "meta.json", 0x8), "layout", "data descriptor"),
+    ("encrypted flag", lambda p: zipcraft.set_flag(p, "meta.json", 0x1), "layout", "encrypted"),
+    ("bytes after a deflate stream", lambda p: zipcraft.stuff_after_deflate_end(
+        p, "meta.json", zipcraft.local_entry("mlp_handler.py", HIDDEN_HANDLER)), "contents", "hidden bytes"),
+])
+def test_what_the_server_would_unpack_is_what_verify_checked(built, keys, case, attack, check, detail):
+    attack(built.path)
+    if case not in ("local/central name mismatch", "encrypted flag"):  # zipfile notices these two itself
+        with zipfile.ZipFile(built.path) as z:  # the attack is invisible to a central-directory reader
+            assert z.testzip() is None
+    report, failed = verdict(built.path, keys)
+    assert failed == check, report.to_dict()
+    assert detail in report.failure.detail
+    with pytest.raises(VerificationError, match=check):
+        archiver.ensure_verified(built.path, public_key=archiver.public_key_path(keys))
+
+
+def test_a_hidden_entry_would_otherwise_be_extracted_by_a_streaming_reader(built):
+    """What the attack does to a reader that walks local headers (as TorchServe's does): the hidden
+    handler is the one written last, over the signed one."""
+    from archiver.layout import LOCAL_SIG
+
+    zipcraft.hide_entry(built.path, "mlp_handler.py", HIDDEN_HANDLER)
+    data = built.path.read_bytes()
+    names, pos = [], 0
+    while data[pos:pos + 4] == LOCAL_SIG:
+        fields = zipcraft.LOCAL.unpack_from(data, pos)
+        names.append(data[pos + 30:pos + 30 + fields[9]].decode())
+        pos += 30 + fields[9] + fields[10] + fields[7]
+    assert names.count("mlp_handler.py") == 2 and names[-1] == "mlp_handler.py"
+    with zipfile.ZipFile(built.path) as z:
+        assert z.namelist().count("mlp_handler.py") == 1 and z.read("mlp_handler.py") != HIDDEN_HANDLER
+
+
+def test_zip64_archives_as_python_writes_them_are_accepted(tmp_path, monkeypatch):
+    """Large weights need Zip64: its end records and extra fields are parsed, not refused."""
+    from archiver.layout import read_members, scan
+
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 64)  # force Zip64 records on a small archive
+    path = tmp_path / "big.zip"
+    payloads = {"a.bin": b"a" * 1000, "b.txt": b"hello", "c/d.bin": bytes(range(256)) * 4}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, payload in payloads.items():
+            z.writestr(name, payload)
+        with z.open("e.bin", "w", force_zip64=True) as f:
+            f.write(b"e" * 300)
+    monkeypatch.undo()
+    data = path.read_bytes()
+    assert b"PK\x06\x06" in data and b"PK\x06\x07" in data  # the Zip64 end records are really there
+    with open(path, "rb") as f:
+        entries = scan(f, len(data))
+        digests = {e.name: d for e, d in read_members(f, entries)}
+    import hashlib
+
+    payloads["e.bin"] = b"e" * 300
+    assert digests == {n: hashlib.sha256(p).hexdigest() for n, p in payloads.items()}
+
+
+@pytest.mark.parametrize("name", ["caf\u00e9.py", "a\nb.py", "\x00.py"])
+def test_member_names_outside_printable_ascii_are_refused(tmp_path, keys, name):
+    """Java decodes names as UTF-8, Python as cp437 (without the UTF-8 flag): refuse what they could
+    read differently, and control characters."""
+    path = unsafe_archive(tmp_path, keys, lambda p: tamper.add_raw_member(p, zipfile.ZipInfo(name), b"x"))
+    report, failed = verdict(path, keys)
+    assert failed == "layout" and "printable ASCII" in report.failure.detail
+
+
+def test_a_member_whose_size_lies_is_refused_without_inflating_a_bomb(tmp_path):
+    """The declared size bounds what is inflated: a member claiming 10 bytes that inflates to 100 MiB
+    stops after 11."""
+    from archiver.layout import LayoutError, read_members, scan
+
+    path = tmp_path / "liar.zip"
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = packer.compress(b"\0" * (100 << 20)) + packer.flush()
+    entry = zipcraft.LOCAL.pack(b"PK\x03\x04", 20, 0, 8, 0, 0x21, 0, len(body), 10, 5, 0) + b"x.bin" + body
+    central = struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 8, 0, 0x21, 0, len(body), 10, 5, 0, 0, 0,
+                          0, 0, 0) + b"x.bin"
+    path.write_bytes(entry + central + zipcraft.END.pack(b"PK\x05\x06", 0, 0, 1, 1, len(central), len(entry), 0))
+    with open(path, "rb") as f:
+        entries = scan(f, path.stat().st_size)
+        with pytest.raises(LayoutError, match="more than its declared 10 bytes"):
+            list(read_members(f, entries))
