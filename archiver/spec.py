@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torchship.errors import ArchiveError
 
-# TorchServe's own rule for model names; versions follow the same shape.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
-VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.\-]*$")
+from .names import InvalidName, check_name, check_version
 
 
 @dataclass(frozen=True)
@@ -26,11 +23,11 @@ class ArchiveSpec:
     requirements: Path | None = None
 
     def __post_init__(self) -> None:
-        if not NAME_RE.match(self.name or ""):
-            raise ArchiveError(f"invalid model name {self.name!r}: letters, digits, '_', '-' and '.', "
-                               "starting with a letter or digit")
-        if not VERSION_RE.match(self.version or "") or ".." in self.version:
-            raise ArchiveError(f"invalid version {self.version!r}: e.g. 1.0 or 2.1-rc1")
+        try:
+            check_name(self.name)
+            check_version(self.version)
+        except InvalidName as exc:
+            raise ArchiveError(str(exc)) from None
         for label, path in self.files():
             if not Path(path).is_file():
                 raise ArchiveError(f"{label} not found: {path}")

@@ -31,7 +31,9 @@ def deploy(client: TorchServe, store: Path, name: str, version: str | None = Non
     default if asked. Nothing reaches TorchServe unless verification passes; `allow_unsigned`
     skips only the signature and provenance checks (third-party archives), never the safety ones."""
     from archiver import ensure_verified
+    from archiver.names import check_name_version
 
+    check_name_version(name, version)  # before any file is read or any request is sent
     started = time.monotonic()
     version = version or latest_version(store, name)
     if version is None:

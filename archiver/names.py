@@ -1,0 +1,52 @@
+"""The one rule for model names and versions, everywhere: CLI, client, deploy.yaml, packaging, export.
+
+A name and a version become a file name (`<name>-<version>.mar`), a URL path segment and a
+registry key, so they are checked before any file is read or any request is sent. TorchServe's
+own rule for names is `^[A-Za-z0-9][A-Za-z0-9_\\-.]*$`; torchship adds a length bound and refuses
+`..` anywhere (TorchServe's allowed_urls check refuses any URL containing it, and it reads as a
+path step to people and tools).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["InvalidName", "check_name", "check_version", "check_name_version", "MAX_NAME_LENGTH"]
+
+MAX_NAME_LENGTH = 128
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-.]*")
+_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.\-]*")
+
+
+class InvalidName(ValueError):
+    """A model name or version that torchship refuses (bad input: CLI exit 7)."""
+
+
+def check_name(name: object) -> str:
+    """`name` unchanged when it is a valid model name; InvalidName otherwise."""
+    if not isinstance(name, str) or not _valid(_NAME, name):
+        raise InvalidName(f"invalid model name {_show(name)}: letters, digits, '_', '-' and '.', starting with a "
+                          f"letter or digit, no '..', at most {MAX_NAME_LENGTH} characters")
+    return name
+
+
+def check_version(version: object) -> str:
+    """`version` unchanged when it is a valid model version (e.g. 1.0, 2.1-rc1); InvalidName otherwise."""
+    if not isinstance(version, str) or not _valid(_VERSION, version):
+        raise InvalidName(f"invalid version {_show(version)}: e.g. 1.0 or 2.1-rc1 (letters, digits, '_', '-' "
+                          f"and '.', starting with a letter or digit, no '..', at most {MAX_NAME_LENGTH} characters)")
+    return version
+
+
+def check_name_version(name: object, version: object | None) -> tuple[str, str | None]:
+    """Both checked; a version of None (meaning "the default" or "the latest") is allowed."""
+    return check_name(name), (None if version is None else check_version(version))
+
+
+def _valid(pattern: re.Pattern[str], value: str) -> bool:
+    return len(value) <= MAX_NAME_LENGTH and pattern.fullmatch(value) is not None and ".." not in value
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
