@@ -179,12 +179,14 @@ class CpuMeter:
         return figures, {n: round((a - b) / sent * 1e6, 1) for n, a, b in zip(names, after, before)}
 
 
-def register_and_measure(client, url_base: str, key: str | None, archive: str, name: str, settings, body: bytes,
-                         ctype: str, seconds: float, concurrencies=(1, 16), meter: CpuMeter | None = None,
-                         multi: tuple[bytes, str] | None = None):
+def register_and_measure(client, verify: tuple[Path, Path], url_base: str, key: str | None, archive: str, name: str,
+                         settings, body: bytes, ctype: str, seconds: float, concurrencies=(1, 16),
+                         meter: CpuMeter | None = None, multi: tuple[bytes, str] | None = None):
     """wrk's figures at each concurrency (with a meter, CPU per request at the highest; with a
-    multi body, also that body's figures at the highest concurrency, under the key "multi")."""
+    multi body, also that body's figures at the highest concurrency, under the key "multi").
+    `verify`: (store, public key): the archive passes verification before it is registered."""
     workers, batch, delay = settings
+    archiver.ensure_verified(verify[0] / archive, public_key=verify[1])  # nothing unverified is served
     client.register(archive, model_name=name, initial_workers=workers, batch_size=batch, max_batch_delay=delay)
     try:
         url = f"{url_base}/predictions/{name}"
@@ -236,9 +238,10 @@ def main() -> int:
     for m in models:
         extra = (HANDLER_DIR / "torchship_models.py", HANDLER_DIR / "torchship_text.py", runs[m] / "meta.json",
                  *(runs[m] / f for f in STOCK_EXTRA.get(m, ())))
-        archiver.build(archiver.ArchiveSpec(f"stock-{m}", "1.0", ROOT / "benchmarks" / "stock" / STOCK[m],
-                                            runs[m] / "model.safetensors", extra_files=extra),
-                       store, progress=lambda *a: None)
+        # signed like ours: every archive either server is given passes verification first
+        archiver.package(archiver.ArchiveSpec(f"stock-{m}", "1.0", ROOT / "benchmarks" / "stock" / STOCK[m],
+                                              runs[m] / "model.safetensors", extra_files=extra),
+                         store, keys, progress=lambda *a: None)
 
     # a stock TorchServe: nothing but addresses and the store; TorchServe's own logging
     stock_dir = work / "stock-config"
@@ -260,10 +263,11 @@ def main() -> int:
             print(f"{m}: measuring ...", file=sys.stderr)
             stock_body, body, ctype = bodies(m)
             r = results["models"][m] = {}
-            r["stock"] = register_and_measure(sc, stock.config().inference_url, skey, f"stock-{m}-1.0.mar", m,
-                                              (1, 1, 100), stock_body, "application/json", args.seconds)
+            verify = (store, public_key)
+            r["stock"] = register_and_measure(sc, verify, stock.config().inference_url, skey, f"stock-{m}-1.0.mar",
+                                              m, (1, 1, 100), stock_body, "application/json", args.seconds)
             serving = archiver.EXAMPLES[m].serving
-            r["torchship"] = register_and_measure(oc, ours.config().inference_url, okey, f"{m}-1.0.mar", m,
+            r["torchship"] = register_and_measure(oc, verify, ours.config().inference_url, okey, f"{m}-1.0.mar", m,
                                                   (1, serving["batch_size"], serving["max_batch_delay"]), body, ctype,
                                                   args.seconds)
             budget = r["stock"][16]["p99_ms"]
@@ -271,17 +275,18 @@ def main() -> int:
             payload = json.loads(body) if ctype == "application/json" else body
             trials, best = tune(oc, store, m, "1.0", [payload], slo_p99_ms=budget, concurrency=16,
                                 seconds=max(3, args.seconds / 2), warmup=1, engine="wrk", public_key=public_key,
-                                log=lambda line: print(f"  {m}: {line}", file=sys.stderr))
+                                key_dir=keys, log=lambda line: print(f"  {m}: {line}", file=sys.stderr))
             r["tune_trials"] = [t.to_dict() for t in trials]
             r["tuned_settings"] = {"workers": best.workers, "threads": best.threads, "batch_size": best.batch_size,
                                    "max_batch_delay": best.max_batch_delay}
             archive = f"{m}-1.0.mar"
             if best.threads != 1:
-                archive = threads_copy(store / archive, best.threads, store / f"{m}-1.0-threads{best.threads}.mar").name
+                archive = threads_copy(store / archive, best.threads, store, keys, name=m,
+                                       version=f"1.0-threads{best.threads}").name
             r["tuned"], r["cpu_us_per_request"] = register_and_measure(
-                oc, ours.config().inference_url, okey, archive, m, (best.workers, best.batch_size,
-                                                                    best.max_batch_delay),
-                body, ctype, args.seconds, meter=CpuMeter(ours), multi=multi_body(m))
+                oc, verify, ours.config().inference_url, okey, archive, m,
+                (best.workers, best.batch_size, best.max_batch_delay), body, ctype, args.seconds,
+                meter=CpuMeter(ours), multi=multi_body(m))
             r["in_process"] = {1: model_limit(runs[m], m, body, 1), 16: model_limit(runs[m], m, body, best.batch_size)}
             if "multi" in r["tuned"]:  # the same items per forward pass as the client-batched run
                 r["in_process"]["multi"] = model_limit(runs[m], m, body, best.batch_size * MULTI)

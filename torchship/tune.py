@@ -17,7 +17,9 @@ the model registered under a temporary name:
 The best trial is the highest throughput whose p99 meets the budget (when none does, the lowest
 p99). Steps 1-3 run the archive as packaged (its model-config's `handler.threads`, one for the
 examples); threads are part of the archive, so step 4 registers a temporary copy whose
-model-config asks for more, and a winner with other threads than packaged says how to repackage.
+model-config asks for more, built and signed with the project's key and verified like any archive
+(nothing unverified reaches the server), and a winner with other threads than packaged says how to
+repackage.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import ArchiveError, ModelNotFound, ServerError
+from .errors import ModelNotFound, ServerError
 from .load import run_load
 
 __all__ = ["Trial", "tune", "best_trial", "packaged_threads", "threads_copy", "thread_splits",
@@ -96,25 +98,15 @@ def packaged_threads(archive: Path) -> int:
     return int(((config or {}).get("handler") or {}).get("threads", 1))
 
 
-def threads_copy(archive: Path, threads: int, dest: Path) -> Path:
-    """A copy of `archive` whose model-config asks for `threads` torch threads per worker.
+def threads_copy(archive: Path, threads: int, store: Path, key_dir: Path, *, name: str, version: str,
+                 public_key: Path | None = None) -> Path:
+    """`store/<name>-<version>.mar`: `archive` with a model-config that asks for `threads` torch
+    threads per worker, built and signed with the project's key like any archive (the source is
+    verified first), so it passes the same verification before TorchServe sees it."""
+    from archiver.derive import derive
 
-    For trials only: it is not signed, and its provenance no longer matches the model-config.
-    """
-    import yaml
-
-    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(dest, "w") as out:
-        member = json.loads(src.read("MAR-INF/MANIFEST.json"))["model"].get("configFile")
-        if not member:
-            raise ArchiveError(f"{archive.name} has no model-config: its handler cannot be told the threads")
-        for info in src.infolist():
-            data = src.read(info)
-            if info.filename == member:
-                config = yaml.safe_load(data) or {}
-                config["handler"] = {**(config.get("handler") or {}), "threads": threads}
-                data = yaml.safe_dump(config, sort_keys=False).encode()
-            out.writestr(info, data)
-    return dest
+    return derive(archive, store, key_dir, name=name, version=version, config={"handler": {"threads": threads}},
+                  public_key=public_key).path
 
 
 def thread_splits(best_workers: int, cores: int, packaged: int) -> list[tuple[int, int]]:
@@ -126,12 +118,14 @@ def thread_splits(best_workers: int, cores: int, packaged: int) -> list[tuple[in
 
 def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], *, slo_p99_ms: float,
          concurrency: int = 16, seconds: float = 5.0, warmup: float = 1.0, max_workers: int = 2,
-         cores: int | None = None, public_key: Path | None = None, log: Callable[[str], None] = print,
-         engine: str = "python") -> tuple[list[Trial], Trial]:
+         cores: int | None = None, public_key: Path | None = None, key_dir: Path | None = None,
+         log: Callable[[str], None] = print, engine: str = "python") -> tuple[list[Trial], Trial]:
     """`engine`: how each trial is loaded: "python" (the client's threads) or "wrk" (the first
     payload, by wrk: for tiny models the Python generator is the bottleneck). `cores`: what the
-    server may use (default: the cores this process may run on; tune runs beside the server)."""
-    from archiver import ensure_verified
+    server may use (default: the cores this process may run on; tune runs beside the server).
+    `key_dir`: the project's signing keys, which sign the trial archives of step 4 (without it,
+    step 4 is skipped): every archive a trial registers passes verification first."""
+    from archiver import ensure_verified, public_key_path, signature_path
 
     from .bench import wrk_load
 
@@ -146,8 +140,12 @@ def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], 
         key = (workers, batch, delay, threads)
         if key in trials and not again:
             return trials[key]
-        copy = threads_copy(archive, threads, Path(store) / f"{temp}-{version}-threads{threads}.mar") \
-            if threads != packaged else None
+        copy = None
+        if threads != packaged:
+            assert key_dir is not None, "step 4 needs the signing keys"
+            copy = threads_copy(archive, threads, Path(store), key_dir, name=temp, version=f"{version}-threads{threads}",
+                                public_key=public_key)
+            ensure_verified(copy, public_key=public_key_path(key_dir))
         try:
             client.register((copy or archive).name, model_name=temp, initial_workers=workers, batch_size=batch,
                             max_batch_delay=delay)
@@ -166,6 +164,7 @@ def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], 
         finally:
             if copy is not None:
                 copy.unlink(missing_ok=True)
+                signature_path(copy).unlink(missing_ok=True)
         result = Trial(workers, batch, delay, threads, round(figures[0], 1), round(figures[1], 2),
                        round(figures[2], 2), figures[3])
         if again:
@@ -183,8 +182,11 @@ def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], 
     batch, delay = best.batch_size, best.max_batch_delay
     best = best_trial([best] + [trial(w, b, delay) for w in range(1, max_workers + 1)
                                 for b in sorted({batch, max(1, batch // w)})], slo_p99_ms)
-    best = best_trial([best] + [trial(w, best.batch_size, best.max_batch_delay, t)
-                                for w, t in thread_splits(best.workers, cores, packaged)], slo_p99_ms)
+    if key_dir is None:
+        log("threads step skipped: no signing keys to sign its trial archives with (pass key_dir)")
+    else:
+        best = best_trial([best] + [trial(w, best.batch_size, best.max_batch_delay, t)
+                                    for w, t in thread_splits(best.workers, cores, packaged)], slo_p99_ms)
     # one short run can be lucky: measure the two leaders again and decide on the mean
     leaders = sorted((t for t in trials.values() if t.meets(slo_p99_ms)), key=lambda t: -t.throughput)[:2]
     if len(leaders) == 2:

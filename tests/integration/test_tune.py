@@ -16,24 +16,45 @@ from torchship.tune import tune as run_tune
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_tune_finds_the_fastest_settings_within_the_budget(client, store, public_key, mlp_archive, mlp_deployed):
+def test_tune_finds_the_fastest_settings_within_the_budget(client, store, key_dir, public_key, mlp_archive,
+                                                           mlp_deployed):
     payloads = [{"data": r} for r in rows(20, seed=4)]
     before = sorted(p.name for p in store.iterdir())
     trials, best = run_tune(client, store, "mlp", "1.0", payloads, slo_p99_ms=5000, concurrency=8, seconds=1.5,
-                            warmup=0.5, cores=2, public_key=public_key, log=lambda line: None)
+                            warmup=0.5, cores=2, public_key=public_key, key_dir=key_dir, log=lambda line: None)
     # batch sweep (4), delay sweep (when batching wins), workers, threads: guided, not the 4x4x2x2 grid
     assert 6 <= len(trials) <= 10
-    assert best == best_trial(trials, 5000) and best.meets(5000)
-    assert all(best.throughput >= t.throughput for t in trials if t.meets(5000))
-    # the threads step: one worker with both cores, served from a trial copy of the archive
+    # tune's rule: the two fastest single runs within the budget are measured again, and the better
+    # of those two on the mean of their runs wins (a lucky single run cannot)
+    leaders = [t for t in trials if t.runs == 2]
+    assert len(leaders) == 2 and all(t.meets(5000) for t in leaders)
+    assert best in leaders and best == best_trial(leaders, 5000) and best.meets(5000)
+    # the threads step: one worker with both cores, served from a signed, verified trial copy
     threaded = [t for t in trials if t.threads == 2]
     assert [(t.workers, t.failed) for t in threaded] == [(1, 0)] and threaded[0].throughput > 0
     assert all(t.workers * t.threads <= 2 for t in trials)
-    # trials leave nothing behind: no model, no archive copy
+    # trials leave nothing behind: no model, no archive copy, no signature
     assert "tune-mlp" not in [m.name for m in client.list_models()]
     assert sorted(p.name for p in store.iterdir()) == before
     # an impossible budget: the lowest p99 is returned, flagged as not meeting it
     assert not best_trial(trials, 0.001).meets(0.001)
+
+
+def test_tune_refuses_an_archive_that_fails_verification(client, store, key_dir, public_key, mlp_run):
+    """tune registers nothing that has not passed the same check as deploy."""
+    import archiver
+    from archiver import ArchiveSpec, example_spec
+    from tests.fixtures import zipcraft
+    from torchship.errors import VerificationError
+
+    spec = example_spec("mlp", mlp_run, "1.0")
+    path = archiver.package(ArchiveSpec("tunebad", "1.0", spec.handler, spec.weights, extra_files=spec.extra_files,
+                                        model_config=spec.model_config), store, key_dir, force=True).path
+    zipcraft.hide_entry(path, "mlp_handler.py", b"import os\n")
+    with pytest.raises(VerificationError, match="layout"):
+        run_tune(client, store, "tunebad", "1.0", [{"data": rows(1)[0]}], slo_p99_ms=5000, seconds=1,
+                 public_key=public_key, key_dir=key_dir, log=lambda line: None)
+    assert not [m for m in client.list_models() if m.name.startswith("tune-")]
 
 
 def test_tune_cli_writes_the_winner_into_the_desired_state(server, tmp_path, public_key, mlp_archive):

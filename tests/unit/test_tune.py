@@ -1,6 +1,7 @@
 """tune's threads step without a server: which splits of the cores it tries, and the trial copy of
 an archive whose handler then really runs that many torch threads."""
 
+import json
 import sys
 import zipfile
 
@@ -40,17 +41,23 @@ def test_a_trial_measured_again_is_judged_on_its_mean_and_worse_p99():
     assert best_trial([lucky2, steady2], 10) == lucky2  # a failed request disqualifies
 
 
-def test_threads_copy_changes_only_the_model_config(mlp_run, tmp_path):
-    original = archiver.build(example_spec("mlp", mlp_run, "1.0"), tmp_path / "store").path
+def test_threads_copy_is_signed_verified_and_changes_only_the_model_config(mlp_run, tmp_path):
+    keys = tmp_path / "keys"
+    archiver.ensure_keys(keys)
+    original = archiver.package(example_spec("mlp", mlp_run, "1.0"), tmp_path / "store", keys).path
     assert packaged_threads(original) == 1
-    copy = threads_copy(original, 2, tmp_path / "copy.mar")
-    assert packaged_threads(copy) == 2
+    copy = threads_copy(original, 2, tmp_path / "store", keys, name="tune-mlp", version="1.0-threads2")
+    assert copy.name == "tune-mlp-1.0-threads2.mar" and packaged_threads(copy) == 2
+    report = archiver.ensure_verified(copy, public_key=archiver.public_key_path(keys))  # signed like any archive
+    assert report.ok and report.provenance["checkpoint"] == json.loads((mlp_run / "meta.json").read_text())
+    own = {"MAR-INF/MANIFEST.json", "torchship-provenance.json"}  # name, version and digests differ by design
     with zipfile.ZipFile(original) as a, zipfile.ZipFile(copy) as b:
         assert a.namelist() == b.namelist()
-        changed = [n for n in a.namelist() if a.read(n) != b.read(n)]
+        changed = [n for n in a.namelist() if n not in own and a.read(n) != b.read(n)]
         config = yaml.safe_load(b.read("model-config.yaml"))
     assert changed == ["model-config.yaml"]
     assert config["handler"]["threads"] == 2 and config["responseTimeout"] == 30  # the rest kept
+
 
     # the handler in that copy runs two torch threads
     folder = tmp_path / "unpacked"
@@ -65,6 +72,19 @@ def test_threads_copy_changes_only_the_model_config(mlp_run, tmp_path):
     finally:
         torch.set_num_threads(before)
         sys.path.remove(str(folder))
+
+
+def test_threads_copy_of_a_tampered_archive_is_refused(mlp_run, tmp_path):
+    from tests.fixtures import zipcraft
+    from torchship.errors import VerificationError
+
+    keys = tmp_path / "keys"
+    archiver.ensure_keys(keys)
+    original = archiver.package(example_spec("mlp", mlp_run, "1.0"), tmp_path / "store", keys).path
+    zipcraft.hide_entry(original, "mlp_handler.py", b"import os\n")
+    with pytest.raises(VerificationError, match="layout"):
+        threads_copy(original, 2, tmp_path / "store", keys, name="tune-mlp", version="1.0-threads2")
+    assert not (tmp_path / "store" / "tune-mlp-1.0-threads2.mar").exists()
 
 
 def test_unregister_after_load_waits_out_torchserves_busy_500(monkeypatch):
