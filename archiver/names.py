@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["InvalidName", "check_name", "check_version", "check_name_version", "MAX_NAME_LENGTH"]
+__all__ = ["InvalidName", "check_name", "check_version", "check_name_version", "MAX_NAME_LENGTH",
+           "MAX_VERSION_LENGTH"]
 
+# <name>-<version>.mar.sig stays well under the 255 bytes a file name may have
 MAX_NAME_LENGTH = 128
+MAX_VERSION_LENGTH = 64
+RESERVED_VERSIONS = ("all",)  # TorchServe's word for every version of a model
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-.]*")
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.\-]*")
 
@@ -24,7 +28,7 @@ class InvalidName(ValueError):
 
 def check_name(name: object) -> str:
     """`name` unchanged when it is a valid model name; InvalidName otherwise."""
-    if not isinstance(name, str) or not _valid(_NAME, name):
+    if not isinstance(name, str) or not _valid(_NAME, name, MAX_NAME_LENGTH):
         raise InvalidName(f"invalid model name {_show(name)}: letters, digits, '_', '-' and '.', starting with a "
                           f"letter or digit, no '..', at most {MAX_NAME_LENGTH} characters")
     return name
@@ -32,9 +36,12 @@ def check_name(name: object) -> str:
 
 def check_version(version: object) -> str:
     """`version` unchanged when it is a valid model version (e.g. 1.0, 2.1-rc1); InvalidName otherwise."""
-    if not isinstance(version, str) or not _valid(_VERSION, version):
+    if not isinstance(version, str) or not _valid(_VERSION, version, MAX_VERSION_LENGTH):
         raise InvalidName(f"invalid version {_show(version)}: e.g. 1.0 or 2.1-rc1 (letters, digits, '_', '-' "
-                          f"and '.', starting with a letter or digit, no '..', at most {MAX_NAME_LENGTH} characters)")
+                          f"and '.', starting with a letter or digit, no '..', at most {MAX_VERSION_LENGTH} "
+                          "characters)")
+    if version.lower() in RESERVED_VERSIONS:
+        raise InvalidName(f"invalid version {version!r}: TorchServe reads it as 'every version' (use e.g. 1.0)")
     return version
 
 
@@ -43,8 +50,8 @@ def check_name_version(name: object, version: object | None) -> tuple[str, str |
     return check_name(name), (None if version is None else check_version(version))
 
 
-def _valid(pattern: re.Pattern[str], value: str) -> bool:
-    return len(value) <= MAX_NAME_LENGTH and pattern.fullmatch(value) is not None and ".." not in value
+def _valid(pattern: re.Pattern[str], value: str, limit: int) -> bool:
+    return len(value) <= limit and pattern.fullmatch(value) is not None and ".." not in value
 
 
 def _show(value: object) -> str:

@@ -86,6 +86,32 @@ class Ctx:
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
+
+def _checked_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: a model NAME (or --name) must pass the one rule (archiver.names). It runs
+    while the command line is parsed, so a bad name fails before any file is read or any request
+    is sent: InvalidName is a ValueError, one line on stderr and exit 7 (bad input)."""
+    from archiver.names import check_name
+
+    return None if value is None else check_name(value)
+
+
+def _checked_version(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: a model VERSION (or --version) must pass the one rule (archiver.names)."""
+    from archiver.names import check_version
+
+    return None if value is None else check_version(value)
+
+
+def name_argument(required: bool = True):
+    return click.argument("name", required=required, callback=_checked_name)
+
+
+def model_version_option(help_text: str | None = None, *, required: bool = False):
+    return click.option("--version", "version", default=None, required=required, help=help_text,
+                        callback=_checked_version)
+
+
 public_key_option = click.option(
     "--public-key", type=click.Path(dir_okay=False, exists=True), default=None,
     help="PEM public key that verifies the archives' signatures (default: the project's key).")
@@ -157,7 +183,7 @@ def serve_status(c: Ctx, as_json: bool) -> None:
 # ---------------------------------------------------------------- train / package / deploy
 
 @cli.command()
-@click.argument("name")
+@name_argument()
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="Override the number of epochs.")
 @click.option("--quick", is_flag=True, help="Short training, as CI and the demo run it.")
@@ -178,14 +204,14 @@ def train(c: Ctx, name: str, seed: int, epochs: int | None, quick: bool, shuffle
 
 
 @cli.command()
-@click.argument("name", required=False)
-@click.option("--version", "version", default=None, help="Archive version (default: the next free one).")
+@name_argument(required=False)
+@model_version_option("Archive version (default: the next free one).")
 @click.option("--checkpoint", type=click.Path(file_okay=False, exists=True), default=None,
               help="Checkpoint folder (default: the newest run of NAME).")
 @click.option("--force", is_flag=True, help="Replace an existing archive of this version.")
 @click.option("--handler", type=click.Path(dir_okay=False, exists=True), default=None,
               help="A handler file of your own (packages a third-party model; needs --name).")
-@click.option("--name", "model_name", default=None, help="Model name, with --handler.")
+@click.option("--name", "model_name", default=None, callback=_checked_name, help="Model name, with --handler.")
 @click.option("--weights", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Weights file, with --handler (safetensors, or a .pt that loads with weights_only).")
 @click.option("--model-file", type=click.Path(dir_okay=False, exists=True), default=None,
@@ -271,8 +297,8 @@ def verify(c: Ctx, archive: str, public_key: str | None, allow_unsigned: bool, a
 
 
 @cli.command()
-@click.argument("name")
-@click.option("--version", "version", default=None, help="Version to deploy (default: the newest archive).")
+@name_argument()
+@model_version_option("Version to deploy (default: the newest archive).")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Workers to start.")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1))
 @click.option("--max-batch-delay", default=None, type=click.IntRange(min=0), help="Milliseconds.")
@@ -316,8 +342,8 @@ def deploy(c: Ctx, name: str, version: str | None, workers: int | None, batch_si
 # ---------------------------------------------------------------- inference
 
 @cli.command()
-@click.argument("name")
-@click.option("--version", "version", default=None)
+@name_argument()
+@model_version_option()
 @click.option("--json", "json_data", default=None, help="Request body as JSON text.")
 @click.option("--file", "file_path", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Send this file's bytes as the body (an image, a .json, ...).")
@@ -373,8 +399,8 @@ def _request_body(json_data: str | None, file_path: str | None) -> Any:
 
 
 @cli.command()
-@click.argument("name")
-@click.option("--version", "version", default=None)
+@name_argument()
+@model_version_option()
 @click.option("--min", "min_workers", required=True, type=click.IntRange(min=1))
 @click.option("--max", "max_workers", required=True, type=click.IntRange(min=1))
 @click.option("--target-queue-ms", type=click.FloatRange(min=0.1), default=50.0, show_default=True,
@@ -429,9 +455,9 @@ def export_cmd(c: Ctx, target: str, deploy_file: str, out: str, name: str, image
 
 
 @cli.command()
-@click.argument("name")
+@name_argument()
 @click.option("--slo-p99-ms", type=click.FloatRange(min=0.1), required=True, help="The p99 latency budget.")
-@click.option("--version", "version", default=None, help="Archive version (default: the newest).")
+@model_version_option("Archive version (default: the newest).")
 @click.option("--data", "json_data", default=None, help="Request body as JSON text.")
 @click.option("--payload", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Request bodies: .jsonl (cycled), .json, or a raw file such as an image or .npy "
@@ -470,6 +496,7 @@ def tune(c: Ctx, name: str, slo_p99_ms: float, version: str | None, json_data: s
         engine = "wrk" if wrk.available() and len(bodies) == 1 else "python"
     trials, best = do_tune(c.client, c.store, name, version, bodies, slo_p99_ms=slo_p99_ms, concurrency=concurrency,
                            seconds=seconds, max_workers=max_workers, cores=cores, public_key=c.public_key(public_key),
+                           key_dir=c.project.key_dir,
                            log=(lambda line: None) if as_json else click.echo, engine=engine)
     settings = {"versions": [version], "default": version, "workers": {"min": best.workers, "max": best.workers},
                 "batch_size": best.batch_size, "max_batch_delay_ms": best.max_batch_delay}
@@ -509,8 +536,8 @@ def tune(c: Ctx, name: str, slo_p99_ms: float, version: str | None, json_data: s
 
 
 @cli.command("bench")
-@click.argument("name")
-@click.option("--version", "version", default=None)
+@name_argument()
+@model_version_option()
 @click.option("--data", "json_data", default=None, help="Request body as JSON text.")
 @click.option("--payload", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Request bodies: a .jsonl file (one per line, cycled), one JSON file, or any other file sent "
@@ -560,8 +587,8 @@ def ping(c: Ctx, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("name")
-@click.option("--version", "version", default=None)
+@name_argument()
+@model_version_option()
 @click.option("--json", "json_data", default=None, help="Request body as JSON text.")
 @click.option("--file", "file_path", type=click.Path(dir_okay=False, exists=True), default=None)
 @pass_ctx
@@ -571,7 +598,7 @@ def explain(c: Ctx, name: str, version: str | None, json_data: str | None, file_
 
 
 @cli.command()
-@click.argument("name", required=False)
+@name_argument(required=False)
 @click.option("--raw", is_flag=True, help="Print the Prometheus text as served.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
@@ -616,7 +643,7 @@ def _models_table(models) -> str:
 
 
 @cli.command()
-@click.argument("name", required=False)
+@name_argument(required=False)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def models(c: Ctx, name: str | None, as_json: bool) -> None:
@@ -631,8 +658,8 @@ def models(c: Ctx, name: str | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("name")
-@click.option("--version", "version", default=None, help="A version, or 'all' (default: the default version).")
+@name_argument()
+@model_version_option("A version, or 'all' (default: the default version).")
 @click.option("--json", "as_json", is_flag=True, help="Full description as JSON (workers included).")
 @pass_ctx
 def describe(c: Ctx, name: str, version: str | None, as_json: bool) -> None:
@@ -651,7 +678,7 @@ def describe(c: Ctx, name: str, version: str | None, as_json: bool) -> None:
 # ---------------------------------------------------------------- version control
 
 @cli.command()
-@click.argument("name")
+@name_argument()
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def history(c: Ctx, name: str, as_json: bool) -> None:
@@ -733,8 +760,8 @@ def apply_cmd(c: Ctx, file: str, public_key: str | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("name")
-@click.option("--version", "version", required=True, help="The version to roll out.")
+@name_argument()
+@model_version_option("The version to roll out.", required=True)
 @click.option("--golden", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Golden set (JSON lines of input + expected); default tests/golden/NAME.jsonl.")
 @click.option("--min-accuracy", type=click.FloatRange(0, 1), default=None,
@@ -770,7 +797,7 @@ def rollout(c: Ctx, name: str, version: str, golden: str | None, min_accuracy: f
 
 
 @cli.command()
-@click.argument("name")
+@name_argument()
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def rollback(c: Ctx, name: str, as_json: bool) -> None:
@@ -786,10 +813,10 @@ def _say(as_json: bool, status: str, **fields: Any) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@name_argument()
 @click.option("--min", "min_workers", required=True, type=click.IntRange(min=0), help="Minimum workers.")
 @click.option("--max", "max_workers", default=None, type=click.IntRange(min=0), help="Maximum workers (default: --min).")
-@click.option("--version", "version", default=None)
+@model_version_option()
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def scale(c: Ctx, name: str, min_workers: int, max_workers: int | None, version: str | None, as_json: bool) -> None:
@@ -801,8 +828,8 @@ def scale(c: Ctx, name: str, min_workers: int, max_workers: int | None, version:
 
 
 @cli.command("set-default")
-@click.argument("name")
-@click.argument("version")
+@name_argument()
+@click.argument("version", callback=_checked_version)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def set_default(c: Ctx, name: str, version: str, as_json: bool) -> None:
@@ -812,8 +839,8 @@ def set_default(c: Ctx, name: str, version: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("name")
-@click.option("--version", "version", default=None, help="Version to remove (default: the default version).")
+@name_argument()
+@model_version_option("Version to remove (default: the default version).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def unregister(c: Ctx, name: str, version: str | None, as_json: bool) -> None:

@@ -20,6 +20,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import requests
 
+from archiver.names import check_name, check_name_version, check_version
+
 from .auth import KeyFile, StaticKeys
 from .config import ServerConfig
 from .metrics import Metrics
@@ -226,8 +228,12 @@ class TorchServe:
         """Register an archive of the server's model store by its file name.
 
         Only a bare file name is passed to TorchServe: never a URL or a path (CVE-2023-43654).
+        `model_name`, when given, must pass the model-name rule (archiver.names): checked, like the
+        file name, before anything is sent.
         """
         name = _store_file_name(archive)
+        if model_name is not None:
+            check_name(model_name)
         params = {
             "url": name, "model_name": model_name, "initial_workers": initial_workers,
             "batch_size": batch_size, "max_batch_delay": max_batch_delay,
@@ -252,13 +258,14 @@ class TorchServe:
         return str(_json(resp).get("status", ""))
 
     def set_default(self, name: str, version: str) -> str:
+        check_version(version)  # required here: None would make the path /models/NAME/set-default
         resp = self._call(_MANAGEMENT, "PUT", f"{_model_path(name, version)}/set-default", safe=True)
         return str(_json(resp).get("status", ""))
 
     def describe(self, name: str, version: str | None = None, *, customized: bool = False) -> list[ModelDescription]:
         """Describe a model: its default version, one version, or every version ("all")."""
         params = {"customized": "true"} if customized else None
-        raw = _json(self._call(_MANAGEMENT, "GET", _model_path(name, version), safe=True, params=params))
+        raw = _json(self._call(_MANAGEMENT, "GET", _model_path(name, version, every=True), safe=True, params=params))
         entries = raw if isinstance(raw, list) else [raw]
         default = self._default_version(name) if version is not None else None
         out = []
@@ -291,6 +298,7 @@ class TorchServe:
     def wait_until_ready(self, name: str, version: str | None = None, *, timeout: float = 120.0,
                          poll: float = 0.25) -> ModelDescription:
         """Wait until the model (or version) has at least min_workers (and one) READY workers."""
+        check_name_version(name, version)  # one version, not describe's "all"
         deadline = time.monotonic() + timeout
         last = "not registered"
         while True:
@@ -348,6 +356,7 @@ class TorchServe:
         output's `data` as a numpy array of its shape. TorchServe routes v2 only to a model's
         default version.
         """
+        check_name(name)
         if isinstance(inputs, dict):
             tensors = [_v2_tensor(n, a) for n, a in inputs.items()]
         else:
@@ -373,6 +382,7 @@ class TorchServe:
         The result list is in the order of `items`; an item that failed holds its APIError (or
         TorchServeError) instead of a result, so one bad item never hides the others.
         """
+        check_name_version(name, version)  # once, before any thread starts or any request is sent
         items = list(items)
 
         def one(item: Any) -> Any:
@@ -389,10 +399,14 @@ class TorchServe:
     def stream(self, name: str, data: Any, *, version: str | None = None, timeout: float | None = None,
                raw: bool = False) -> Iterator[str]:
         """Yield the chunks of a streaming handler's answer as they arrive: text (decoded as
-        UTF-8, never splitting a character), or bytes with `raw`."""
+        UTF-8, never splitting a character), or bytes with `raw`. The name and version are
+        checked when this is called, not when the first chunk is asked for."""
+        path = f"/predictions/{_model_path(name, version)[len('/models/'):]}"
+        return self._stream(path, data, timeout=timeout, raw=raw)
+
+    def _stream(self, path: str, data: Any, *, timeout: float | None, raw: bool) -> Iterator[str]:
         body, hdrs = self._body(data)
-        resp = self._call(_INFERENCE, "POST", f"/predictions/{_model_path(name, version)[len('/models/'):]}",
-                          safe=True, data=body, headers=hdrs, timeout=timeout, stream=True)
+        resp = self._call(_INFERENCE, "POST", path, safe=True, data=body, headers=hdrs, timeout=timeout, stream=True)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         with resp:
             for chunk in resp.iter_content(chunk_size=None):
@@ -433,12 +447,13 @@ def _v2_tensor(name: str, value: Any) -> dict[str, Any]:
             "data": array.reshape(-1).tolist()}
 
 
-def _model_path(name: str, version: str | None) -> str:
-    if not name or "/" in name or name in (".", ".."):
-        raise ValueError(f"invalid model name: {name!r}")
-    path = f"/models/{requests.utils.quote(name, safe='')}"
+def _model_path(name: str, version: str | None, *, every: bool = False) -> str:
+    """/models/NAME[/VERSION], both checked by the one rule (archiver.names) before any request:
+    a name is never a path, and everything TorchServe registers can be addressed again."""
+    check_name_version(name, None if every and version == "all" else version)  # describe's "all": every version
+    path = f"/models/{name}"
     if version is not None:
-        path += f"/{requests.utils.quote(str(version), safe='')}"
+        path += f"/{version}"
     return path
 
 
@@ -447,8 +462,8 @@ def _store_file_name(archive: str | os.PathLike) -> str:
     if "://" in text:
         raise ValueError(f"register takes an archive of the local model store, not a URL: {text}")
     name = Path(text).name
-    if not name or name in (".", "..") or name.startswith("."):
-        raise ValueError(f"not an archive file name: {text!r}")
+    if not name or name in (".", "..") or name.startswith(".") or not name.isprintable():
+        raise ValueError(f"not an archive file name of the model store: {text!r}")
     return name
 
 

@@ -17,19 +17,34 @@ left alone.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from archiver.names import InvalidName, check_name, check_version
+
 from .errors import ConfigError, ModelNotFound, TorchServeError
 from .types import ModelDescription
 
-__all__ = ["ModelState", "DesiredState", "Action", "plan", "apply", "ApplyReport", "load_desired"]
+__all__ = ["ModelState", "DesiredState", "Action", "plan", "apply", "ApplyReport", "load_desired", "InvalidDesiredName"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
+
+class InvalidDesiredName(ConfigError, InvalidName):
+    """A model name or version in a desired-state file that the one rule (archiver.names) refuses:
+    a ConfigError of the file, and bad input (a ValueError: CLI exit 7) like a bad name anywhere."""
+
+
+def _version(value: Any, here: str) -> str:
+    """A version as written in the file: a string, or a YAML number (1.0 reads as a float; quote
+    versions like "1.10" that a number would change), checked by the one rule."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise InvalidDesiredName(f"{here}: invalid version {value!r}: write it as a string, e.g. \"1.0\"")
+    try:
+        return check_version(str(value))
+    except InvalidName as exc:
+        raise InvalidDesiredName(f"{here}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -76,8 +91,10 @@ def parse_desired(raw: Any, where: str = "deploy.yaml") -> DesiredState:
     models = {}
     for name, spec in raw["models"].items():
         here = f"{where}: models.{name}"
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ConfigError(f"{here}: invalid model name")
+        try:
+            check_name(name)
+        except InvalidName as exc:
+            raise InvalidDesiredName(f"{where}: {exc}") from None
         if not isinstance(spec, dict):
             raise ConfigError(f"{here}: expected a mapping")
         unknown = set(spec) - {"versions", "default", "workers", "batch_size", "max_batch_delay_ms"}
@@ -86,10 +103,10 @@ def parse_desired(raw: Any, where: str = "deploy.yaml") -> DesiredState:
         versions = spec.get("versions")
         if not isinstance(versions, list) or not versions:
             raise ConfigError(f"{here}.versions: a non-empty list of versions, e.g. [\"1.0\"]")
-        versions = [str(v) for v in versions]
+        versions = [_version(v, f"{here}.versions") for v in versions]
         if len(set(versions)) != len(versions):
             raise ConfigError(f"{here}.versions: a version is listed twice")
-        default = str(spec.get("default", versions[-1]))
+        default = _version(spec.get("default", versions[-1]), f"{here}.default")
         if default not in versions:
             raise ConfigError(f"{here}.default: {default} is not among the versions {versions}")
         workers = spec.get("workers", {"min": 1, "max": 1})
@@ -165,6 +182,11 @@ def plan(client, desired: DesiredState) -> list[Action]:
             actions.append(Action("set-default", name, want.default, f"default {current_default} -> {want.default}"))
         for version in live:
             if version not in want.versions:
+                try:
+                    check_version(version)
+                except InvalidName as exc:  # registered by other means: nothing torchship sends can name it
+                    raise TorchServeError(f"{name} has a registered version that torchship cannot address, so "
+                                          f"apply cannot remove it ({exc}); unregister it by other means") from None
                 actions.append(Action("unregister", name, version, "no longer listed"))
     return sorted(actions, key=lambda a: (_ORDER[a.kind], a.model))
 

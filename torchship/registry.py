@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from archiver.names import check_name_version
+
 __all__ = ["Registry", "ArchiveRecord", "Event", "EVENT_KINDS"]
 
 EVENT_KINDS = (
@@ -124,6 +126,7 @@ class Registry:
     def record_archive(self, *, name: str, version: str, digest: str, path: Path, provenance: dict,
                        signature: Path | None = None) -> ArchiveRecord:
         """Record a built archive (replacing the record of a rebuilt one) and a 'packaged' event."""
+        check_name_version(name, version)
         ck = provenance.get("checkpoint") or {}
         record = ArchiveRecord(name, version, digest, str(signature) if signature else None, str(path),
                                ck.get("run"), (ck.get("data") or {}).get("fingerprint"), ck.get("git_commit"),
@@ -158,6 +161,7 @@ class Registry:
     def record(self, name: str, version: str | None, kind: str, **detail: Any) -> int:
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
+        check_name_version(name, version)  # the registry holds only names every command can address
         return self._transaction((_INSERT_EVENT, (_now(), name, version, kind,
                                                   json.dumps(detail, default=str, sort_keys=True))))
 

@@ -97,8 +97,12 @@ def rollout(client, store: Path, name: str, version: str, *, golden: list[Golden
     """Run a guarded rollout of `version` (see the module docstring). Never raises for a failed
     gate: the report says what happened. Unset thresholds: accuracy must not fall more than 0.02
     below the current default's; agreement and p99 are measured and reported only."""
+    from archiver.names import check_name, check_version
+
     from .deploy import deploy
 
+    check_name(name)  # before any request is sent or anything is recorded
+    check_version(version)  # a rollout always names its version
     say = log or (lambda msg: None)
     try:
         current = client.describe(name)[0]
@@ -198,6 +202,9 @@ def _flat(figures: dict) -> dict:
 
 def rollback(client, name: str, registry) -> tuple[str, str]:
     """Make the previous good version the default again; returns (from, to)."""
+    from archiver.names import check_name
+
+    check_name(name)
     current = client.describe(name)[0]
     live = {d.version: d for d in client.versions(name)}
     target = registry.previous_default(name, current.version)

@@ -126,6 +126,7 @@ def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], 
     `key_dir`: the project's signing keys, which sign the trial archives of step 4 (without it,
     step 4 is skipped): every archive a trial registers passes verification first."""
     from archiver import ensure_verified, public_key_path, signature_path
+    from archiver.names import MAX_NAME_LENGTH
 
     from .bench import wrk_load
 
@@ -133,7 +134,7 @@ def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], 
     ensure_verified(archive, public_key=public_key)
     packaged = packaged_threads(archive)
     cores = cores or len(os.sched_getaffinity(0))
-    temp = f"tune-{name}"
+    temp = f"tune-{name}"[:MAX_NAME_LENGTH]  # a name of its own, within the name rule
     trials: dict[tuple[int, int, int, int], Trial] = {}
 
     def trial(workers: int, batch: int, delay: int, threads: int = packaged, again: bool = False) -> Trial:
@@ -143,7 +144,7 @@ def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], 
         copy = None
         if threads != packaged:
             assert key_dir is not None, "step 4 needs the signing keys"
-            copy = threads_copy(archive, threads, Path(store), key_dir, name=temp, version=f"{version}-threads{threads}",
+            copy = threads_copy(archive, threads, Path(store), key_dir, name=temp, version=f"threads{threads}",
                                 public_key=public_key)
             ensure_verified(copy, public_key=public_key_path(key_dir))
         try:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
+
+from archiver.names import InvalidName, check_name, check_version
 
 
 def _key(version: str) -> tuple:
@@ -16,11 +17,21 @@ def _key(version: str) -> tuple:
 
 
 def store_versions(store: Path, name: str) -> list[str]:
-    """Versions of `name` with an archive in `store`, oldest first."""
+    """Versions of `name` with an archive in `store`, oldest first. The name is checked by the one
+    rule (archiver.names) first: it becomes a glob pattern, and must never be a path or a wildcard."""
+    check_name(name)
     prefix = f"{name}-"
     found = [p.name[len(prefix):-len(".mar")] for p in Path(store).glob(f"{name}-*.mar") if p.is_file()]
-    # `name-x.mar` also matches a model called e.g. `name-x`: keep versions that look like versions
-    return sorted((v for v in found if re.match(r"^[0-9][0-9A-Za-z_.\-]*$", v)), key=_key)
+    # `name-x.mar` also matches a model called e.g. `name-x`: keep valid versions that start with a digit
+    return sorted((v for v in found if v[:1].isascii() and v[:1].isdigit() and _is_version(v)), key=_key)
+
+
+def _is_version(text: str) -> bool:
+    try:
+        check_version(text)
+    except InvalidName:
+        return False
+    return True
 
 
 def latest_version(store: Path, name: str) -> str | None:

@@ -90,3 +90,108 @@ def test_status_of_a_stopped_server_exits_non_zero(project, capsys):
 ])
 def test_exit_code_per_kind_of_failure(exc, code):
     assert exit_code_for(exc) == code
+
+
+# ---------------------------------------------------------------- names and versions: one rule, checked first
+
+from .test_names import short_id  # noqa: E402
+
+
+@pytest.fixture
+def nothing_may_happen(project, monkeypatch):
+    """`project`, with every way to read an archive or reach a server turned into a test failure."""
+    import archiver
+    import torchship.deploy
+    from torchship.client import TorchServe
+
+    def forbidden(what):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"{what} was called")
+        return fail
+
+    monkeypatch.setattr(TorchServe, "_send", forbidden("a request"))
+    monkeypatch.setattr(torchship.deploy, "deploy", forbidden("deploy"))
+    for fn in ("ensure_verified", "verify_archive", "package", "example_spec"):
+        monkeypatch.setattr(archiver, fn, forbidden(f"archiver.{fn}"))
+    return project
+
+
+BAD = ["../probemm", "a/b", "a\nb", "..", "mlр", "x" * 200, ".hidden", "a b"]
+
+
+def _commands(bad: str, tmp) -> list[list[str]]:
+    """Every command that takes a model NAME (or --name), given `bad`."""
+    handler = tmp / "handler.py"
+    handler.write_text("raise SystemExit('never imported')\n")
+    return [
+        ["deploy", bad, "--version", "1.0"], ["deploy", bad],
+        ["train", bad], ["package", bad, "--version", "1.0"],
+        ["package", "--handler", str(handler), "--name", bad],
+        ["predict", bad, "--json", "{}"], ["predict", bad, "--stream", "--json", "{}"],
+        ["explain", bad, "--json", "{}"],
+        ["autoscale", bad, "--min", "1", "--max", "2", "--duration", "1"],
+        ["tune", bad, "--slo-p99-ms", "10", "--data", "{}"], ["bench", bad, "--data", "{}"],
+        ["metrics", bad], ["models", bad], ["describe", bad], ["history", bad],
+        ["rollout", bad, "--version", "2.0"], ["rollback", bad], ["scale", bad, "--min", "1"],
+        ["set-default", bad, "1.0"], ["unregister", bad], ["unregister", bad, "--version", "1.0"],
+    ]
+
+
+def _version_commands(bad: str) -> list[list[str]]:
+    return [
+        ["deploy", "probemm", "--version", bad], ["package", "mlp", "--version", bad],
+        ["predict", "mlp", "--version", bad, "--json", "{}"], ["explain", "mlp", "--version", bad, "--json", "{}"],
+        ["autoscale", "mlp", "--version", bad, "--min", "1", "--max", "2"],
+        ["tune", "mlp", "--slo-p99-ms", "10", "--version", bad, "--data", "{}"],
+        ["bench", "mlp", "--version", bad, "--data", "{}"], ["describe", "mlp", "--version", bad],
+        ["rollout", "mlp", "--version", bad], ["scale", "mlp", "--min", "1", "--version", bad],
+        ["set-default", "mlp", bad], ["unregister", "mlp", "--version", bad],
+    ]
+
+
+def _refused(capsys, args, what) -> None:
+    assert main(args) == 7, args
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: invalid {what} ") and captured.err.count("\n") == 1, (args, captured.err)
+    assert captured.out == "", args
+
+
+@pytest.mark.parametrize("bad", BAD, ids=short_id)
+def test_every_command_refuses_a_bad_name_first(nothing_may_happen, capsys, bad):
+    """One line, exit 7 (bad input), before any file is read or any request is sent."""
+    for args in _commands(bad, nothing_may_happen):
+        _refused(capsys, args, "model name")
+    assert not list(nothing_may_happen.rglob("registry.db"))  # nothing recorded either
+
+
+@pytest.mark.parametrize("bad", ["../1.0", "1/0", "1..0", "1.0\n", "", "_1", "１.０"], ids=short_id)
+def test_every_command_refuses_a_bad_version_first(nothing_may_happen, capsys, bad):
+    for args in _version_commands(bad):
+        _refused(capsys, args, "version")
+    assert not list(nothing_may_happen.rglob("registry.db"))
+
+
+def test_deploy_dot_dot_name_reads_and_registers_nothing(nothing_may_happen, capsys):
+    """The reported case: `deploy ../probemm --version 1.0` verified ./probemm-1.0.mar, then
+    registered model_store/probemm-1.0.mar under the name `../probemm`."""
+    project = nothing_may_happen
+    (project / "ms").mkdir()
+    for where in (project, project / "ms"):
+        (where / "probemm-1.0.mar").write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    assert main(["deploy", "../probemm", "--version", "1.0"]) == 7
+    err = capsys.readouterr().err
+    assert err == ("error: invalid model name '../probemm': letters, digits, '_', '-' and '.', starting with a "
+                   "letter or digit, no '..', at most 128 characters\n")
+
+
+def test_desired_state_files_follow_the_rule(nothing_may_happen, capsys):
+    project = nothing_may_happen
+    for i, (model, versions) in enumerate([("../x", '["1.0"]'), ("ok", '["../1.0"]'), ("ok", '["1.0\\n"]'),
+                                           ("ok", "[null]"), ("a/b", '["1.0"]')]):
+        f = project / f"deploy{i}.yaml"
+        f.write_text(f'models:\n  "{model}":\n    versions: {versions}\n')
+        for args in (["plan", str(f)], ["apply", str(f)], ["export", "k8s", "--deploy", str(f), "--out", str(project / "out")]):
+            assert main(args) == 7, (args, f.read_text())
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: {f}: ") and "invalid" in err and err.count("\n") == 1, err
+    assert not (project / "out").exists()

@@ -70,6 +70,90 @@ def test_model_names_are_not_paths():
     assert t.requests == []
 
 
+from .test_names import BAD_NAMES, BAD_VERSIONS, short_id  # noqa: E402  (the rule's own cases)
+
+# Every client method that names a model, called with a name (or version) from `bad`.
+NAMED_CALLS = {
+    "describe": lambda ts, n, v: ts.describe(n, v),
+    "versions": lambda ts, n, v: ts.versions(n),
+    "scale": lambda ts, n, v: ts.scale(n, min_workers=1, version=v),
+    "set_default": lambda ts, n, v: ts.set_default(n, "1.0" if v is None else v),
+    "unregister": lambda ts, n, v: ts.unregister(n, v),
+    "predict": lambda ts, n, v: ts.predict(n, {"data": [1]}, version=v),
+    "predict_many": lambda ts, n, v: ts.predict_many(n, [{"data": [1]}] * 3, version=v),
+    "explain": lambda ts, n, v: ts.explain(n, {"data": [1]}, version=v),
+    "stream": lambda ts, n, v: ts.stream(n, {"prompt": "x"}, version=v),  # refused on the call itself
+    "wait_until_ready": lambda ts, n, v: ts.wait_until_ready(n, v, timeout=0.01, poll=0),
+    "infer_v2": lambda ts, n, v: ts.infer_v2(n, {"x": [1.0]}),
+    "register": lambda ts, n, v: ts.register("mlp-1.0.mar", model_name=n),
+}
+
+
+@pytest.mark.parametrize("call", sorted(NAMED_CALLS))
+@pytest.mark.parametrize("bad", BAD_NAMES + [None, 7, b"mlp"], ids=short_id)
+def test_bad_model_names_are_refused_before_any_request(call, bad):
+    if call == "register" and bad is None:
+        pytest.skip("register without model_name: TorchServe takes the name in the archive's manifest")
+    ts, t = make(ok())
+    with pytest.raises(ValueError, match="invalid model name"):
+        NAMED_CALLS[call](ts, bad, None)
+    assert t.requests == []
+
+
+@pytest.mark.parametrize("call", sorted(set(NAMED_CALLS) - {"versions", "infer_v2", "register"}))
+@pytest.mark.parametrize("bad", BAD_VERSIONS + [2], ids=short_id)
+def test_bad_versions_are_refused_before_any_request(call, bad):
+    ts, t = make(ok())
+    if (call, bad) == ("describe", "all"):  # describe's own word for every version
+        ts.describe("mlp", "all")
+        assert t.path(t.requests[0]) == "/models/mlp/all"
+        return
+    with pytest.raises(ValueError, match="invalid version"):
+        NAMED_CALLS[call](ts, "mlp", bad)
+    assert t.requests == []
+
+
+def test_register_refuses_a_model_name_that_could_never_be_unregistered():
+    """TorchServe 0.12 accepts `model_name=../x` (or a name with a newline) and then no HTTP path can
+    name it again: the client refuses it, and sends nothing."""
+    ts, t = make(ok())
+    for bad in ("../x", "a/b", "x\ny", "x\n", "..", "x y"):
+        with pytest.raises(ValueError, match="invalid model name"):
+            ts.register("probemm-1.0.mar", model_name=bad)
+    assert t.requests == []
+    ts.register("probemm-1.0.mar", model_name="probemm")  # a good one still goes, as a query parameter
+    assert t.query(t.last())["model_name"] == "probemm"
+
+
+@pytest.mark.parametrize("bad", ["mlp\n-1.0.mar", "mlp-1.0.mar\x00", "mlp-1.0\r.mar", "\u202emlp-1.0.mar"],
+                         ids=short_id)
+def test_register_refuses_archive_file_names_with_control_characters(bad):
+    ts, t = make(ok())
+    with pytest.raises(ValueError, match="not an archive file name of the model store"):
+        ts.register(bad)
+    assert t.requests == []
+
+
+def test_register_takes_the_archive_of_any_valid_name_and_version():
+    """`<name>-<version>.mar` can be longer than a name may be: the archive is not held to the name's length."""
+    ts, t = make(ok())
+    name, version = "n" * 128, "1" * 64
+    ts.register(f"/store/{name}-{version}.mar", model_name=name)
+    assert t.query(t.last()) == {"url": f"{name}-{version}.mar", "model_name": name, "initial_workers": "1",
+                                 "synchronous": "true"}
+
+
+def test_valid_names_and_versions_travel_unescaped():
+    ts, t = make(ok())
+    ts.predict("two-tower_v2.b", {"data": [1]}, version="2.1-rc1")
+    assert t.path(t.last()) == "/predictions/two-tower_v2.b/2.1-rc1"
+    with pytest.raises(ValueError, match="invalid version None"):
+        ts.set_default("m", None)  # would be PUT /models/m/set-default: a version named "set-default"
+    assert t.path(t.last()) == "/predictions/two-tower_v2.b/2.1-rc1"
+    ts.describe("m", "all")  # "all": every version (a TorchServe keyword that passes the rule)
+    assert t.path(t.requests[-2]) == "/models/m/all"
+
+
 def test_list_models_follows_every_page():
     pages = {None: {"models": [{"modelName": "a", "modelUrl": "a.mar"}], "nextPageToken": "1"},
              "1": {"models": [{"modelName": "b", "modelUrl": "b.mar"}], "nextPageToken": "2"},

@@ -112,3 +112,89 @@ def test_desired_state_defaults():
     m = state.models["m"]
     assert m.versions == ("1.0", "2.0") and m.default == "2.0" and (m.min_workers, m.max_workers) == (2, 2)
     assert parse_desired(__import__("yaml").safe_load(state.to_yaml())) == state
+
+
+# ---------------------------------------------------------------- names and versions: the one rule
+
+from archiver.names import InvalidName  # noqa: E402
+
+from .test_names import BAD_NAMES, BAD_VERSIONS, short_id  # noqa: E402
+
+
+@pytest.mark.parametrize("bad", [n for n in BAD_NAMES if len(n) < 1000], ids=short_id)
+def test_desired_state_names_follow_the_one_rule(bad):
+    with pytest.raises(ConfigError, match="invalid model name") as info:
+        parse_desired({"models": {bad: {"versions": ["1.0"]}}})
+    assert isinstance(info.value, InvalidName)  # bad input: the CLI exits 7
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("bad", BAD_VERSIONS + [None, True, [1], {"v": 1}, -1, 1e100], ids=short_id)
+def test_desired_state_versions_follow_the_one_rule(bad):
+    with pytest.raises(ConfigError, match="invalid version") as info:
+        parse_desired({"models": {"m": {"versions": [bad]}}})
+    assert isinstance(info.value, InvalidName) and "models.m.versions" in str(info.value)
+    with pytest.raises(ConfigError, match="invalid version"):
+        parse_desired({"models": {"m": {"versions": ["1.0"], "default": bad}}})
+
+
+def test_desired_state_number_versions_still_read_as_before():
+    state = parse_desired({"models": {"m": {"versions": [1.0, 2, "2.1-rc1"], "default": 2}}})
+    assert state.models["m"].versions == ("1.0", "2", "2.1-rc1") and state.models["m"].default == "2"
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "a\nb", "", None], ids=short_id)
+def test_registry_records_only_names_it_can_give_back(reg, tmp_path, bad):
+    with pytest.raises(InvalidName):
+        reg.record(bad, "1.0", "registered")
+    with pytest.raises(InvalidName):
+        reg.record("m", bad if bad is not None else "..", "registered")
+    with pytest.raises(InvalidName):
+        reg.record_archive(name=bad, version="1.0", digest="d", path=tmp_path / "x", provenance=PROV)
+    assert reg.events("m") == [] and reg.archives("m") == []
+    reg.record("m", None, "scaled")  # no version: "the default"
+    assert [e.kind for e in reg.events("m")] == ["scaled"]
+
+
+class Recorder:
+    """A client that records every call, and fails the test if a request would be sent."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            raise AssertionError(f"client.{name} was called")
+        return call
+
+
+@pytest.mark.parametrize("name, version", [("../m", "2.0"), ("m", "../2.0"), ("m", "2.0\n"), ("a/b", "1")],
+                         ids=short_id)
+def test_rollout_and_rollback_check_before_any_request_or_record(reg, tmp_path, name, version):
+    from torchship.rollout import rollback, rollout
+
+    client = Recorder()
+    with pytest.raises(InvalidName):
+        rollout(client, tmp_path, name, version, golden=[], registry=reg)
+    if name != "m":
+        with pytest.raises(InvalidName):
+            rollback(client, name, reg)
+    assert client.calls == [] and reg.events(name if name == "m" else "m") == []
+
+
+def test_plan_refuses_a_live_version_it_could_not_remove():
+    """A version registered by other means with a name no request can carry: apply stops before
+    changing anything, and says so."""
+    from torchship.desired import plan
+    from torchship.errors import TorchServeError
+    from torchship.types import ModelDescription
+
+    class Live:
+        def versions(self, name):
+            return [ModelDescription.from_json({"modelName": "m", "modelVersion": v, "minWorkers": 1, "maxWorkers": 1,
+                                                "batchSize": 1, "maxBatchDelay": 100, "workers": []},
+                                               is_default=(v == "1.0")) for v in ("1.0", "x/../y")]
+
+    with pytest.raises(TorchServeError, match="cannot address"):
+        plan(Live(), parse_desired({"models": {"m": {"versions": ["1.0"], "batch_size": 1}}}))
