@@ -1,39 +1,108 @@
 """The path to many machines: export a deployment for Kubernetes or KServe.
 
-`torchship export k8s|kserve --deploy deploy.yaml --out DIR` verifies every archive the file lists
-and copies it (with its signature) into `DIR/model-store/model-store/`, writes the cluster's
-TorchServe config into `DIR/model-store/config/config.properties` (the layout KServe's TorchServe
-runtime expects under a storageUri), and writes the manifests:
+`torchship export k8s|kserve --deploy deploy.yaml --out DIR` checks every name (the export's
+`--name`, and each model and version of the file) with the one name rule of `archiver.names`,
+verifies every archive the file lists and copies it (with its signature) into
+`DIR/model-store/model-store/`, writes the cluster's TorchServe config into
+`DIR/model-store/config/config.properties` (the layout KServe's TorchServe runtime expects under
+a storageUri), and writes the manifests:
 
 - k8s:    `DIR/k8s/`: ConfigMap, Deployment (TorchServe container, config from the ConfigMap,
-          archives from a volume, readiness/liveness on /ping, resources, non-root), Service and
-          HorizontalPodAutoscaler.
+          archives from a volume, readiness/liveness on /ping, resources), Service,
+          HorizontalPodAutoscaler and NetworkPolicy.
 - kserve: `DIR/kserve/`: a ServingRuntime that torchship defines (so it keeps working as KServe
           retires its built-in TorchServe runtime) and an InferenceService using it, with
           `canaryTrafficPercent` for rollouts.
 
-In the cluster the inference and metrics listeners bind all interfaces of the pod (the Service
-is the way in), management stays on the pod's loopback, and models load from a snapshot of the
-desired state (versions, default, workers, batching), so the pod needs no `apply`.
+Hardening (both targets, as far as each schema allows): the TorchServe container runs non-root
+with a read-only root filesystem, no privilege escalation, every capability dropped and the
+runtime's default seccomp profile; the pod mounts no service-account token. TorchServe writes
+only to two emptyDir volumes, named by explicit settings rather than by defaults:
+
+- `work` at WORK_IN_POD, the container's workingDir: `key_file.json` (TorchServe writes it to its
+  working folder when token auth is on), the logs and the config snapshots (`LOG_LOCATION` and
+  `METRICS_LOCATION`; snapshots go to `$LOG_LOCATION/config` and are off anyway, `--ncs`);
+- `tmp` at TMP_IN_POD, which TMPDIR/TEMP/TMP name: the launcher's pid file (Python's
+  `tempfile.gettempdir()`), the frontend's `java.io.tmpdir` (the launcher passes `TEMP` as
+  `-Djava.io.tmpdir`), hence the workers' unix sockets (`.ts.sock.<port>`) and the folders the
+  archives are unpacked into (`models/<hash>/`), and whatever else writes to /tmp (the JVM's
+  perf data).
+
+The config and the archives are mounted read-only.
+
+Who reaches what: inference (8080) and metrics (8082) bind all interfaces of the pod and
+management stays on the pod's loopback. The metrics port answers anyone who reaches it (model
+names, versions, the pod's hostname), so in the k8s export the NetworkPolicy is its only way in:
+the inference port admits pods of the same namespace labelled `<name>-client: "true"`, the
+metrics port admits pods labelled `<name>-metrics: "true"`, in the same namespace or in a
+namespace labelled `torchship.io/metrics-scraper: "true"` (a namespace label needs a cluster
+admin, a pod label only someone who may create pods). KServe routes traffic through its own
+components (Knative's activator and the ingress gateway, in other namespaces), so the kserve
+export keeps metrics on the pod's loopback instead and declares only the inference port (Knative
+allows one); admission to inference there is the mesh's or ingress's job. Models load from a
+snapshot of the desired state (versions, default, workers, batching), so the pod needs no
+`apply`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .desired import DesiredState
+from archiver.names import InvalidName, check_name, check_version
 
-__all__ = ["export", "cluster_config", "IMAGE"]
+from .desired import DesiredState
+from .errors import VerificationError
+
+__all__ = ["export", "cluster_config", "check_export_names", "client_label", "scraper_label", "IMAGE",
+           "SCRAPER_NAMESPACE_LABEL"]
 
 IMAGE = "pytorch/torchserve:0.12.0-cpu"
-STORE_IN_POD = "/home/model-server/model-store"
-CONFIG_IN_POD = "/home/model-server/config"
+HOME_IN_POD = "/home/model-server"
+STORE_IN_POD = f"{HOME_IN_POD}/model-store"
+CONFIG_IN_POD = f"{HOME_IN_POD}/config"
+WORK_IN_POD = f"{HOME_IN_POD}/work"  # emptyDir: workingDir, key file, logs, snapshots
+LOGS_IN_POD = f"{WORK_IN_POD}/logs"
+TMP_IN_POD = "/tmp"  # emptyDir: TMPDIR/TEMP/TMP (pid file, java.io.tmpdir: sockets, unpacked archives)
 KSERVE_ROOT = "/mnt/models"
+INFERENCE_PORT, MANAGEMENT_PORT, METRICS_PORT = 8080, 8081, 8082
+SCRAPER_NAMESPACE_LABEL = "torchship.io/metrics-scraper"
+# --name becomes object names, with suffixes up to "-model-store" (the PVC), and label keys.
+_K8S_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_K8S_NAME_MAX = 63 - len("-model-store")
+
+
+def client_label(app: str) -> dict[str, str]:
+    """The label a pod needs to reach the inference port of the k8s export named `app`."""
+    return {f"{app}-client": "true"}
+
+
+def scraper_label(app: str) -> dict[str, str]:
+    """The label a pod needs to reach the metrics port of the k8s export named `app`."""
+    return {f"{app}-metrics": "true"}
+
+
+def check_export_names(desired: DesiredState, name: str) -> None:
+    """Every name the export takes, by the one name rule (InvalidName otherwise): the models and
+    versions of the desired state, and `name`, which must also be a Kubernetes object name (a
+    DNS-1035 label: lower case letters, digits and '-', starting with a letter) short enough for
+    the suffixes the export adds."""
+    check_name(name)
+    if len(name) > _K8S_NAME_MAX or not _K8S_NAME.fullmatch(name):
+        raise InvalidName(f"invalid export name {name!r}: a Kubernetes name is lower case letters, digits and '-', "
+                          f"starting with a letter and ending with a letter or digit, at most {_K8S_NAME_MAX} "
+                          f"characters")
+    for model, m in desired.models.items():
+        check_name(model)
+        for version in m.versions:
+            check_version(version)
+        if m.default is not None:
+            check_version(m.default)
 
 
 def _snapshot(desired: DesiredState) -> str:
@@ -47,14 +116,23 @@ def _snapshot(desired: DesiredState) -> str:
                       separators=(",", ":"))
 
 
-def cluster_config(desired: DesiredState, model_store: str) -> str:
-    """config.properties for TorchServe inside a pod."""
+def cluster_config(desired: DesiredState, model_store: str, *, metrics_host: str = "0.0.0.0") -> str:
+    """config.properties for TorchServe inside a pod. `metrics_host` 127.0.0.1 keeps the metrics
+    listener on the pod's loopback (the kserve export)."""
+    if metrics_host == "0.0.0.0":
+        metrics_note = "# metrics answers anyone who reaches it: the export's NetworkPolicy is its only way in."
+    else:
+        metrics_note = "# metrics stays on the pod's loopback: it answers anyone who reaches it."
     lines = [
-        "# Written by `torchship export`. Inside a pod: the Service reaches inference and metrics;",
-        "# management stays on the pod's loopback; models load from the snapshot below.",
-        "inference_address=http://0.0.0.0:8080",
-        "management_address=http://127.0.0.1:8081",
-        "metrics_address=http://0.0.0.0:8082",
+        "# Written by `torchship export`. Inside a pod: the Service reaches inference; management stays on",
+        "# the pod's loopback; models load from the snapshot below.",
+        metrics_note,
+        f"# TorchServe writes only under its working folder ({WORK_IN_POD}: key file, logs and snapshots,",
+        f"# LOG_LOCATION={LOGS_IN_POD}) and TMPDIR/TEMP ({TMP_IN_POD}: pid file, worker sockets, unpacked",
+        "# archives): the pod mounts emptyDir volumes there and its root filesystem is read-only.",
+        f"inference_address=http://0.0.0.0:{INFERENCE_PORT}",
+        f"management_address=http://127.0.0.1:{MANAGEMENT_PORT}",
+        f"metrics_address=http://{metrics_host}:{METRICS_PORT}",
         "grpc_inference_address=127.0.0.1",
         "grpc_management_address=127.0.0.1",
         f"model_store={model_store}",
@@ -73,19 +151,31 @@ def cluster_config(desired: DesiredState, model_store: str) -> str:
 
 def _copy_archives(desired: DesiredState, store: Path, out_store: Path, public_key: Path | None,
                    allow_unsigned: bool) -> list[Path]:
+    """Copy each archive (and its signature), then verify the COPY: the bytes the cluster gets are
+    the bytes that were verified, whatever happens to the store meanwhile. On a refusal, every copy
+    made here is removed again."""
     from archiver import ensure_verified, signature_path
 
     out_store.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for name, m in desired.models.items():
-        for version in m.versions:
-            archive = Path(store) / f"{name}-{version}.mar"
-            ensure_verified(archive, public_key=public_key, allow_unsigned=allow_unsigned)
-            shutil.copyfile(archive, out_store / archive.name)
-            if signature_path(archive).exists():
-                shutil.copyfile(signature_path(archive), out_store / signature_path(archive).name)
-            copied.append(out_store / archive.name)
-    return copied
+    written: list[Path] = []
+    try:
+        for name, m in desired.models.items():
+            for version in m.versions:
+                archive = Path(store) / f"{name}-{version}.mar"
+                if not archive.is_file():
+                    raise VerificationError(f"{archive.name} failed verification (archive): not found: {archive}")
+                copy = out_store / archive.name
+                shutil.copyfile(archive, copy)
+                written.append(copy)
+                if signature_path(archive).exists():
+                    shutil.copyfile(signature_path(archive), signature_path(copy))
+                    written.append(signature_path(copy))
+                ensure_verified(copy, public_key=public_key, allow_unsigned=allow_unsigned)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return [p for p in written if p.suffix == ".mar"]
 
 
 def _labels(app: str) -> dict[str, str]:
@@ -99,19 +189,76 @@ def _resources(desired: DesiredState) -> dict[str, Any]:
             "limits": {"cpu": str(max(2, workers)), "memory": f"{memory * 2}Mi"}}
 
 
-def _container(desired: DesiredState, image: str, args: list[str], mounts: list[dict], name: str) -> dict[str, Any]:
-    probe = {"httpGet": {"path": "/ping", "port": 8080}, "periodSeconds": 10, "timeoutSeconds": 5}
+_RUNTIME_DEFAULT = {"type": "RuntimeDefault"}
+_USER = 1000  # model-server in the TorchServe image
+
+
+def _pod_security() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": _USER, "runAsGroup": _USER, "fsGroup": _USER,
+            "seccompProfile": dict(_RUNTIME_DEFAULT)}
+
+
+def _writable_volumes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The emptyDir volumes TorchServe writes to, and their mounts."""
+    volumes = [{"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    mounts = [{"name": "work", "mountPath": WORK_IN_POD}, {"name": "tmp", "mountPath": TMP_IN_POD}]
+    return volumes, mounts
+
+
+def _env() -> list[dict[str, str]]:
+    return [{"name": "TMPDIR", "value": TMP_IN_POD}, {"name": "TEMP", "value": TMP_IN_POD},
+            {"name": "TMP", "value": TMP_IN_POD}, {"name": "LOG_LOCATION", "value": LOGS_IN_POD},
+            {"name": "METRICS_LOCATION", "value": LOGS_IN_POD}, {"name": "HOME", "value": WORK_IN_POD},
+            {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}]
+
+
+def _container(desired: DesiredState, image: str, args: list[str], mounts: list[dict], name: str, *,
+               metrics_port: bool = True) -> dict[str, Any]:
+    probe = {"httpGet": {"path": "/ping", "port": INFERENCE_PORT}, "periodSeconds": 10, "timeoutSeconds": 5}
+    ports = [{"name": "inference", "containerPort": INFERENCE_PORT, "protocol": "TCP"}]
+    if metrics_port:
+        ports.append({"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"})
     return {
         "name": name,
         "image": image,
         "args": args,
-        "ports": [{"name": "inference", "containerPort": 8080}, {"name": "metrics", "containerPort": 8082}],
+        "workingDir": WORK_IN_POD,
+        "env": _env(),
+        "ports": ports,
         "readinessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 3},
         "livenessProbe": {**probe, "initialDelaySeconds": 120, "failureThreshold": 6},
         "resources": _resources(desired),
         "volumeMounts": mounts,
-        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
-                            "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": _USER, "runAsGroup": _USER,
+                            "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                            "privileged": False, "capabilities": {"drop": ["ALL"]},
+                            "seccompProfile": dict(_RUNTIME_DEFAULT)},
+    }
+
+
+def _network_policy(app: str, labels: dict[str, str]) -> dict[str, Any]:
+    """Ingress to the pods only from labelled clients (inference) and labelled scrapers (metrics);
+    everything else, the metrics port included, is refused."""
+    scraper = {"matchLabels": scraper_label(app)}
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": app, "labels": labels,
+                     "annotations": {"torchship.io/clients": f"pods labelled {app}-client=true in this namespace",
+                                     "torchship.io/scrapers": f"pods labelled {app}-metrics=true in this namespace "
+                                                              f"or in namespaces labelled "
+                                                              f"{SCRAPER_NAMESPACE_LABEL}=true"}},
+        "spec": {
+            "podSelector": {"matchLabels": labels},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": client_label(app)}}],
+                 "ports": [{"protocol": "TCP", "port": INFERENCE_PORT}]},
+                {"from": [{"podSelector": scraper},
+                          {"namespaceSelector": {"matchLabels": {SCRAPER_NAMESPACE_LABEL: "true"}},
+                           "podSelector": scraper}],
+                 "ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+            ],
+        },
     }
 
 
@@ -119,10 +266,9 @@ def _k8s(desired: DesiredState, app: str, image: str, config: str, max_replicas:
     labels = _labels(app)
     args = ["torchserve", "--start", "--foreground", "--ncs", "--ts-config", f"{CONFIG_IN_POD}/config.properties",
             "--model-store", STORE_IN_POD]
+    writable, writable_mounts = _writable_volumes()
     mounts = [{"name": "config", "mountPath": CONFIG_IN_POD, "readOnly": True},
-              {"name": "model-store", "mountPath": STORE_IN_POD, "readOnly": True},
-              {"name": "logs", "mountPath": "/home/model-server/logs"},
-              {"name": "tmp", "mountPath": "/home/model-server/tmp"}]
+              {"name": "model-store", "mountPath": STORE_IN_POD, "readOnly": True}, *writable_mounts]
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": app, "labels": labels},
@@ -131,17 +277,16 @@ def _k8s(desired: DesiredState, app: str, image: str, config: str, max_replicas:
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels, "annotations": {"prometheus.io/scrape": "true",
-                                                               "prometheus.io/port": "8082"}},
+                                                               "prometheus.io/port": str(METRICS_PORT)}},
                 "spec": {
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
-                    "containers": [{**_container(desired, image, args, mounts, "torchserve"),
-                                    "env": [{"name": "TEMP", "value": "/home/model-server/tmp"}]}],
+                    "automountServiceAccountToken": False,
+                    "securityContext": _pod_security(),
+                    "containers": [_container(desired, image, args, mounts, "torchserve")],
                     "volumes": [
                         {"name": "config", "configMap": {"name": f"{app}-config"}},
                         {"name": "model-store", "persistentVolumeClaim": {"claimName": f"{app}-model-store",
                                                                           "readOnly": True}},
-                        {"name": "logs", "emptyDir": {}},
-                        {"name": "tmp", "emptyDir": {}},
+                        *writable,
                     ],
                 },
             },
@@ -152,13 +297,15 @@ def _k8s(desired: DesiredState, app: str, image: str, config: str, max_replicas:
          "data": {"config.properties": config}},
         deployment,
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": app, "labels": labels},
-         "spec": {"selector": labels, "ports": [{"name": "inference", "port": 8080, "targetPort": "inference"},
-                                                {"name": "metrics", "port": 8082, "targetPort": "metrics"}]}},
+         "spec": {"selector": labels, "ports": [
+             {"name": "inference", "port": INFERENCE_PORT, "targetPort": "inference", "protocol": "TCP"},
+             {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]}},
         {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": app, "labels": labels},
          "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": app},
                   "minReplicas": 1, "maxReplicas": max_replicas,
                   "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
                       "type": "Utilization", "averageUtilization": 70}}}]}},
+        _network_policy(app, labels),
     ]
 
 
@@ -166,17 +313,20 @@ def _kserve(desired: DesiredState, app: str, image: str, storage_uri: str, canar
     runtime = f"{app}-torchserve"
     args = ["torchserve", "--start", "--foreground", "--ncs", f"--model-store={KSERVE_ROOT}/model-store",
             f"--ts-config={KSERVE_ROOT}/config/config.properties"]
-    container = _container(desired, image, args, [], "kserve-container")
-    del container["volumeMounts"]  # KServe's storage initializer mounts the storageUri at /mnt/models
+    # KServe mounts the storageUri at /mnt/models itself (read-only for a PVC); the runtime adds the
+    # writable emptyDirs. ServingRuntime has no pod securityContext: the InferenceService sets it.
+    writable, writable_mounts = _writable_volumes()
+    container = _container(desired, image, args, writable_mounts, "kserve-container", metrics_port=False)
     serving_runtime = {
         "apiVersion": "serving.kserve.io/v1alpha1", "kind": "ServingRuntime",
         "metadata": {"name": runtime, "labels": _labels(app)},
         "spec": {"supportedModelFormats": [{"name": "pytorch", "version": "1", "autoSelect": False}],
-                 "protocolVersions": ["v1", "v2"], "containers": [container]},
+                 "protocolVersions": ["v1", "v2"], "containers": [container], "volumes": writable},
     }
     predictor: dict[str, Any] = {"model": {"modelFormat": {"name": "pytorch"}, "runtime": runtime,
                                            "storageUri": storage_uri, "protocolVersion": "v2"},
-                                 "minReplicas": 1}
+                                 "minReplicas": 1, "automountServiceAccountToken": False,
+                                 "securityContext": _pod_security()}
     if canary is not None:
         predictor["canaryTrafficPercent"] = canary
     inference_service = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
@@ -184,19 +334,28 @@ def _kserve(desired: DesiredState, app: str, image: str, storage_uri: str, canar
     return [serving_runtime, inference_service]
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Plain YAML: no &anchors/*aliases for objects the manifests share (labels, selectors)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def export(target: str, desired: DesiredState, store: Path, out: Path, *, public_key: Path | None,
            allow_unsigned: bool = False, name: str = "torchship", image: str = IMAGE, max_replicas: int = 4,
            storage_uri: str | None = None, canary_percent: int | None = None) -> dict[str, list[Path]]:
-    """Write the model-store layout and the manifests; returns what was written."""
+    """Write the model-store layout and the manifests; returns what was written. Names, target and
+    options are checked before anything is read or written."""
     if target not in ("k8s", "kserve"):
         raise ValueError(f"export target must be k8s or kserve, not {target!r}")
     if canary_percent is not None and not 0 <= canary_percent <= 100:
         raise ValueError("canary percent must be from 0 to 100")
+    check_export_names(desired, name)
     out = Path(out)
     layout = out / "model-store"
     archives = _copy_archives(desired, store, layout / "model-store", public_key, allow_unsigned)
     in_pod_store = STORE_IN_POD if target == "k8s" else f"{KSERVE_ROOT}/model-store"
-    config = cluster_config(desired, in_pod_store)
+    config = cluster_config(desired, in_pod_store, metrics_host="0.0.0.0" if target == "k8s" else "127.0.0.1")
     (layout / "config").mkdir(parents=True, exist_ok=True)
     (layout / "config" / "config.properties").write_text(config)
     if target == "k8s":
@@ -208,6 +367,6 @@ def export(target: str, desired: DesiredState, store: Path, out: Path, *, public
     manifests = []
     for doc in docs:
         path = folder / f"{doc['kind'].lower()}.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        path.write_text(yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False))
         manifests.append(path)
     return {"archives": archives, "manifests": manifests, "config": [layout / "config" / "config.properties"]}

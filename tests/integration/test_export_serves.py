@@ -1,34 +1,189 @@
-"""The exported model-store layout serves: a TorchServe started from the exported config (its
-addresses moved to free loopback ports) loads every model with the declared state."""
+"""The exported layout serves the way the hardened pod runs it: a real TorchServe started from the
+exported manifest's own container (its args, env and workingDir), with each volume of the pod
+stood in for by a local folder: the config and the archives read-only (chmod a-w, and checked
+unchanged afterwards, since root ignores the mode), the two emptyDirs as separate fresh folders.
+It loads every model with the declared state, and writes only into the emptyDir stand-ins."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import yaml
 
-from torchship import LocalServer
+import archiver
+from torchship import TorchServe
+from torchship.config import java_regex_literal
 from torchship.desired import parse_desired
+from torchship.errors import TorchServeError
 from torchship.export import export
-from torchship.server import free_port_overrides
+from torchship.server import _FORBIDDEN_ENV, _torchserve_executable, free_port_overrides
 from torchship.testing import GOOD
 
 pytestmark = pytest.mark.integration
 
 
-def test_exported_snapshot_loads_the_declared_state(tmp_path, store, public_key, example_archives):
+def _pod(target: str, out: Path) -> tuple[dict, dict[str, Path]]:
+    """The TorchServe container of the exported manifests, and each of its mount paths mapped to
+    the local folder that stands in for the volume."""
+    layout = out / "model-store"
+    if target == "k8s":
+        deployment = yaml.safe_load((out / "k8s" / "deployment.yaml").read_text())
+        pod = deployment["spec"]["template"]["spec"]
+        configmap = yaml.safe_load((out / "k8s" / "configmap.yaml").read_text())
+        assert configmap["data"]["config.properties"] == (layout / "config" / "config.properties").read_text()
+        sources = {"config": layout / "config", "model-store": layout / "model-store"}
+    else:
+        runtime = yaml.safe_load((out / "kserve" / "servingruntime.yaml").read_text())["spec"]
+        pod = {"containers": runtime["containers"], "volumes": runtime["volumes"]}
+        pod["containers"][0]["volumeMounts"].append({"name": "storage", "mountPath": "/mnt/models", "readOnly": True})
+        sources = {"storage": layout}  # what KServe's storage initializer puts at /mnt/models
+    container = pod["containers"][0]
+    empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    mounts = {}
+    for m in container["volumeMounts"]:
+        if m["name"] in empty:
+            assert not m.get("readOnly")
+            mounts[m["mountPath"]] = out.parent / "emptydir" / m["name"]
+            mounts[m["mountPath"]].mkdir(parents=True)
+        else:
+            assert m.get("readOnly") is True, m
+            mounts[m["mountPath"]] = sources[m["name"]]
+    return container, mounts
+
+
+def _local(value: str, mounts: dict[str, Path]) -> str:
+    """A path inside the pod as its local stand-in (values that are not under a mount unchanged)."""
+    for mount in sorted(mounts, key=len, reverse=True):
+        if value == mount or value.startswith(mount.rstrip("/") + "/"):
+            return str(mounts[mount]) + value[len(mount.rstrip("/")):]
+        if "=" in value and value.split("=", 1)[1].startswith(mount.rstrip("/") + "/"):  # --flag=/path
+            flag, path = value.split("=", 1)
+            return f"{flag}={_local(path, mounts)}"
+    return value
+
+
+def _localise_config(path: Path, mounts: dict[str, Path], ports: dict[str, str]) -> None:
+    """The cluster's network (pod IP, fixed ports) as free loopback ports, and the pod's paths as
+    their stand-ins; every other line as exported."""
+    lines = []
+    for line in path.read_text().splitlines():
+        key = line.split("=", 1)[0]
+        if key in ports:
+            continue
+        if key == "model_store":
+            line = f"model_store={_local(line.split('=', 1)[1], mounts)}"
+        elif key == "allowed_urls":
+            store = _local(next(v.split("=", 1)[1] for v in path.read_text().splitlines()
+                                if v.startswith("model_store=")), mounts)
+            line = "allowed_urls=file://" + java_regex_literal(store + "/") + "[^/]+\\.mar"
+        lines.append(line)
+    lines += [f"{k}={v}" for k, v in ports.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int, float]]:
+    return {str(p.relative_to(root)): (p.stat().st_mode, p.stat().st_size, p.stat().st_mtime)
+            for p in [root, *root.rglob("*")]}
+
+
+def _set_writable(root: Path, writable: bool) -> None:
+    for p in [root, *root.rglob("*")]:
+        mode = p.stat().st_mode
+        p.chmod(mode | stat.S_IWUSR if writable else mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the session this test started (launcher, frontend, workers), as the kubelet
+    would; SIGKILL to what is left after 30 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            proc.poll()
+            os.killpg(proc.pid, 0)  # ProcessLookupError once every process of the group is gone
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def pod_store(tmp_path_factory, mlp_archive, sentiment_run, key_dir, public_key) -> Path:
+    """mlp-1.0 and sentiment-1.0, signed: only the two models this test serves."""
+    here = tmp_path_factory.mktemp("pod_store")
+    for f in (mlp_archive, archiver.signature_path(mlp_archive)):
+        (here / f.name).write_bytes(f.read_bytes())
+    archiver.package(archiver.example_spec("sentiment", sentiment_run, "1.0"), here, key_dir)
+    return here
+
+
+@pytest.mark.parametrize("target", ["kserve", "k8s"])
+def test_exported_pod_loads_the_declared_state_with_only_its_empty_dirs_writable(
+        tmp_path, pod_store, public_key, target):
     desired = parse_desired({"models": {"mlp": {"versions": ["1.0"], "batch_size": 8, "max_batch_delay_ms": 10},
                                         "sentiment": {"versions": ["1.0"], "batch_size": 4, "max_batch_delay_ms": 5,
                                                       "workers": {"min": 1, "max": 2}}}})
-    export("kserve", desired, store, tmp_path / "out", public_key=public_key)
-    layout = tmp_path / "out" / "model-store"
-    server = LocalServer(layout / "config" / "config.properties", tmp_path / "srv", model_store=layout / "model-store",
-                         overrides={**free_port_overrides(), "disable_token_authorization": "false"})
-    server.start(timeout=120)
-    try:
-        with server.client() as c:
-            import json
+    out = tmp_path / "out"
+    export(target, desired, pod_store, out, public_key=public_key)
+    container, mounts = _pod(target, out)
+    ports = free_port_overrides()
+    _localise_config(out / "model-store" / "config" / "config.properties", mounts, ports)
+    read_only = out / "model-store"
+    _set_writable(read_only, False)
+    before = _tree(read_only)
 
-            for name, want in desired.models.items():
-                d = c.wait_until_ready(name, timeout=60)
-                assert (d.version, d.is_default, d.batch_size, d.max_batch_delay, d.min_workers, d.max_workers) == \
-                    ("1.0", True, want.batch_size, want.max_batch_delay_ms, want.min_workers, want.max_workers)
-                assert c.predict(name, json.loads(GOOD[name]))
+    env = {k: v for k, v in os.environ.items() if k not in _FORBIDDEN_ENV}
+    env.update({e["name"]: _local(e["value"], mounts) for e in container["env"]})
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    assert container["args"][0] == "torchserve"
+    cmd = [_torchserve_executable()] + [_local(a, mounts) for a in container["args"][1:]]
+    workdir = Path(_local(container["workingDir"], mounts))
+    tmpdir = Path(env["TMPDIR"])
+    assert workdir.is_dir() and tmpdir.is_dir() and workdir != tmpdir
+    assert env["TEMP"] == env["TMPDIR"]
+
+    console = tmp_path / "console.log"
+    with open(console, "ab") as log:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    client = TorchServe(ports["management_address"], ports["inference_address"], ports["metrics_address"], None,
+                        retries=0, timeout=10)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, "TorchServe exited:\n" + console.read_text(errors="replace")[-3000:]
+            try:
+                if client.ping() == "Healthy":
+                    break
+            except TorchServeError:
+                pass
+            assert time.monotonic() < deadline, console.read_text(errors="replace")[-3000:]
+            time.sleep(0.3)
+        for name, want in desired.models.items():
+            d = client.wait_until_ready(name, timeout=90)
+            assert (d.version, d.is_default, d.batch_size, d.max_batch_delay, d.min_workers, d.max_workers) == \
+                ("1.0", True, want.batch_size, want.max_batch_delay_ms, want.min_workers, want.max_workers)
+            assert client.predict(name, json.loads(GOOD[name]))
+
+        # what TorchServe wrote, each where the manifest said: the pid file in TMPDIR; java.io.tmpdir
+        # (from TEMP): the workers' sockets and the unpacked archives; logs under LOG_LOCATION.
+        assert (tmpdir / ".model_server.pid").is_file()
+        assert any(stat.S_ISSOCK(p.stat().st_mode) for p in tmpdir.glob(".ts.sock.*"))
+        assert any((d / "MAR-INF" / "MANIFEST.json").is_file() for d in (tmpdir / "models").iterdir())
+        assert (Path(env["LOG_LOCATION"]) / "ts_log.log").is_file()
+        assert not (read_only / "logs").exists()
     finally:
-        server.stop()
+        client.close()
+        _stop(proc)
+        after = _tree(read_only)
+        _set_writable(read_only, True)
+    assert after == before, "TorchServe wrote into a read-only volume"

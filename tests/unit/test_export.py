@@ -8,9 +8,10 @@ import yaml
 import archiver
 from archiver import ArchiveSpec, example_spec
 from tests.schema import validate
-from torchship.desired import parse_desired
+from archiver.names import InvalidName
+from torchship.desired import DesiredState, ModelState, parse_desired
 from torchship.errors import VerificationError
-from torchship.export import export
+from torchship.export import SCRAPER_NAMESPACE_LABEL, cluster_config, export
 
 pytest.importorskip("kubernetes")
 
@@ -38,8 +39,9 @@ def test_manifests_validate_against_the_official_schemas(exported, target):
     for path in exported[target]["manifests"]:
         doc = yaml.safe_load(path.read_text())
         assert validate(doc) == [], path.name
+        assert "&id" not in path.read_text(), "plain YAML, no anchors"
         kinds.append(doc["kind"])
-    expected = {"k8s": ["ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"],
+    expected = {"k8s": ["ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy"],
                 "kserve": ["ServingRuntime", "InferenceService"]}[target]
     assert kinds == expected
 
@@ -57,6 +59,9 @@ def test_the_validator_catches_what_kubectl_would_refuse(exported):
     deployment["spec"]["template"]["spec"]["containers"] = [{"name": "c", "image": "i", "ports": [
         {"containerPort": "8080"}]}]
     assert any("containerPort: expected int" in p for p in validate(deployment))
+    policy = yaml.safe_load((exported["out"] / "k8s" / "networkpolicy.yaml").read_text())
+    policy["spec"]["ingress"][0]["form"] = policy["spec"]["ingress"][0].pop("from")
+    assert any("form: unknown field of V1NetworkPolicyIngressRule" in p for p in validate(policy))
 
 
 def test_k8s_deployment_is_safe_and_probed(exported):
@@ -102,3 +107,148 @@ def test_export_refuses_unverified_archives(exported, tmp_path):
     with pytest.raises(VerificationError, match="other-1.0.mar failed verification"):
         export("k8s", parse_desired({"models": {"other": {"versions": ["1.0"]}}}), store, tmp_path / "out",
                public_key=archiver.public_key_path(exported["keys"]))
+
+
+def _docs(exported, target):
+    return {doc["kind"]: doc for doc in (yaml.safe_load(p.read_text()) for p in exported[target]["manifests"])}
+
+
+def _pods(exported, target):
+    """(pod-level fields, container, volumes, the config the pod runs with) for each target."""
+    if target == "k8s":
+        docs = _docs(exported, "k8s")
+        pod = docs["Deployment"]["spec"]["template"]["spec"]
+        return pod, pod["containers"][0], pod["volumes"], docs["ConfigMap"]["data"]["config.properties"]
+    docs = _docs(exported, "kserve")
+    runtime = docs["ServingRuntime"]["spec"]
+    config = (exported["out"] / "model-store" / "config" / "config.properties").read_text()
+    return docs["InferenceService"]["spec"]["predictor"], runtime["containers"][0], runtime["volumes"], config
+
+
+def _under(path, mount):
+    return path == mount or path.startswith(mount.rstrip("/") + "/")
+
+
+@pytest.mark.parametrize("target", ["k8s", "kserve"])
+def test_pod_is_hardened(exported, target):
+    pod, container, volumes, _ = _pods(exported, target)
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert all("hostPath" not in v for v in volumes)
+
+
+@pytest.mark.parametrize("target", ["k8s", "kserve"])
+def test_torchserve_writes_only_to_empty_dirs(exported, target):
+    """Every place TorchServe 0.12 writes, named explicitly and backed by a writable emptyDir: the
+    working folder (key_file.json goes to user.dir), LOG_LOCATION and METRICS_LOCATION (logs; the
+    snapshots go to $LOG_LOCATION/config), TMPDIR (the launcher's pid file), TEMP (passed as
+    -Djava.io.tmpdir: worker sockets and unpacked archives); read-only mounts for the rest."""
+    pod, container, volumes, config = _pods(exported, target)
+    empty = {v["name"] for v in volumes if "emptyDir" in v}
+    writable = [m["mountPath"] for m in container["volumeMounts"] if m["name"] in empty and not m.get("readOnly")]
+    assert writable
+    env = {e["name"]: e["value"] for e in container["env"]}
+    for place in [container["workingDir"]] + [env[k] for k in ("TMPDIR", "TEMP", "TMP", "LOG_LOCATION",
+                                                               "METRICS_LOCATION", "HOME")]:
+        assert any(_under(place, m) for m in writable), place
+    assert env["TMPDIR"] == env["TEMP"] == env["TMP"]
+    assert not _under(env["TMPDIR"], container["workingDir"]) and not _under(container["workingDir"], env["TMPDIR"])
+    for m in container["volumeMounts"]:  # everything else TorchServe is given is read-only
+        if m["name"] not in empty:
+            assert m["readOnly"] is True, m
+    store = next(line for line in config.splitlines() if line.startswith("model_store=")).split("=", 1)[1]
+    assert not any(_under(store, m) for m in writable)
+    assert "--ncs" in container["args"] and "--foreground" in container["args"]
+
+
+def test_k8s_network_policy_admits_only_labelled_clients_and_scrapers(exported):
+    docs = _docs(exported, "k8s")
+    policy, deployment = docs["NetworkPolicy"], docs["Deployment"]
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert spec["policyTypes"] == ["Ingress"]
+    assert all(rule.get("from") for rule in spec["ingress"]), "no rule may admit every source"
+    assert all(rule.get("ports") for rule in spec["ingress"]), "no rule may admit every port"
+
+    def admitted(pod_labels, namespace_labels=None):
+        """The ports a pod with these labels reaches (namespace_labels None: the policy's own
+        namespace), by NetworkPolicy semantics: a peer's selectors all match; omitted
+        namespaceSelector means the same namespace."""
+        ports = set()
+        for rule in spec["ingress"]:
+            for peer in rule["from"]:
+                assert "ipBlock" not in peer
+                if "namespaceSelector" in peer:
+                    ns_ok = namespace_labels is not None and \
+                        peer["namespaceSelector"]["matchLabels"].items() <= namespace_labels.items()
+                    ns_ok = ns_ok or (namespace_labels is None and not peer["namespaceSelector"].get("matchLabels"))
+                else:
+                    ns_ok = namespace_labels is None
+                pod_ok = peer.get("podSelector", {}).get("matchLabels", {}).items() <= pod_labels.items()
+                if ns_ok and pod_ok:
+                    ports |= {p["port"] for p in rule["ports"]}
+        return ports
+
+    assert admitted({}) == set()
+    assert admitted({"app": "anything"}) == set()
+    assert admitted({"torchship-client": "true"}) == {8080}
+    assert admitted({"torchship-metrics": "true"}) == {8082}
+    assert admitted({"torchship-client": "true"}, {"kubernetes.io/metadata.name": "other"}) == set()
+    assert admitted({"torchship-metrics": "true"}, {"kubernetes.io/metadata.name": "monitoring"}) == set()
+    assert admitted({"torchship-metrics": "true"}, {SCRAPER_NAMESPACE_LABEL: "true"}) == {8082}
+    assert admitted({}, {SCRAPER_NAMESPACE_LABEL: "true"}) == set()
+    # the container's ports are exactly the ones the policy guards
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {p["containerPort"] for p in container["ports"]} == {8080, 8082}
+    config = docs["ConfigMap"]["data"]["config.properties"]
+    assert "management_address=http://127.0.0.1:8081" in config  # management: never off the pod
+
+
+def test_kserve_keeps_metrics_on_the_pods_loopback(exported):
+    _, container, _, config = _pods(exported, "kserve")
+    assert "metrics_address=http://127.0.0.1:8082" in config
+    assert "inference_address=http://0.0.0.0:8080" in config
+    assert [p["containerPort"] for p in container["ports"]] == [8080]  # Knative allows one port
+    k8s = (exported["out"] / "k8s" / "configmap.yaml").read_text()
+    assert "metrics_address=http://0.0.0.0:8082" in k8s
+
+
+def test_cluster_config_names_the_writable_places():
+    desired = parse_desired({"models": {"mlp": {"versions": ["1.0"]}}})
+    config = cluster_config(desired, "/home/model-server/model-store")
+    assert "LOG_LOCATION=/home/model-server/work/logs" in config and "/tmp" in config
+
+
+@pytest.mark.parametrize("name", ["../x", "a..b", "Bad_Name", "UPPER", "x" * 60, "-lead", "trail-", "a.b", "", " x"])
+def test_export_refuses_a_bad_name_before_writing(exported, tmp_path, name):
+    out = tmp_path / "out"
+    with pytest.raises(InvalidName):
+        export("k8s", exported["desired"], exported["store"], out,
+               public_key=archiver.public_key_path(exported["keys"]), name=name)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("model,version", [("../mlp", "1.0"), ("mlp/x", "1.0"), (".hidden", "1.0"),
+                                           ("mlp", "../1.0"), ("mlp", "1..0"), ("mlp", "1.0/x"), ("mlp", "")])
+def test_export_refuses_bad_model_names_and_versions_before_writing(exported, tmp_path, model, version):
+    """Checked by the one rule even when the state was built in code, not parsed from a file."""
+    desired = DesiredState({model: ModelState(model, (version,), version)})
+    out = tmp_path / "out"
+    with pytest.raises(InvalidName):
+        export("kserve", desired, exported["store"], out, public_key=archiver.public_key_path(exported["keys"]))
+    assert not out.exists()
+
+
+def test_export_accepts_a_valid_kubernetes_name(exported, tmp_path):
+    written = export("k8s", exported["desired"], exported["store"], tmp_path / "out",
+                     public_key=archiver.public_key_path(exported["keys"]), name="fraud-scorer-2")
+    policy = yaml.safe_load((tmp_path / "out" / "k8s" / "networkpolicy.yaml").read_text())
+    assert validate(policy) == []
+    assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {"matchLabels": {"fraud-scorer-2-client": "true"}}}]
+    assert len(written["manifests"]) == 5
