@@ -5,12 +5,14 @@ Idempotent: deploying a version that is already registered only makes sure it ha
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .client import TorchServe
-from .errors import ArchiveError, ModelAlreadyExists, ServerError, TorchServeError
+from .errors import ArchiveError, ModelAlreadyExists, ServerError, TorchServeError, VerificationError
 from .types import ModelDescription
 from .versions import latest_version
 
@@ -43,12 +45,20 @@ def deploy(client: TorchServe, store: Path, name: str, version: str | None = Non
         raise ArchiveError(f"archive not found: {archive}: run `torchship package {name} --version {version}`")
     if workers < 1:
         raise ValueError("deploy needs at least one worker")
+    _refuse_shared_writes(archive)
+    before = _identity(archive)
     ensure_verified(archive, public_key=public_key, allow_unsigned=allow_unsigned)
 
     action = "registered"
     try:
         client.register(archive.name, model_name=name, initial_workers=workers, batch_size=batch_size,
                         max_batch_delay=max_batch_delay, synchronous=True, timeout=timeout)
+        if _identity(archive) != before:
+            # TorchServe has unpacked what it read by now: if the file changed since verification
+            # began, what it read may not be what was verified
+            _remove(client, name, version)
+            raise VerificationError(f"{archive.name} changed while it was being verified and registered; it was "
+                                    "removed again: is something else writing to the model store?")
     except ModelAlreadyExists:
         action = "already registered"
         current = client.describe(name, version)[0]
@@ -56,10 +66,7 @@ def deploy(client: TorchServe, store: Path, name: str, version: str | None = Non
             client.scale(name, version=version, min_workers=workers, max_workers=max(workers, current.max_workers))
     except ServerError as exc:
         # A failed synchronous register leaves the version registered with no worker: remove it.
-        try:
-            client.unregister(name, version)
-        except TorchServeError:
-            pass
+        _remove(client, name, version)
         raise ServerError(exc.status, exc.type, f"{name} {version} failed to load and was removed again: "
                           f"{exc.message}; see model_log.log in the server's logs folder", exc.url) from None
     desc = client.wait_until_ready(name, version, timeout=timeout)
@@ -67,3 +74,26 @@ def deploy(client: TorchServe, store: Path, name: str, version: str | None = Non
         client.set_default(name, version)
     desc = client.describe(name, version)[0]
     return DeployResult(action, desc, time.monotonic() - started)
+
+
+def _identity(path: Path) -> tuple[int, ...]:
+    """What changes when a file is replaced or written (ctime cannot be set back by a writer)."""
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _refuse_shared_writes(archive: Path) -> None:
+    """Verification speaks for the bytes TorchServe reads only while no one else can change them:
+    refuse an archive, or a model store, that every account on the machine may write."""
+    for path in (archive, archive.parent):
+        mode = path.stat().st_mode
+        if mode & stat.S_IWOTH and not (path.is_dir() and mode & stat.S_ISVTX and path.stat().st_uid == os.getuid()):
+            raise ArchiveError(f"{path} is writable by every account on this machine: anyone could swap the archive "
+                               f"between verification and loading (chmod o-w {path})")
+
+
+def _remove(client: TorchServe, name: str, version: str) -> None:
+    try:
+        client.unregister(name, version)
+    except TorchServeError:
+        pass

@@ -83,3 +83,66 @@ def test_layout_attacks_are_refused_by_verify_and_by_deploy(version, attack, che
     assert not marker.exists()
     assert client.ping() == "Healthy"
     assert client.predict("mlp", {"data": [0.0] * 100})["class_id"] in range(10)
+
+
+def test_apply_rollout_and_export_go_through_the_same_check(client, store, key_dir, public_key, mlp_run, tmp_path,
+                                                            mlp_deployed):
+    from torchship.desired import apply, parse_desired
+    from torchship.export import export
+    from torchship.rollout import GoldenItem, rollout
+
+    marker = tmp_path / "ran"
+    path = signed_archive(mlp_run, store, key_dir, "2.1")
+    zipcraft.hide_entry(path, "mlp_handler.py", hidden_handler(marker))
+    desired = parse_desired({"models": {"layout": {"versions": ["2.1"], "default": "2.1"}}})
+
+    report = apply(client, store, desired, public_key=public_key)
+    assert not report.ok and "failed verification (layout)" in report.error
+
+    golden = [GoldenItem({"data": [0.0] * 100}, {"class_id": 0})]
+    rolled = rollout(client, store, "layout", "2.1", golden=golden, public_key=public_key)
+    assert not rolled.passed and rolled.gate == "deploy" and "(layout)" in rolled.reason
+
+    with pytest.raises(E.VerificationError, match=r"\(layout\)"):
+        export("k8s", desired, store, tmp_path / "out", public_key=public_key)
+    assert not list((tmp_path / "out").rglob("*.mar"))
+
+    with pytest.raises(E.ModelNotFound):
+        client.describe("layout")
+    assert not marker.exists() and client.ping() == "Healthy"
+
+
+class _WritesDuringRegister:
+    """A client through which the archive is rewritten between verification and registration, as a
+    second writer to the model store would."""
+
+    def __init__(self, client, path: Path) -> None:
+        self._client, self._path = client, path
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def register(self, *args, **kwargs):
+        self._path.write_bytes(self._path.read_bytes())  # same bytes, but written: it is another file now
+        return self._client.register(*args, **kwargs)
+
+
+def test_an_archive_written_between_verification_and_loading_is_removed_again(client, store, key_dir, public_key,
+                                                                              mlp_run):
+    path = signed_archive(mlp_run, store, key_dir, "3.1")
+    with pytest.raises(E.VerificationError, match="changed while it was being verified and registered"):
+        deploy(_WritesDuringRegister(client, path), store, "layout", "3.1", public_key=public_key)
+    with pytest.raises(E.ModelNotFound):
+        client.describe("layout")
+
+
+def test_an_archive_every_account_may_write_is_refused(client, store, key_dir, public_key, mlp_run):
+    path = signed_archive(mlp_run, store, key_dir, "3.2")
+    path.chmod(0o666)
+    try:
+        with pytest.raises(E.ArchiveError, match="writable by every account"):
+            deploy(client, store, "layout", "3.2", public_key=public_key)
+    finally:
+        path.chmod(0o644)
+    with pytest.raises(E.ModelNotFound):
+        client.describe("layout")
