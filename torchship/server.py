@@ -198,7 +198,9 @@ class LocalServer:
                     raise ServerStartError("TorchServe exited during start-up:\n" + self.log_tail())
                 if self.key_file.exists():
                     try:
-                        if client.ping() == "Healthy":
+                        # /ping answers a second or two before the gRPC listeners open: a server is
+                        # started when every listener of its config accepts connections
+                        if client.ping() == "Healthy" and self._all_listening():
                             return
                     except TorchServeError:
                         pass
@@ -206,6 +208,17 @@ class LocalServer:
         finally:
             client.close()
         raise ServerStartError(f"TorchServe did not answer /ping Healthy within {timeout:.0f} s:\n" + self.log_tail())
+
+    def _all_listening(self) -> bool:
+        import socket
+
+        for host, port in self.config().listen_addresses().values():
+            try:
+                with socket.create_connection((host if host not in ("", "0.0.0.0") else "127.0.0.1", port), timeout=1):
+                    pass
+            except OSError:
+                return False
+        return True
 
     def stop(self, *, timeout: float = 30.0) -> bool:
         """Stop the server and its workers, and wait until they are gone. False if not running."""
