@@ -24,7 +24,7 @@ from typing import Callable
 
 import yaml
 
-from torchship.errors import ArchiveError
+from .errors import ArchiveError
 
 from .digests import recorded_digest
 from .model_config import validate_model_config

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from torchship.errors import ArchiveError
+from .errors import ArchiveError
 
 from .build import MANIFEST_NAME, BuildResult
 from .provenance import PROVENANCE_NAME

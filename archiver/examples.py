@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers import HANDLER_DIR
-from torchship.errors import ArchiveError
+from .errors import ArchiveError
 
 from .spec import ArchiveSpec
 

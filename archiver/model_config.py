@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchship.errors import ArchiveError
+from .errors import ArchiveError
 
 # TorchServe 0.12.0's keys and the type each must have.
 _TYPES: dict[str, type | tuple[type, ...]] = {

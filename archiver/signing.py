@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
-from torchship.errors import VerificationError
+from .errors import VerificationError
 
 PRIVATE_NAME = "signing-key.pem"
 PUBLIC_NAME = "signing-key.pub.pem"

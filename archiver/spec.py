@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchship.errors import ArchiveError
+from .errors import ArchiveError
 
 from .names import InvalidName, check_name, check_version
 

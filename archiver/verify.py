@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchship.errors import VerificationError
+from .errors import VerificationError
 
 from .layout import MAX_MEMBERS, Entry, LayoutError, read_members, scan
 from .provenance import FORMAT, PROVENANCE_NAME
@@ -109,8 +109,8 @@ def _check_layout(archive: Path, ctx: dict, report: VerifyReport) -> Check:
     if [e.name for e in entries] != [i.filename for i in ctx["infos"]]:  # cannot happen once scan agrees
         return Check("layout", False, "Python's zip reader sees other members than the archive's headers")
     ctx["entries"] = entries
-    return Check("layout", True, f"every byte accounted for: {len(entries)} entries from offset 0, local headers "
-                                 "agree with the central directory, nothing hidden or appended")
+    return Check("layout", True, f"every byte accounted for: {len(entries)} entries from offset 0, each local "
+                                 "header as the central directory says")
 
 
 def _check_safety(archive: Path, ctx: dict, report: VerifyReport) -> Check:
@@ -155,7 +155,7 @@ def _check_contents(archive: Path, ctx: dict, report: VerifyReport) -> Check:
         return Check("contents", False, str(exc))
     ctx["digests"] = digests
     total = sum(e.file_size for e in ctx["entries"])
-    return Check("contents", True, f"{len(digests)} members inflate to exactly their declared sizes and CRCs "
+    return Check("contents", True, f"{len(digests)} members read back at their declared sizes and CRCs "
                                    f"({total / 1e6:.2f} MB)")
 
 

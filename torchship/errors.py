@@ -32,6 +32,11 @@ import json
 import re
 from typing import Any
 
+# the root and the errors of the layers below torchship live with those layers (they never import
+# torchship); they are re-exported here, so this module names every error
+from archiver.errors import ArchiveError, TorchServeError, VerificationError
+from train.errors import TrainingError
+
 __all__ = [
     "TorchServeError",
     "APIError",
@@ -55,10 +60,6 @@ __all__ = [
     "RolloutFailed",
     "error_from_response",
 ]
-
-
-class TorchServeError(Exception):
-    """Root of every torchship error."""
 
 
 class APIError(TorchServeError):
@@ -150,18 +151,6 @@ class ConfigError(TorchServeError):
 
 class ServerStartError(TorchServeError):
     """A local TorchServe failed to start or to stop."""
-
-
-class ArchiveError(TorchServeError):
-    """An archive could not be built, or building it would overwrite one."""
-
-
-class VerificationError(TorchServeError):
-    """An archive failed verification."""
-
-
-class TrainingError(TorchServeError):
-    """A training run could not start or failed."""
 
 
 class RolloutFailed(TorchServeError):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchship.errors import TrainingError
+from .errors import TrainingError
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from handlers.torchship_models import SentenceEncoder
-from torchship.errors import TrainingError
+from .errors import TrainingError
 
 from .common import RunResult, fingerprint_files, new_run_dir, save_weights, write_checkpoint
 from .data import DATA, _need

@@ -1,0 +1,11 @@
+"""The training layer's error (re-exported by `torchship.errors`)."""
+
+from __future__ import annotations
+
+from archiver.errors import TorchServeError
+
+__all__ = ["TrainingError"]
+
+
+class TrainingError(TorchServeError):
+    """A training run could not start or failed."""
