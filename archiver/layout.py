@@ -115,6 +115,8 @@ def scan(f: BinaryIO, file_size: int) -> list[Entry]:
             shown = f" (local {l_name!r})" if "name" in mismatch else ""
             raise LayoutError(f"{name!r}: the local header disagrees with the central directory on "
                               f"{', '.join(mismatch)}{shown}: two views of one archive")
+        if name.endswith("/") and (usize or crc):
+            raise LayoutError(f"{name!r} is a folder that carries {usize:,} bytes of data (never extracted: hidden)")
         data_offset = offset + _LOCAL.size + l_nlen + l_xlen
         expected_offset = data_offset + csize
         if expected_offset > cd_offset:
@@ -147,21 +149,25 @@ def read_members(f: BinaryIO, entries: list[Entry], *, block: int = 8 << 20,
             left -= len(chunk)
             if on_bytes:
                 on_bytes(len(chunk))
-            if inflater is None:
-                out = chunk
-            else:
-                try:
-                    # never produce more than declared + 1: a lying size cannot make us allocate a bomb
-                    out = inflater.decompress(chunk, entry.file_size - produced + 1)
-                except zlib.error as exc:
-                    raise LayoutError(f"{entry.name!r}: its compressed data are corrupt ({exc})") from None
-                if inflater.unconsumed_tail:
-                    raise LayoutError(f"{entry.name!r}: inflates to more than its declared {entry.file_size:,} bytes")
-            produced += len(out)
-            if produced > entry.file_size:
-                raise LayoutError(f"{entry.name!r}: holds more than its declared {entry.file_size:,} bytes")
-            digest.update(out)
-            crc = zlib.crc32(out, crc)
+            pending = chunk
+            while True:
+                if inflater is None:
+                    out, pending = pending, b""
+                else:
+                    try:
+                        # at most one block out per call (memory stays bounded at any ratio), and
+                        # never more than declared + 1 in all: a lying size cannot inflate a bomb
+                        out = inflater.decompress(pending, min(block, entry.file_size - produced + 1))
+                    except zlib.error as exc:
+                        raise LayoutError(f"{entry.name!r}: its compressed data are corrupt ({exc})") from None
+                    pending = inflater.unconsumed_tail
+                produced += len(out)
+                if produced > entry.file_size:
+                    raise LayoutError(f"{entry.name!r}: holds more than its declared {entry.file_size:,} bytes")
+                digest.update(out)
+                crc = zlib.crc32(out, crc)
+                if not pending:
+                    break
         if inflater is not None:
             if not inflater.eof:
                 raise LayoutError(f"{entry.name!r}: its deflate stream does not end where its compressed size says")
@@ -303,11 +309,22 @@ def _check_flags_method(name: str, flags: int, method: int) -> None:
 
 
 def _no_duplicates(entries: list[Entry]) -> None:
-    seen: set[str] = set()
+    """Each member becomes one file or folder on the server's disk: no two may be the same path
+    ("a/b", "a/b/" and "A/B" are one on some file systems), and no file may also be the folder of
+    another member ("a" beside "a/b": the server's unzip fails half-way)."""
+    kinds: dict[str, str] = {}  # path -> "file" or "folder", for the entries themselves
+    implied: set[str] = set()  # folders that deeper names need
     for entry in entries:
-        # TorchServe writes every member to a file of the same name: "a/b", "a/b/", "A/B" are one on
-        # some file systems
         key = entry.name.rstrip("/").lower()
-        if key in seen:
+        folder = entry.name.endswith("/")
+        if key in kinds:
             raise LayoutError(f"duplicate member name {entry.name!r}")
-        seen.add(key)
+        if not folder and key in implied:
+            raise LayoutError(f"{entry.name!r} is a file and also the folder of another member")
+        parts = key.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if kinds.get(parent) == "file":
+                raise LayoutError(f"{entry.name!r} lies inside {parent!r}, which is a file")
+            implied.add(parent)
+        kinds[key] = "folder" if folder else "file"

@@ -25,7 +25,9 @@ from .provenance import FORMAT, PROVENANCE_NAME
 from .signing import signature_path, verify_signature
 
 MAX_TOTAL_BYTES = 64 << 30  # what an archive may unpack to
-MAX_RATIO = 200  # uncompressed / compressed, per member and in total (zip bombs)
+MAX_RATIO = 200  # uncompressed / compressed, in total and for any member over RATIO_FLOOR (zip bombs)
+RATIO_FLOOR = 16 << 20
+MAX_PATH, MAX_PATH_PART = 1024, 255  # characters of a member's path, and of one step of it
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
@@ -69,6 +71,11 @@ def verify_archive(archive: str | Path, *, public_key: Path | None, allow_unsign
                 check = step(archive, ctx, report)
             except (zipfile.BadZipFile, zlib.error, OSError, EOFError, struct.error) as exc:
                 check = Check(step.__name__.removeprefix("_check_"), False, f"the archive is corrupt: {exc}")
+            except MemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001  whatever a crafted archive makes a reader raise is a refusal
+                check = Check(step.__name__.removeprefix("_check_"), False,
+                              f"unreadable: {type(exc).__name__}: {str(exc)[:200] or 'no detail'}")
             report.checks.append(check)
             if check.ok is False:
                 break
@@ -95,7 +102,7 @@ def _check_zip(archive: Path, ctx: dict, report: VerifyReport) -> Check:
     try:
         ctx["zip"] = zipfile.ZipFile(archive)
         ctx["infos"] = ctx["zip"].infolist()
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
         return Check("archive", False, f"not a readable zip archive: {exc}")
     return Check("archive", True, f"zip with {len(ctx['infos'])} members, {archive.stat().st_size / 1e6:.2f} MB")
 
@@ -122,9 +129,15 @@ def _check_safety(archive: Path, ctx: dict, report: VerifyReport) -> Check:
     for info in entries:
         name = info.name
         norm = posixpath.normpath(name)
+        parts = name[:-1].split("/") if name.endswith("/") else name.split("/")
         if (not name or name.startswith(("/", "\\")) or "\\" in name or (len(name) > 1 and name[1] == ":")
-                or ".." in name.split("/") or norm.startswith("../") or norm == ".."):
+                or ".." in parts or norm.startswith("../") or norm == ".."):
             return Check("safety", False, f"unsafe member path {name!r} (absolute, '..' or backslash)")
+        if "" in parts or "." in parts:
+            return Check("safety", False, f"unsafe member path {name!r} (an empty or '.' step)")
+        if len(name) > MAX_PATH or max(len(p) for p in parts) > MAX_PATH_PART:
+            return Check("safety", False, f"member path {name[:60]!r}... is too long (at most {MAX_PATH} characters, "
+                                          f"{MAX_PATH_PART} per step)")
         if stat.S_ISLNK(info.external_attr >> 16):
             return Check("safety", False, f"member {name!r} is a symbolic link")
         key = norm.rstrip("/").lower()
@@ -133,7 +146,9 @@ def _check_safety(archive: Path, ctx: dict, report: VerifyReport) -> Check:
         seen.add(key)
         total += info.file_size
         compressed += info.compressed_size
-        if info.compressed_size and info.file_size / info.compressed_size > MAX_RATIO:
+        # one large member that expands beyond the ratio (small ones, e.g. zero-filled tensors, may
+        # compress better than that; the overall ratio and size below bound them together)
+        if info.file_size > RATIO_FLOOR and info.compressed_size and info.file_size / info.compressed_size > MAX_RATIO:
             return Check("safety", False, f"member {name!r} expands {info.file_size / info.compressed_size:.0f}x "
                                           f"(at most {MAX_RATIO}x): a zip bomb?")
         if info.compressed_size == 0 and info.file_size > 0:

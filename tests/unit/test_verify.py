@@ -398,3 +398,100 @@ def test_a_member_whose_size_lies_is_refused_without_inflating_a_bomb(tmp_path):
         entries = scan(f, path.stat().st_size)
         with pytest.raises(LayoutError, match="more than its declared 10 bytes"):
             list(read_members(f, entries))
+
+
+# ------------------------------------------------------------------ found by attacking verify
+
+def small_zip(tmp_path, members: dict, *, name="x-1.0.mar", compression=zipfile.ZIP_STORED) -> Path:
+    """A third-party-style archive: a MANIFEST and the given members (str name or ZipInfo -> bytes)."""
+    path = tmp_path / name
+    manifest = {"model": {"modelName": "x", "modelVersion": "1.0", "handler": "h.py"}}
+    with zipfile.ZipFile(path, "w", compression) as z:
+        z.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest))
+        z.writestr("h.py", b"x = 1\n")
+        for member, data in members.items():
+            z.writestr(member, data)
+    return path
+
+
+def refusal(path) -> tuple[str, str]:
+    report = verify_archive(path, public_key=None, allow_unsigned=True)  # must not raise
+    assert not report.ok
+    return report.failure.name, report.failure.detail
+
+
+def test_a_folder_entry_that_carries_data_is_refused(tmp_path):
+    """The server makes a folder and never writes those bytes: hashed, signed, and hidden."""
+    path = small_zip(tmp_path, {zipfile.ZipInfo("a/"): b"hidden payload"})
+    assert refusal(path) == ("layout", "'a/' is a folder that carries 14 bytes of data (never extracted: hidden)")
+
+
+@pytest.mark.parametrize("members, check, detail", [
+    ({"a": b"1", "a/b": b"2"}, "layout", "'a/b' lies inside 'a', which is a file"),
+    ({"a/b": b"2", "a": b"1"}, "layout", "is a file and also the folder of another member"),
+    ({"a": b"1", "a/b/c": b"2"}, "layout", "lies inside 'a', which is a file"),
+    ({"a/.": b"1"}, "safety", "an empty or '.' step"),
+    ({"a//b": b"1"}, "safety", "an empty or '.' step"),
+    ({"x" * 300: b"1"}, "safety", "too long"),
+])
+def test_members_the_servers_unzip_would_fail_on_are_refused(tmp_path, members, check, detail):
+    failed, why = refusal(small_zip(tmp_path, members))
+    assert failed == check and detail in why
+
+
+@pytest.mark.parametrize("case", ["deep manifest", "manifest of the wrong shape", "empty torch file",
+                                  "invalid UTF-8 name", "unknown zip version"])
+def test_malformed_contents_are_a_refusal_never_a_traceback(tmp_path, case):
+    if case == "deep manifest":
+        path = tmp_path / "x-1.0.mar"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("MAR-INF/MANIFEST.json", b"[" * 5000)
+    elif case == "manifest of the wrong shape":
+        path = tmp_path / "x-1.0.mar"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("MAR-INF/MANIFEST.json", b'{"model": []}')
+    elif case == "empty torch file":
+        path = small_zip(tmp_path, {"w.pt": b""})
+    elif case == "invalid UTF-8 name":
+        path = small_zip(tmp_path, {"h\u00e9.py": b"x"})
+        path.write_bytes(path.read_bytes().replace("h\u00e9.py".encode(), b"h\xff\xfe.py"))
+    else:
+        path = small_zip(tmp_path, {})
+        data = bytearray(path.read_bytes())
+        at = data.find(b"PK\x01\x02")
+        data[at + 6:at + 8] = struct.pack("<H", 64)  # "version needed": zipfile refuses to open it
+        path.write_bytes(bytes(data))
+    failed, why = refusal(path)
+    assert failed and why
+
+
+def test_small_members_that_compress_well_are_not_called_bombs(tmp_path):
+    """A zero-filled tensor deflates over 200x; below 16 MiB a member is judged with the rest."""
+    payload = b"\0" * (1 << 20)
+    import random
+
+    path = small_zip(tmp_path, {"zeros.bin": payload, "noise.bin": random.Random(0).randbytes(64 * 1024)},
+                     compression=zipfile.ZIP_DEFLATED)
+    report = verify_archive(path, public_key=None, allow_unsigned=True)
+    assert [c.name for c in report.checks if c.ok][:4] == ["archive", "layout", "safety", "contents"]
+
+
+def test_inflating_a_member_holds_one_block_at_a_time(tmp_path):
+    """Memory stays bounded by the read block whatever the member's ratio (64 MiB of zeros here)."""
+    import tracemalloc
+
+    from archiver.layout import read_members, scan
+
+    path = tmp_path / "z.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("zeros.bin", b"\0" * (64 << 20))
+    with open(path, "rb") as f:
+        entries = scan(f, path.stat().st_size)
+        tracemalloc.start()
+        try:
+            [(entry, digest)] = list(read_members(f, entries, block=1 << 20))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert entry.file_size == 64 << 20 and len(digest) == 64
+    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
