@@ -6,11 +6,16 @@ never import torchship; `torchship.errors` re-exports all three and draws the wh
 
 from __future__ import annotations
 
-__all__ = ["TorchServeError", "ArchiveError", "VerificationError"]
+__all__ = ["TorchServeError", "BadInput", "ArchiveError", "VerificationError"]
 
 
 class TorchServeError(Exception):
     """Root of every torchship error: catch this to catch them all."""
+
+
+class BadInput(TorchServeError, ValueError):
+    """The caller's input is invalid (a name, an option, a file): nothing was done. A ValueError
+    too, so code that catches ValueError for bad arguments keeps working."""
 
 
 class ArchiveError(TorchServeError):

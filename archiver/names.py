@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from .errors import BadInput
+
 __all__ = ["InvalidName", "check_name", "check_version", "check_name_version", "MAX_NAME_LENGTH",
            "MAX_VERSION_LENGTH"]
 
@@ -22,7 +24,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-.]*")
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.\-]*")
 
 
-class InvalidName(ValueError):
+class InvalidName(BadInput):
     """A model name or version that torchship refuses (bad input: CLI exit 7)."""
 
 

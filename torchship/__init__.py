@@ -1,15 +1,21 @@
 """torchship: take PyTorch models from training to a versioned, verified, scaled TorchServe.
 
-    from torchship import TorchServe
-    ts = TorchServe.from_config("config.properties")
-    ts.predict("mlp", {"data": [0.0] * 100})
+    from torchship import Project
+    p = Project(".")                        # this project: its server, model store, keys, registry
+    p.deploy("mlp", version="1.0")
+    p.client.predict("mlp", {"data": [0.0] * 100})
+
+`Project` does what the `torchship` CLI does, with the same registry history; `TorchServe` is the
+thin client for a server someone else runs.
 """
 
 from . import errors
 from .client import TorchServe
 from .errors import TorchServeError
+from .project import History, Project, TuneResult
 from .server import LocalServer
 
 __version__ = "0.1.0"
 
-__all__ = ["TorchServe", "LocalServer", "TorchServeError", "errors", "__version__"]
+__all__ = ["Project", "History", "TuneResult", "TorchServe", "LocalServer", "TorchServeError", "errors",
+           "__version__"]

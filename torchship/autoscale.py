@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import TorchServeError
+from .errors import BadInput, TorchServeError
 
 __all__ = ["Autoscaler", "Decision"]
 
@@ -57,12 +57,14 @@ class Autoscaler:
     down_cooldown: float = 10.0
     down_stable: int = 5
     log: Callable[[str], None] = print
+    # called with each decision once the server has applied it (the project records it there)
+    on_decision: Callable[[Decision], None] | None = None
     decisions: list[Decision] = field(default_factory=list)
     samples: list[tuple[float, int, float, float]] = field(default_factory=list)  # (t, workers, queue ms, rate)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_workers <= self.max_workers:
-            raise ValueError(f"need 1 <= min ({self.min_workers}) <= max ({self.max_workers})")
+            raise BadInput(f"need 1 <= min ({self.min_workers}) <= max ({self.max_workers})")
         self._last: tuple[float, float, float] | None = None  # (time, requests, queue microseconds)
         self._last_change = 0.0
         self._calm_ticks = 0
@@ -123,6 +125,8 @@ class Autoscaler:
         decision = Decision(now, current, target, reason, queue_ms, rate)
         self.decisions.append(decision)
         self.log(str(decision))
+        if self.on_decision is not None:
+            self.on_decision(decision)
         return decision
 
     # ------------------------------------------------------------------ the loop

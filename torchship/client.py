@@ -26,6 +26,7 @@ from .auth import KeyFile, StaticKeys
 from .config import ServerConfig
 from .metrics import Metrics
 from .errors import (
+    BadInput,
     ModelNotFound,
     ReadinessTimeout,
     ServerUnreachable,
@@ -442,7 +443,7 @@ def _v2_tensor(name: str, value: Any) -> dict[str, Any]:
     if array.dtype.name not in _NUMPY_TO_V2:
         array = array.astype(np.float32) if array.dtype.kind == "f" else array
     if array.dtype.name not in _NUMPY_TO_V2:
-        raise ValueError(f"input {name!r}: cannot send numpy {array.dtype} as an Open Inference Protocol tensor")
+        raise BadInput(f"input {name!r}: cannot send numpy {array.dtype} as an Open Inference Protocol tensor")
     return {"name": name, "shape": list(array.shape), "datatype": _NUMPY_TO_V2[array.dtype.name],
             "data": array.reshape(-1).tolist()}
 
@@ -460,10 +461,10 @@ def _model_path(name: str, version: str | None, *, every: bool = False) -> str:
 def _store_file_name(archive: str | os.PathLike) -> str:
     text = str(archive)
     if "://" in text:
-        raise ValueError(f"register takes an archive of the local model store, not a URL: {text}")
+        raise BadInput(f"register takes an archive of the local model store, not a URL: {text}")
     name = Path(text).name
     if not name or name in (".", "..") or name.startswith(".") or not name.isprintable():
-        raise ValueError(f"not an archive file name of the model store: {text!r}")
+        raise BadInput(f"not an archive file name of the model store: {text!r}")
     return name
 
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["ServerConfig", "Project", "read_properties", "write_properties", "java_regex_literal"]
+__all__ = ["ServerConfig", "ProjectPaths", "read_properties", "write_properties", "java_regex_literal"]
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -123,8 +123,9 @@ def _normalise_url(url: str | None) -> str:
 
 
 @dataclass(frozen=True)
-class Project:
-    """Where a torchship project keeps its config, checkpoints, archives and server state.
+class ProjectPaths:
+    """Where a torchship project keeps its config, checkpoints, archives and server state
+    (`torchship.Project` is the object that works on them).
 
     The root is $TORCHSHIP_HOME, else the nearest folder at or above the current one that holds
     config.properties, else the current folder.
@@ -133,7 +134,7 @@ class Project:
     root: Path
 
     @classmethod
-    def find(cls, start: Path | None = None) -> "Project":
+    def find(cls, start: Path | None = None) -> ProjectPaths:
         env = os.environ.get("TORCHSHIP_HOME")
         if env:
             return cls(Path(env).resolve())

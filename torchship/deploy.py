@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .client import TorchServe
-from .errors import ArchiveError, ModelAlreadyExists, ServerError, TorchServeError, VerificationError
+from .errors import ArchiveError, BadInput, ModelAlreadyExists, ServerError, TorchServeError, VerificationError
 from .types import ModelDescription
 from .versions import latest_version
 
@@ -44,7 +44,7 @@ def deploy(client: TorchServe, store: Path, name: str, version: str | None = Non
     if not archive.is_file():
         raise ArchiveError(f"archive not found: {archive}: run `torchship package {name} --version {version}`")
     if workers < 1:
-        raise ValueError("deploy needs at least one worker")
+        raise BadInput("deploy needs at least one worker")
     _refuse_shared_writes(archive)
     before = _identity(archive)
     ensure_verified(archive, public_key=public_key, allow_unsigned=allow_unsigned)

@@ -259,3 +259,31 @@ def _run(client, store: Path, action: Action, *, public_key, timeout: float, dep
         client.set_default(action.model, action.version)
     elif action.kind == "unregister":
         client.unregister(action.model, action.version)
+
+
+def merge_settings(path: Path, name: str, settings: dict[str, Any]) -> DesiredState:
+    """Write `settings` (workers, batching; versions and default only where the file has none) as
+    model `name`'s entry of the desired-state file `path`, keeping everything else. The result is
+    parsed first, so a file `apply` would refuse is never written; the write is atomic."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {"models": {}}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a top-level 'models:' mapping")
+    current = (doc.get("models") or {}).get(name) or {}
+    doc.setdefault("models", {})[name] = {**current, **{k: v for k, v in settings.items()
+                                                        if k not in ("versions", "default") or k not in current}}
+    desired = parse_desired(doc, str(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(yaml.safe_dump(doc, sort_keys=False))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return desired

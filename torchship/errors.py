@@ -14,6 +14,8 @@ Catch ``TorchServeError`` to catch everything::
     │   └── ServerError                 5xx
     │       ├── WorkerDied              500/507 "Worker died": the worker crashed or timed out
     │       └── ServiceUnavailable      503: no worker, full queue, or the handler raised
+    ├── BadInput (also a ValueError)    the caller's input is invalid: a name, an option, a file
+    │   └── InvalidName                 a model name or version outside the one rule (archiver.names)
     ├── ServerUnreachable               nothing answers at that address
     ├── ReadinessTimeout                a model or server did not become ready in time
     ├── ConfigError                     config.properties or the key file is missing or wrong
@@ -21,6 +23,7 @@ Catch ``TorchServeError`` to catch everything::
     ├── ArchiveError                    packaging failed or would overwrite an archive
     ├── VerificationError               an archive failed verification
     ├── RolloutFailed                   a guarded rollout was rejected at a gate
+    ├── LoadGeneratorError              the load generator (wrk) failed or is missing
     └── TrainingError                   a training run cannot start or failed
 
 Messages say what happened and what to do about it. Keys never appear in them.
@@ -34,7 +37,7 @@ from typing import Any
 
 # the root and the errors of the layers below torchship live with those layers (they never import
 # torchship); they are re-exported here, so this module names every error
-from archiver.errors import ArchiveError, TorchServeError, VerificationError
+from archiver.errors import ArchiveError, BadInput, TorchServeError, VerificationError
 from train.errors import TrainingError
 
 __all__ = [
@@ -51,6 +54,7 @@ __all__ = [
     "WorkerDied",
     "ServiceUnavailable",
     "ServerUnreachable",
+    "BadInput",
     "ReadinessTimeout",
     "ConfigError",
     "ServerStartError",
@@ -58,6 +62,7 @@ __all__ = [
     "VerificationError",
     "TrainingError",
     "RolloutFailed",
+    "LoadGeneratorError",
     "error_from_response",
 ]
 
@@ -155,6 +160,10 @@ class ServerStartError(TorchServeError):
 
 class RolloutFailed(TorchServeError):
     """A guarded rollout was rejected at a gate; the previous default keeps serving."""
+
+
+class LoadGeneratorError(TorchServeError):
+    """The load generator of bench or tune (wrk) failed, timed out, or is not installed."""
 
 
 _BY_STATUS: dict[int, type[APIError]] = {

@@ -57,7 +57,7 @@ import yaml
 from archiver.names import InvalidName, check_name, check_version
 
 from .desired import DesiredState
-from .errors import VerificationError
+from .errors import BadInput, VerificationError
 
 __all__ = ["export", "cluster_config", "check_export_names", "client_label", "scraper_label", "IMAGE",
            "SCRAPER_NAMESPACE_LABEL"]
@@ -347,9 +347,9 @@ def export(target: str, desired: DesiredState, store: Path, out: Path, *, public
     """Write the model-store layout and the manifests; returns what was written. Names, target and
     options are checked before anything is read or written."""
     if target not in ("k8s", "kserve"):
-        raise ValueError(f"export target must be k8s or kserve, not {target!r}")
+        raise BadInput(f"export target must be k8s or kserve, not {target!r}")
     if canary_percent is not None and not 0 <= canary_percent <= 100:
-        raise ValueError("canary percent must be from 0 to 100")
+        raise BadInput("canary percent must be from 0 to 100")
     check_export_names(desired, name)
     out = Path(out)
     layout = out / "model-store"

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .errors import APIError, TorchServeError
+from .errors import APIError, BadInput, TorchServeError
 
 __all__ = ["LoadResult", "run_load", "run_threads", "percentile"]
 
@@ -66,9 +66,9 @@ def run_load(client, name: str, payloads: Sequence[Any], *, version: str | None 
              ) -> LoadResult:
     """Send payloads (cycled) until `requests` are sent, `duration` seconds pass, or `stop` is set."""
     if not payloads:
-        raise ValueError("run_load needs at least one payload")
+        raise BadInput("run_load needs at least one payload")
     if requests is None and duration is None and stop is None:
-        raise ValueError("give requests, duration or a stop event")
+        raise BadInput("give requests, duration or a stop event")
     result = LoadResult()
     lock = threading.Lock()
     counter = iter(range(10**12))

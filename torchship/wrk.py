@@ -13,6 +13,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from .errors import LoadGeneratorError
+
 __all__ = ["available", "run", "parse"]
 
 
@@ -33,10 +35,18 @@ def run(url: str, body: bytes, *, seconds: float, concurrency: int, headers: dic
         script.write_text("\n".join(lines) + "\n")
         cmd = ["wrk", f"-t{min(2, concurrency)}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency",
                "-s", str(script), url]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+        except FileNotFoundError:
+            raise LoadGeneratorError("wrk is not installed (Debian: apt-get install wrk), or use --engine python")
+        except subprocess.TimeoutExpired:
+            raise LoadGeneratorError(f"wrk did not finish within {seconds + 60:.0f} s") from None
     if "Requests/sec" not in done.stdout:
-        raise RuntimeError(f"wrk failed: {(done.stderr or done.stdout).strip()[:300]}")
-    return parse(done.stdout)
+        raise LoadGeneratorError(f"wrk failed: {(done.stderr or done.stdout).strip()[:300] or 'no output'}")
+    try:
+        return parse(done.stdout)
+    except (AttributeError, ValueError) as exc:
+        raise LoadGeneratorError(f"wrk's output could not be read ({exc}): {done.stdout.strip()[:300]}") from None
 
 
 def _ms(text: str) -> float:

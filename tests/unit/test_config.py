@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from torchship.config import Project, ServerConfig, java_regex_literal, read_properties, write_properties
+from torchship.config import ProjectPaths, ServerConfig, java_regex_literal, read_properties, write_properties
 from torchship.errors import ConfigError
 
 
@@ -68,7 +68,7 @@ def test_project_found_from_a_subfolder(tmp_path, monkeypatch):
     (tmp_path / "config.properties").write_text("model_store=ms\n")
     sub = tmp_path / "a" / "b"
     sub.mkdir(parents=True)
-    project = Project.find(sub)
+    project = ProjectPaths.find(sub)
     assert project.root == tmp_path.resolve()
     assert project.model_store == (tmp_path / "ms").resolve()
     assert project.server_dir == tmp_path.resolve() / ".torchship" / "server"

@@ -1,0 +1,459 @@
+"""`Project`: what the `torchship` command line does, from Python, with the same history.
+
+A project is a folder (a checkout, or any folder `torchship init` prepared) holding
+`config.properties`, the model store, checkpoints, and `.torchship/` (the local server's working
+folder, signing keys, the registry). `Project` builds the client, the local server, the registry
+and the keys from it, and each method is one operation that records its registry event once, here
+or in the operation it calls, so a Python user and a CLI user leave the same history::
+
+    from torchship import Project
+
+    p = Project(".")
+    p.package("sentiment", version="2.0")
+    p.deploy("sentiment", version="2.0")
+    p.rollout("sentiment", version="3.0")
+    for event in p.history("sentiment").events:
+        print(event.time, event.version, event.kind)
+
+`TorchServe` (the thin client) stays the way to talk to a server someone else runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torchship.config import ProjectPaths, ServerConfig
+from torchship.errors import ArchiveError, BadInput, TorchServeError, TrainingError
+
+__all__ = ["Project", "History", "TuneResult"]
+
+
+@dataclasses.dataclass(frozen=True)
+class History:
+    """A model's versions (newest first, with lineage and where they stand on the server) and its
+    deployment events (newest first). `live` is False when the server could not be asked."""
+
+    name: str
+    versions: list[dict[str, Any]]
+    events: list[Any]
+    live: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "versions": self.versions, "events": [e.to_dict() for e in self.events]}
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneResult:
+    """What `tune` found: every trial, the best, the deploy.yaml entry that serves it, and the
+    command that repackages the archive when the best torch threads differ from the packaged ones."""
+
+    name: str
+    trials: list[Any]
+    best: Any
+    slo_p99_ms: float
+    settings: dict[str, Any]
+    repackage: str | None
+
+    @property
+    def meets_slo(self) -> bool:
+        return bool(self.best.meets(self.slo_p99_ms))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trials": [t.to_dict() for t in self.trials], "best": self.best.to_dict(),
+                "meets_slo": self.meets_slo, "deploy_yaml": {"models": {self.name: self.settings}},
+                "repackage": self.repackage}
+
+
+class Project:
+    """A torchship project: its server, model store, keys and registry, and every operation on them.
+
+    Args:
+        root: the project folder (default: the current one).
+        config: another TorchServe config file to use instead of `root/config.properties`.
+
+    With `TS_MANAGEMENT_URL` / `TS_INFERENCE_URL` set, `client` talks to that server instead of
+    the project's (as the CLI does).
+    """
+
+    def __init__(self, root: str | os.PathLike[str] = ".", *, config: str | os.PathLike[str] | None = None) -> None:
+        self.paths = ProjectPaths(Path(root).resolve())
+        self.config_path = Path(config).resolve() if config else self.paths.config_path
+        self._client: Any = None
+        self._registry: Any = None
+
+    @classmethod
+    def find(cls, start: str | os.PathLike[str] | None = None, *,
+             config: str | os.PathLike[str] | None = None) -> Project:
+        """The project around `start` (default: the current folder): $TORCHSHIP_HOME, else the
+        nearest folder at or above it that holds config.properties, else `start` itself; with
+        `config`, the folder of that file."""
+        if config is not None:
+            return cls(ProjectPaths.find(Path(config).resolve().parent).root, config=config)
+        return cls(ProjectPaths.find(Path(start) if start is not None else None).root)
+
+    def __repr__(self) -> str:
+        return f"Project({str(self.root)!r})"
+
+    def __enter__(self) -> Project:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the client's connections and the registry."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
+    # ------------------------------------------------------------------ what a project holds
+
+    @property
+    def root(self) -> Path:
+        return self.paths.root
+
+    @property
+    def store(self) -> Path:
+        """The model store: the config's `model_store`, else `root/model_store`."""
+        if self.config_path.is_file():
+            return ServerConfig.load(self.config_path).model_store
+        return self.paths.model_store
+
+    @property
+    def key_dir(self) -> Path:
+        return self.paths.key_dir
+
+    @property
+    def public_key(self) -> Path:
+        """The project's signing public key (`.torchship/keys/signing-key.pub.pem`)."""
+        from archiver import public_key_path
+
+        return public_key_path(self.paths.key_dir)
+
+    @property
+    def client(self) -> Any:
+        """A `TorchServe` client for the project's server (or the TS_* environment's)."""
+        if self._client is None:
+            from torchship.client import TorchServe
+
+            if os.environ.get("TS_MANAGEMENT_URL") or os.environ.get("TS_INFERENCE_URL"):
+                self._client = TorchServe.from_env()
+            else:
+                self._client = TorchServe.from_config(self.config_path)
+        return self._client
+
+    @property
+    def server(self) -> Any:
+        """The project's local TorchServe (`LocalServer`), started or not."""
+        from torchship.server import LocalServer
+
+        return LocalServer(self.config_path, self.paths.server_dir)
+
+    @property
+    def registry(self) -> Any:
+        """The project's registry of archives and deployment events (`.torchship/registry.db`)."""
+        if self._registry is None:
+            from torchship.registry import Registry
+
+            self._registry = Registry(self.paths.state_dir / "registry.db")
+        return self._registry
+
+    def golden(self, name: str) -> Path:
+        """Where the golden set of `name` is looked for by default (tests/golden/NAME.jsonl)."""
+        return self.root / "tests" / "golden" / f"{name}.jsonl"
+
+    def _key(self, public_key: str | os.PathLike[str] | None) -> Path:
+        return Path(public_key) if public_key else self.public_key
+
+    # ------------------------------------------------------------------ build
+
+    def train(self, name: str, *, seed: int = 0, epochs: int | None = None, quick: bool = False,
+              shuffle_labels: bool = False, progress: bool = True) -> Any:
+        """Train example model `name` into `checkpoints/NAME/<run>/`; returns the run (`RunResult`)."""
+        from archiver.names import check_name
+
+        import train as training
+
+        check_name(name)
+        trainers = training.trainers()
+        if name not in trainers:
+            raise TrainingError(f"no training script for {name!r}; known: {', '.join(sorted(trainers))}")
+        extra = {"shuffle_labels": True} if shuffle_labels else {}
+        return trainers[name](self.paths.checkpoints, seed=seed, epochs=epochs, quick=quick, progress=progress,
+                              **extra)
+
+    def package(self, name: str | None = None, *, version: str | None = None,
+                checkpoint: str | os.PathLike[str] | None = None, force: bool = False,
+                handler: str | os.PathLike[str] | None = None, weights: str | os.PathLike[str] | None = None,
+                model_file: str | os.PathLike[str] | None = None,
+                extra_files: Iterable[str | os.PathLike[str]] = (),
+                model_config: str | os.PathLike[str] | dict[str, Any] | None = None,
+                threads: int | None = None) -> Any:
+        """Build and sign `store/NAME-VERSION.mar`, and record it in the registry.
+
+        An example model: `package("mlp")` takes the newest checkpoint (or `checkpoint`). Your own
+        handler: `package("my-model", handler="h.py", weights="w.safetensors", ...)`. Without
+        `version`, the next free major version. `threads`: torch threads per worker (tune finds it).
+        Returns archiver's `BuildResult` (path, provenance, digest).
+        """
+        import archiver
+        from archiver.names import check_name, check_version
+
+        from torchship.versions import next_version
+
+        if name is None:
+            raise ArchiveError("package needs the model's name")
+        check_name(name)
+        if version is not None:
+            check_version(version)
+        if handler is not None:
+            if checkpoint is not None:
+                raise ArchiveError("give either a checkpoint (an example model) or a handler of your own, not both")
+            config = model_config if isinstance(model_config, dict) else _read_yaml(model_config)
+            version = version or next_version(self.store, name)
+            spec = archiver.ArchiveSpec(name, version, Path(handler), Path(weights) if weights else None,
+                                        Path(model_file) if model_file else None,
+                                        tuple(Path(p) for p in extra_files), config)
+        else:
+            if weights or model_file or model_config or tuple(extra_files):
+                raise ArchiveError("weights, model_file, extra_files and model_config go with a handler of your own")
+            from train.common import latest_run
+
+            run = Path(checkpoint) if checkpoint else latest_run(self.paths.checkpoints, name)
+            if run is None:
+                raise ArchiveError(f"no checkpoint of {name} in {self.paths.checkpoints}: "
+                                   f"run `torchship train {name}` first")
+            version = version or next_version(self.store, name)
+            spec = archiver.example_spec(name, run, version)
+        if threads is not None:
+            handler_config = {**(spec.model_config.get("handler") or {}), "threads": threads}
+            spec = dataclasses.replace(spec, model_config={**spec.model_config, "handler": handler_config})
+        result = archiver.package(spec, self.store, self.paths.key_dir, force=force)
+        self.registry.record_archive(name=spec.name, version=spec.version, digest=result.digest, path=result.path,
+                                     provenance=result.provenance, signature=archiver.signature_path(result.path))
+        return result
+
+    def verify(self, archive: str | os.PathLike[str], *, public_key: str | os.PathLike[str] | None = None,
+               allow_unsigned: bool = False) -> Any:
+        """Every check of `archive` (a `VerifyReport`; `.ok`, `.failure`); never raises for a bad one."""
+        import archiver
+
+        return archiver.verify_archive(Path(archive), public_key=self._key(public_key), allow_unsigned=allow_unsigned)
+
+    # ------------------------------------------------------------------ serve
+
+    def deploy(self, name: str, version: str | None = None, *, workers: int | None = None,
+               batch_size: int | None = None, max_batch_delay: int | None = None, make_default: bool = False,
+               timeout: float = 120.0, public_key: str | os.PathLike[str] | None = None,
+               allow_unsigned: bool = False) -> Any:
+        """Verify, register and wait until `name` `version` (default: the newest archive) serves.
+        Example models take their serving defaults (workers, batching) unless told otherwise.
+        Returns a `DeployResult` (action, description, seconds_to_ready)."""
+        from archiver import EXAMPLES
+
+        from torchship.deploy import deploy
+
+        serving = EXAMPLES[name].serving if name in EXAMPLES else {}
+        result = deploy(self.client, self.store, name, version, workers=workers or serving.get("workers", 1),
+                        batch_size=batch_size or serving.get("batch_size"),
+                        max_batch_delay=max_batch_delay if max_batch_delay is not None
+                        else serving.get("max_batch_delay"),
+                        make_default=make_default, timeout=timeout, public_key=self._key(public_key),
+                        allow_unsigned=allow_unsigned)
+        d = result.description
+        if result.action == "registered":
+            self.registry.record(name, d.version, "registered", via="deploy", workers=d.min_workers)
+        if make_default:
+            self.registry.record(name, d.version, "default_set", via="deploy")
+        return result
+
+    def scale(self, name: str, *, min_workers: int, max_workers: int | None = None,
+              version: str | None = None) -> str:
+        """Set a version's workers (default: the default version's) and wait until they run."""
+        if max_workers is not None and max_workers < min_workers:
+            raise BadInput(f"max_workers ({max_workers}) is below min_workers ({min_workers})")
+        status = self.client.scale(name, min_workers=min_workers, max_workers=max_workers, version=version)
+        self.registry.record(name, version, "scaled", min_workers=min_workers, max_workers=max_workers or min_workers)
+        return str(status)
+
+    def set_default(self, name: str, version: str) -> str:
+        """Make `version` the one `/predictions/NAME` serves."""
+        status = self.client.set_default(name, version)
+        self.registry.record(name, version, "default_set", via="set-default")
+        return str(status)
+
+    def unregister(self, name: str, version: str | None = None) -> str:
+        """Remove a version from the server (default: the default version); the archive stays."""
+        status = self.client.unregister(name, version)
+        self.registry.record(name, version, "unregistered", via="unregister")
+        return str(status)
+
+    # ------------------------------------------------------------------ version control
+
+    def plan(self, desired: str | os.PathLike[str] | Any = "deploy.yaml") -> list[Any]:
+        """What `apply(desired)` would change (a desired-state file, or a parsed `DesiredState`)."""
+        from torchship.desired import plan
+
+        return plan(self.client, self._desired(desired))
+
+    def apply(self, desired: str | os.PathLike[str] | Any = "deploy.yaml", *,
+              public_key: str | os.PathLike[str] | None = None, progress: Callable[[Any], None] | None = None,
+              timeout: float = 120.0) -> Any:
+        """Converge the server to the desired state (idempotent); an `ApplyReport`."""
+        from torchship.desired import apply
+
+        return apply(self.client, self.store, self._desired(desired), public_key=self._key(public_key),
+                     registry=self.registry, progress=progress, timeout=timeout)
+
+    def rollout(self, name: str, version: str, *, golden: str | os.PathLike[str] | Sequence[Any] | None = None,
+                min_accuracy: float | None = None, min_agreement: float | None = None,
+                max_p99_ms: float | None = None, warmup: int = 20, load_requests: int = 200,
+                concurrency: int = 4, public_key: str | os.PathLike[str] | None = None, timeout: float = 120.0,
+                log: Callable[[str], None] | None = None) -> Any:
+        """Guarded promotion of `version` with automatic rollback; a `RolloutReport` (`.passed`,
+        `.gate`, `.reason`, `.figures`). `golden`: a golden-set file or its items (default:
+        tests/golden/NAME.jsonl)."""
+        from torchship.rollout import load_golden, rollout
+
+        if golden is None or isinstance(golden, (str, os.PathLike)):
+            path = Path(golden) if golden is not None else self.golden(name)
+            if not path.is_file():
+                raise BadInput(f"no golden set at {path}: give one (golden=FILE, --golden FILE)")
+            golden = load_golden(path)
+        return rollout(self.client, self.store, name, version, golden=list(golden), min_accuracy=min_accuracy,
+                       min_agreement=min_agreement, max_p99_ms=max_p99_ms, warmup=warmup,
+                       load_requests=load_requests, concurrency=concurrency, public_key=self._key(public_key),
+                       registry=self.registry, timeout=timeout, log=log)
+
+    def rollback(self, name: str) -> tuple[str, str]:
+        """Make the previous good version the default again; (old default, new default)."""
+        from torchship.rollout import rollback
+
+        return rollback(self.client, name, self.registry)
+
+    def history(self, name: str) -> History:
+        """Versions with lineage and server state, and the deployment events, newest first."""
+        from archiver.names import check_name
+
+        check_name(name)
+        archives = self.registry.archives(name)
+        events = self.registry.events(name)
+        try:
+            live: dict[str, Any] | None = {d.version: d for d in self.client.versions(name)}
+        except TorchServeError:
+            live = None
+        versions = [{**a.to_dict(), "registered": live is not None and a.version in live,
+                     "default": bool(live and a.version in live and live[a.version].is_default)} for a in archives]
+        return History(name, versions, events, live is not None)
+
+    def export(self, target: str, *, out: str | os.PathLike[str], desired: str | os.PathLike[str] | Any = "deploy.yaml",
+               name: str = "torchship", image: str | None = None, max_replicas: int = 4,
+               storage_uri: str | None = None, canary_percent: int | None = None,
+               public_key: str | os.PathLike[str] | None = None) -> dict[str, list[Path]]:
+        """Kubernetes (`k8s`) or KServe (`kserve`) manifests and the model-store layout of the
+        desired state, its archives verified; returns what was written."""
+        from torchship.export import IMAGE, export
+
+        return export(target, self._desired(desired), self.store, Path(out), public_key=self._key(public_key),
+                      name=name, image=image or IMAGE, max_replicas=max_replicas, storage_uri=storage_uri,
+                      canary_percent=canary_percent)
+
+    # ------------------------------------------------------------------ performance
+
+    def bench(self, name: str, bodies: Sequence[Any], *, version: str | None = None, concurrency: int = 4,
+              duration: float | None = 10.0, requests: int | None = None, engine: str = "auto",
+              stream: bool = False, plot: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """A load test: throughput, latency percentiles, errors by status (time to first token and
+        tokens/s with `stream`). `engine`: "wrk" (C, when installed), "python", or "auto"."""
+        from torchship.bench import bench, bench_stream, plot_latencies
+
+        if stream:
+            return dict(bench_stream(self.client, name, bodies, version=version, concurrency=concurrency,
+                                     duration=duration, requests=requests))
+        if engine == "auto" and (plot or len(bodies) > 1):
+            engine = "python"  # wrk sends one body and gives no per-request latencies to plot
+        result, load = bench(self.client, name, bodies, version=version, concurrency=concurrency, duration=duration,
+                             requests=requests, keep=True, engine=engine)
+        if plot and load is not None:
+            plot_latencies(load, Path(plot), title=f"{name}: concurrency {concurrency}")
+            result["plot"] = str(plot)
+        return dict(result)
+
+    def tune(self, name: str, bodies: Sequence[Any] | None = None, *, slo_p99_ms: float, version: str | None = None,
+             concurrency: int = 16, seconds: float = 5.0, max_workers: int = 2, cores: int | None = None,
+             engine: str = "auto", write: str | os.PathLike[str] | None = None,
+             public_key: str | os.PathLike[str] | None = None,
+             log: Callable[[str], None] | None = None) -> TuneResult:
+        """The fastest batching, workers and threads whose p99 meets `slo_p99_ms` (see
+        `torchship.tune`). `bodies` default to the golden set's inputs; `write` merges the winner
+        into that desired-state file (never writing one `apply` would refuse)."""
+        from torchship import wrk
+        from torchship.desired import merge_settings
+        from torchship.tune import packaged_threads, tune
+        from torchship.versions import latest_version
+
+        version = version or latest_version(self.store, name)
+        if version is None:
+            raise ArchiveError(f"no archive of {name} in {self.store}: run `torchship package {name}` first")
+        if bodies is None:
+            from torchship.rollout import load_golden
+
+            if not self.golden(name).is_file():
+                raise BadInput(f"no requests to tune with: give bodies ({self.golden(name)} is missing)")
+            bodies = [g.input for g in load_golden(self.golden(name))]
+        if engine == "auto":
+            engine = "wrk" if wrk.available() and len(bodies) == 1 else "python"
+        trials, best = tune(self.client, self.store, name, version, list(bodies), slo_p99_ms=slo_p99_ms,
+                            concurrency=concurrency, seconds=seconds, max_workers=max_workers, cores=cores,
+                            public_key=self._key(public_key), key_dir=self.paths.key_dir,
+                            log=log or (lambda line: None), engine=engine)
+        settings = {"versions": [version], "default": version, "workers": {"min": best.workers, "max": best.workers},
+                    "batch_size": best.batch_size, "max_batch_delay_ms": best.max_batch_delay}
+        repackage = None
+        if best.threads != packaged_threads(self.store / f"{name}-{version}.mar"):
+            # threads live in the archive's model-config, not in anything TorchServe's API can set
+            repackage = f"torchship package {name} --threads {best.threads}"
+        if write:
+            merge_settings(Path(write), name, settings)
+        return TuneResult(name, list(trials), best, slo_p99_ms, settings, repackage)
+
+    def autoscale(self, name: str, *, min_workers: int, max_workers: int, version: str | None = None,
+                  target_queue_ms: float = 50.0, interval: float = 1.0, up_cooldown: float = 3.0,
+                  down_cooldown: float = 15.0, duration: float | None = None, handle_signals: bool = False,
+                  log: Callable[[str], None] | None = None) -> list[Any]:
+        """Scale `name`'s workers within [min, max] from its queue time until `duration` ends (or
+        Ctrl-C/SIGTERM with `handle_signals`); each decision is recorded. Returns the decisions."""
+        from torchship.autoscale import Autoscaler
+
+        if max_workers < min_workers:
+            raise BadInput(f"max_workers ({max_workers}) is below min_workers ({min_workers})")
+        def record(d: Any) -> None:
+            self.registry.record(name, version, "scaled", via="autoscale", workers=d.workers_to, reason=d.reason)
+
+        scaler = Autoscaler(self.client, name, min_workers, max_workers, version=version,
+                            target_queue_ms=target_queue_ms, interval=interval, up_cooldown=up_cooldown,
+                            down_cooldown=down_cooldown, log=log or (lambda line: None), on_decision=record)
+        return list(scaler.run(duration=duration, handle_signals=handle_signals))
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _desired(desired: str | os.PathLike[str] | Any) -> Any:
+        from torchship.desired import load_desired
+
+        return load_desired(desired) if isinstance(desired, (str, os.PathLike)) else desired
+
+
+def _read_yaml(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
