@@ -1,10 +1,19 @@
-"""Reliability report: bad input, a worker killed under load, and a server crash, against a real
-local TorchServe, with the figures side by side.
+"""Reliability report: bad input mixed into the same batches as good input (all six example
+models), a worker killed under load, and a server crash, against a real local TorchServe, with the
+figures side by side.
 
     .venv/bin/python benchmarks/reliability.py [--bad 500] [--seconds 6]
 
 Uses the newest checkpoint of each example model (training a quick one when there is none),
 packs them into a temporary store with temporary keys, and starts its own server on free ports.
+
+Bad input: each model (its verified archive) is registered once more as mixed-<name>, one worker,
+batches of 8 gathered for up to a second; every round sends 6 bad and 2 good requests at once, so
+they share a batch (the handlers' X-Batch-Size header counts the rounds that did). The bad ones
+are the named attacks of tests/integration/test_fuzz.py (deep JSON, huge v2 shapes, a lying .npy
+header, a PNG bomb, a gzip bomb, oversize bodies, a tiny temperature, a huge user_id ...) and
+--bad hypothesis-drawn malformed bodies; a good one is hurt when its answer is not 200 or differs
+from the in-process answer of the same handler code.
 """
 
 from __future__ import annotations
@@ -32,28 +41,101 @@ from torchship import LocalServer  # noqa: E402
 from torchship.server import free_port_overrides  # noqa: E402
 from torchship.desired import apply, parse_desired  # noqa: E402
 from torchship.load import run_load  # noqa: E402
-from torchship.testing import GOOD, malformed  # noqa: E402
+from torchship.testing import GOOD  # noqa: E402
 from train import trainers  # noqa: E402
 from train.common import latest_run  # noqa: E402
 
-MODELS = ["mlp", "sentiment", "fashion", "recommender"]
+MODELS = ["mlp", "sentiment", "fashion", "recommender"]  # the desired state of sections 2 and 3
+ALL_MODELS = ["mlp", "sentiment", "fashion", "recommender", "embedder", "textgen"]
 
 
 def draw(model: str, n: int) -> list[bytes]:
+    from tests.integration.test_fuzz import bad_bodies
+
     bodies: list[bytes] = []
 
     @settings(max_examples=n, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(malformed(model))
+    @given(bad_bodies(model))
     def collect(body: bytes) -> None:
         bodies.append(body)
 
     collect()
-    return bodies
+    return bodies[:n]
+
+
+class _Temp:
+    """What tests.conftest.load_handler needs of pytest's tmp_path_factory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def mktemp(self, name: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=name, dir=self.root))
+
+
+def mixed_batches(server, client, store: Path, public_key: Path, runs: dict, bad_n: int, work: Path) -> list[list]:
+    """Section 1: per model, bad items and good items in the same batches; a row per model."""
+    from tests.conftest import load_handler
+    from tests.integration.test_fuzz import (BATCH, GOODS, HANDLERS, JSON, V2_HEADER, attacks, rounds_of,
+                                             same_answer)
+    from tests.unit.handler_context import make_context, run_stream
+
+    url = server.config().inference_url
+    session = requests.Session()
+    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=BATCH))
+    rows = []
+    for m in ALL_MODELS:
+        archive = store / f"{m}-1.0.mar"
+        check = archiver.verify_archive(archive, public_key=public_key)
+        assert check.ok, check
+        client.register(archive.name, model_name=f"mixed-{m}", initial_workers=1, batch_size=BATCH,
+                        max_batch_delay=1000)
+        try:
+            handler = load_handler(runs[m], *HANDLERS[m], _Temp(work))
+            expected = []
+            for body, _ in GOODS[m]:
+                if m == "textgen":
+                    expected.append(run_stream(handler, [body])[1][0])
+                else:
+                    ctx = make_context(handler.model_dir)
+                    expected.append(json.loads(handler.handle([{"body": body}], ctx)[0]))
+            bad = attacks(m) + [(f"drawn {b[:40]!r}", b, JSON) for b in draw(m, bad_n)]
+            key = json.loads(server.key_file.read_text())["inference"]["key"]
+
+            def send(item, m=m):
+                body, headers = item
+                path = f"/v2/models/mixed-{m}/infer" if V2_HEADER in headers else f"/predictions/mixed-{m}"
+                return session.post(url + path, data=body, timeout=120,
+                                    headers={"Authorization": f"Bearer {key}", **headers})
+
+            statuses: dict[int, int] = {}
+            good_sent = good_hurt = five = batched = rounds = 0
+            with ThreadPoolExecutor(BATCH) as pool:
+                for items, _labels, goods_at in rounds_of(bad, GOODS[m], 0):
+                    resps = list(pool.map(send, items))
+                    rounds += 1
+                    batched += {r.headers.get("X-Batch-Size") for r in resps} == {str(BATCH)}
+                    for i, r in enumerate(resps):
+                        five += r.status_code >= 500
+                        if i in goods_at:
+                            good_sent += 1
+                            good_hurt += r.status_code != 200 or not same_answer(m, r, expected[goods_at[i]])
+                        else:
+                            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            rows.append([m, sum(statuses.values()), " ".join(f"{c}x{n}" for c, n in sorted(statuses.items())),
+                         good_sent, good_hurt, five, f"{batched}/{rounds}",
+                         "yes" if client.is_healthy() else "NO"])
+        finally:
+            client.unregister(f"mixed-{m}")
+    return rows
 
 
 def table(headers: list[str], rows: list[list]) -> str:
-    from torchship.table import render
+    try:
+        from torchship.cli.table import render
+    except ImportError:  # before the CLI became a package
+        from torchship.table import render
 
     return render(headers, rows)
 
@@ -67,7 +149,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="reliability-"))
     store, keys = work / "store", work / "keys"
     runs = {}
-    for m in MODELS:
+    for m in ALL_MODELS:
         runs[m] = latest_run(ROOT / "checkpoints", m)
         if runs[m] is None:
             print(f"training {m} (quick) ...", file=sys.stderr)
@@ -84,29 +166,10 @@ def main() -> int:
         report = apply(client, store, desired, public_key=public_key)
         assert report.ok, report.error
 
-        # 1. bad input, mixed with good requests
-        print(f"sending {args.bad} malformed requests per model (with good ones among them) ...", file=sys.stderr)
-        url = server.config().inference_url + "/predictions/"
-        key = json.loads(server.key_file.read_text())["inference"]["key"]
-        session = requests.Session()
-        session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=8))
-        bad_rows = []
-        for m in MODELS:
-            bodies = draw(m, args.bad)
-            mixed = [(b, False) for b in bodies] + [(GOOD[m], True)] * (len(bodies) // 7)
-
-            def send(item, m=m):
-                body, good = item
-                r = session.post(url + m, data=body, timeout=60, headers={"Authorization": f"Bearer {key}",
-                                                                           "Content-Type": "application/json"})
-                return r.status_code, good
-
-            with ThreadPoolExecutor(8) as pool:
-                results = list(pool.map(send, mixed))
-            bad = [code for code, good in results if not good]
-            good = [code for code, good in results if good]
-            bad_rows.append([m, len(bad), sum(400 <= c < 500 for c in bad), sum(c >= 500 for c in bad),
-                             len(good), sum(c == 200 for c in good), "yes" if client.is_healthy() else "NO"])
+        # 1. bad input, in the same batches as good requests
+        print(f"sending the named attacks and {args.bad} malformed requests per model, 6 bad and 2 good in each "
+              "batch of 8 ...", file=sys.stderr)
+        bad_rows = mixed_batches(server, client, store, public_key, runs, args.bad, work)
 
         # 2. a worker killed under load, with and without the client's safe retry
         print("killing a worker under load ...", file=sys.stderr)
@@ -148,8 +211,10 @@ def main() -> int:
     finally:
         server.stop()
 
-    print("\n1. Bad input (malformed requests mixed with good ones, batches of up to 8)")
-    print(table(["model", "bad sent", "4xx", "5xx", "good sent", "good 200", "healthy after"], bad_rows))
+    print("\n1. Bad input in the same batches as good input (6 bad + 2 good per batch of 8)")
+    print(table(["model", "bad sent", "bad statuses", "good sent", "good hurt", "5xx", "full batches",
+                 "healthy after"], bad_rows))
+    print("good hurt: not 200, or an answer other than the same handler's in-process answer")
     print(f"\n2. A worker killed (SIGKILL) under load: mlp, 2 workers, {args.seconds:.0f} s at concurrency 3")
     print(table(["client", "sent", "answered", "lost", "p99 ms"], kill_rows))
     print(f"\n3. Server crashed (every process killed), restarted, `apply` run: {seconds:.1f} s to restored")

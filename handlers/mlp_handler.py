@@ -3,7 +3,8 @@
 Request:  {"data": [100 numbers]}              -> {"class_id": 3, "probabilities": [10 floats]}
           {"data": [[100 numbers], ...]}       -> a list of those, one per row (at most 1024 rows)
           or the same as a binary .npy body (Content-Type application/x-npy): no JSON to decode.
-A missing field, wrong length, non-number, NaN or infinity answers 400 for that request alone.
+A missing field, wrong length, non-number, NaN or infinity answers 400 for that request alone;
+a body over 4 MiB answers 413.
 
 Open Inference Protocol (POST /v2/models/mlp/infer): one numeric input of shape [100] or [n, 100]
 -> outputs `class_id` (INT64, [n]) and `probabilities` (FP32, [n, 10]).
@@ -24,6 +25,8 @@ MAX_ROWS = 1024
 
 
 class MLPHandler(BatchHandler):
+    max_body_bytes = 4 * 1024 * 1024  # 1,024 rows of 100 numbers as JSON fit in about 2.3 MB
+
     @property
     def width(self) -> int:
         return int(self.meta["model"]["architecture"]["in_features"])

@@ -4,7 +4,8 @@ Request:  {"user_id": "196", "k": 10, "exclude_seen": true}
 Answer:   {"user_id": "196", "fallback": null, "item_ids": ["..."],
            "items": [{"item_id", "title", "score"}, ...]}
 An unknown user gets the most popular items instead, with "fallback": "popular" (not an error).
-A missing user_id, or k that is not an integer from 1 to 100, answers 400 for that request alone.
+A missing user_id, a user_id over 128 characters (it is echoed back), or k that is not an integer
+from 1 to 100, answers 400 for that request alone; a body over 64 KiB answers 413.
 Known users of a batch are scored in one matrix product.
 """
 
@@ -18,9 +19,12 @@ import torch
 from torchship_base_handler import BatchHandler, ItemError
 
 MAX_K = 100
+MAX_USER_ID = 128  # characters: the id is echoed back in the answer
 
 
 class RecommenderHandler(BatchHandler):
+    max_body_bytes = 64 * 1024
+
     def initialize(self, context: Any) -> None:
         super().initialize(context)
         catalog = json.loads((self.model_dir / "catalog.json").read_text(encoding="utf-8"))
@@ -35,7 +39,11 @@ class RecommenderHandler(BatchHandler):
         if not isinstance(payload, dict) or "user_id" not in payload:
             raise ItemError('missing field \'user_id\': expected {"user_id": "196", "k": 10, "exclude_seen": true}')
         user = payload["user_id"]
-        if isinstance(user, bool) or not isinstance(user, (str, int)) or str(user).strip() == "":
+        if isinstance(user, bool) or not isinstance(user, (str, int)):
+            raise ItemError("'user_id' must be a non-empty string or an integer")
+        if isinstance(user, int) and not -10**18 < user < 10**18 or isinstance(user, str) and len(user) > MAX_USER_ID:
+            raise ItemError(f"'user_id' is too long: at most {MAX_USER_ID} characters")
+        if str(user).strip() == "":
             raise ItemError("'user_id' must be a non-empty string or an integer")
         k = payload.get("k", 10)
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:

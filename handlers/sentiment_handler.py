@@ -4,7 +4,7 @@ Request:  {"text": "a gripping, funny film"}
 Answer:   {"label": "positive", "probabilities": {"negative": 0.08, "positive": 0.92}}
 Request:  {"texts": ["...", ...]} (at most 256)   -> a list of those answers, in order
 Empty text, a non-string, or text over the limit in vocab.json (5,000 characters) answers 400
-for that request alone. Every text of the whole batch goes through one EmbeddingBag call.
+for that request alone; a body over 6 MiB answers 413. Every text of the whole batch goes through one EmbeddingBag call.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ MAX_TEXTS = 256
 
 
 class SentimentHandler(BatchHandler):
+    max_body_bytes = 6 * 1024 * 1024  # 256 texts of 5,000 characters
+
     def initialize(self, context: Any) -> None:
         super().initialize(context)
         vocab = json.loads((self.model_dir / "vocab.json").read_text(encoding="utf-8"))

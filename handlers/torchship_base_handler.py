@@ -1,10 +1,18 @@
 """The base of torchship's handlers: one forward per batch, and a bad item never fails the rest.
 
-TorchServe fails a whole batch when a handler raises. Here every item is parsed on its own; an
-item that cannot be parsed gets its own 4xx answer (`{"code", "type", "message"}`, the shape of
-TorchServe's own errors) through `context.set_response_status`, and the good items of the same
-batch go through the model together. Weights come from safetensors only (never pickle), and each
-worker uses one torch thread unless the archive's model-config says otherwise.
+TorchServe fails a whole batch when a handler raises. Here every item is read and parsed on its
+own, and ANY exception while doing so (a bad value, JSON nested too deep, a header that lies about
+a size, a bug) becomes that item's own answer: `{"code", "type", "message"}`, the shape of
+TorchServe's own errors, through `context.set_response_status`. The good items of the same batch
+go through the model together; when that forward pass fails, it is run again item by item, so
+only the item that fails on its own gets an error (a 500 with a message: it passed every check,
+so the fault is the server's). Weights come from safetensors only (never pickle), and each worker
+uses one torch thread unless the archive's model-config says otherwise.
+
+Work is bounded before it is allocated: the body's size (`max_body_bytes`, also for gzip bodies
+once unpacked), JSON nesting depth (`MAX_DEPTH`), a .npy body's header (dtype and shape against
+the bytes that follow), and in torchship_oip the declared shapes of v2 tensors. Each handler
+bounds its own fields (rows, texts, characters, pixels, generation parameters).
 
 A subclass implements `parse` (one request's payload -> model input, or ItemError) and `predict`
 (list of inputs -> list of JSON-able outputs, one forward for the whole list).
@@ -13,6 +21,9 @@ A subclass implements `parse` (one request's payload -> model input, or ItemErro
 from __future__ import annotations
 
 import json
+import logging
+import math
+import os
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -22,6 +33,12 @@ from safetensors.torch import load_file
 
 import torchship_models
 import torchship_oip as oip
+
+logger = logging.getLogger(__name__)
+
+MAX_DEPTH = 32  # JSON nesting: deeper bodies answer 400 (Python's own limit is ~1,000 and then it raises)
+MAX_BODY = 6 * 1024 * 1024  # default per-model body limit (TorchServe's frontend stops at 6,553,500)
+MAX_NPY_DIMS = 8
 
 
 class ItemError(Exception):
@@ -33,14 +50,40 @@ class ItemError(Exception):
         self.code = code
 
     def to_dict(self, v2: bool = False) -> dict[str, Any]:
-        body = {"code": self.code, "type": HTTPStatus(self.code).phrase.replace(" ", ""), "message": self.message}
+        body = {"code": self.code, "type": _type_name(self.code), "message": self.message}
         if v2:
             body["error"] = self.message  # the Open Inference Protocol's error field
         return body
 
 
+def _type_name(code: int) -> str:
+    return {413: "PayloadTooLarge"}.get(code) or HTTPStatus(code).phrase.replace(" ", "").replace("-", "")
+
+
+def item_error(exc: BaseException, stage: str) -> ItemError:
+    """What one item's exception becomes. While reading and parsing, the request caused it (4xx);
+    in the forward pass or while encoding the answer, the item passed every check, so it is ours
+    (500, with a message)."""
+    if isinstance(exc, ItemError):
+        return exc
+    if isinstance(exc, oip.ProtocolError):
+        return ItemError(str(exc))
+    if isinstance(exc, RecursionError):
+        return ItemError(f"the request is nested too deeply: at most {MAX_DEPTH} levels")
+    what = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}".rstrip(": ")
+    if stage == "parse":
+        if isinstance(exc, MemoryError):
+            return ItemError("the request needs more memory than this model allows", 413)
+        return ItemError(f"the request cannot be read ({what})")
+    if isinstance(exc, MemoryError):
+        return ItemError("the model ran out of memory on this request", 507)
+    return ItemError(f"the model failed on this request ({what})", 500)
+
+
 class BatchHandler:
     """Batching-aware handler with per-item errors. See the module docstring."""
+
+    max_body_bytes = MAX_BODY  # a body (or an unpacked gzip body) over this answers 413 with a JSON message
 
     def __init__(self) -> None:
         self.initialized = False
@@ -53,6 +96,11 @@ class BatchHandler:
     def initialize(self, context: Any) -> None:
         config = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
         torch.set_num_threads(int(config.get("threads", 1)))
+        # The worker (ts.protocol.otf_message_handler) json-decodes application/json bodies itself,
+        # before any handler code runs, and logs a traceback for each one it cannot decode. With
+        # this off (read per request, in this worker process only) every body reaches `payload` as
+        # the bytes sent, so the body-size and nesting bounds below see every request.
+        os.environ["TS_DECODE_INPUT_REQUEST"] = "false"
         self.model_dir = Path(context.system_properties["model_dir"])
         self.meta = json.loads((self.model_dir / "meta.json").read_text(encoding="utf-8"))
         self.model = self.load_model(self.model_dir, context)
@@ -72,42 +120,78 @@ class BatchHandler:
 
     def handle(self, data: list[dict], context: Any) -> list[Any]:
         explain = _header(context, 0, "explain") == "True"
+        label_batch(context, len(data))
         results: list[Any] = [None] * len(data)
         parsed: list[tuple[int, Any]] = []
         v2: dict[int, dict] = {}
         for idx, request in enumerate(data):
-            is_v2 = False
-            try:
-                payload, binary = self.payload(inflated(request), _headers(context, idx))
-                is_v2 = oip.is_v2(payload)
-                if is_v2:
-                    item = self.parse_v2(oip.decode_inputs(payload, binary))
-                    v2[idx] = payload
-                else:
-                    item = self.parse(payload)
+            item = self.read_item(request, context, idx, results, v2)
+            if item is not FAILED:
                 parsed.append((idx, item))
-            except (ItemError, oip.ProtocolError) as exc:
-                error = exc if isinstance(exc, ItemError) else ItemError(str(exc))
-                results[idx] = self._answer(context, idx, error.to_dict(v2=is_v2), error.code)
-        if parsed:
-            items = [item for _, item in parsed]
+        if not parsed:
+            return results
+        outputs = self._forward([item for _, item in parsed], explain)
+        for (idx, _), output in zip(parsed, outputs):
+            if isinstance(output, ItemError):
+                results[idx] = self._error(context, idx, output, idx in v2)
+                continue
             try:
-                if explain:
-                    with torch.enable_grad():
-                        outputs = self.explain(items)
-                else:
-                    with torch.inference_mode():
-                        outputs = self.predict(items)
-            except ItemError as exc:  # the request kind itself is unsupported: same answer for each
-                for idx, _ in parsed:
-                    results[idx] = self._answer(context, idx, exc.to_dict(v2=idx in v2), exc.code)
-                return results
-            for (idx, _), output in zip(parsed, outputs):
                 if idx in v2:
                     results[idx] = self._answer_v2(context, idx, output, v2[idx])
                 else:
                     results[idx] = self._answer(context, idx, output, 200)
+            except Exception as exc:  # an answer that cannot be encoded (NaN, a bug): this item's 500
+                logger.warning("request %d: the answer cannot be encoded", idx, exc_info=True)
+                results[idx] = self._error(context, idx, item_error(exc, "answer"), idx in v2)
         return results
+
+    def read_item(self, request: Any, context: Any, idx: int, results: list, v2: dict[int, dict]) -> Any:
+        """One request read, bounded and parsed: its model input, or FAILED with its error answer
+        already in `results[idx]`. Nothing raised here reaches the rest of the batch."""
+        headers = _headers(context, idx)
+        is_v2 = False
+        try:
+            is_v2 = oip.has_binary_header(headers)  # the binary extension: a v2 request for sure
+            request = inflated(bounded(request, self.max_body_bytes), self.max_body_bytes)
+            payload, binary = self.payload(request, headers)
+            check_depth(payload)  # JSON (or a JSON part) nested deeper than MAX_DEPTH: 400
+            is_v2 = is_v2 or oip.is_v2(payload)
+            if is_v2:
+                item = self.parse_v2(oip.decode_inputs(payload, binary))
+                v2[idx] = payload
+            else:
+                item = self.parse(payload)
+            return item
+        except Exception as exc:  # noqa: BLE001 - every exception of one item is that item's answer
+            error = item_error(exc, "parse")
+            if not isinstance(exc, (ItemError, oip.ProtocolError)):
+                logger.warning("request %d: %s", idx, error.message, exc_info=True)
+            results[idx] = self._error(context, idx, error, is_v2)
+            return FAILED
+
+    def _forward(self, items: list[Any], explain: bool) -> list[Any]:
+        """The model's outputs, one per item; an item whose forward fails gets an ItemError instead.
+        A failing batch is run again item by item, so one item cannot fail the others."""
+        try:
+            if explain:
+                with torch.enable_grad():
+                    outputs = self.explain(items)
+            else:
+                with torch.inference_mode():
+                    outputs = self.predict(items)
+            if not isinstance(outputs, list) or len(outputs) != len(items):
+                raise RuntimeError(f"{type(outputs).__name__} of {len(outputs) if isinstance(outputs, list) else '?'}"
+                                   f" outputs for {len(items)} inputs")
+            return outputs
+        except Exception as exc:  # noqa: BLE001
+            if len(items) == 1:
+                if not isinstance(exc, ItemError):
+                    logger.warning("the forward pass failed on one request", exc_info=True)
+                return [item_error(exc, "forward")]
+            if not isinstance(exc, ItemError):
+                logger.warning("the forward pass of a batch of %d failed: running it item by item", len(items),
+                               exc_info=True)
+            return [self._forward([item], explain)[0] for item in items]
 
     def payload(self, request: dict, headers: dict[str, Any]) -> tuple[Any, bytes]:
         """The request's body, decoded from JSON when it came as bytes or text, and the binary
@@ -119,17 +203,14 @@ class BatchHandler:
         if json_length is not None and isinstance(body, (bytes, bytearray)):
             return oip.split_body(bytes(body), json_length)
         if isinstance(body, (bytes, bytearray)) and bytes(body[:6]) == NPY_MAGIC:
-            return _load_npy(bytes(body)), b""
+            return load_npy(bytes(body)), b""
         if isinstance(body, (bytes, bytearray)):
             try:
                 body = body.decode("utf-8")
             except UnicodeDecodeError:
                 raise ItemError("body is not UTF-8 JSON") from None
         if isinstance(body, str):
-            try:
-                return json.loads(body), b""
-            except ValueError as exc:
-                raise ItemError(f"body is not valid JSON: {exc}") from None
+            return loads(body), b""
         return body, b""
 
     def parse(self, payload: Any) -> Any:
@@ -157,7 +238,7 @@ class BatchHandler:
                                                     str(request.get("id") or context.get_request_id(idx)),
                                                     self.v2_outputs(output), request, binary)
         except oip.ProtocolError as exc:
-            return self._answer(context, idx, ItemError(str(exc)).to_dict(v2=True), 400)
+            return self._error(context, idx, ItemError(str(exc)), True)
         if json_length is not None:
             context.set_response_header(idx, "Inference-Header-Content-Length", str(json_length))
             context.set_response_content_type(idx, "application/octet-stream")
@@ -165,55 +246,138 @@ class BatchHandler:
             context.set_response_content_type(idx, "application/json")
         return body
 
+    @classmethod
+    def _error(cls, context: Any, idx: int, error: ItemError, v2: bool) -> bytes:
+        """An error answer: always plain JSON (v2 ones with the protocol's `error` field too, and
+        never the binary extension's header, so any v2 client can read it)."""
+        return cls._answer(context, idx, error.to_dict(v2=v2), error.code)
+
     @staticmethod
     def _answer(context: Any, idx: int, body: Any, code: int) -> bytes:
+        encoded = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
         if code != 200:
             context.set_response_status(code, HTTPStatus(code).phrase, idx)
         context.set_response_content_type(idx, "application/json")
-        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        return encoded
 
 
+FAILED = object()
 NPY_MAGIC = b"\x93NUMPY"
 GZIP_MAGIC = b"\x1f\x8b"
-MAX_INFLATED = 64 * 1024 * 1024  # a gzip body may unpack to this many bytes at most (gzip bombs)
+MAX_INFLATED = 64 * 1024 * 1024  # the most any gzip body may unpack to (each handler's max_body_bytes is lower)
 
 
-def inflated(request: Any) -> Any:
+def _body_of(request: Any) -> Any:
+    return request.get("data", request.get("body")) if isinstance(request, dict) else None
+
+
+def bounded(request: Any, limit: int) -> Any:
+    """The request, unless its body (as sent) is over `limit` bytes: then a 413 with a message."""
+    body = _body_of(request)
+    if isinstance(body, (bytes, bytearray, str)) and len(body) > limit:
+        raise ItemError(f"the body has {len(body):,} bytes; this model takes at most {limit:,}", 413)
+    return request
+
+
+def inflated(request: Any, limit: int = MAX_INFLATED) -> Any:
     """The request with a gzip body unpacked (the client's compress_min_bytes; TorchServe's frontend
-    passes such bodies through untouched). No other body starts with gzip's two magic bytes."""
-    body = request.get("data", request.get("body")) if isinstance(request, dict) else None
+    passes such bodies through untouched), to at most `limit` bytes (gzip bombs). No other body
+    starts with gzip's two magic bytes."""
+    body = _body_of(request)
     if not isinstance(body, (bytes, bytearray)) or bytes(body[:2]) != GZIP_MAGIC:
         return request
     import zlib
 
     unpack = zlib.decompressobj(wbits=31)
     try:
-        data = unpack.decompress(bytes(body), MAX_INFLATED)
+        data = unpack.decompress(bytes(body), limit)
     except zlib.error as exc:
         raise ItemError(f"the gzip body is corrupt: {exc}") from None
     if unpack.unconsumed_tail:
-        raise ItemError(f"the gzip body unpacks to more than {MAX_INFLATED:,} bytes")
+        raise ItemError(f"the gzip body unpacks to more than {limit:,} bytes", 413)
     if not unpack.eof or unpack.unused_data:
         raise ItemError("the gzip body is truncated or has data after its end")
     return {**{k: v for k, v in request.items() if k not in ("data", "body")}, "body": data}
 
 
-def _load_npy(data: bytes) -> Any:
-    """A binary tensor body (numpy's .npy format): no JSON to decode. Pickled arrays are refused."""
+def loads(text: str | bytes) -> Any:
+    """JSON text decoded, or ItemError: invalid JSON, or nested ~1,000 deep (Python's decoder
+    raises RecursionError there, cheaply; `read_item` refuses anything deeper than MAX_DEPTH)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ItemError(f"the JSON is nested too deeply: at most {MAX_DEPTH} levels") from None
+    except ValueError as exc:
+        raise ItemError(f"body is not valid JSON: {str(exc)[:200]}") from None
+
+
+def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
+    """ItemError when lists/objects nest deeper than `limit`. Iterative (no recursion), and stops
+    at the first level too deep; the work is bounded by the size of the body."""
+    if type(value) is not list and type(value) is not dict:
+        return
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise ItemError(f"the JSON is nested too deeply: at most {limit} levels")
+        for child in (node.values() if type(node) is dict else node):
+            if type(child) is list or type(child) is dict:
+                stack.append((child, depth + 1))
+
+
+def load_npy(data: bytes) -> Any:
+    """A binary tensor body (numpy's .npy format): no JSON to decode. The header is read first and
+    checked against the bytes that follow (a header may claim any shape), before anything is
+    allocated; the array is then a view of the body. Pickled (object) and structured arrays are
+    refused."""
     import io
 
     import numpy as np
+    from numpy.lib import format as npy
 
+    fp = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ItemError(f"the .npy body cannot be read: {str(exc).splitlines()[0][:120]}") from None
+        version = npy.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = npy.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy.read_array_header_2_0(fp)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, RecursionError, MemoryError) as exc:
+        raise ItemError(f"the .npy body cannot be read: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}") \
+            from None
+    if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or dtype.itemsize == 0:
+        raise ItemError(f"the .npy body cannot be read: dtype {str(dtype)[:40]} is not a plain numeric type")
+    if len(shape) > MAX_NPY_DIMS:
+        raise ItemError(f"the .npy body cannot be read: {len(shape)} dimensions; at most {MAX_NPY_DIMS}")
+    count = math.prod(shape)
+    held = len(data) - fp.tell()
+    if count * dtype.itemsize != held:
+        raise ItemError(f"the .npy body cannot be read: its header declares shape {list(shape)} of {dtype} "
+                        f"({count * dtype.itemsize:,} bytes) but {held:,} bytes follow it")
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=fp.tell())
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
+BATCH_HEADER = "X-Batch-Size"
+
+
+def label_batch(context: Any, size: int) -> None:
+    """Each answer says how many requests its batch held (the X-Batch-Size header): how a caller,
+    a test or a benchmark sees that dynamic batching happened."""
+    for idx in range(size):
+        try:
+            context.set_response_header(idx, BATCH_HEADER, str(size))
+        except (AttributeError, IndexError, TypeError):
+            return
 
 
 def _headers(context: Any, idx: int) -> dict[str, Any]:
     try:
         return context.get_all_request_header(idx) or {}
-    except (AttributeError, IndexError, TypeError):
+    except (AttributeError, IndexError, TypeError, KeyError):
         return {}
 
 

@@ -23,3 +23,36 @@ def statuses(ctx: Context, n: int) -> list[int]:
 
 def decoded(results) -> list:
     return [json.loads(r) for r in results]
+
+
+def run_batch(handler, bodies: list, headers: list[dict] | None = None) -> tuple[Context, list]:
+    """One batch through `handler.handle`, as a worker would run it: (the context, raw results)."""
+    ctx = make_context(handler.model_dir, batch=len(bodies))
+    if headers is not None:
+        ctx.request_processor = [RequestProcessor(h or {}) for h in headers]
+    ctx.request_ids = {i: f"req-{i}" for i in range(len(bodies))}
+    return ctx, handler.handle([{"body": b} for b in bodies], ctx)
+
+
+def run_stream(handler, bodies: list) -> tuple[list[int], list]:
+    """A streaming handler's batch in-process: (statuses, each request's whole answer). Text streams
+    come back joined (the intermediate chunks TorchServe would send, then the last part); error
+    answers come back decoded from JSON."""
+    import ts.handler_utils.utils as ts_utils
+
+    chunks: dict[int, list[str]] = {i: [] for i in range(len(bodies))}
+    original = ts_utils.send_intermediate_predict_response
+
+    def collect(ret, req_id_map, message, code, context=None):
+        for idx in req_id_map:
+            chunks[idx].append(ret[idx])
+
+    ts_utils.send_intermediate_predict_response = collect
+    try:
+        ctx, results = run_batch(handler, bodies)
+    finally:
+        ts_utils.send_intermediate_predict_response = original
+    codes = statuses(ctx, len(bodies))
+    answers = [json.loads(r) if code != 200 else "".join(chunks[i]) + r
+               for i, (code, r) in enumerate(zip(codes, results))]
+    return codes, answers

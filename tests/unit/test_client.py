@@ -378,7 +378,8 @@ def test_public_surface():
     import torchship
     from torchship import errors
 
-    assert set(torchship.__all__) == {"TorchServe", "LocalServer", "TorchServeError", "errors", "__version__"}
+    assert set(torchship.__all__) == {"Project", "History", "TuneResult", "TorchServe", "LocalServer",
+                                      "TorchServeError", "errors", "__version__"}
     for name in errors.__all__:
         assert hasattr(errors, name)
     api = {"register", "unregister", "scale", "describe", "versions", "list_models", "set_default",
