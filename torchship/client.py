@@ -27,6 +27,7 @@ from .config import ServerConfig
 from .metrics import Metrics
 from .errors import (
     BadInput,
+    PayloadTooLarge,
     ModelNotFound,
     ReadinessTimeout,
     ServerUnreachable,
@@ -64,6 +65,7 @@ class TorchServe:
         backoff: float = 0.2,
         session: requests.Session | None = None,
         compress_min_bytes: int | None = None,
+        max_request_size: int | None = None,
     ) -> None:
         self.urls = {
             _MANAGEMENT: management_url.rstrip("/"),
@@ -81,6 +83,9 @@ class TorchServe:
         # gzip request bodies of at least this many bytes (None: never). Pays only on slow links:
         # see benchmarks/bench_compression.py. torchship's handlers unpack them; others may not.
         self.compress_min_bytes = compress_min_bytes
+        # the server's max_request_size, when known (from_config): larger bodies are refused here,
+        # before sending, with a message that says what to do (TorchServe answers an empty 413)
+        self.max_request_size = max_request_size
 
     # ------------------------------------------------------------------ construction
 
@@ -98,6 +103,8 @@ class TorchServe:
             key_file = beside if beside.exists() else here / ".torchship" / "server" / "key_file.json"
             if (config.get("disable_token_authorization") or "").lower() == "true":
                 key_file = None
+        limit = config.get("max_request_size")
+        kwargs.setdefault("max_request_size", int(limit) if limit and limit.isdigit() else _TS_MAX_REQUEST_SIZE)
         return cls(config.management_url, config.inference_url, config.metrics_url, key_file, **kwargs)
 
     @classmethod
@@ -147,6 +154,10 @@ class TorchServe:
               data: bytes | None = None, headers: dict | None = None, timeout: float | None = None,
               stream: bool = False) -> requests.Response:
         url = self.urls[api] + path
+        size = len(data) if isinstance(data, (bytes, bytearray)) else None
+        if size is not None and self.max_request_size is not None and size > self.max_request_size:
+            raise PayloadTooLarge(413, "PayloadTooLarge", _too_large(size, self.max_request_size) + " (not sent)",
+                                  _strip_query(url))
         headers = dict(headers or {})
         key_kind = _MANAGEMENT if api == _MANAGEMENT else _INFERENCE
         if api != _METRICS:
@@ -164,6 +175,9 @@ class TorchServe:
         if resp.status_code >= 400:
             body = resp.content
             resp.close()
+            if resp.status_code == 413 and not body.strip():  # the frontend's own 413 has no body
+                raise PayloadTooLarge(413, "PayloadTooLarge", _too_large(size, self.max_request_size),
+                                      _strip_query(url))
             raise error_from_response(resp.status_code, body, _strip_query(url))
         return resp
 
@@ -446,6 +460,16 @@ def _v2_tensor(name: str, value: Any) -> dict[str, Any]:
         raise BadInput(f"input {name!r}: cannot send numpy {array.dtype} as an Open Inference Protocol tensor")
     return {"name": name, "shape": list(array.shape), "datatype": _NUMPY_TO_V2[array.dtype.name],
             "data": array.reshape(-1).tolist()}
+
+
+_TS_MAX_REQUEST_SIZE = 6_553_500  # TorchServe's default max_request_size
+
+
+def _too_large(size: int | None, limit: int | None) -> str:
+    body = f"the request body ({size:,} bytes)" if size is not None else "the request body"
+    over = f"the server's max_request_size ({limit:,} bytes)" if limit else "the server's max_request_size"
+    return (f"{body} is over {over}: send less, compress it (compress_min_bytes), or raise max_request_size "
+            "in config.properties")
 
 
 def _model_path(name: str, version: str | None, *, every: bool = False) -> str:

@@ -125,7 +125,9 @@ class ModelAlreadyExists(APIError):
 
 class PayloadTooLarge(APIError):
     def hint(self) -> str:
-        return "The body is over the server's max_request_size: send less, or raise it"
+        if self.message == "request body too large":  # nothing more was said (an empty 413)
+            return "The body is over the server's max_request_size: send less, or raise it"
+        return ""  # torchship's messages (the client's, each handler's) say what the limit is
 
 
 class ServerError(APIError):

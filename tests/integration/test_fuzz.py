@@ -27,6 +27,7 @@ from PIL import Image
 import archiver
 from tests.conftest import load_handler
 from tests.unit.handler_context import make_context, run_stream
+from torchship import errors as E
 from torchship.testing import GOOD, as_body, malformed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]  # setup trains six models
@@ -355,4 +356,17 @@ def test_oversize_bodies_get_413_and_nothing_breaks(post, fuzz_models, client):
     assert [r.status_code for r in resps] == [413, 200]
     [resp] = post("fuzz-recommender", [(over_model, JSON)])
     assert resp.status_code == 413 and "at most 65,536" in resp.json()["message"]
+    # through the client: the frontend's limit is known from the config, so nothing is sent
+    with pytest.raises(E.PayloadTooLarge, match=r"7,000,012 bytes\) is over the server's max_request_size "
+                                                r"\(6,553,500 bytes\).*\(not sent\)"):
+        client.predict("fuzz-sentiment", huge)
+    # and a client that does not know it still says what the frontend's empty 413 means
+    client.max_request_size, known = None, client.max_request_size
+    try:
+        with pytest.raises(E.PayloadTooLarge, match=r"the request body \(7,000,012 bytes\) is over the server's"):
+            client.predict("fuzz-sentiment", huge)
+    finally:
+        client.max_request_size = known
+    with pytest.raises(E.PayloadTooLarge, match="at most 65,536"):
+        client.predict("fuzz-recommender", over_model)
     assert client.ping() == "Healthy"

@@ -394,3 +394,27 @@ def test_numpy_arrays_travel_as_npy():
     ts, t = make(ok({}))
     ts.predict("mlp", np.zeros((2, 100), dtype=np.float32))
     assert t.last().headers["Content-Type"] == "application/x-npy" and t.last().body.startswith(b"\x93NUMPY")
+
+
+def test_a_body_over_the_servers_limit_is_refused_before_sending():
+    ts, t = make(ok(), max_request_size=100)
+    with pytest.raises(E.PayloadTooLarge, match=r"\(101 bytes\) is over the server's max_request_size \(100 bytes\)"):
+        ts.predict("mlp", b"x" * 101)
+    assert t.requests == []
+    ts.predict("mlp", b"x" * 100)
+    assert len(t.requests) == 1
+
+
+def test_the_frontends_empty_413_is_explained():
+    ts, t = make(lambda req: (413, b""))
+    with pytest.raises(E.PayloadTooLarge) as caught:
+        ts.predict("mlp", b"x" * 2048)
+    assert "the request body (2,048 bytes) is over the server's max_request_size" in str(caught.value)
+    assert "compress" in str(caught.value) and str(caught.value).count("max_request_size") == 2  # no second hint
+
+
+def test_from_config_knows_the_servers_limit(tmp_path):
+    (tmp_path / "config.properties").write_text("max_request_size=1234\n")
+    assert TorchServe.from_config(tmp_path / "config.properties").max_request_size == 1234
+    (tmp_path / "config.properties").write_text("model_store=x\n")
+    assert TorchServe.from_config(tmp_path / "config.properties").max_request_size == 6_553_500
