@@ -1,7 +1,7 @@
 """The packaging layer's errors, and the root of every torchship error.
 
 The root lives here, in the lowest layer that raises one, so that archiver (and train above it)
-never import torchship; `torchship.errors` re-exports all three and draws the whole tree.
+never import torchship; `torchship.sdk.errors` re-exports all three and draws the whole tree.
 """
 
 from __future__ import annotations

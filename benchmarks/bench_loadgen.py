@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from torchship import TorchServe  # noqa: E402
-from torchship.bench import bench  # noqa: E402
+from torchship.perf.bench import bench  # noqa: E402
 
 
 def main() -> int:

@@ -11,7 +11,7 @@ process: `apt-get install wrk`; the Python client is too slow to saturate a serv
    a user writes first (benchmarks/stock/), JSON in and out;
 3. torchship as `make demo` deploys it: its config (quiet logging), handler, batch 8 / 10 ms,
    binary payloads where they help (fashion: PNG bytes);
-4. torchship after `torchship tune` (torchship/tune.py, its guided search over batch size, delay,
+4. torchship after `torchship tune` (torchship/perf/tune.py, its guided search over batch size, delay,
    workers and threads, wrk driving each trial at concurrency 16) for a p99 budget of stock's p99;
 5. FastAPI/uvicorn: one process serving the same handler code.
 
@@ -44,11 +44,11 @@ import psutil  # noqa: E402
 import requests  # noqa: E402
 
 import archiver  # noqa: E402
-from torchship import wrk as wrk_engine  # noqa: E402
+from torchship.perf import wrk as wrk_engine  # noqa: E402
 from handlers import HANDLER_DIR  # noqa: E402
 from torchship import LocalServer  # noqa: E402
-from torchship.server import free_port_overrides, free_ports  # noqa: E402
-from torchship.tune import threads_copy, tune, unregister_after_load as unregister  # noqa: E402
+from torchship.ops.server import free_port_overrides, free_ports  # noqa: E402
+from torchship.perf.tune import threads_copy, tune, unregister_after_load as unregister  # noqa: E402
 from train import trainers  # noqa: E402
 from train.common import latest_run  # noqa: E402
 
@@ -311,7 +311,7 @@ def main() -> int:
         print("deploy to first prediction ...", file=sys.stderr)
         deploy = {}
         for m in ["mlp", "sentiment", "fashion", "recommender"]:
-            from torchship.testing import GOOD
+            from tests.strategies import GOOD
 
             times = []
             for _ in range(3):

@@ -38,10 +38,10 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 import archiver  # noqa: E402
 from torchship import LocalServer  # noqa: E402
-from torchship.server import free_port_overrides  # noqa: E402
-from torchship.desired import apply, parse_desired  # noqa: E402
-from torchship.load import run_load  # noqa: E402
-from torchship.testing import GOOD  # noqa: E402
+from torchship.ops.server import free_port_overrides  # noqa: E402
+from torchship.ops.desired import apply, parse_desired  # noqa: E402
+from torchship.perf.load import run_load  # noqa: E402
+from tests.strategies import GOOD  # noqa: E402
 from train import trainers  # noqa: E402
 from train.common import latest_run  # noqa: E402
 
@@ -50,13 +50,13 @@ ALL_MODELS = ["mlp", "sentiment", "fashion", "recommender", "embedder", "textgen
 
 
 def draw(model: str, n: int) -> list[bytes]:
-    from tests.integration.test_fuzz import bad_bodies
+    from tests.strategies import malformed
 
     bodies: list[bytes] = []
 
     @settings(max_examples=n, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(bad_bodies(model))
+    @given(malformed(model))
     def collect(body: bytes) -> None:
         bodies.append(body)
 

@@ -9,11 +9,11 @@
 thin client for a server someone else runs.
 """
 
-from . import errors
-from .client import TorchServe
-from .errors import TorchServeError
+from .ops.server import LocalServer
 from .project import History, Project, TuneResult
-from .server import LocalServer
+from .sdk import errors
+from .sdk.client import TorchServe
+from .sdk.errors import TorchServeError
 
 __version__ = "0.1.0"
 

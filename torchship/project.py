@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from torchship.config import ProjectPaths, ServerConfig
-from torchship.errors import ArchiveError, BadInput, TorchServeError, TrainingError
+from torchship.sdk.config import ProjectPaths, ServerConfig
+from torchship.sdk.errors import ArchiveError, BadInput, TorchServeError, TrainingError
 
 __all__ = ["Project", "History", "TuneResult"]
 
@@ -141,7 +141,7 @@ class Project:
     def client(self) -> Any:
         """A `TorchServe` client for the project's server (or the TS_* environment's)."""
         if self._client is None:
-            from torchship.client import TorchServe
+            from torchship.sdk.client import TorchServe
 
             if os.environ.get("TS_MANAGEMENT_URL") or os.environ.get("TS_INFERENCE_URL"):
                 self._client = TorchServe.from_env()
@@ -152,7 +152,7 @@ class Project:
     @property
     def server(self) -> Any:
         """The project's local TorchServe (`LocalServer`), started or not."""
-        from torchship.server import LocalServer
+        from torchship.ops.server import LocalServer
 
         return LocalServer(self.config_path, self.paths.server_dir)
 
@@ -160,7 +160,7 @@ class Project:
     def registry(self) -> Any:
         """The project's registry of archives and deployment events (`.torchship/registry.db`)."""
         if self._registry is None:
-            from torchship.registry import Registry
+            from torchship.ops.registry import Registry
 
             self._registry = Registry(self.paths.state_dir / "registry.db")
         return self._registry
@@ -206,7 +206,7 @@ class Project:
         import archiver
         from archiver.names import check_name, check_version
 
-        from torchship.versions import next_version
+        from torchship.ops.versions import next_version
 
         if name is None:
             raise ArchiveError("package needs the model's name")
@@ -258,7 +258,7 @@ class Project:
         Returns a `DeployResult` (action, description, seconds_to_ready)."""
         from archiver import EXAMPLES
 
-        from torchship.deploy import deploy
+        from torchship.ops.deploy import deploy
 
         serving = EXAMPLES[name].serving if name in EXAMPLES else {}
         result = deploy(self.client, self.store, name, version, workers=workers or serving.get("workers", 1),
@@ -299,7 +299,7 @@ class Project:
 
     def plan(self, desired: str | os.PathLike[str] | Any = "deploy.yaml") -> list[Any]:
         """What `apply(desired)` would change (a desired-state file, or a parsed `DesiredState`)."""
-        from torchship.desired import plan
+        from torchship.ops.desired import plan
 
         return plan(self.client, self._desired(desired))
 
@@ -307,7 +307,7 @@ class Project:
               public_key: str | os.PathLike[str] | None = None, progress: Callable[[Any], None] | None = None,
               timeout: float = 120.0) -> Any:
         """Converge the server to the desired state (idempotent); an `ApplyReport`."""
-        from torchship.desired import apply
+        from torchship.ops.desired import apply
 
         return apply(self.client, self.store, self._desired(desired), public_key=self._key(public_key),
                      registry=self.registry, progress=progress, timeout=timeout)
@@ -320,7 +320,7 @@ class Project:
         """Guarded promotion of `version` with automatic rollback; a `RolloutReport` (`.passed`,
         `.gate`, `.reason`, `.figures`). `golden`: a golden-set file or its items (default:
         tests/golden/NAME.jsonl)."""
-        from torchship.rollout import load_golden, rollout
+        from torchship.ops.rollout import load_golden, rollout
 
         if golden is None or isinstance(golden, (str, os.PathLike)):
             path = Path(golden) if golden is not None else self.golden(name)
@@ -334,7 +334,7 @@ class Project:
 
     def rollback(self, name: str) -> tuple[str, str]:
         """Make the previous good version the default again; (old default, new default)."""
-        from torchship.rollout import rollback
+        from torchship.ops.rollout import rollback
 
         return rollback(self.client, name, self.registry)
 
@@ -359,7 +359,7 @@ class Project:
                public_key: str | os.PathLike[str] | None = None) -> dict[str, list[Path]]:
         """Kubernetes (`k8s`) or KServe (`kserve`) manifests and the model-store layout of the
         desired state, its archives verified; returns what was written."""
-        from torchship.export import IMAGE, export
+        from torchship.ops.export import IMAGE, export
 
         return export(target, self._desired(desired), self.store, Path(out), public_key=self._key(public_key),
                       name=name, image=image or IMAGE, max_replicas=max_replicas, storage_uri=storage_uri,
@@ -372,7 +372,7 @@ class Project:
               stream: bool = False, plot: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         """A load test: throughput, latency percentiles, errors by status (time to first token and
         tokens/s with `stream`). `engine`: "wrk" (C, when installed), "python", or "auto"."""
-        from torchship.bench import bench, bench_stream, plot_latencies
+        from torchship.perf.bench import bench, bench_stream, plot_latencies
 
         if stream:
             return dict(bench_stream(self.client, name, bodies, version=version, concurrency=concurrency,
@@ -392,18 +392,18 @@ class Project:
              public_key: str | os.PathLike[str] | None = None,
              log: Callable[[str], None] | None = None) -> TuneResult:
         """The fastest batching, workers and threads whose p99 meets `slo_p99_ms` (see
-        `torchship.tune`). `bodies` default to the golden set's inputs; `write` merges the winner
+        `torchship.perf.tune`). `bodies` default to the golden set's inputs; `write` merges the winner
         into that desired-state file (never writing one `apply` would refuse)."""
-        from torchship import wrk
-        from torchship.desired import merge_settings
-        from torchship.tune import packaged_threads, tune
-        from torchship.versions import latest_version
+        from torchship.perf import wrk
+        from torchship.ops.desired import merge_settings
+        from torchship.perf.tune import packaged_threads, tune
+        from torchship.ops.versions import latest_version
 
         version = version or latest_version(self.store, name)
         if version is None:
             raise ArchiveError(f"no archive of {name} in {self.store}: run `torchship package {name}` first")
         if bodies is None:
-            from torchship.rollout import load_golden
+            from torchship.ops.rollout import load_golden
 
             if not self.golden(name).is_file():
                 raise BadInput(f"no requests to tune with: give bodies ({self.golden(name)} is missing)")
@@ -430,7 +430,7 @@ class Project:
                   log: Callable[[str], None] | None = None) -> list[Any]:
         """Scale `name`'s workers within [min, max] from its queue time until `duration` ends (or
         Ctrl-C/SIGTERM with `handle_signals`); each decision is recorded. Returns the decisions."""
-        from torchship.autoscale import Autoscaler
+        from torchship.ops.autoscale import Autoscaler
 
         if max_workers < min_workers:
             raise BadInput(f"max_workers ({max_workers}) is below min_workers ({min_workers})")
@@ -446,7 +446,7 @@ class Project:
 
     @staticmethod
     def _desired(desired: str | os.PathLike[str] | Any) -> Any:
-        from torchship.desired import load_desired
+        from torchship.ops.desired import load_desired
 
         return load_desired(desired) if isinstance(desired, (str, os.PathLike)) else desired
 

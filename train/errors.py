@@ -1,4 +1,4 @@
-"""The training layer's error (re-exported by `torchship.errors`)."""
+"""The training layer's error (re-exported by `torchship.sdk.errors`)."""
 
 from __future__ import annotations
 

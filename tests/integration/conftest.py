@@ -9,8 +9,8 @@ import pytest
 
 import archiver
 from torchship import LocalServer
-from torchship.server import free_port_overrides
-from torchship.deploy import deploy
+from torchship.ops.server import free_port_overrides
+from torchship.ops.deploy import deploy
 
 ROOT = Path(__file__).resolve().parents[2]
 

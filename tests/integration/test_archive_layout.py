@@ -17,7 +17,7 @@ import archiver
 from archiver import ArchiveSpec, example_spec
 from tests.fixtures import zipcraft
 from torchship import errors as E
-from torchship.deploy import deploy
+from torchship.ops.deploy import deploy
 
 pytestmark = pytest.mark.integration
 TORCHSHIP = str(Path(sys.executable).parent / "torchship")
@@ -87,9 +87,9 @@ def test_layout_attacks_are_refused_by_verify_and_by_deploy(version, attack, che
 
 def test_apply_rollout_and_export_go_through_the_same_check(client, store, key_dir, public_key, mlp_run, tmp_path,
                                                             mlp_deployed):
-    from torchship.desired import apply, parse_desired
-    from torchship.export import export
-    from torchship.rollout import GoldenItem, rollout
+    from torchship.ops.desired import apply, parse_desired
+    from torchship.ops.export import export
+    from torchship.ops.rollout import GoldenItem, rollout
 
     marker = tmp_path / "ran"
     path = signed_archive(mlp_run, store, key_dir, "2.1")

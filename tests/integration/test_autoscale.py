@@ -7,8 +7,8 @@ import pytest
 
 import archiver
 from archiver import ArchiveSpec
-from torchship.autoscale import Autoscaler
-from torchship.load import run_load
+from torchship.ops.autoscale import Autoscaler
+from torchship.perf.load import run_load
 
 from .conftest import ROOT
 

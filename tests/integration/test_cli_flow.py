@@ -37,7 +37,7 @@ def test_train_package_deploy_predict(server, client):
     # threads per worker, as `torchship tune` recommends: in the model-config, signed like the rest
     r = run(server, "package", "mlp", "--version", "3.1", "--threads", "2")
     assert r.returncode == 0, r.stderr
-    from torchship.tune import packaged_threads
+    from torchship.perf.tune import packaged_threads
 
     threaded = archive.with_name("mlp-3.1.mar")
     try:
@@ -77,8 +77,8 @@ def test_train_package_deploy_predict(server, client):
 
 def test_serve_start_status_stop_in_a_project(tmp_path):
     """`torchship serve` on a project of its own (free ports), as `make serve` / `make stop` run it."""
-    from torchship.config import read_properties, write_properties
-    from torchship.server import free_port_overrides
+    from torchship.sdk.config import read_properties, write_properties
+    from torchship.ops.server import free_port_overrides
 
     from .conftest import ROOT
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 import archiver
 from torchship import errors as E
-from torchship.deploy import deploy
-from torchship.rollout import evaluate, load_golden
+from torchship.ops.deploy import deploy
+from torchship.ops.rollout import evaluate, load_golden
 
 from .conftest import ROOT
 

@@ -20,12 +20,12 @@ import yaml
 
 import archiver
 from torchship import TorchServe
-from torchship.config import java_regex_literal
-from torchship.desired import parse_desired
-from torchship.errors import TorchServeError
-from torchship.export import export
-from torchship.server import _FORBIDDEN_ENV, _torchserve_executable, free_port_overrides
-from torchship.testing import GOOD
+from torchship.sdk.config import java_regex_literal
+from torchship.ops.desired import parse_desired
+from torchship.sdk.errors import TorchServeError
+from torchship.ops.export import export
+from torchship.ops.server import _FORBIDDEN_ENV, _torchserve_executable, free_port_overrides
+from tests.strategies import GOOD
 
 pytestmark = pytest.mark.integration
 

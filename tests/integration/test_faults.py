@@ -17,10 +17,10 @@ import archiver
 from archiver import ArchiveSpec
 from torchship import TorchServe
 from torchship import errors as E
-from torchship.desired import apply, parse_desired, plan
-from torchship.load import run_load
-from torchship.registry import Registry
-from torchship.testing import GOOD
+from torchship.ops.desired import apply, parse_desired, plan
+from torchship.perf.load import run_load
+from torchship.ops.registry import Registry
+from tests.strategies import GOOD
 
 from .conftest import ROOT, start_server
 

@@ -28,7 +28,7 @@ import archiver
 from tests.conftest import load_handler
 from tests.unit.handler_context import make_context, run_stream
 from torchship import errors as E
-from torchship.testing import GOOD, as_body, malformed
+from tests.strategies import GOOD, as_body, malformed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]  # setup trains six models
 
@@ -140,46 +140,6 @@ def attacks(model: str) -> list[tuple[str, bytes, dict]]:
                     ("max_new_tokens 10^9", as_body({"prompt": "A", "max_new_tokens": 10 ** 9}), JSON)],
     }
     return common + specific[model]
-
-
-# ---------------------------------------------------------------- malformed bodies drawn by hypothesis
-
-_TEXTS_BAD = st.one_of(
-    st.just([]), st.lists(st.just("a"), min_size=65, max_size=70), st.lists(st.just("x" * 2001), min_size=1, max_size=2),
-    st.lists(st.one_of(st.none(), st.integers(), st.booleans(), st.just(""), st.just("  ")), min_size=1, max_size=3),
-    st.text(max_size=5), st.integers(), st.none(), st.dictionaries(st.text(max_size=3), st.text(max_size=3)))
-_STRATEGIES = {
-    "embedder": lambda: st.one_of(
-        _TEXTS_BAD.map(lambda t: as_body({"texts": t})),
-        _TEXTS_BAD.map(lambda t: as_body({"query": "q", "candidates": t})),
-        st.one_of(st.none(), st.integers(), st.just(""), st.just("x" * 2001)).map(
-            lambda q: as_body({"query": q, "candidates": ["a"]})),
-        st.dictionaries(st.text(max_size=5).filter(lambda k: k not in ("texts", "query")), st.integers(),
-                        max_size=3).map(as_body)),
-    "textgen": lambda: st.one_of(
-        st.one_of(st.none(), st.integers(), st.lists(st.text(max_size=3), max_size=2), st.just("p" * 501)).map(
-            lambda p: as_body({"prompt": p})),
-        st.one_of(st.integers(max_value=0), st.integers(min_value=501), st.floats(), st.booleans(), st.text(max_size=3))
-        .map(lambda n: as_body({"prompt": "A", "max_new_tokens": n})),
-        st.one_of(st.floats(min_value=1e-300, max_value=0.0099), st.floats(min_value=2.0001), st.floats(max_value=-1e-9),
-                  st.just(float("nan")), st.booleans(), st.text(max_size=3))
-        .map(lambda t: as_body({"prompt": "A", "temperature": t})),
-        st.one_of(st.integers(max_value=0), st.integers(min_value=10 ** 4), st.floats(), st.text(max_size=3))
-        .map(lambda k: as_body({"prompt": "A", "top_k": k})),
-        st.one_of(st.integers(max_value=-1), st.integers(min_value=2 ** 63), st.floats(), st.text(max_size=3))
-        .map(lambda s: as_body({"prompt": "A", "seed": s})),
-        st.dictionaries(st.text(max_size=5).filter(lambda k: k != "prompt"), st.integers(), max_size=3).map(as_body)),
-}
-
-
-def bad_bodies(model: str) -> st.SearchStrategy:
-    """Malformed bodies for `model`: torchship.testing's for the four classic models, and those
-    above (plus the bodies that are invalid for every model) for the embedder and textgen."""
-    if model in _STRATEGIES:
-        from torchship.testing import _common
-
-        return st.one_of(_common(), _STRATEGIES[model]())
-    return malformed(model)
 
 
 # ---------------------------------------------------------------- fixtures
@@ -318,7 +278,7 @@ def test_malformed_requests_never_reach_a_5xx(name, fuzz_models, expected, post,
 
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(st.lists(bad_bodies(name), min_size=BAD_PER_ROUND, max_size=BAD_PER_ROUND), st.integers(0, 1000))
+    @given(st.lists(malformed(name), min_size=BAD_PER_ROUND, max_size=BAD_PER_ROUND), st.integers(0, 1000))
     def check(bodies, start):
         bad = [(f"drawn {body[:60]!r}", body, JSON) for body in bodies]
         for items, labels, goods_at in rounds_of(bad, GOODS[name], start):

@@ -12,8 +12,8 @@ import pytest
 
 import archiver
 from torchship import errors as E
-from torchship.bench import bench_stream
-from torchship.deploy import deploy
+from torchship.perf.bench import bench_stream
+from torchship.ops.deploy import deploy
 
 pytestmark = pytest.mark.integration
 TORCHSHIP = str(Path(sys.executable).parent / "torchship")

@@ -10,7 +10,7 @@ import torch
 
 from tests.helpers import assert_same_answers, rows
 from torchship import errors as E
-from torchship.deploy import deploy
+from torchship.ops.deploy import deploy
 
 pytestmark = pytest.mark.integration
 

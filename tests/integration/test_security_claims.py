@@ -26,9 +26,9 @@ from archiver import ArchiveSpec, example_spec
 from tests.fixtures import tamper
 from tests.helpers import rows
 from torchship import errors as E
-from torchship.config import read_properties, write_properties
-from torchship.deploy import deploy
-from torchship.server import free_port_overrides
+from torchship.sdk.config import read_properties, write_properties
+from torchship.ops.deploy import deploy
+from torchship.ops.server import free_port_overrides
 
 from .conftest import ROOT, start_server
 

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from tests.helpers import rows
-from torchship.tune import best_trial
-from torchship.tune import tune as run_tune
+from torchship.perf.tune import best_trial
+from torchship.perf.tune import tune as run_tune
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,7 +45,7 @@ def test_tune_refuses_an_archive_that_fails_verification(client, store, key_dir,
     import archiver
     from archiver import ArchiveSpec, example_spec
     from tests.fixtures import zipcraft
-    from torchship.errors import VerificationError
+    from torchship.sdk.errors import VerificationError
 
     spec = example_spec("mlp", mlp_run, "1.0")
     path = archiver.package(ArchiveSpec("tunebad", "1.0", spec.handler, spec.weights, extra_files=spec.extra_files,
@@ -83,8 +83,8 @@ def test_tune_cli_writes_the_winner_into_the_desired_state(server, tmp_path, pub
 
 def test_bench_and_tune_with_wrk(client, store, public_key, mlp_archive, mlp_deployed):
     """wrk engine: the same figures from a C load generator (the Python one bottlenecks tiny models)."""
-    from torchship import wrk
-    from torchship.bench import bench
+    from torchship.perf import wrk
+    from torchship.perf.bench import bench
 
     if not wrk.available():
         pytest.skip("wrk is not installed (apt-get install wrk; .ci/run installs it)")

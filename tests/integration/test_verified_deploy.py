@@ -14,7 +14,7 @@ import archiver
 from archiver import ArchiveSpec, example_spec
 from tests.fixtures import tamper
 from torchship import errors as E
-from torchship.deploy import deploy
+from torchship.ops.deploy import deploy
 
 from .conftest import ROOT
 

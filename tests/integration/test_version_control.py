@@ -11,10 +11,10 @@ import pytest
 
 import archiver
 from archiver import ArchiveSpec, example_spec
-from torchship.desired import apply, parse_desired, plan
-from torchship.load import run_load
-from torchship.registry import Registry
-from torchship.rollout import load_golden, rollback, rollout
+from torchship.ops.desired import apply, parse_desired, plan
+from torchship.perf.load import run_load
+from torchship.ops.registry import Registry
+from torchship.ops.rollout import load_golden, rollback, rollout
 from train import mlp
 
 from .conftest import ROOT, start_server

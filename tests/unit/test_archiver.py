@@ -9,7 +9,7 @@ import pytest
 
 import archiver
 from archiver import ArchiveSpec, example_spec, validate_model_config
-from torchship.errors import ArchiveError
+from torchship.sdk.errors import ArchiveError
 
 
 def test_example_archive_holds_what_the_worker_needs(mlp_run, tmp_path):
@@ -118,7 +118,7 @@ def test_disk_full_while_packaging_leaves_no_partial_archive(mlp_run, tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
         import archiver
-        from torchship.errors import ArchiveError
+        from torchship.sdk.errors import ArchiveError
         try:
             archiver.build(archiver.example_spec("mlp", {str(mlp_run)!r}, "1.0"), {str(tmp_path / "store")!r})
         except ArchiveError as exc:

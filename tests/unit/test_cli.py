@@ -101,8 +101,8 @@ from .test_names import short_id  # noqa: E402
 def nothing_may_happen(project, monkeypatch):
     """`project`, with every way to read an archive or reach a server turned into a test failure."""
     import archiver
-    import torchship.deploy
-    from torchship.client import TorchServe
+    import torchship.ops.deploy
+    from torchship.sdk.client import TorchServe
 
     def forbidden(what):
         def fail(*args, **kwargs):
@@ -110,7 +110,7 @@ def nothing_may_happen(project, monkeypatch):
         return fail
 
     monkeypatch.setattr(TorchServe, "_send", forbidden("a request"))
-    monkeypatch.setattr(torchship.deploy, "deploy", forbidden("deploy"))
+    monkeypatch.setattr(torchship.ops.deploy, "deploy", forbidden("deploy"))
     for fn in ("ensure_verified", "verify_archive", "package", "example_spec"):
         monkeypatch.setattr(archiver, fn, forbidden(f"archiver.{fn}"))
     return project

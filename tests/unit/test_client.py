@@ -5,7 +5,7 @@ import requests
 
 from torchship import TorchServe
 from torchship import errors as E
-from torchship.auth import KeyFile, StaticKeys
+from torchship.sdk.auth import KeyFile, StaticKeys
 
 from .fake_transport import FakeTransport, session_with
 

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from torchship.config import ProjectPaths, ServerConfig, java_regex_literal, read_properties, write_properties
-from torchship.errors import ConfigError
+from torchship.sdk.config import ProjectPaths, ServerConfig, java_regex_literal, read_properties, write_properties
+from torchship.sdk.errors import ConfigError
 
 
 def test_properties_parsing(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 
 from torchship import errors as E
-from torchship.errors import error_from_response
+from torchship.sdk.errors import error_from_response
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ import archiver
 from archiver import ArchiveSpec, example_spec
 from tests.schema import validate
 from archiver.names import InvalidName
-from torchship.desired import DesiredState, ModelState, parse_desired
-from torchship.errors import VerificationError
-from torchship.export import SCRAPER_NAMESPACE_LABEL, cluster_config, export
+from torchship.ops.desired import DesiredState, ModelState, parse_desired
+from torchship.sdk.errors import VerificationError
+from torchship.ops.export import SCRAPER_NAMESPACE_LABEL, cluster_config, export
 
 pytest.importorskip("kubernetes")
 

@@ -1,6 +1,6 @@
 import math
 
-from torchship.metrics import Metrics, parse_prometheus
+from torchship.sdk.metrics import Metrics, parse_prometheus
 
 TEXT = """# HELP Requests4XX Torchserve prometheus counter metric with unit: Count
 # TYPE Requests4XX counter

@@ -3,9 +3,9 @@ import threading
 
 import pytest
 
-from torchship.desired import parse_desired
-from torchship.errors import ConfigError
-from torchship.registry import Registry
+from torchship.ops.desired import parse_desired
+from torchship.sdk.errors import ConfigError
+from torchship.ops.registry import Registry
 
 
 @pytest.fixture
@@ -172,7 +172,7 @@ class Recorder:
 @pytest.mark.parametrize("name, version", [("../m", "2.0"), ("m", "../2.0"), ("m", "2.0\n"), ("a/b", "1")],
                          ids=short_id)
 def test_rollout_and_rollback_check_before_any_request_or_record(reg, tmp_path, name, version):
-    from torchship.rollout import rollback, rollout
+    from torchship.ops.rollout import rollback, rollout
 
     client = Recorder()
     with pytest.raises(InvalidName):
@@ -186,9 +186,9 @@ def test_rollout_and_rollback_check_before_any_request_or_record(reg, tmp_path, 
 def test_plan_refuses_a_live_version_it_could_not_remove():
     """A version registered by other means with a name no request can carry: apply stops before
     changing anything, and says so."""
-    from torchship.desired import plan
-    from torchship.errors import TorchServeError
-    from torchship.types import ModelDescription
+    from torchship.ops.desired import plan
+    from torchship.sdk.errors import TorchServeError
+    from torchship.sdk.types import ModelDescription
 
     class Live:
         def versions(self, name):

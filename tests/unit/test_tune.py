@@ -11,7 +11,7 @@ import yaml
 
 import archiver
 from archiver import example_spec
-from torchship.tune import packaged_threads, thread_splits, threads_copy
+from torchship.perf.tune import packaged_threads, thread_splits, threads_copy
 
 from .handler_context import make_context
 
@@ -29,7 +29,7 @@ def test_thread_splits_never_oversubscribe(best_workers, cores, packaged, splits
 
 
 def test_a_trial_measured_again_is_judged_on_its_mean_and_worse_p99():
-    from torchship.tune import Trial, best_trial
+    from torchship.perf.tune import Trial, best_trial
 
     lucky = Trial(1, 16, 5, 1, throughput=5800.0, p50_ms=2.6, p99_ms=4.7, failed=0)
     steady = Trial(2, 8, 5, 1, throughput=5600.0, p50_ms=2.5, p99_ms=8.0, failed=0)
@@ -76,7 +76,7 @@ def test_threads_copy_is_signed_verified_and_changes_only_the_model_config(mlp_r
 
 def test_threads_copy_of_a_tampered_archive_is_refused(mlp_run, tmp_path):
     from tests.fixtures import zipcraft
-    from torchship.errors import VerificationError
+    from torchship.sdk.errors import VerificationError
 
     keys = tmp_path / "keys"
     archiver.ensure_keys(keys)
@@ -91,8 +91,8 @@ def test_unregister_after_load_waits_out_torchserves_busy_500(monkeypatch):
     """TorchServe 0.12 can answer an unregister right after heavy load with 500
     ConcurrentModificationException and keep the model; a trial must not leave it registered."""
     from torchship import errors as E
-    from torchship import tune as tune_module
-    from torchship.tune import unregister_after_load
+    from torchship.perf import tune as tune_module
+    from torchship.perf.tune import unregister_after_load
 
     from .test_client import make
 

@@ -16,7 +16,7 @@ import archiver
 from archiver import ArchiveSpec, example_spec, verify_archive
 from archiver.provenance import PROVENANCE_NAME
 from tests.fixtures import tamper, zipcraft
-from torchship.errors import ArchiveError, VerificationError
+from torchship.sdk.errors import ArchiveError, VerificationError
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-from torchship.versions import latest_version, next_version, store_versions
+from torchship.ops.versions import latest_version, next_version, store_versions
 
 
 def test_versions_sort_numerically_and_next_is_a_new_major(tmp_path):

@@ -1,4 +1,4 @@
-from torchship.wrk import parse
+from torchship.perf.wrk import parse
 
 OUT = """Running 8s test @ http://127.0.0.1:8080/predictions/mlp
   2 threads and 16 connections

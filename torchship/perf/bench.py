@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import APIError, TorchServeError
-from . import wrk
-from .load import percentile, run_load, run_threads
+from torchship.sdk.errors import APIError, TorchServeError
+from torchship.perf import wrk
+from torchship.perf.load import percentile, run_load, run_threads
 
 __all__ = ["bench", "bench_stream", "plot_latencies", "wrk_load"]
 
@@ -19,7 +19,7 @@ def bench(client, name: str, payloads: Sequence[Any], *, version: str | None = N
           duration: float | None = 10.0, requests: int | None = None, keep: bool = False, engine: str = "python"):
     """Figures of a load test (and, with keep, the LoadResult for plotting; python engine only).
 
-    engine "wrk" sends the first payload with wrk for `duration` seconds (see torchship.wrk);
+    engine "wrk" sends the first payload with wrk for `duration` seconds (see torchship.perf.wrk);
     "python" uses the client's pooled sessions in threads; "auto" picks wrk when installed and
     the test is by duration.
     """
@@ -38,7 +38,7 @@ def bench(client, name: str, payloads: Sequence[Any], *, version: str | None = N
 
 def wrk_load(client, name: str, payload: Any, *, version: str | None, concurrency: int, seconds: float) -> dict:
     """One wrk run against a model through the client's address and inference key."""
-    from .client import _model_path
+    from torchship.sdk.client import _model_path
 
     body, headers = client._body(payload)  # as the client sends it (gzipped if it compresses)
     content_type = headers.pop("Content-Type")

@@ -56,8 +56,8 @@ import yaml
 
 from archiver.names import InvalidName, check_name, check_version
 
-from .desired import DesiredState
-from .errors import BadInput, VerificationError
+from torchship.ops.desired import DesiredState
+from torchship.sdk.errors import BadInput, VerificationError
 
 __all__ = ["export", "cluster_config", "check_export_names", "client_label", "scraper_label", "IMAGE",
            "SCRAPER_NAMESPACE_LABEL"]

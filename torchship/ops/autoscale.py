@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import BadInput, TorchServeError
+from torchship.sdk.errors import BadInput, TorchServeError
 
 __all__ = ["Autoscaler", "Decision"]
 

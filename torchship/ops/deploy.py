@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .client import TorchServe
-from .errors import ArchiveError, BadInput, ModelAlreadyExists, ServerError, TorchServeError, VerificationError
-from .types import ModelDescription
-from .versions import latest_version
+from torchship.sdk.client import TorchServe
+from torchship.sdk.errors import ArchiveError, BadInput, ModelAlreadyExists, ServerError, TorchServeError, VerificationError
+from torchship.sdk.types import ModelDescription
+from torchship.ops.versions import latest_version
 
 __all__ = ["DeployResult", "deploy"]
 

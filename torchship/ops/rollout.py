@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelNotFound, TorchServeError
-from .load import run_load
+from torchship.sdk.errors import ModelNotFound, TorchServeError
+from torchship.perf.load import run_load
 
 __all__ = ["GoldenItem", "load_golden", "RolloutReport", "rollout", "rollback", "evaluate"]
 
@@ -99,7 +99,7 @@ def rollout(client, store: Path, name: str, version: str, *, golden: list[Golden
     below the current default's; agreement and p99 are measured and reported only."""
     from archiver.names import check_name, check_version
 
-    from .deploy import deploy
+    from torchship.ops.deploy import deploy
 
     check_name(name)  # before any request is sent or anything is recorded
     check_version(version)  # a rollout always names its version

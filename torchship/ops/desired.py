@@ -25,8 +25,8 @@ import yaml
 
 from archiver.names import InvalidName, check_name, check_version
 
-from .errors import ConfigError, ModelNotFound, TorchServeError
-from .types import ModelDescription
+from torchship.sdk.errors import ConfigError, ModelNotFound, TorchServeError
+from torchship.sdk.types import ModelDescription
 
 __all__ = ["ModelState", "DesiredState", "Action", "plan", "apply", "ApplyReport", "load_desired", "InvalidDesiredName"]
 
@@ -214,7 +214,7 @@ def apply(client, store: Path, desired: DesiredState, *, public_key: Path | None
           timeout: float = 120.0, progress=None) -> ApplyReport:
     """Run the plan. Stops at the first failure and reports what was and was not applied; the
     default keeps serving (unregistering comes last)."""
-    from .deploy import deploy
+    from torchship.ops.deploy import deploy
 
     actions = plan(client, desired)
     report = ApplyReport()

@@ -22,10 +22,10 @@ import requests
 
 from archiver.names import check_name, check_name_version, check_version
 
-from .auth import KeyFile, StaticKeys
-from .config import ServerConfig
-from .metrics import Metrics
-from .errors import (
+from torchship.sdk.auth import KeyFile, StaticKeys
+from torchship.sdk.config import ServerConfig
+from torchship.sdk.metrics import Metrics
+from torchship.sdk.errors import (
     BadInput,
     PayloadTooLarge,
     ModelNotFound,
@@ -37,7 +37,7 @@ from .errors import (
     WorkerDied,
     error_from_response,
 )
-from .types import ModelDescription, ModelSummary
+from torchship.sdk.types import ModelDescription, ModelSummary
 
 __all__ = ["TorchServe"]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from torchship.sdk.errors import ConfigError
 
 __all__ = ["ServerConfig", "ProjectPaths", "read_properties", "write_properties", "java_regex_literal"]
 

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .errors import LoadGeneratorError
+from torchship.sdk.errors import LoadGeneratorError
 
 __all__ = ["available", "run", "parse"]
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import psutil
 
-from .client import TorchServe
-from .config import ServerConfig, java_regex_literal, read_properties, write_properties
-from .errors import ConfigError, ServerStartError, TorchServeError
+from torchship.sdk.client import TorchServe
+from torchship.sdk.config import ServerConfig, java_regex_literal, read_properties, write_properties
+from torchship.sdk.errors import ConfigError, ServerStartError, TorchServeError
 
 __all__ = ["LocalServer", "ServerStatus", "free_ports", "free_port_overrides"]
 

@@ -89,7 +89,41 @@ def _recommender() -> st.SearchStrategy:
     )
 
 
-_BY_MODEL = {"mlp": _mlp, "sentiment": _sentiment, "fashion": _fashion, "recommender": _recommender}
+# embedder and textgen: wrong texts and out-of-bounds generation parameters
+_TEXTS_BAD = st.one_of(
+    st.just([]), st.lists(st.just("a"), min_size=65, max_size=70), st.lists(st.just("x" * 2001), min_size=1, max_size=2),
+    st.lists(st.one_of(st.none(), st.integers(), st.booleans(), st.just(""), st.just("  ")), min_size=1, max_size=3),
+    st.text(max_size=5), st.integers(), st.none(), st.dictionaries(st.text(max_size=3), st.text(max_size=3)))
+
+
+def _embedder() -> st.SearchStrategy:
+    return st.one_of(
+        _TEXTS_BAD.map(lambda t: as_body({"texts": t})),
+        _TEXTS_BAD.map(lambda t: as_body({"query": "q", "candidates": t})),
+        st.one_of(st.none(), st.integers(), st.just(""), st.just("x" * 2001)).map(
+            lambda q: as_body({"query": q, "candidates": ["a"]})),
+        st.dictionaries(st.text(max_size=5).filter(lambda k: k not in ("texts", "query")), st.integers(),
+                        max_size=3).map(as_body))
+
+
+def _textgen() -> st.SearchStrategy:
+    return st.one_of(
+        st.one_of(st.none(), st.integers(), st.lists(st.text(max_size=3), max_size=2), st.just("p" * 501)).map(
+            lambda p: as_body({"prompt": p})),
+        st.one_of(st.integers(max_value=0), st.integers(min_value=501), st.floats(), st.booleans(), st.text(max_size=3))
+        .map(lambda n: as_body({"prompt": "A", "max_new_tokens": n})),
+        st.one_of(st.floats(min_value=1e-300, max_value=0.0099), st.floats(min_value=2.0001), st.floats(max_value=-1e-9),
+                  st.just(float("nan")), st.booleans(), st.text(max_size=3))
+        .map(lambda t: as_body({"prompt": "A", "temperature": t})),
+        st.one_of(st.integers(max_value=0), st.integers(min_value=10 ** 4), st.floats(), st.text(max_size=3))
+        .map(lambda k: as_body({"prompt": "A", "top_k": k})),
+        st.one_of(st.integers(max_value=-1), st.integers(min_value=2 ** 63), st.floats(), st.text(max_size=3))
+        .map(lambda s: as_body({"prompt": "A", "seed": s})),
+        st.dictionaries(st.text(max_size=5).filter(lambda k: k != "prompt"), st.integers(), max_size=3).map(as_body))
+
+
+_BY_MODEL = {"mlp": _mlp, "sentiment": _sentiment, "fashion": _fashion, "recommender": _recommender,
+             "embedder": _embedder, "textgen": _textgen}
 
 GOOD: dict[str, bytes] = {
     "mlp": as_body({"data": [0.25] * 100}),

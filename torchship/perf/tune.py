@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import ModelNotFound, ServerError
-from .load import run_load
+from torchship.sdk.errors import ModelNotFound, ServerError
+from torchship.perf.load import run_load
 
 __all__ = ["Trial", "tune", "best_trial", "packaged_threads", "threads_copy", "thread_splits",
            "unregister_after_load"]
@@ -128,7 +128,7 @@ def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], 
     from archiver import ensure_verified, public_key_path, signature_path
     from archiver.names import MAX_NAME_LENGTH
 
-    from .bench import wrk_load
+    from torchship.perf.bench import wrk_load
 
     archive = Path(store) / f"{name}-{version}.mar"
     ensure_verified(archive, public_key=public_key)

@@ -12,7 +12,7 @@ import os
 import threading
 from pathlib import Path
 
-from .errors import ConfigError
+from torchship.sdk.errors import ConfigError
 
 __all__ = ["KeyFile", "StaticKeys"]
 

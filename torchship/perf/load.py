@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .errors import APIError, BadInput, TorchServeError
+from torchship.sdk.errors import APIError, BadInput, TorchServeError
 
 __all__ = ["LoadResult", "run_load", "run_threads", "percentile"]
 

@@ -1,0 +1,2 @@
+"""Performance tools: `load` (the Python load generator), `wrk` (the C one), `bench` (load tests and
+their figures), `tune` (the fastest settings within a latency budget)."""
