@@ -24,45 +24,67 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchship.sdk.config import ProjectPaths, ServerConfig
 from torchship.sdk.errors import ArchiveError, BadInput, TorchServeError, TrainingError
+
+if TYPE_CHECKING:  # imported lazily at run time: `torchship --help` stays quick
+    from archiver import BuildResult, VerifyReport
+    from train.common import RunResult
+
+    from torchship.ops.autoscale import Decision
+    from torchship.ops.deploy import DeployResult
+    from torchship.ops.desired import Action, ApplyReport, DesiredState
+    from torchship.ops.registry import Event, Registry
+    from torchship.ops.rollout import GoldenItem, RolloutReport
+    from torchship.ops.server import LocalServer
+    from torchship.perf.tune import Trial
+    from torchship.sdk.client import TorchServe
 
 __all__ = ["Project", "History", "TuneResult"]
 
 
 @dataclasses.dataclass(frozen=True)
 class History:
-    """A model's versions (newest first, with lineage and where they stand on the server) and its
-    deployment events (newest first). `live` is False when the server could not be asked."""
+    """A model's versions and its deployment events, newest first.
+
+    Versions carry their lineage and where they stand on the server. `live` is False when the server could not
+    be asked.
+    """
 
     name: str
     versions: list[dict[str, Any]]
-    events: list[Any]
+    events: list[Event]
     live: bool
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the history as plain data (for --json)."""
         return {"name": self.name, "versions": self.versions, "events": [e.to_dict() for e in self.events]}
 
 
 @dataclasses.dataclass(frozen=True)
 class TuneResult:
-    """What `tune` found: every trial, the best, the deploy.yaml entry that serves it, and the
-    command that repackages the archive when the best torch threads differ from the packaged ones."""
+    """What `tune` found: every trial, the best, and the deploy.yaml entry that serves it.
+
+    `repackage` is the command that repackages the archive when the best torch threads differ from the
+    packaged ones.
+    """
 
     name: str
-    trials: list[Any]
-    best: Any
+    trials: list[Trial]
+    best: Trial
     slo_p99_ms: float
     settings: dict[str, Any]
     repackage: str | None
 
     @property
     def meets_slo(self) -> bool:
+        """Whether the best trial meets the p99 budget."""
         return bool(self.best.meets(self.slo_p99_ms))
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the result as plain data, with the deploy.yaml entry (for --json)."""
         return {"trials": [t.to_dict() for t in self.trials], "best": self.best.to_dict(),
                 "meets_slo": self.meets_slo, "deploy_yaml": {"models": {self.name: self.settings}},
                 "repackage": self.repackage}
@@ -82,15 +104,17 @@ class Project:
     def __init__(self, root: str | os.PathLike[str] = ".", *, config: str | os.PathLike[str] | None = None) -> None:
         self.paths = ProjectPaths(Path(root).resolve())
         self.config_path = Path(config).resolve() if config else self.paths.config_path
-        self._client: Any = None
-        self._registry: Any = None
+        self._client: TorchServe | None = None
+        self._registry: Registry | None = None
 
     @classmethod
     def find(cls, start: str | os.PathLike[str] | None = None, *,
              config: str | os.PathLike[str] | None = None) -> Project:
-        """The project around `start` (default: the current folder): $TORCHSHIP_HOME, else the
-        nearest folder at or above it that holds config.properties, else `start` itself; with
-        `config`, the folder of that file."""
+        """Return the project around `start` (default: the current folder).
+
+        That is $TORCHSHIP_HOME, else the nearest folder at or above it that holds config.properties, else
+        `start` itself; with `config`, the folder of that file.
+        """
         if config is not None:
             return cls(ProjectPaths.find(Path(config).resolve().parent).root, config=config)
         return cls(ProjectPaths.find(Path(start) if start is not None else None).root)
@@ -117,6 +141,7 @@ class Project:
 
     @property
     def root(self) -> Path:
+        """The project folder."""
         return self.paths.root
 
     @property
@@ -128,6 +153,7 @@ class Project:
 
     @property
     def key_dir(self) -> Path:
+        """The project's signing keys (`.torchship/keys/`)."""
         return self.paths.key_dir
 
     @property
@@ -138,7 +164,7 @@ class Project:
         return public_key_path(self.paths.key_dir)
 
     @property
-    def client(self) -> Any:
+    def client(self) -> TorchServe:
         """A `TorchServe` client for the project's server (or the TS_* environment's)."""
         if self._client is None:
             from torchship.sdk.client import TorchServe
@@ -150,14 +176,14 @@ class Project:
         return self._client
 
     @property
-    def server(self) -> Any:
+    def server(self) -> LocalServer:
         """The project's local TorchServe (`LocalServer`), started or not."""
         from torchship.ops.server import LocalServer
 
         return LocalServer(self.config_path, self.paths.server_dir)
 
     @property
-    def registry(self) -> Any:
+    def registry(self) -> Registry:
         """The project's registry of archives and deployment events (`.torchship/registry.db`)."""
         if self._registry is None:
             from torchship.ops.registry import Registry
@@ -175,7 +201,7 @@ class Project:
     # ------------------------------------------------------------------ build
 
     def train(self, name: str, *, seed: int = 0, epochs: int | None = None, quick: bool = False,
-              shuffle_labels: bool = False, progress: bool = True) -> Any:
+              shuffle_labels: bool = False, progress: bool = True) -> RunResult:
         """Train example model `name` into `checkpoints/NAME/<run>/`; returns the run (`RunResult`)."""
         from archiver.names import check_name
 
@@ -195,7 +221,7 @@ class Project:
                 model_file: str | os.PathLike[str] | None = None,
                 extra_files: Iterable[str | os.PathLike[str]] = (),
                 model_config: str | os.PathLike[str] | dict[str, Any] | None = None,
-                threads: int | None = None) -> Any:
+                threads: int | None = None) -> BuildResult:
         """Build and sign `store/NAME-VERSION.mar`, and record it in the registry.
 
         An example model: `package("mlp")` takes the newest checkpoint (or `checkpoint`). Your own
@@ -241,7 +267,7 @@ class Project:
         return result
 
     def verify(self, archive: str | os.PathLike[str], *, public_key: str | os.PathLike[str] | None = None,
-               allow_unsigned: bool = False) -> Any:
+               allow_unsigned: bool = False) -> VerifyReport:
         """Every check of `archive` (a `VerifyReport`; `.ok`, `.failure`); never raises for a bad one."""
         import archiver
 
@@ -252,10 +278,12 @@ class Project:
     def deploy(self, name: str, version: str | None = None, *, workers: int | None = None,
                batch_size: int | None = None, max_batch_delay: int | None = None, make_default: bool = False,
                timeout: float = 120.0, public_key: str | os.PathLike[str] | None = None,
-               allow_unsigned: bool = False) -> Any:
+               allow_unsigned: bool = False) -> DeployResult:
         """Verify, register and wait until `name` `version` (default: the newest archive) serves.
-        Example models take their serving defaults (workers, batching) unless told otherwise.
-        Returns a `DeployResult` (action, description, seconds_to_ready)."""
+
+        Example models take their serving defaults (workers, batching) unless told otherwise. Returns a
+        `DeployResult` (action, description, seconds_to_ready).
+        """
         from archiver import EXAMPLES
 
         from torchship.ops.deploy import deploy
@@ -297,37 +325,42 @@ class Project:
 
     # ------------------------------------------------------------------ version control
 
-    def plan(self, desired: str | os.PathLike[str] | Any = "deploy.yaml") -> list[Any]:
+    def plan(self, desired: str | os.PathLike[str] | DesiredState = "deploy.yaml") -> list[Action]:
         """What `apply(desired)` would change (a desired-state file, or a parsed `DesiredState`)."""
         from torchship.ops.desired import plan
 
         return plan(self.client, self._desired(desired))
 
-    def apply(self, desired: str | os.PathLike[str] | Any = "deploy.yaml", *,
-              public_key: str | os.PathLike[str] | None = None, progress: Callable[[Any], None] | None = None,
-              timeout: float = 120.0) -> Any:
+    def apply(self, desired: str | os.PathLike[str] | DesiredState = "deploy.yaml", *,
+              public_key: str | os.PathLike[str] | None = None, progress: Callable[[Action], None] | None = None,
+              timeout: float = 120.0) -> ApplyReport:
         """Converge the server to the desired state (idempotent); an `ApplyReport`."""
         from torchship.ops.desired import apply
 
         return apply(self.client, self.store, self._desired(desired), public_key=self._key(public_key),
                      registry=self.registry, progress=progress, timeout=timeout)
 
-    def rollout(self, name: str, version: str, *, golden: str | os.PathLike[str] | Sequence[Any] | None = None,
+    def rollout(self, name: str, version: str, *, golden: str | os.PathLike[str] | Sequence[GoldenItem] | None = None,
                 min_accuracy: float | None = None, min_agreement: float | None = None,
                 max_p99_ms: float | None = None, warmup: int = 20, load_requests: int = 200,
                 concurrency: int = 4, public_key: str | os.PathLike[str] | None = None, timeout: float = 120.0,
-                log: Callable[[str], None] | None = None) -> Any:
-        """Guarded promotion of `version` with automatic rollback; a `RolloutReport` (`.passed`,
-        `.gate`, `.reason`, `.figures`). `golden`: a golden-set file or its items (default:
-        tests/golden/NAME.jsonl)."""
+                log: Callable[[str], None] | None = None) -> RolloutReport:
+        """Promote `version` behind guards, with automatic rollback; a `RolloutReport`.
+
+        The report has `.passed`, `.gate`, `.reason` and `.figures`. `golden`: a golden-set file or its items
+        (default: tests/golden/NAME.jsonl).
+        """
         from torchship.ops.rollout import load_golden, rollout
 
+        items: list[GoldenItem]
         if golden is None or isinstance(golden, (str, os.PathLike)):
             path = Path(golden) if golden is not None else self.golden(name)
             if not path.is_file():
                 raise BadInput(f"no golden set at {path}: give one (golden=FILE, --golden FILE)")
-            golden = load_golden(path)
-        return rollout(self.client, self.store, name, version, golden=list(golden), min_accuracy=min_accuracy,
+            items = load_golden(path)
+        else:
+            items = list(golden)
+        return rollout(self.client, self.store, name, version, golden=items, min_accuracy=min_accuracy,
                        min_agreement=min_agreement, max_p99_ms=max_p99_ms, warmup=warmup,
                        load_requests=load_requests, concurrency=concurrency, public_key=self._key(public_key),
                        registry=self.registry, timeout=timeout, log=log)
@@ -353,12 +386,15 @@ class Project:
                      "default": bool(live and a.version in live and live[a.version].is_default)} for a in archives]
         return History(name, versions, events, live is not None)
 
-    def export(self, target: str, *, out: str | os.PathLike[str], desired: str | os.PathLike[str] | Any = "deploy.yaml",
+    def export(self, target: str, *, out: str | os.PathLike[str],
+               desired: str | os.PathLike[str] | DesiredState = "deploy.yaml",
                name: str = "torchship", image: str | None = None, max_replicas: int = 4,
                storage_uri: str | None = None, canary_percent: int | None = None,
                public_key: str | os.PathLike[str] | None = None) -> dict[str, list[Path]]:
-        """Kubernetes (`k8s`) or KServe (`kserve`) manifests and the model-store layout of the
-        desired state, its archives verified; returns what was written."""
+        """Write Kubernetes (`k8s`) or KServe (`kserve`) manifests and the model-store layout of the desired state.
+
+        Its archives are verified; returns what was written.
+        """
         from torchship.ops.export import IMAGE, export
 
         return export(target, self._desired(desired), self.store, Path(out), public_key=self._key(public_key),
@@ -370,8 +406,11 @@ class Project:
     def bench(self, name: str, bodies: Sequence[Any], *, version: str | None = None, concurrency: int = 4,
               duration: float | None = 10.0, requests: int | None = None, engine: str = "auto",
               stream: bool = False, plot: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-        """A load test: throughput, latency percentiles, errors by status (time to first token and
-        tokens/s with `stream`). `engine`: "wrk" (C, when installed), "python", or "auto"."""
+        """Load-test a model: throughput, latency percentiles, errors by status.
+
+        With `stream`, time to first token and tokens/s. `engine`: "wrk" (C, when installed), "python", or
+        "auto".
+        """
         from torchship.perf.bench import bench, bench_stream, plot_latencies
 
         if stream:
@@ -391,9 +430,13 @@ class Project:
              engine: str = "auto", write: str | os.PathLike[str] | None = None,
              public_key: str | os.PathLike[str] | None = None,
              log: Callable[[str], None] | None = None) -> TuneResult:
-        """The fastest batching, workers and threads whose p99 meets `slo_p99_ms` (see
-        `torchship.perf.tune`). `bodies` default to the golden set's inputs; `write` merges the winner
-        into that desired-state file (never writing one `apply` would refuse)."""
+        """Find the fastest batching, workers and threads whose p99 meets `slo_p99_ms`.
+
+        See `torchship.perf.tune`. `bodies` default to the golden set's inputs; `write` merges the winner into
+        that desired-state file (never writing one `apply` would refuse).
+        """
+        from archiver import archive_path
+
         from torchship.perf import wrk
         from torchship.ops.desired import merge_settings
         from torchship.perf.tune import packaged_threads, tune
@@ -417,7 +460,7 @@ class Project:
         settings = {"versions": [version], "default": version, "workers": {"min": best.workers, "max": best.workers},
                     "batch_size": best.batch_size, "max_batch_delay_ms": best.max_batch_delay}
         repackage = None
-        if best.threads != packaged_threads(self.store / f"{name}-{version}.mar"):
+        if best.threads != packaged_threads(archive_path(self.store, name, version)):
             # threads live in the archive's model-config, not in anything TorchServe's API can set
             repackage = f"torchship package {name} --threads {best.threads}"
         if write:
@@ -427,14 +470,16 @@ class Project:
     def autoscale(self, name: str, *, min_workers: int, max_workers: int, version: str | None = None,
                   target_queue_ms: float = 50.0, interval: float = 1.0, up_cooldown: float = 3.0,
                   down_cooldown: float = 15.0, duration: float | None = None, handle_signals: bool = False,
-                  log: Callable[[str], None] | None = None) -> list[Any]:
-        """Scale `name`'s workers within [min, max] from its queue time until `duration` ends (or
-        Ctrl-C/SIGTERM with `handle_signals`); each decision is recorded. Returns the decisions."""
+                  log: Callable[[str], None] | None = None) -> list[Decision]:
+        """Scale `name`'s workers within [min, max] from its queue time; returns the decisions.
+
+        It runs until `duration` ends (or Ctrl-C/SIGTERM with `handle_signals`); each decision is recorded.
+        """
         from torchship.ops.autoscale import Autoscaler
 
         if max_workers < min_workers:
             raise BadInput(f"max_workers ({max_workers}) is below min_workers ({min_workers})")
-        def record(d: Any) -> None:
+        def record(d: Decision) -> None:
             self.registry.record(name, version, "scaled", via="autoscale", workers=d.workers_to, reason=d.reason)
 
         scaler = Autoscaler(self.client, name, min_workers, max_workers, version=version,
@@ -445,7 +490,7 @@ class Project:
     # ------------------------------------------------------------------ helpers
 
     @staticmethod
-    def _desired(desired: str | os.PathLike[str] | Any) -> Any:
+    def _desired(desired: str | os.PathLike[str] | DesiredState) -> DesiredState:
         from torchship.ops.desired import load_desired
 
         return load_desired(desired) if isinstance(desired, (str, os.PathLike)) else desired

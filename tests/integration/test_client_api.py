@@ -108,9 +108,9 @@ def test_predict_many_in_order_with_per_item_errors(client, mlp_deployed):
 def test_compressed_requests_get_the_same_answers(server, client, mlp_deployed):
     """compress_min_bytes: bodies over the threshold go gzipped through the real frontend."""
     packing = TorchServe.from_config(server.effective_config_path, compress_min_bytes=200)
-    body, headers = packing._body({"data": rows(1)[0]})
+    body, headers = packing.encode_body({"data": rows(1)[0]})
     assert headers["Content-Encoding"] == "gzip" and body[:2] == b"\x1f\x8b"
-    assert packing._body({"data": [1]})[1].get("Content-Encoding") is None  # small bodies go as they are
+    assert packing.encode_body({"data": [1]})[1].get("Content-Encoding") is None  # small bodies go as they are
     batch = np.asarray(rows(16, seed=8), dtype=np.float32)
     single = {"data": rows(1)[0]}
     assert_same_answers([packing.predict("mlp", single)], [client.predict("mlp", single)])

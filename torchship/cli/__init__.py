@@ -1,6 +1,7 @@
-"""The `torchship` command line: one module per command group, each command a few lines over
-`torchship.Project`. Library errors become one line on stderr and an exit code per kind, here and
-only here (see `base`)."""
+"""The `torchship` command line: one module per command group, each command a few lines over `Project`.
+
+Library errors become one line on stderr and an exit code per kind, here and only here (see `base`).
+"""
 
 from __future__ import annotations
 

@@ -46,9 +46,11 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 def report(exc: BaseException) -> int:
-    """Print one line for `exc` on stderr and return its exit code. torchship's own errors say what
-    happened and what to do; anything else is a bug in torchship: one line that says so, and the
-    traceback only with TORCHSHIP_DEBUG=1."""
+    """Print one line for `exc` on stderr and return its exit code.
+
+    torchship's own errors say what happened and what to do; anything else is a bug in torchship: one line
+    that says so, and the traceback only with TORCHSHIP_DEBUG=1.
+    """
     code = exit_code_for(exc)
     if code == INTERNAL_ERROR:
         click.echo(f"internal error: {type(exc).__name__}: {_one_line(exc)} (a bug in torchship; run again with "
@@ -107,23 +109,28 @@ def _checked_version(ctx: click.Context, param: click.Parameter, value: str | No
 
 
 def name_argument(required: bool = True) -> Callable[[F], F]:
+    """Add the NAME argument, checked by the one name rule (archiver.names)."""
     return click.argument("name", required=required, callback=_checked_name)
 
 
 def name_option(help_text: str) -> Callable[[F], F]:
+    """Add --name (a model name), checked by the one name rule (archiver.names)."""
     return click.option("--name", "model_name", default=None, callback=_checked_name, help=help_text)
 
 
 def version_argument() -> Callable[[F], F]:
+    """Add the VERSION argument, checked by the one name rule (archiver.names)."""
     return click.argument("version", callback=_checked_version)
 
 
 def model_version_option(help_text: str | None = None, *, required: bool = False) -> Callable[[F], F]:
+    """Add --version, checked by the one name rule (archiver.names)."""
     return click.option("--version", "version", default=None, required=required, help=help_text,
                         callback=_checked_version)
 
 
 def json_option(help_text: str = "Machine-readable output.") -> Callable[[F], F]:
+    """Add --json: machine-readable output instead of text."""
     return click.option("--json", "as_json", is_flag=True, help=help_text)
 
 
@@ -150,6 +157,7 @@ def payload_options(default_help: str = "") -> Callable[[F], F]:
 
 
 def engine_option(help_text: str) -> Callable[[F], F]:
+    """Add --engine (auto, python or wrk): the load generator of bench and tune."""
     return click.option("--engine", type=click.Choice(["auto", "python", "wrk"]), default="auto", show_default=True,
                         help=help_text)
 
@@ -167,8 +175,11 @@ def request_body(json_data: str | None, file_path: str | None) -> Any:
 
 
 def load_bodies(json_data: str | None, payload: str | None) -> list[Any]:
-    """Request bodies of a load test: --data JSON text, or --payload: .jsonl (one body per line; a
-    golden set's rows give their "input"), one .json, or any other file sent as raw bytes."""
+    """Return the request bodies of a load test, from --data or --payload.
+
+    --data is JSON text; --payload is a .jsonl file (one body per line; a golden set's rows give their
+    "input"), one .json, or any other file sent as raw bytes.
+    """
     if (json_data is None) == (payload is None):
         raise click.UsageError("give one of --data JSON or --payload FILE")
     if payload is None:
@@ -188,11 +199,13 @@ def load_bodies(json_data: str | None, payload: str | None) -> list[Any]:
 
 
 def check_range(low: int, high: int | None, low_name: str = "--min", high_name: str = "--max") -> None:
+    """Refuse a --max below its --min (a usage error that names the option)."""
     if high is not None and high < low:
         raise click.BadParameter(f"{high_name} ({high}) is below {low_name} ({low})", param_hint=high_name)
 
 
 def stdout_write(data: str | bytes) -> None:
+    """Write text or bytes to stdout as they come (a streamed answer), and flush."""
     if isinstance(data, bytes):
         sys.stdout.buffer.write(data)
     else:

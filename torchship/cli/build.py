@@ -92,6 +92,7 @@ def verify(c: Ctx, archive: str, public_key: str | None, allow_unsigned: bool, a
             click.echo(f"\nbuilt from run {ck.get('run')} (git {ck.get('git_commit')}), metrics {ck.get('metrics')}")
     if not report.ok:
         bad = report.failure
-        raise E.VerificationError(f"{Path(archive).name} failed verification ({bad.name}): {bad.detail}")
+        why = f"({bad.name}): {bad.detail}" if bad is not None else ": no check ran"
+        raise E.VerificationError(f"{Path(archive).name} failed verification {why}")
     if allow_unsigned and any(ch.ok is None for ch in report.checks):
         click.echo("WARNING: accepted without signature or provenance (--allow-unsigned)", err=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -25,7 +26,7 @@ def history(c: Ctx, name: str, as_json: bool) -> None:
     if not h.versions and not h.events:
         raise E.TorchServeError(f"no history for {name}: package it first (torchship package {name})")
 
-    def state(v: dict) -> str:
+    def state(v: dict[str, Any]) -> str:
         if not h.live:
             return "?"
         return "default" if v["default"] else "registered" if v["registered"] else ""

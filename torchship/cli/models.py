@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,17 +10,22 @@ from .base import Ctx, check_range, emit, json_option, model_version_option, nam
     public_key_option, say, version_argument
 from .table import render
 
+if TYPE_CHECKING:
+    from torchship.sdk.client import TorchServe
+    from torchship.sdk.types import ModelDescription
 
-def model_rows(client: Any, name: str | None = None) -> list[Any]:
+
+def model_rows(client: TorchServe, name: str | None = None) -> list[ModelDescription]:
     """Every version of `name` (or of every model) as the server describes it."""
     names = [name] if name else [m.name for m in client.list_models()]
-    rows: list[Any] = []
+    rows: list[ModelDescription] = []
     for n in names:
         rows += client.versions(n)
     return rows
 
 
-def models_table(models: list[Any]) -> str:
+def models_table(models: list[ModelDescription]) -> str:
+    """Render model versions as a table: status, workers and batching."""
     return render(
         ["model", "version", "default", "status", "workers", "min-max", "batch", "delay ms"],
         [[m.name, m.version, "*" if m.is_default else "", m.status, m.ready_workers,

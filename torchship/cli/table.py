@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 
 def render(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Render rows under headers as aligned plain-text columns (None shows as empty)."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]

@@ -22,15 +22,20 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from torchship.sdk.errors import BadInput, TorchServeError
+
+if TYPE_CHECKING:
+    from torchship.sdk.client import TorchServe
 
 __all__ = ["Autoscaler", "Decision"]
 
 
 @dataclass(frozen=True)
 class Decision:
+    """One scaling decision: when, from how many workers to how many, why, and the figures behind it."""
+
     time: float
     workers_from: int
     workers_to: int
@@ -46,7 +51,20 @@ class Decision:
 
 @dataclass
 class Autoscaler:
-    client: object
+    """Scale one model's workers within [min_workers, max_workers] from its queue time.
+
+    See the module docstring for the rules. `step()` is one tick (tests drive it with their own
+    clock); `run()` ticks every `interval` seconds until `stop()`.
+
+    Args:
+        client: the server's client.
+        name: the model; `version` one of its versions (default: the default version).
+        target_queue_ms: the queue time above which it scales up.
+        log: where each decision and notice is written (one line each).
+        on_decision: called with each decision once the server applied it.
+    """
+
+    client: TorchServe
     name: str
     min_workers: int
     max_workers: int
@@ -79,6 +97,7 @@ class Autoscaler:
                 m.total("ts_queue_latency_microseconds", **labels))
 
     def step(self, now: float | None = None) -> Decision | None:
+        """Run one tick: read the counters and the model, and scale if the rules say so; the decision, if any."""
         now = time.monotonic() if now is None else now
         desc = self.client.describe(self.name, self.version)[0]
         workers = desc.min_workers
@@ -132,11 +151,12 @@ class Autoscaler:
     # ------------------------------------------------------------------ the loop
 
     def stop(self) -> None:
+        """Ask `run()` to return after the current tick (safe from another thread or a signal handler)."""
         self._stop.set()
 
     def run(self, *, duration: float | None = None, handle_signals: bool = False) -> list[Decision]:
         """Tick every `interval` seconds until stop(), `duration`, or (with handle_signals) SIGINT/SIGTERM."""
-        previous = {}
+        previous: dict[signal.Signals, Any] = {}
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, lambda *_: self._stop.set())

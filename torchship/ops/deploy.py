@@ -21,6 +21,8 @@ __all__ = ["DeployResult", "deploy"]
 
 @dataclass(frozen=True)
 class DeployResult:
+    """What `deploy` did (registered, or already registered), the version as it now serves, and how long it took."""
+
     action: str  # "registered" or "already registered"
     description: ModelDescription
     seconds_to_ready: float
@@ -29,10 +31,12 @@ class DeployResult:
 def deploy(client: TorchServe, store: Path, name: str, version: str | None = None, *, workers: int = 1,
            batch_size: int | None = None, max_batch_delay: int | None = None, make_default: bool = False,
            timeout: float = 120.0, public_key: Path | None = None, allow_unsigned: bool = False) -> DeployResult:
-    """Verify the archive, then register it (by file name), wait until it serves, and make it the
-    default if asked. Nothing reaches TorchServe unless verification passes; `allow_unsigned`
-    skips only the signature and provenance checks (third-party archives), never the safety ones."""
-    from archiver import ensure_verified
+    """Verify an archive of the store, register it, wait until it serves, and make it the default if asked.
+
+    It is registered by file name. Nothing reaches TorchServe unless verification passes; `allow_unsigned`
+    skips only the signature and provenance checks (third-party archives), never the safety ones.
+    """
+    from archiver import archive_path, ensure_verified
     from archiver.names import check_name_version
 
     check_name_version(name, version)  # before any file is read or any request is sent
@@ -40,7 +44,7 @@ def deploy(client: TorchServe, store: Path, name: str, version: str | None = Non
     version = version or latest_version(store, name)
     if version is None:
         raise ArchiveError(f"no archive of {name} in {store}: run `torchship package {name}` first")
-    archive = Path(store) / f"{name}-{version}.mar"
+    archive = archive_path(store, name, version)
     if not archive.is_file():
         raise ArchiveError(f"archive not found: {archive}: run `torchship package {name} --version {version}`")
     if workers < 1:

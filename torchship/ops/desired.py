@@ -17,9 +17,10 @@ left alone.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
@@ -28,12 +29,19 @@ from archiver.names import InvalidName, check_name, check_version
 from torchship.sdk.errors import ConfigError, ModelNotFound, TorchServeError
 from torchship.sdk.types import ModelDescription
 
+if TYPE_CHECKING:
+    from torchship.ops.deploy import DeployResult
+    from torchship.ops.registry import Registry
+    from torchship.sdk.client import TorchServe
+
 __all__ = ["ModelState", "DesiredState", "Action", "plan", "apply", "ApplyReport", "load_desired", "InvalidDesiredName"]
 
 
 class InvalidDesiredName(ConfigError, InvalidName):
-    """A model name or version in a desired-state file that the one rule (archiver.names) refuses:
-    a ConfigError of the file, and bad input (a ValueError: CLI exit 7) like a bad name anywhere."""
+    """A model name or version in a desired-state file that the one rule (archiver.names) refuses.
+
+    It is a ConfigError of the file, and bad input (a ValueError: CLI exit 7) like a bad name anywhere.
+    """
 
 
 def _version(value: Any, here: str) -> str:
@@ -49,6 +57,8 @@ def _version(value: Any, here: str) -> str:
 
 @dataclass(frozen=True)
 class ModelState:
+    """One model's entry of the desired state: versions, default, workers and batching."""
+
     name: str
     versions: tuple[str, ...]
     default: str
@@ -58,6 +68,7 @@ class ModelState:
     max_batch_delay_ms: int = 100
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the entry as it is written in deploy.yaml."""
         return {"versions": list(self.versions), "default": self.default,
                 "workers": {"min": self.min_workers, "max": self.max_workers},
                 "batch_size": self.batch_size, "max_batch_delay_ms": self.max_batch_delay_ms}
@@ -65,13 +76,17 @@ class ModelState:
 
 @dataclass(frozen=True)
 class DesiredState:
+    """A parsed desired-state file: the models it names, by name."""
+
     models: dict[str, ModelState] = field(default_factory=dict)
 
     def to_yaml(self) -> str:
+        """Return the desired state as deploy.yaml text."""
         return yaml.safe_dump({"models": {n: m.to_dict() for n, m in self.models.items()}}, sort_keys=False)
 
 
-def load_desired(path: str | Path) -> DesiredState:
+def load_desired(path: str | os.PathLike[str]) -> DesiredState:
+    """Read and check a desired-state file (deploy.yaml); ConfigError when it is not valid."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -83,6 +98,7 @@ def load_desired(path: str | Path) -> DesiredState:
 
 
 def parse_desired(raw: Any, where: str = "deploy.yaml") -> DesiredState:
+    """Check parsed YAML against the desired-state schema; `where` names the source in errors."""
     if not isinstance(raw, dict) or not isinstance(raw.get("models"), dict) or not raw["models"]:
         raise ConfigError(f"{where}: expected a top-level 'models:' mapping with at least one model")
     unknown_top = set(raw) - {"models"}
@@ -114,7 +130,8 @@ def parse_desired(raw: Any, where: str = "deploy.yaml") -> DesiredState:
             workers = {"min": workers, "max": workers}
         if not isinstance(workers, dict) or set(workers) - {"min", "max"}:
             raise ConfigError(f"{here}.workers: expected {{min: N, max: M}}")
-        lo, hi = workers.get("min", 1), workers.get("max", workers.get("min", 1))
+        lo: Any = workers.get("min", 1)  # YAML: checked below
+        hi: Any = workers.get("max", lo)
         batch, delay = spec.get("batch_size", 1), spec.get("max_batch_delay_ms", 100)
         for label, value, least in (("workers.min", lo, 0), ("workers.max", hi, 1), ("batch_size", batch, 1),
                                     ("max_batch_delay_ms", delay, 0)):
@@ -130,30 +147,33 @@ def parse_desired(raw: Any, where: str = "deploy.yaml") -> DesiredState:
 
 @dataclass(frozen=True)
 class Action:
+    """One step of a plan: register, recreate, scale, set-default or unregister a model version."""
+
     kind: str  # register | recreate | scale | set-default | unregister
     model: str
     version: str
     detail: str
-    params: dict = field(default_factory=dict, hash=False, compare=False)
+    params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def __str__(self) -> str:
         return f"{self.kind:12} {self.model} {self.version}: {self.detail}"
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the action as plain data (for --json)."""
         return {"action": self.kind, "model": self.model, "version": self.version, "detail": self.detail}
 
 
 _ORDER = {"register": 0, "recreate": 1, "scale": 2, "set-default": 3, "unregister": 4}
 
 
-def _live(client, name: str) -> dict[str, ModelDescription]:
+def _live(client: TorchServe, name: str) -> dict[str, ModelDescription]:
     try:
         return {d.version: d for d in client.versions(name)}
     except ModelNotFound:
         return {}
 
 
-def plan(client, desired: DesiredState) -> list[Action]:
+def plan(client: TorchServe, desired: DesiredState) -> list[Action]:
     """What `apply` would do, in the order it would do it. Empty when the server already matches."""
     actions: list[Action] = []
     for name, want in desired.models.items():
@@ -195,6 +215,8 @@ def plan(client, desired: DesiredState) -> list[Action]:
 
 @dataclass
 class ApplyReport:
+    """What `apply` did: the actions done, the one that failed (with its error) and those not tried."""
+
     done: list[Action] = field(default_factory=list)
     not_done: list[Action] = field(default_factory=list)
     failed: Action | None = None
@@ -202,18 +224,23 @@ class ApplyReport:
 
     @property
     def ok(self) -> bool:
+        """Whether every action of the plan was applied."""
         return self.failed is None
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the report as plain data (for --json)."""
         return {"ok": self.ok, "done": [a.to_dict() for a in self.done],
                 "failed": self.failed.to_dict() if self.failed else None, "error": self.error,
                 "not_done": [a.to_dict() for a in self.not_done]}
 
 
-def apply(client, store: Path, desired: DesiredState, *, public_key: Path | None, registry=None,
-          timeout: float = 120.0, progress=None) -> ApplyReport:
-    """Run the plan. Stops at the first failure and reports what was and was not applied; the
-    default keeps serving (unregistering comes last)."""
+def apply(client: TorchServe, store: Path, desired: DesiredState, *, public_key: Path | None,
+          registry: Registry | None = None, timeout: float = 120.0,
+          progress: Callable[[Action], None] | None = None) -> ApplyReport:
+    """Run the plan, stopping at the first failure; the report says what was and was not applied.
+
+    The default keeps serving (unregistering comes last).
+    """
     from torchship.ops.deploy import deploy
 
     actions = plan(client, desired)
@@ -236,7 +263,8 @@ def apply(client, store: Path, desired: DesiredState, *, public_key: Path | None
     return report
 
 
-def _run(client, store: Path, action: Action, *, public_key, timeout: float, deploy) -> None:
+def _run(client: TorchServe, store: Path, action: Action, *, public_key: Path | None, timeout: float,
+         deploy: Callable[..., DeployResult]) -> None:
     p = action.params
     if action.kind == "register":
         deploy(client, store, action.model, action.version, workers=max(p["workers"], 1),
@@ -262,10 +290,11 @@ def _run(client, store: Path, action: Action, *, public_key, timeout: float, dep
 
 
 def merge_settings(path: Path, name: str, settings: dict[str, Any]) -> DesiredState:
-    """Write `settings` (workers, batching; versions and default only where the file has none) as
-    model `name`'s entry of the desired-state file `path`, keeping everything else. The result is
-    parsed first, so a file `apply` would refuse is never written; the write is atomic."""
-    import os
+    """Write `settings` as model `name`'s entry of the desired-state file `path`, keeping everything else.
+
+    `settings` are workers and batching, and versions and default only where the file has none. The result is
+    parsed first, so a file `apply` would refuse is never written; the write is atomic.
+    """
     import tempfile
 
     path = Path(path)

@@ -54,6 +54,7 @@ from typing import Any
 
 import yaml
 
+from archiver import archive_path
 from archiver.names import InvalidName, check_name, check_version
 
 from torchship.ops.desired import DesiredState
@@ -88,10 +89,12 @@ def scraper_label(app: str) -> dict[str, str]:
 
 
 def check_export_names(desired: DesiredState, name: str) -> None:
-    """Every name the export takes, by the one name rule (InvalidName otherwise): the models and
-    versions of the desired state, and `name`, which must also be a Kubernetes object name (a
-    DNS-1035 label: lower case letters, digits and '-', starting with a letter) short enough for
-    the suffixes the export adds."""
+    """Check every name the export takes by the one name rule (InvalidName otherwise).
+
+    These are the models and versions of the desired state, and `name`, which must also be a Kubernetes object
+    name (a DNS-1035 label: lower case letters, digits and '-', starting with a letter) short enough for the
+    suffixes the export adds.
+    """
     check_name(name)
     if len(name) > _K8S_NAME_MAX or not _K8S_NAME.fullmatch(name):
         raise InvalidName(f"invalid export name {name!r}: a Kubernetes name is lower case letters, digits and '-', "
@@ -108,7 +111,7 @@ def check_export_names(desired: DesiredState, name: str) -> None:
 def _snapshot(desired: DesiredState) -> str:
     models: dict[str, Any] = {}
     for name, m in desired.models.items():
-        models[name] = {v: {"defaultVersion": v == m.default, "marName": f"{name}-{v}.mar",
+        models[name] = {v: {"defaultVersion": v == m.default, "marName": archive_path(Path(), name, v).name,
                             "minWorkers": m.min_workers, "maxWorkers": m.max_workers, "batchSize": m.batch_size,
                             "maxBatchDelay": m.max_batch_delay_ms, "responseTimeout": 120}
                         for v in m.versions}
@@ -117,8 +120,10 @@ def _snapshot(desired: DesiredState) -> str:
 
 
 def cluster_config(desired: DesiredState, model_store: str, *, metrics_host: str = "0.0.0.0") -> str:
-    """config.properties for TorchServe inside a pod. `metrics_host` 127.0.0.1 keeps the metrics
-    listener on the pod's loopback (the kserve export)."""
+    """Return the config.properties of TorchServe inside a pod.
+
+    `metrics_host` 127.0.0.1 keeps the metrics listener on the pod's loopback (the kserve export).
+    """
     if metrics_host == "0.0.0.0":
         metrics_note = "# metrics answers anyone who reaches it: the export's NetworkPolicy is its only way in."
     else:
@@ -161,7 +166,7 @@ def _copy_archives(desired: DesiredState, store: Path, out_store: Path, public_k
     try:
         for name, m in desired.models.items():
             for version in m.versions:
-                archive = Path(store) / f"{name}-{version}.mar"
+                archive = archive_path(store, name, version)
                 if not archive.is_file():
                     raise VerificationError(f"{archive.name} failed verification (archive): not found: {archive}")
                 copy = out_store / archive.name
@@ -212,7 +217,7 @@ def _env() -> list[dict[str, str]]:
             {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}]
 
 
-def _container(desired: DesiredState, image: str, args: list[str], mounts: list[dict], name: str, *,
+def _container(desired: DesiredState, image: str, args: list[str], mounts: list[dict[str, Any]], name: str, *,
                metrics_port: bool = True) -> dict[str, Any]:
     probe = {"httpGet": {"path": "/ping", "port": INFERENCE_PORT}, "periodSeconds": 10, "timeoutSeconds": 5}
     ports = [{"name": "inference", "containerPort": INFERENCE_PORT, "protocol": "TCP"}]
@@ -344,8 +349,10 @@ class _PlainDumper(yaml.SafeDumper):
 def export(target: str, desired: DesiredState, store: Path, out: Path, *, public_key: Path | None,
            allow_unsigned: bool = False, name: str = "torchship", image: str = IMAGE, max_replicas: int = 4,
            storage_uri: str | None = None, canary_percent: int | None = None) -> dict[str, list[Path]]:
-    """Write the model-store layout and the manifests; returns what was written. Names, target and
-    options are checked before anything is read or written."""
+    """Write the model-store layout and the manifests; returns what was written.
+
+    Names, target and options are checked before anything is read or written.
+    """
     if target not in ("k8s", "kserve"):
         raise BadInput(f"export target must be k8s or kserve, not {target!r}")
     if canary_percent is not None and not 0 <= canary_percent <= 100:

@@ -53,6 +53,8 @@ CREATE INDEX IF NOT EXISTS events_by_name ON events (name, id);
 
 @dataclass(frozen=True)
 class ArchiveRecord:
+    """A built archive as the registry keeps it: digest, signature, path and lineage."""
+
     name: str
     version: str
     digest: str
@@ -61,23 +63,27 @@ class ArchiveRecord:
     checkpoint_run: str | None
     data_fingerprint: str | None
     git_commit: str | None
-    metrics: dict
+    metrics: dict[str, Any]
     created: str
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the record as plain data."""
         return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
 class Event:
+    """One deployment event of a model (registered, promoted, rolled back, ...) with its details."""
+
     id: int
     time: str
     name: str
     version: str | None
     kind: str
-    detail: dict
+    detail: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the event as plain data."""
         return dict(self.__dict__)
 
 
@@ -89,6 +95,12 @@ def _now() -> str:
 
 
 class Registry:
+    """The project's registry of archives and deployment events, in one SQLite file.
+
+    Args:
+        path: the database file (created, with its folder, when missing).
+    """
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,6 +111,7 @@ class Registry:
         self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:
+        """Close the database connection."""
         self._conn.close()
 
     def __enter__(self) -> "Registry":
@@ -107,7 +120,7 @@ class Registry:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _transaction(self, *statements: tuple[str, tuple]) -> int:
+    def _transaction(self, *statements: tuple[str, tuple[Any, ...]]) -> int:
         """Run the statements as one transaction: all of them are written, or none."""
         with self._lock:
             cur = self._conn.cursor()
@@ -119,11 +132,11 @@ class Registry:
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
-            return cur.lastrowid
+            return cur.lastrowid or 0  # an int once a statement ran
 
     # ------------------------------------------------------------------ archives
 
-    def record_archive(self, *, name: str, version: str, digest: str, path: Path, provenance: dict,
+    def record_archive(self, *, name: str, version: str, digest: str, path: Path, provenance: dict[str, Any],
                        signature: Path | None = None) -> ArchiveRecord:
         """Record a built archive (replacing the record of a rebuilt one) and a 'packaged' event."""
         check_name_version(name, version)
@@ -140,18 +153,21 @@ class Registry:
         return record
 
     def archive(self, name: str, version: str) -> ArchiveRecord | None:
+        """Return the record of one archive, or None when it was never recorded."""
         row = self._conn.execute(
             "SELECT name, version, digest, signature, path, checkpoint_run, data_fingerprint, git_commit, metrics,"
             " created FROM archives WHERE name=? AND version=?", (name, version)).fetchone()
         return _archive(row) if row else None
 
     def archives(self, name: str) -> list[ArchiveRecord]:
+        """Return every recorded archive of a model, newest first."""
         rows = self._conn.execute(
             "SELECT name, version, digest, signature, path, checkpoint_run, data_fingerprint, git_commit, metrics,"
             " created FROM archives WHERE name=? ORDER BY created DESC", (name,)).fetchall()
         return [_archive(r) for r in rows]
 
-    def provenance(self, name: str, version: str) -> dict | None:
+    def provenance(self, name: str, version: str) -> dict[str, Any] | None:
+        """Return the provenance recorded with an archive, or None when it was never recorded."""
         row = self._conn.execute("SELECT provenance FROM archives WHERE name=? AND version=?",
                                  (name, version)).fetchone()
         return json.loads(row[0]) if row else None
@@ -159,6 +175,7 @@ class Registry:
     # ------------------------------------------------------------------ events
 
     def record(self, name: str, version: str | None, kind: str, **detail: Any) -> int:
+        """Record an event of a model version (one of EVENT_KINDS, details as keywords); its id."""
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
         check_name_version(name, version)  # the registry holds only names every command can address
@@ -178,8 +195,11 @@ class Registry:
         return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in self._conn.execute(sql, args)]
 
     def previous_default(self, name: str, current: str | None) -> str | None:
-        """The last version, other than `current`, that was made the default and never rolled back
-        from: where a rollback goes."""
+        """Return the version a rollback goes to, or None.
+
+        That is the last version, other than `current`, that was made the default and never rolled
+        back from.
+        """
         events = self.events(name, kinds=("default_set", "promoted", "rolled_back"))
         bad = {e.detail.get("from") for e in events if e.kind == "rolled_back"}
         for event in events:
@@ -188,6 +208,6 @@ class Registry:
         return None
 
 
-def _archive(row: tuple) -> ArchiveRecord:
+def _archive(row: tuple[Any, ...]) -> ArchiveRecord:
     return ArchiveRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], json.loads(row[8] or "{}"),
                          row[9])

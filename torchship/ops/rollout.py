@@ -20,18 +20,24 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from torchship.sdk.errors import ModelNotFound, TorchServeError
 from torchship.perf.load import run_load
+
+if TYPE_CHECKING:
+    from torchship.ops.registry import Registry
+    from torchship.sdk.client import TorchServe
 
 __all__ = ["GoldenItem", "load_golden", "RolloutReport", "rollout", "rollback", "evaluate"]
 
 
 @dataclass(frozen=True)
 class GoldenItem:
+    """One row of a golden set: a request body and the answer fields it must produce."""
+
     input: Any
-    expected: dict
+    expected: dict[str, Any]
 
 
 def load_golden(path: str | Path) -> list[GoldenItem]:
@@ -55,7 +61,7 @@ def load_golden(path: str | Path) -> list[GoldenItem]:
     return items
 
 
-def _agrees(answer: Any, expected: dict) -> bool:
+def _agrees(answer: Any, expected: dict[str, Any]) -> bool:
     """Every expected field equals the answer's; {"contains": x} asks for a list holding x."""
     if not isinstance(answer, dict):
         return False
@@ -69,7 +75,8 @@ def _agrees(answer: Any, expected: dict) -> bool:
     return True
 
 
-def evaluate(client, name: str, version: str, golden: list[GoldenItem], concurrency: int = 4) -> tuple[float, list]:
+def evaluate(client: TorchServe, name: str, version: str, golden: list[GoldenItem],
+             concurrency: int = 4) -> tuple[float, list[Any]]:
     """Accuracy of `version` on the golden set, and its answers (errors count as wrong)."""
     answers = client.predict_many(name, [g.input for g in golden], version=version, concurrency=concurrency)
     right = sum(1 for a, g in zip(answers, golden) if _agrees(a, g.expected))
@@ -78,6 +85,8 @@ def evaluate(client, name: str, version: str, golden: list[GoldenItem], concurre
 
 @dataclass
 class RolloutReport:
+    """The outcome of a rollout: passed or not, the gate that failed and why, and the figures measured."""
+
     name: str
     version: str
     previous: str | None
@@ -87,16 +96,20 @@ class RolloutReport:
     figures: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the report as plain data (for --json)."""
         return dict(self.__dict__)
 
 
-def rollout(client, store: Path, name: str, version: str, *, golden: list[GoldenItem],
+def rollout(client: TorchServe, store: Path, name: str, version: str, *, golden: list[GoldenItem],
             min_accuracy: float | None = None, min_agreement: float | None = None, max_p99_ms: float | None = None,
             warmup: int = 20, load_requests: int = 200, concurrency: int = 4, public_key: Path | None = None,
-            registry=None, timeout: float = 120.0, log=None) -> RolloutReport:
-    """Run a guarded rollout of `version` (see the module docstring). Never raises for a failed
-    gate: the report says what happened. Unset thresholds: accuracy must not fall more than 0.02
-    below the current default's; agreement and p99 are measured and reported only."""
+            registry: Registry | None = None, timeout: float = 120.0,
+            log: Callable[[str], None] | None = None) -> RolloutReport:
+    """Run a guarded rollout of `version` (see the module docstring).
+
+    Never raises for a failed gate: the report says what happened. Unset thresholds: accuracy must not fall
+    more than 0.02 below the current default's; agreement and p99 are measured and reported only.
+    """
     from archiver.names import check_name, check_version
 
     from torchship.ops.deploy import deploy
@@ -196,11 +209,11 @@ class _GateFailed(Exception):
     pass
 
 
-def _flat(figures: dict) -> dict:
+def _flat(figures: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in figures.items() if k != "thresholds"}
 
 
-def rollback(client, name: str, registry) -> tuple[str, str]:
+def rollback(client: TorchServe, name: str, registry: Registry) -> tuple[str, str]:
     """Make the previous good version the default again; returns (from, to)."""
     from archiver.names import check_name
 

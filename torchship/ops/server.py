@@ -45,8 +45,10 @@ def free_ports(n: int) -> list[int]:
 
 
 def free_port_overrides() -> dict[str, str]:
-    """Config overrides that put every listener of a LocalServer on free loopback ports: for a
-    second server beside another (tests, benchmarks)."""
+    """Return config overrides that put every listener of a LocalServer on free loopback ports.
+
+    For a second server beside another (tests, benchmarks).
+    """
     inf, man, met, gi, gm = free_ports(5)
     return {"inference_address": f"http://127.0.0.1:{inf}", "management_address": f"http://127.0.0.1:{man}",
             "metrics_address": f"http://127.0.0.1:{met}", "grpc_inference_port": str(gi),
@@ -55,6 +57,8 @@ def free_port_overrides() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ServerStatus:
+    """Whether a local server runs and is healthy, its pid and addresses, and a short detail."""
+
     running: bool
     healthy: bool
     pid: int | None
@@ -65,6 +69,7 @@ class ServerStatus:
     detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the status as plain data (paths as text)."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
@@ -76,8 +81,8 @@ class LocalServer:
     store made absolute and allowed_urls narrowed to it.
     """
 
-    def __init__(self, config_path: str | os.PathLike, workdir: str | os.PathLike, *,
-                 model_store: str | os.PathLike | None = None, overrides: dict[str, str] | None = None) -> None:
+    def __init__(self, config_path: str | os.PathLike[str], workdir: str | os.PathLike[str], *,
+                 model_store: str | os.PathLike[str] | None = None, overrides: dict[str, str] | None = None) -> None:
         self.config_path = Path(config_path).resolve()
         self.workdir = Path(workdir).resolve()
         self._model_store = Path(model_store).resolve() if model_store else None
@@ -87,26 +92,32 @@ class LocalServer:
 
     @property
     def tmpdir(self) -> Path:
+        """The server's TMPDIR (pid file, worker sockets, unpacked archives)."""
         return self.workdir / "tmp"
 
     @property
     def pid_file(self) -> Path:
+        """The pid file TorchServe writes into its TMPDIR."""
         return self.tmpdir / ".model_server.pid"
 
     @property
     def key_file(self) -> Path:
+        """The token key file TorchServe writes into its working folder at start."""
         return self.workdir / "key_file.json"
 
     @property
     def effective_config_path(self) -> Path:
+        """Where the config the server runs with is written."""
         return self.workdir / "config.properties"
 
     @property
     def log_dir(self) -> Path:
+        """The server's log folder."""
         return self.workdir / "logs"
 
     @property
     def console_log(self) -> Path:
+        """The file the server's console output goes to."""
         return self.log_dir / "console.log"
 
     def config(self) -> ServerConfig:
@@ -127,6 +138,7 @@ class LocalServer:
         return props
 
     def write_config(self) -> ServerConfig:
+        """Write the effective config (overrides applied, store absolute, allowed_urls narrowed) and load it."""
         props = self._effective_properties()
         self.workdir.mkdir(parents=True, exist_ok=True)
         write_properties(self.effective_config_path, props,
@@ -134,6 +146,7 @@ class LocalServer:
         return ServerConfig.load(self.effective_config_path)
 
     def client(self, **kwargs: Any) -> TorchServe:
+        """Return a client for this server (its addresses and key file); keywords go to `TorchServe`."""
         cfg = self.config()
         return TorchServe(cfg.management_url, cfg.inference_url, cfg.metrics_url, self.key_file, **kwargs)
 
@@ -155,6 +168,7 @@ class LocalServer:
         return None
 
     def is_running(self) -> bool:
+        """Whether the server's frontend process is running."""
         return self.pid() is not None
 
     def start(self, *, timeout: float = 90.0) -> bool:
@@ -242,6 +256,7 @@ class LocalServer:
         return True
 
     def status(self) -> ServerStatus:
+        """Return the server's status: running, healthy (it answers /ping), pid and addresses."""
         cfg = self.config()
         pid = self.pid()
         healthy, detail = False, "not running"

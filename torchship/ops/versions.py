@@ -17,8 +17,11 @@ def _key(version: str) -> tuple:
 
 
 def store_versions(store: Path, name: str) -> list[str]:
-    """Versions of `name` with an archive in `store`, oldest first. The name is checked by the one
-    rule (archiver.names) first: it becomes a glob pattern, and must never be a path or a wildcard."""
+    """Return the versions of `name` with an archive in `store`, oldest first.
+
+    The name is checked by the one rule (archiver.names) first: it becomes a glob pattern, and must never be a
+    path or a wildcard.
+    """
     check_name(name)
     prefix = f"{name}-"
     found = [p.name[len(prefix):-len(".mar")] for p in Path(store).glob(f"{name}-*.mar") if p.is_file()]
@@ -35,6 +38,7 @@ def _is_version(text: str) -> bool:
 
 
 def latest_version(store: Path, name: str) -> str | None:
+    """Return the newest version of `name` with an archive in `store`, or None."""
     versions = store_versions(store, name)
     return versions[-1] if versions else None
 

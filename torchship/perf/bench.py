@@ -1,22 +1,40 @@
-"""`torchship bench`: a load test of one model, with latency percentiles and, for streaming
-models, time to first token and tokens (chunks' characters) per second."""
+"""`torchship bench`: a load test of one model, with latency percentiles.
+
+For streaming models also time to first token and tokens (chunks' characters) per second.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence, overload
 
 from torchship.sdk.errors import APIError, TorchServeError
 from torchship.perf import wrk
-from torchship.perf.load import percentile, run_load, run_threads
+from torchship.perf.load import LoadResult, percentile, run_load, run_threads
+
+if TYPE_CHECKING:
+    from torchship.sdk.client import TorchServe
 
 __all__ = ["bench", "bench_stream", "plot_latencies", "wrk_load"]
 
 
-def bench(client, name: str, payloads: Sequence[Any], *, version: str | None = None, concurrency: int = 4,
-          duration: float | None = 10.0, requests: int | None = None, keep: bool = False, engine: str = "python"):
+@overload
+def bench(client: TorchServe, name: str, payloads: Sequence[Any], *, version: str | None = ...,
+          concurrency: int = ..., duration: float | None = ..., requests: int | None = ...,
+          keep: Literal[False] = ..., engine: str = ...) -> dict[str, Any]: ...
+
+
+@overload
+def bench(client: TorchServe, name: str, payloads: Sequence[Any], *, version: str | None = ...,
+          concurrency: int = ..., duration: float | None = ..., requests: int | None = ...,
+          keep: Literal[True], engine: str = ...) -> tuple[dict[str, Any], LoadResult | None]: ...
+
+
+def bench(client: TorchServe, name: str, payloads: Sequence[Any], *, version: str | None = None,
+          concurrency: int = 4, duration: float | None = 10.0, requests: int | None = None, keep: bool = False,
+          engine: str = "python") -> dict[str, Any] | tuple[dict[str, Any], LoadResult | None]:
     """Figures of a load test (and, with keep, the LoadResult for plotting; python engine only).
 
     engine "wrk" sends the first payload with wrk for `duration` seconds (see torchship.perf.wrk);
@@ -36,20 +54,19 @@ def bench(client, name: str, payloads: Sequence[Any], *, version: str | None = N
     return (figures, result) if keep else figures
 
 
-def wrk_load(client, name: str, payload: Any, *, version: str | None, concurrency: int, seconds: float) -> dict:
+def wrk_load(client: TorchServe, name: str, payload: Any, *, version: str | None, concurrency: int,
+             seconds: float) -> dict[str, Any]:
     """One wrk run against a model through the client's address and inference key."""
-    from torchship.sdk.client import _model_path
-
-    body, headers = client._body(payload)  # as the client sends it (gzipped if it compresses)
+    body, headers = client.encode_body(payload)  # as the client sends it (gzipped if it compresses)
     content_type = headers.pop("Content-Type")
-    url = f"{client.urls['inference']}/predictions/{_model_path(name, version)[len('/models/'):]}"
+    url = client.prediction_url(name, version)
     key = client.keys.key("inference")
     if key:
         headers["Authorization"] = f"Bearer {key}"
     return wrk.run(url, body, seconds=seconds, concurrency=concurrency, content_type=content_type, headers=headers)
 
 
-def plot_latencies(result, path: Path, title: str) -> None:
+def plot_latencies(result: LoadResult, path: Path, title: str) -> None:
     """Latency over time (each request at its completion) and the latency histogram, as a PNG."""
     import matplotlib
 
@@ -74,12 +91,17 @@ def plot_latencies(result, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def bench_stream(client, name: str, payloads: Sequence[Any], *, version: str | None = None, concurrency: int = 1,
+def bench_stream(client: TorchServe, name: str, payloads: Sequence[Any], *, version: str | None = None,
+                 concurrency: int = 1,
                  duration: float | None = 10.0, requests: int | None = None) -> dict[str, Any]:
-    """Streams concurrently; per stream: time to first chunk, total time, characters received."""
+    """Load-test a streaming model: per stream, time to first chunk, total time and characters received."""
     lock = threading.Lock()
     counter = iter(range(10**12))
-    first, totals, rates, chars, errors = [], [], [], [], {}
+    first: list[float] = []
+    totals: list[float] = []
+    rates: list[float] = []
+    chars: list[int] = []
+    errors: dict[str, int] = {}
     deadline = time.monotonic() + duration if duration and not requests else None
 
     def worker() -> None:

@@ -11,9 +11,12 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from torchship.sdk.errors import APIError, BadInput, TorchServeError
+
+if TYPE_CHECKING:
+    from torchship.sdk.client import TorchServe
 
 __all__ = ["LoadResult", "run_load", "run_threads", "percentile"]
 
@@ -31,28 +34,35 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 @dataclass
 class LoadResult:
+    """What a load test measured: each answered request's latency and end time, statuses and errors."""
+
     latencies_ms: list[float] = field(default_factory=list)
     completed_s: list[float] = field(default_factory=list)  # when each answered request finished
-    statuses: Counter = field(default_factory=Counter)
+    statuses: Counter[int | str] = field(default_factory=Counter)  # HTTP status, or "unreachable"
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def sent(self) -> int:
+        """How many requests were sent."""
         return sum(self.statuses.values())
 
     @property
     def failed(self) -> int:
+        """How many requests got no 200 answer."""
         return self.sent - self.statuses.get(200, 0)
 
     def p(self, q: float) -> float:
+        """Return the q-th latency percentile (0-100) of the answered requests, in ms."""
         return percentile(self.latencies_ms, q)
 
     @property
     def throughput(self) -> float:
+        """Answered requests per second."""
         return self.statuses.get(200, 0) / self.seconds if self.seconds else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the figures as plain data: counts, percentiles, throughput and the first errors."""
         return {"sent": self.sent, "ok": self.statuses.get(200, 0), "failed": self.failed,
                 "statuses": {str(k): v for k, v in sorted(self.statuses.items(), key=str)},
                 "p50_ms": round(self.p(50), 3), "p90_ms": round(self.p(90), 3), "p99_ms": round(self.p(99), 3),
@@ -61,7 +71,8 @@ class LoadResult:
                 "first_errors": self.errors[:5]}
 
 
-def run_load(client, name: str, payloads: Sequence[Any], *, version: str | None = None, concurrency: int = 4,
+def run_load(client: TorchServe, name: str, payloads: Sequence[Any], *, version: str | None = None,
+             concurrency: int = 4,
              requests: int | None = None, duration: float | None = None, stop: threading.Event | None = None
              ) -> LoadResult:
     """Send payloads (cycled) until `requests` are sent, `duration` seconds pass, or `stop` is set."""
@@ -85,6 +96,8 @@ def run_load(client, name: str, payloads: Sequence[Any], *, version: str | None 
             if requests is not None and i >= requests:
                 return
             start = time.perf_counter()
+            status: int | str
+            error: str | None
             try:
                 client.predict(name, payloads[i % len(payloads)], version=version)
                 status, error = 200, None
@@ -106,7 +119,7 @@ def run_load(client, name: str, payloads: Sequence[Any], *, version: str | None 
     return result
 
 
-def run_threads(worker, concurrency: int) -> float:
+def run_threads(worker: Callable[[], None], concurrency: int) -> float:
     """Run `worker` in `concurrency` threads until each returns; the seconds it took."""
     started = time.monotonic()
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, concurrency))]

@@ -30,10 +30,13 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from torchship.sdk.errors import ModelNotFound, ServerError
 from torchship.perf.load import run_load
+
+if TYPE_CHECKING:
+    from torchship.sdk.client import TorchServe
 
 __all__ = ["Trial", "tune", "best_trial", "packaged_threads", "threads_copy", "thread_splits",
            "unregister_after_load"]
@@ -41,6 +44,8 @@ __all__ = ["Trial", "tune", "best_trial", "packaged_threads", "threads_copy", "t
 
 @dataclass(frozen=True)
 class Trial:
+    """One setting tried by `tune` (workers, batching, threads) and what its load test measured."""
+
     workers: int
     batch_size: int
     max_batch_delay: int
@@ -52,9 +57,11 @@ class Trial:
     runs: int = 1
 
     def meets(self, slo_p99_ms: float) -> bool:
+        """Whether the trial's p99 is within `slo_p99_ms` with no request failed."""
         return self.p99_ms <= slo_p99_ms and self.failed == 0
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the trial as plain data."""
         return dict(self.__dict__)
 
     def again(self, other: "Trial") -> "Trial":
@@ -67,15 +74,19 @@ class Trial:
 
 
 def best_trial(trials: Sequence[Trial], slo_p99_ms: float) -> Trial:
+    """Return the highest throughput that meets the budget, else the lowest p99."""
     good = [t for t in trials if t.meets(slo_p99_ms)]
     if good:
         return max(good, key=lambda t: t.throughput)
     return min(trials, key=lambda t: t.p99_ms)
 
 
-def unregister_after_load(client, name: str, tries: int = 10) -> None:
-    """Unregister a model that was just under heavy load. TorchServe 0.12 sometimes answers 500
-    (ConcurrentModificationException) and keeps the model: wait and try again; gone is fine."""
+def unregister_after_load(client: TorchServe, name: str, tries: int = 10) -> None:
+    """Unregister a model that was just under heavy load, trying again while the server fails.
+
+    TorchServe 0.12 sometimes answers 500 (ConcurrentModificationException) and keeps the model: wait and try
+    again; gone is fine.
+    """
     for _ in range(tries - 1):
         try:
             client.unregister(name)
@@ -100,9 +111,11 @@ def packaged_threads(archive: Path) -> int:
 
 def threads_copy(archive: Path, threads: int, store: Path, key_dir: Path, *, name: str, version: str,
                  public_key: Path | None = None) -> Path:
-    """`store/<name>-<version>.mar`: `archive` with a model-config that asks for `threads` torch
-    threads per worker, built and signed with the project's key like any archive (the source is
-    verified first), so it passes the same verification before TorchServe sees it."""
+    """Build `store/<name>-<version>.mar`: `archive` with a model-config asking for `threads` per worker.
+
+    It is built and signed with the project's key like any archive (the source is verified first), so it
+    passes the same verification before TorchServe sees it.
+    """
     from archiver.derive import derive
 
     return derive(archive, store, key_dir, name=name, version=version, config={"handler": {"threads": threads}},
@@ -110,27 +123,33 @@ def threads_copy(archive: Path, threads: int, store: Path, key_dir: Path, *, nam
 
 
 def thread_splits(best_workers: int, cores: int, packaged: int) -> list[tuple[int, int]]:
-    """(workers, threads) for step 4: 2 threads and a whole share of the cores, at one worker and
-    at the best number of workers, never more threads in all than cores."""
+    """Return the (workers, threads) pairs that step 4 tries.
+
+    2 threads and a whole share of the cores, at one worker and at the best number of workers, never more
+    threads in all than cores.
+    """
     splits = {(w, t) for w in {1, best_workers} for t in (2, cores // w) if t > 1 and t != packaged and w * t <= cores}
     return sorted(splits)
 
 
-def tune(client, store: Path, name: str, version: str, payloads: Sequence[Any], *, slo_p99_ms: float,
+def tune(client: TorchServe, store: Path, name: str, version: str, payloads: Sequence[Any], *, slo_p99_ms: float,
          concurrency: int = 16, seconds: float = 5.0, warmup: float = 1.0, max_workers: int = 2,
          cores: int | None = None, public_key: Path | None = None, key_dir: Path | None = None,
          log: Callable[[str], None] = print, engine: str = "python") -> tuple[list[Trial], Trial]:
-    """`engine`: how each trial is loaded: "python" (the client's threads) or "wrk" (the first
-    payload, by wrk: for tiny models the Python generator is the bottleneck). `cores`: what the
-    server may use (default: the cores this process may run on; tune runs beside the server).
-    `key_dir`: the project's signing keys, which sign the trial archives of step 4 (without it,
-    step 4 is skipped): every archive a trial registers passes verification first."""
-    from archiver import ensure_verified, public_key_path, signature_path
+    """Search for the fastest settings of `name` `version` within `slo_p99_ms`; every trial and the best.
+
+    `engine`: how each trial is loaded: "python" (the client's threads) or "wrk" (the first payload, by wrk:
+    for tiny models the Python generator is the bottleneck). `cores`: what the server may use (default: the
+    cores this process may run on; tune runs beside the server). `key_dir`: the project's signing keys, which
+    sign the trial archives of step 4 (without it, step 4 is skipped): every archive a trial registers passes
+    verification first.
+    """
+    from archiver import archive_path, ensure_verified, public_key_path, signature_path
     from archiver.names import MAX_NAME_LENGTH
 
     from torchship.perf.bench import wrk_load
 
-    archive = Path(store) / f"{name}-{version}.mar"
+    archive = archive_path(store, name, version)
     ensure_verified(archive, public_key=public_key)
     packaged = packaged_threads(archive)
     cores = cores or len(os.sched_getaffinity(0))

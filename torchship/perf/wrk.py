@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from torchship.sdk.errors import LoadGeneratorError
 
@@ -19,11 +20,12 @@ __all__ = ["available", "run", "parse"]
 
 
 def available() -> bool:
+    """Whether wrk is installed (on PATH)."""
     return shutil.which("wrk") is not None
 
 
 def run(url: str, body: bytes, *, seconds: float, concurrency: int, headers: dict[str, str] | None = None,
-        content_type: str = "application/json") -> dict:
+        content_type: str = "application/json") -> dict[str, Any]:
     """POST `body` to `url` from `concurrency` connections for `seconds`; wrk's figures."""
     with tempfile.TemporaryDirectory(prefix="torchship-wrk-") as folder:
         payload = Path(folder) / "body"
@@ -49,15 +51,21 @@ def run(url: str, body: bytes, *, seconds: float, concurrency: int, headers: dic
         raise LoadGeneratorError(f"wrk's output could not be read ({exc}): {done.stdout.strip()[:300]}") from None
 
 
+def _found(match: re.Match[str] | None, what: str) -> re.Match[str]:
+    if match is None:
+        raise ValueError(f"no {what} in it")
+    return match
+
+
 def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    value, unit = _found(re.match(r"([\d.]+)(us|ms|s)", text), "duration").groups()
     return float(value) / 1000 if unit == "us" else float(value) * 1000 if unit == "s" else float(value)
 
 
-def parse(out: str) -> dict:
+def parse(out: str) -> dict[str, Any]:
     """wrk --latency output -> throughput, percentiles, and failures (non-2xx and socket errors)."""
     pct = {int(p): _ms(v) for p, v in re.findall(r"^\s+(\d+)%\s+(\S+)$", out, re.M)}
-    sent = int(re.search(r"(\d+) requests in", out).group(1))
+    sent = int(_found(re.search(r"(\d+) requests in", out), "request count").group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     failed = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
@@ -65,4 +73,4 @@ def parse(out: str) -> dict:
     return {"sent": sent, "ok": sent - (int(non2xx.group(1)) if non2xx else 0), "failed": failed,
             "p50_ms": pct.get(50), "p90_ms": pct.get(90), "p99_ms": pct.get(99),
             "max_ms": _ms(max_ms.group(1)) if max_ms else None,
-            "throughput_rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+            "throughput_rps": float(_found(re.search(r"Requests/sec:\s+([\d.]+)", out), "Requests/sec").group(1))}

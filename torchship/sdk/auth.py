@@ -20,7 +20,7 @@ __all__ = ["KeyFile", "StaticKeys"]
 class KeyFile:
     """The keys of a running server, read from its key file and re-read on demand."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._keys: dict[str, str] | None = None
         self._lock = threading.Lock()
@@ -73,7 +73,9 @@ class StaticKeys:
         return "StaticKeys(<hidden>)"
 
     def key(self, kind: str) -> str | None:
+        """Return the key given for 'management', 'inference' or 'api' (None when not given)."""
         return self._keys[kind]
 
     def reload(self) -> bool:
+        """Return False: given keys never change."""
         return False

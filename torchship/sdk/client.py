@@ -15,7 +15,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Literal, overload
+from urllib.parse import quote
 
 import numpy as np
 import requests
@@ -23,7 +24,7 @@ import requests
 from archiver.names import check_name, check_name_version, check_version
 
 from torchship.sdk.auth import KeyFile, StaticKeys
-from torchship.sdk.config import ServerConfig
+from torchship.sdk.config import DEFAULT_INFERENCE_URL, DEFAULT_MANAGEMENT_URL, DEFAULT_METRICS_URL, ServerConfig
 from torchship.sdk.metrics import Metrics
 from torchship.sdk.errors import (
     BadInput,
@@ -50,14 +51,32 @@ class TorchServe:
     >>> ts = TorchServe.from_config("config.properties")
     >>> ts.register("mlp-1.0.mar", initial_workers=1)
     >>> ts.predict("mlp", {"data": [0.0] * 100})
+
+    Args:
+        management_url: the management API's address (register, scale, describe, ...).
+        inference_url: the inference API's address (predict, explain, ping, v2).
+        metrics_url: the metrics API's address (Prometheus text).
+        key_file: the server's token key file (`key_file.json`), read when a key is first needed
+            and again when one is refused; None for a server without token auth.
+        keys: the keys themselves (a `KeyFile` or `StaticKeys`), instead of `key_file`.
+        timeout: seconds to wait for an answer (register, unregister and scale wait at least 120).
+        retries: how often a request that is safe to repeat (reads, predictions) is retried when
+            the server is unreachable or busy; register and unregister are never repeated.
+        backoff: seconds before the first retry, doubled for each one after it.
+        session: a `requests.Session` to use for every request (tests pass a fake transport in
+            one); by default each thread gets a pooled keep-alive session of its own.
+        compress_min_bytes: gzip request bodies of at least this many bytes (None: never). It pays
+            only on slow links (benchmarks/bench_compression.py); torchship's handlers unpack them.
+        max_request_size: the server's max_request_size in bytes, when known (`from_config` reads
+            it): a larger body is refused before it is sent, with a message that says what to do.
     """
 
     def __init__(
         self,
-        management_url: str = "http://127.0.0.1:8081",
-        inference_url: str = "http://127.0.0.1:8080",
-        metrics_url: str = "http://127.0.0.1:8082",
-        key_file: str | os.PathLike | None = None,
+        management_url: str = DEFAULT_MANAGEMENT_URL,
+        inference_url: str = DEFAULT_INFERENCE_URL,
+        metrics_url: str = DEFAULT_METRICS_URL,
+        key_file: str | os.PathLike[str] | None = None,
         *,
         keys: KeyFile | StaticKeys | None = None,
         timeout: float = 60.0,
@@ -90,7 +109,8 @@ class TorchServe:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_config(cls, path: str | os.PathLike, *, key_file: str | os.PathLike | None = None, **kwargs: Any) -> "TorchServe":
+    def from_config(cls, path: str | os.PathLike[str], *, key_file: str | os.PathLike[str] | None = None,
+                    **kwargs: Any) -> "TorchServe":
         """A client for the server that runs from this config file.
 
         The key file is found beside the config (a server's working folder) or in
@@ -112,9 +132,9 @@ class TorchServe:
         """A client from TS_MANAGEMENT_URL, TS_INFERENCE_URL, TS_METRICS_URL and TS_KEY_FILE."""
         env = os.environ
         return cls(
-            env.get("TS_MANAGEMENT_URL", "http://127.0.0.1:8081"),
-            env.get("TS_INFERENCE_URL", "http://127.0.0.1:8080"),
-            env.get("TS_METRICS_URL", "http://127.0.0.1:8082"),
+            env.get("TS_MANAGEMENT_URL", DEFAULT_MANAGEMENT_URL),
+            env.get("TS_INFERENCE_URL", DEFAULT_INFERENCE_URL),
+            env.get("TS_METRICS_URL", DEFAULT_METRICS_URL),
             env.get("TS_KEY_FILE") or None,
             **kwargs,
         )
@@ -123,6 +143,7 @@ class TorchServe:
         return f"TorchServe(management={self.urls[_MANAGEMENT]!r}, inference={self.urls[_INFERENCE]!r}, keys={self.keys!r})"
 
     def close(self) -> None:
+        """Close this thread's pooled connections (a session given to the constructor stays open)."""
         session = getattr(self._local, "session", None)
         if session is not None:
             session.close()
@@ -150,8 +171,8 @@ class TorchServe:
             self._local.session = session
         return session
 
-    def _send(self, api: str, method: str, path: str, *, params: dict | None = None,
-              data: bytes | None = None, headers: dict | None = None, timeout: float | None = None,
+    def _send(self, api: str, method: str, path: str, *, params: dict[str, Any] | None = None,
+              data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float | None = None,
               stream: bool = False) -> requests.Response:
         url = self.urls[api] + path
         size = len(data) if isinstance(data, (bytes, bytearray)) else None
@@ -229,6 +250,7 @@ class TorchServe:
         return str(_json(resp).get("status", ""))
 
     def is_healthy(self) -> bool:
+        """Whether the server answers /ping with Healthy (never raises)."""
         try:
             return self.ping() == "Healthy"
         except TorchServeError:
@@ -236,7 +258,7 @@ class TorchServe:
 
     # ------------------------------------------------------------------ management
 
-    def register(self, archive: str | os.PathLike, *, model_name: str | None = None, initial_workers: int = 1,
+    def register(self, archive: str | os.PathLike[str], *, model_name: str | None = None, initial_workers: int = 1,
                  batch_size: int | None = None, max_batch_delay: int | None = None,
                  response_timeout: int | None = None, startup_timeout: int | None = None,
                  synchronous: bool = True, timeout: float | None = None) -> str:
@@ -260,12 +282,17 @@ class TorchServe:
         return str(_json(resp).get("status", ""))
 
     def unregister(self, name: str, version: str | None = None, *, timeout: float | None = None) -> str:
+        """Remove a model version from the server (default: the default version); the archive stays."""
         resp = self._call(_MANAGEMENT, "DELETE", _model_path(name, version), safe=False,
                           timeout=timeout or max(self.timeout, 120))
         return str(_json(resp).get("status", ""))
 
     def scale(self, name: str, *, min_workers: int, max_workers: int | None = None, version: str | None = None,
               synchronous: bool = True, timeout: float | None = None) -> str:
+        """Set the workers of a model version (default: the default version).
+
+        With `synchronous`, the answer comes once they run.
+        """
         params = {"min_worker": min_workers, "max_worker": max_workers if max_workers is not None else min_workers,
                   "synchronous": _bool(synchronous)}
         resp = self._call(_MANAGEMENT, "PUT", _model_path(name, version), safe=True, params=params,
@@ -273,6 +300,7 @@ class TorchServe:
         return str(_json(resp).get("status", ""))
 
     def set_default(self, name: str, version: str) -> str:
+        """Make `version` the one that /predictions/NAME serves."""
         check_version(version)  # required here: None would make the path /models/NAME/set-default
         resp = self._call(_MANAGEMENT, "PUT", f"{_model_path(name, version)}/set-default", safe=True)
         return str(_json(resp).get("status", ""))
@@ -332,9 +360,13 @@ class TorchServe:
 
     # ------------------------------------------------------------------ inference
 
-    def _body(self, data: Any) -> tuple[bytes, dict[str, str]]:
-        """A request body and its headers: encoded (see _encode), gzipped when compress_min_bytes
-        says so (level 1: the cheapest; the answer is the same either way)."""
+    def encode_body(self, data: Any) -> tuple[bytes, dict[str, str]]:
+        """Encode a request body as this client sends it, and give its headers.
+
+        JSON for objects, .npy for numpy arrays, bytes and files as they are; gzipped when
+        compress_min_bytes says so (level 1: the cheapest; the answer is the same either way).
+        Load generators use it to send exactly what `predict` would.
+        """
         body, content_type = _encode(data)
         headers = {"Content-Type": content_type}
         if self.compress_min_bytes is not None and len(body) >= self.compress_min_bytes:
@@ -342,14 +374,20 @@ class TorchServe:
             headers["Content-Encoding"] = "gzip"
         return body, headers
 
-    def predict(self, name: str, data: Any, *, version: str | None = None, headers: dict | None = None,
+    def prediction_url(self, name: str, version: str | None = None) -> str:
+        """The URL `predict` posts to for `name` (and `version`), both checked by the name rule."""
+        return f"{self.urls[_INFERENCE]}/predictions/{_model_path(name, version)[len('/models/'):]}"
+
+    def predict(self, name: str, data: Any, *, version: str | None = None, headers: dict[str, str] | None = None,
                 timeout: float | None = None, raw: bool = False) -> Any:
-        """One prediction. `data`: a JSON-able object, a numpy array (sent as .npy bytes), raw bytes,
-        or a pathlib.Path to send as is.
+        """Send one prediction request and return the answer.
+
+        `data`: a JSON-able object, a numpy array (sent as .npy bytes), raw bytes, or a pathlib.Path to send
+        as is.
 
         JSON answers are decoded; anything else comes back as bytes (or the Response when raw).
         """
-        body, hdrs = self._body(data)
+        body, hdrs = self.encode_body(data)
         resp = self._call(_INFERENCE, "POST", f"/predictions/{_model_path(name, version)[len('/models/'):]}",
                           safe=True, retry_worker_died=True, data=body, headers={**hdrs, **(headers or {})},
                           timeout=timeout)
@@ -357,13 +395,14 @@ class TorchServe:
 
     def explain(self, name: str, data: Any, *, version: str | None = None, timeout: float | None = None) -> Any:
         """An explanation of one prediction (POST /explanations/...), if the handler offers one."""
-        body, hdrs = self._body(data)
+        body, hdrs = self.encode_body(data)
         resp = self._call(_INFERENCE, "POST", f"/explanations/{_model_path(name, version)[len('/models/'):]}",
                           safe=True, data=body, headers=hdrs, timeout=timeout)
         return _decode(resp)
 
-    def infer_v2(self, name: str, inputs: dict[str, Any] | list[dict], *, outputs: list[str] | None = None,
-                 request_id: str | None = None, timeout: float | None = None) -> dict:
+    def infer_v2(self, name: str, inputs: dict[str, Any] | list[dict[str, Any]], *,
+                 outputs: list[str] | None = None, request_id: str | None = None,
+                 timeout: float | None = None) -> dict[str, Any]:
         """Open Inference Protocol (KServe v2) inference: POST /v2/models/{name}/infer.
 
         `inputs` maps input names to arrays (their shape and datatype are taken from numpy), or is
@@ -381,8 +420,8 @@ class TorchServe:
             request["id"] = request_id
         if outputs:
             request["outputs"] = [{"name": n} for n in outputs]
-        body, hdrs = self._body(request)
-        resp = self._call(_INFERENCE, "POST", f"/v2/models/{requests.utils.quote(name, safe='')}/infer", safe=True,
+        body, hdrs = self.encode_body(request)
+        resp = self._call(_INFERENCE, "POST", f"/v2/models/{quote(name, safe='')}/infer", safe=True,
                           data=body, headers=hdrs, timeout=timeout)
         answer = _json(resp)
         for out in answer.get("outputs", []):
@@ -411,16 +450,26 @@ class TorchServe:
         with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(items)))) as pool:
             return list(pool.map(one, items))
 
+    @overload
+    def stream(self, name: str, data: Any, *, version: str | None = ..., timeout: float | None = ...,
+               raw: Literal[False] = ...) -> Iterator[str]: ...
+
+    @overload
+    def stream(self, name: str, data: Any, *, version: str | None = ..., timeout: float | None = ...,
+               raw: Literal[True]) -> Iterator[bytes]: ...
+
     def stream(self, name: str, data: Any, *, version: str | None = None, timeout: float | None = None,
-               raw: bool = False) -> Iterator[str]:
-        """Yield the chunks of a streaming handler's answer as they arrive: text (decoded as
-        UTF-8, never splitting a character), or bytes with `raw`. The name and version are
-        checked when this is called, not when the first chunk is asked for."""
+               raw: bool = False) -> Iterator[str] | Iterator[bytes]:
+        """Yield the chunks of a streaming handler's answer as they arrive.
+
+        Text is decoded as UTF-8, never splitting a character; with `raw`, bytes. The name and version are
+        checked when this is called, not when the first chunk is asked for.
+        """
         path = f"/predictions/{_model_path(name, version)[len('/models/'):]}"
         return self._stream(path, data, timeout=timeout, raw=raw)
 
-    def _stream(self, path: str, data: Any, *, timeout: float | None, raw: bool) -> Iterator[str]:
-        body, hdrs = self._body(data)
+    def _stream(self, path: str, data: Any, *, timeout: float | None, raw: bool) -> Iterator[Any]:
+        body, hdrs = self.encode_body(data)
         resp = self._call(_INFERENCE, "POST", path, safe=True, data=body, headers=hdrs, timeout=timeout, stream=True)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         with resp:
@@ -482,7 +531,7 @@ def _model_path(name: str, version: str | None, *, every: bool = False) -> str:
     return path
 
 
-def _store_file_name(archive: str | os.PathLike) -> str:
+def _store_file_name(archive: str | os.PathLike[str]) -> str:
     text = str(archive)
     if "://" in text:
         raise BadInput(f"register takes an archive of the local model store, not a URL: {text}")
@@ -492,7 +541,7 @@ def _store_file_name(archive: str | os.PathLike) -> str:
     return name
 
 
-def _clean(params: dict | None) -> dict | None:
+def _clean(params: dict[str, Any] | None) -> dict[str, Any] | None:
     if params is None:
         return None
     return {k: v for k, v in params.items() if v is not None}

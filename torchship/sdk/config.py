@@ -10,12 +10,20 @@ from urllib.parse import urlsplit
 
 from torchship.sdk.errors import ConfigError
 
-__all__ = ["ServerConfig", "ProjectPaths", "read_properties", "write_properties", "java_regex_literal"]
+__all__ = ["ServerConfig", "ProjectPaths", "read_properties", "write_properties", "java_regex_literal",
+           "DEFAULT_INFERENCE_URL", "DEFAULT_MANAGEMENT_URL", "DEFAULT_METRICS_URL"]
+
+# TorchServe's own defaults when a config names no address (and the client's when given none)
+DEFAULT_INFERENCE_URL = "http://127.0.0.1:8080"
+DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:8081"
+DEFAULT_METRICS_URL = "http://127.0.0.1:8082"
 
 
 def read_properties(path: Path) -> dict[str, str]:
-    """Parse a Java .properties file the way java.util.Properties does, for the parts we use:
-    `#`/`!` comments, `=`/`:` separators, backslash escapes and line continuations."""
+    """Parse a Java .properties file the way java.util.Properties does, for the parts we use.
+
+    Those are `#`/`!` comments, `=`/`:` separators, backslash escapes and line continuations.
+    """
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -58,6 +66,7 @@ def _escape(text: str) -> str:
 
 
 def write_properties(path: Path, props: dict[str, str], header: str = "") -> None:
+    """Write `props` as a .properties file, with `header` as comment lines."""
     lines = [f"# {line}" for line in header.splitlines()]
     lines += [f"{key}={_escape(value)}" for key, value in props.items()]
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -73,33 +82,39 @@ class ServerConfig:
     """The parts of a TorchServe config that a client and a local server need."""
 
     path: Path
-    properties: dict
+    properties: dict[str, str]
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ServerConfig":
+    def load(cls, path: str | os.PathLike[str]) -> "ServerConfig":
+        """Read a config file; ConfigError when it is missing."""
         path = Path(path).resolve()
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         return cls(path, read_properties(path))
 
     def get(self, key: str, default: str | None = None) -> str | None:
+        """Return a property of the config, or `default`."""
         return self.properties.get(key, default)
 
     @property
     def inference_url(self) -> str:
-        return _normalise_url(self.get("inference_address", "http://127.0.0.1:8080"))
+        """The inference API's address (TorchServe's default when the config names none)."""
+        return _normalise_url(self.get("inference_address", DEFAULT_INFERENCE_URL))
 
     @property
     def management_url(self) -> str:
-        return _normalise_url(self.get("management_address", "http://127.0.0.1:8081"))
+        """The management API's address (TorchServe's default when the config names none)."""
+        return _normalise_url(self.get("management_address", DEFAULT_MANAGEMENT_URL))
 
     @property
     def metrics_url(self) -> str:
-        return _normalise_url(self.get("metrics_address", "http://127.0.0.1:8082"))
+        """The metrics API's address (TorchServe's default when the config names none)."""
+        return _normalise_url(self.get("metrics_address", DEFAULT_METRICS_URL))
 
     @property
     def model_store(self) -> Path:
-        store = Path(self.get("model_store", "model_store"))
+        """The model store, relative paths taken from the config file's folder."""
+        store = Path(self.properties.get("model_store", "model_store"))
         return store if store.is_absolute() else (self.path.parent / store).resolve()
 
     def listen_addresses(self) -> dict[str, tuple[str, int]]:
@@ -124,8 +139,9 @@ def _normalise_url(url: str | None) -> str:
 
 @dataclass(frozen=True)
 class ProjectPaths:
-    """Where a torchship project keeps its config, checkpoints, archives and server state
-    (`torchship.Project` is the object that works on them).
+    """Where a torchship project keeps its config, checkpoints, archives and server state.
+
+    `torchship.Project` is the object that works on them.
 
     The root is $TORCHSHIP_HOME, else the nearest folder at or above the current one that holds
     config.properties, else the current folder.
@@ -135,6 +151,7 @@ class ProjectPaths:
 
     @classmethod
     def find(cls, start: Path | None = None) -> ProjectPaths:
+        """Return the project around `start` (default: the current folder); see the class docstring."""
         env = os.environ.get("TORCHSHIP_HOME")
         if env:
             return cls(Path(env).resolve())
@@ -146,26 +163,32 @@ class ProjectPaths:
 
     @property
     def config_path(self) -> Path:
+        """The project's TorchServe config (`config.properties`)."""
         return self.root / "config.properties"
 
     @property
     def state_dir(self) -> Path:
+        """Where torchship keeps its state (`.torchship/`)."""
         return self.root / ".torchship"
 
     @property
     def server_dir(self) -> Path:
+        """The local server's working folder (`.torchship/server/`)."""
         return self.state_dir / "server"
 
     @property
     def key_dir(self) -> Path:
+        """The signing keys (`.torchship/keys/`)."""
         return self.state_dir / "keys"
 
     @property
     def checkpoints(self) -> Path:
+        """Where training runs are written (`checkpoints/`)."""
         return self.root / "checkpoints"
 
     @property
     def model_store(self) -> Path:
+        """The model store: the config's `model_store`, else `model_store/`."""
         if self.config_path.is_file():
             return ServerConfig.load(self.config_path).model_store
         return self.root / "model_store"

@@ -87,15 +87,19 @@ class APIError(TorchServeError):
         return ""
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the error as TorchServe writes one: code, type and message."""
         return {"code": self.status, "type": self.type, "message": self.message}
 
 
 class BadRequest(APIError):
-    pass
+    """400: the request, or one item of a batch, is invalid."""
 
 
 class Unauthorized(APIError):
+    """A missing, wrong or expired token (TorchServe answers 400 InvalidKeyException)."""
+
     def hint(self) -> str:
+        """Say to check that the key file belongs to this server."""
         return (
             "The token was missing, wrong or expired: check that the key file belongs to the "
             "server at this address (torchship reads .torchship/server/key_file.json)"
@@ -103,44 +107,62 @@ class Unauthorized(APIError):
 
 
 class Forbidden(APIError):
+    """403: refused, e.g. unregistering the default version."""
+
     def hint(self) -> str:
+        """Say to set another default first, when the default version was refused."""
         if "default" in self.message.lower():
             return "Set another version as default first (torchship set-default NAME VERSION)"
         return ""
 
 
 class ModelNotFound(APIError):
-    pass
+    """404: unknown model, version or archive."""
 
 
 class ModelAPIDisabled(APIError):
+    """405: register or unregister while enable_model_api is off."""
+
     def hint(self) -> str:
+        """Say how to enable the model API."""
         return "Model API is disabled: set enable_model_api=true in config.properties"
 
 
 class ModelAlreadyExists(APIError):
+    """409: that name and version are registered already."""
+
     def hint(self) -> str:
+        """Say to use another version or unregister this one."""
         return "Use another version, or unregister this one first"
 
 
 class PayloadTooLarge(APIError):
+    """413: the request body is over the server's max_request_size."""
+
     def hint(self) -> str:
+        """Say what to do when the server gave no reason (torchship's own messages do)."""
         if self.message == "request body too large":  # nothing more was said (an empty 413)
             return "The body is over the server's max_request_size: send less, or raise it"
         return ""  # torchship's messages (the client's, each handler's) say what the limit is
 
 
 class ServerError(APIError):
-    pass
+    """5xx: the server failed."""
 
 
 class WorkerDied(ServerError):
+    """The worker crashed or overran response_timeout (500, or 507 when it was killed)."""
+
     def hint(self) -> str:
+        """Point at the server's model log."""
         return "The worker crashed or overran response_timeout; see the server's model_log.log"
 
 
 class ServiceUnavailable(ServerError):
+    """503: no worker could take the request (none running, queue full, or the handler failed)."""
+
     def hint(self) -> str:
+        """Say why no worker took the request."""
         return "No worker could take the request (none running, queue full, or the handler failed)"
 
 

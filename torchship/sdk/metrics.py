@@ -18,8 +18,10 @@ _LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:\\.|[^"\\])*)"\s*,?
 
 @dataclass(frozen=True)
 class Sample:
+    """One sample of the metrics port: a metric name, its labels and its value."""
+
     name: str
-    labels: dict = field(hash=False)
+    labels: dict[str, str] = field(hash=False)
     value: float
 
 
@@ -55,12 +57,15 @@ class Metrics:
 
     @classmethod
     def from_text(cls, text: str) -> "Metrics":
+        """Parse the Prometheus text of the metrics port."""
         return cls(parse_prometheus(text))
 
     def select(self, name: str, **labels: str) -> list[Sample]:
+        """Return the samples of metric `name` whose labels include `labels`."""
         return [s for s in self.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
 
     def total(self, name: str, **labels: str) -> float:
+        """Return the sum of the samples of metric `name` whose labels include `labels`."""
         return sum(s.value for s in self.select(name, **labels))
 
     def _model_labels(self, model: str, version: str | None) -> dict[str, str]:
@@ -77,9 +82,11 @@ class Metrics:
         return total_us / n / 1000 if n else math.nan
 
     def mean_queue_ms(self, model: str, version: str | None = None) -> float:
+        """Mean time a request waited in the queue (NaN before the first request)."""
         n = self.requests(model, version)
         total_us = self.total("ts_queue_latency_microseconds", **self._model_labels(model, version))
         return total_us / n / 1000 if n else math.nan
 
     def models(self) -> list[str]:
+        """Return the names of the models that have metrics, sorted."""
         return sorted({s.labels["model_name"] for s in self.samples if "model_name" in s.labels})

@@ -10,6 +10,8 @@ __all__ = ["Worker", "ModelDescription", "ModelSummary"]
 
 @dataclass(frozen=True)
 class Worker:
+    """One worker process of a model version, as the management API describes it."""
+
     id: str
     status: str
     pid: int | None = None
@@ -19,6 +21,7 @@ class Worker:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Worker":
+        """Build a worker from its entry in TorchServe's description."""
         return cls(
             id=str(data.get("id", "")),
             status=str(data.get("status", "")),
@@ -30,6 +33,7 @@ class Worker:
 
     @property
     def ready(self) -> bool:
+        """Whether the worker is READY."""
         return self.status == "READY"
 
 
@@ -53,6 +57,7 @@ class ModelDescription:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], *, is_default: bool = False) -> "ModelDescription":
+        """Build a description from TorchServe's JSON (`is_default`: whether this is the default version)."""
         queue = data.get("jobQueueStatus") or {}
         return cls(
             name=str(data.get("modelName", "")),
@@ -72,6 +77,7 @@ class ModelDescription:
 
     @property
     def ready_workers(self) -> int:
+        """How many workers are READY."""
         return sum(1 for w in self.workers if w.ready)
 
     @property
@@ -85,6 +91,7 @@ class ModelDescription:
         return "PARTIAL" if ready else "NOT READY"
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the description as plain data (for --json)."""
         return {
             "name": self.name,
             "version": self.version,
