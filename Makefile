@@ -13,11 +13,11 @@ VERSION ?= 1.0
 MODELS  ?= mlp sentiment fashion recommender embedder textgen
 PYTEST_ARGS ?=
 
-.PHONY: help setup java data train package serve deploy apply predict demo test unit integration bench stop status clean
+.PHONY: help setup java data train package serve deploy apply predict demo test lint types unit integration bench stop status clean
 
 help:
 	@echo "make demo      set up, quick-train, package, serve, deploy and predict ($(MODEL))"
-	@echo "make test      run the whole test suite (starts its own TorchServe)"
+	@echo "make test      lint, types and the whole test suite (starts its own TorchServe)"
 	@echo "make train | package | serve | deploy | apply | predict | bench | status | stop | clean   (MODEL=, VERSION=)"
 
 # The virtual environment, made and filled on first use; redone when pyproject.toml changes.
@@ -77,8 +77,16 @@ demo: data java
 	echo; $(TS) models; \
 	echo; echo "demo done in $$(( $$(date +%s) - start )) s (after set-up). The server keeps running: make stop"
 
-test: data java
+# Lint and types first (seconds), then every test.
+test: lint types data java
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
+
+types: setup
+	$(BIN)/python -m mypy
 
 unit: data
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
