@@ -68,10 +68,8 @@ class EmbedderHandler(BatchHandler):
     def predict(self, inputs: list[tuple[str, list[str], list[list[int]]]]) -> list[Any]:
         ids = [i for _, _, group in inputs for i in group]
         vectors = self._embed(ids)
-        out, start = [], 0
-        for kind, texts, group in inputs:
-            mine = vectors[start:start + len(group)]
-            start += len(group)
+        out = []
+        for (kind, texts, _), mine in zip(inputs, self.per_request(vectors, [len(group) for _, _, group in inputs])):
             if kind == "embed":
                 out.append({"embeddings": mine.double().numpy().round(6).tolist()})
             else:

@@ -111,12 +111,10 @@ class FashionHandler(BatchHandler):
     def predict(self, inputs: list[tuple[np.ndarray, int]]) -> list[Any]:
         batch = torch.from_numpy(np.concatenate([images for images, _ in inputs]))[:, None]
         probs = torch.softmax(self.model(batch), dim=1).double().numpy()
-        out, start = [], 0
-        for images, k in inputs:
-            answers = [self._answer_for(p, k) for p in probs[start:start + len(images)]]
-            start += len(images)
-            out.append(answers[0] if len(answers) == 1 else answers)
-        return out
+        sizes = [len(images) for images, _ in inputs]
+        ks = [k for (_, k), size in zip(inputs, sizes) for _ in range(size)]  # each image's request's k
+        answers = [self._answer_for(p, k) for p, k in zip(probs, ks)]
+        return self.per_request(answers, sizes, [size == 1 for size in sizes])
 
     def _answer_for(self, p: np.ndarray, k: int) -> dict:
         top = np.argsort(-p, kind="stable")[:k]

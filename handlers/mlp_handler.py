@@ -88,11 +88,6 @@ class MLPHandler(BatchHandler):
         return [("class_id", np.array([a["class_id"] for a in answers], dtype=np.int64)),
                 ("probabilities", np.array([a["probabilities"] for a in answers], dtype=np.float32))]
 
-    @staticmethod
-    def _per_request(inputs: list[tuple[np.ndarray, bool]], answers: list[dict]) -> list[Any]:
-        out, start = [], 0
-        for rows, single in inputs:
-            mine = answers[start:start + len(rows)]
-            start += len(rows)
-            out.append(mine[0] if single else mine)
-        return out
+    def _per_request(self, inputs: list[tuple[np.ndarray, bool]], answers: list[dict]) -> list[Any]:
+        """One answer per row of the batch -> one answer per request (a list unless it sent one row)."""
+        return self.per_request(answers, [len(rows) for rows, _ in inputs], [single for _, single in inputs])

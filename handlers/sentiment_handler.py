@@ -58,9 +58,4 @@ class SentimentHandler(BatchHandler):
         probs = torch.softmax(self.model(ids, offsets), dim=1).double().numpy().round(6)
         answers = [{"label": self.labels[int(p.argmax())],
                     "probabilities": {label: float(v) for label, v in zip(self.labels, p)}} for p in probs]
-        out, start = [], 0
-        for item, many in inputs:
-            mine = answers[start:start + len(item)]
-            start += len(item)
-            out.append(mine if many else mine[0])
-        return out
+        return self.per_request(answers, [len(item) for item, _ in inputs], [not many for _, many in inputs])

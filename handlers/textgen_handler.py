@@ -5,6 +5,8 @@ Answer:   chunks of text, sent as they are generated (HTTP chunked transfer), th
 Limits answer 400 before anything streams: prompt a string of at most 500 characters,
 max_new_tokens 1..500, temperature 0 (always the likeliest character) or 0.01..2, top_k
 1..vocabulary, seed an integer (the same seed gives the same text); a body over 64 KiB answers 413.
+Requests are read by the base, as in every handler (gzip bodies, size and JSON depth bounds, the
+v2 binary header); an Open Inference Protocol request answers 501 in the protocol's error form.
 A batch is generated in lock step: one forward pass per step for all its requests, each with its
 own sampler; a step that fails for the batch is run again request by request, so one request
 cannot stop the others' streams.
@@ -19,7 +21,7 @@ from typing import Any
 
 import torch
 
-from torchship_base_handler import FAILED, BatchHandler, ItemError, item_error, label_batch
+from torchship_base_handler import BatchHandler, ItemError, item_error, label_batch
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +64,9 @@ class TextgenHandler(BatchHandler):
         from ts.handler_utils.utils import send_intermediate_predict_response
 
         label_batch(context, len(data))
-        results: list[Any] = [None] * len(data)
-        jobs: dict[int, dict] = {}
-        for idx, request in enumerate(data):
-            job = self.read_item(request, context, idx, results, {})
-            if job is not FAILED:
-                jobs[idx] = job
+        # step 1 as in every handler: bounds, gzip, JSON depth, v2 headers, each failure its own answer
+        batch = self.read_items(data, context)
+        results, jobs = batch.results, batch.inputs
         if not jobs:
             return results
         for idx in jobs:
@@ -105,7 +104,7 @@ class TextgenHandler(BatchHandler):
                         pending[i] = ""
         for idx in jobs:
             if idx in failed and idx not in streaming:
-                results[idx] = self._error(context, idx, failed[idx], False)
+                results[idx] = self._error(context, idx, failed[idx], idx in batch.v2)
             else:  # done, or failed after its first chunk: the stream ends with what was made
                 results[idx] = pending[idx]
         return results

@@ -14,16 +14,24 @@ once unpacked), JSON nesting depth (`MAX_DEPTH`), a .npy body's header (dtype an
 the bytes that follow), and in torchship_oip the declared shapes of v2 tensors. Each handler
 bounds its own fields (rows, texts, characters, pixels, generation parameters).
 
-A subclass implements `parse` (one request's payload -> model input, or ItemError) and `predict`
-(list of inputs -> list of JSON-able outputs, one forward for the whole list).
+`handle` runs a batch in three steps: `read_items` (read, bound and parse each request; each
+failure is that request's answer), `forward` (one forward pass for every request parsed, retried
+item by item when it fails), `answer_items` (each request's answer, plain JSON or v2). A subclass
+implements `parse` (one request's payload -> model input, or ItemError) and `predict` (list of
+inputs -> list of JSON-able outputs, one forward for the whole list); a model that takes several
+rows, texts or images per request runs them all at once and hands the answers back to each
+request with `per_request`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -80,6 +88,17 @@ def item_error(exc: BaseException, stage: str) -> ItemError:
     return ItemError(f"the model failed on this request ({what})", 500)
 
 
+@dataclass
+class Batch:
+    """One batch while it is handled: each request's answer (None until it has one), the model
+    input of each request parsed (by its index in the batch, in order), and the decoded Open
+    Inference Protocol request of each v2 one."""
+
+    results: list[Any]
+    inputs: dict[int, Any] = field(default_factory=dict)
+    v2: dict[int, dict] = field(default_factory=dict)
+
+
 class BatchHandler:
     """Batching-aware handler with per-item errors. See the module docstring."""
 
@@ -119,57 +138,53 @@ class BatchHandler:
     # -------------------------------------------------------------- requests
 
     def handle(self, data: list[dict], context: Any) -> list[Any]:
+        """A batch in three steps: (1) read and parse each request, each failure that request's own
+        answer; (2) one forward pass for every request parsed; (3) answer each of them."""
         explain = _header(context, 0, "explain") == "True"
         label_batch(context, len(data))
-        results: list[Any] = [None] * len(data)
-        parsed: list[tuple[int, Any]] = []
-        v2: dict[int, dict] = {}
+        batch = self.read_items(data, context)
+        if batch.inputs:
+            outputs = self.forward(list(batch.inputs.values()), explain)
+            self.answer_items(context, batch, outputs)
+        return batch.results
+
+    # step 1: read and parse each request
+
+    def read_items(self, data: list[dict], context: Any) -> Batch:
+        """Every request of the batch read, bounded and parsed into its model input; a request
+        that fails any of it has its error answer in `results` already. Nothing raised while
+        reading one request reaches the rest of the batch."""
+        batch = Batch(results=[None] * len(data))
         for idx, request in enumerate(data):
-            item = self.read_item(request, context, idx, results, v2)
-            if item is not FAILED:
-                parsed.append((idx, item))
-        if not parsed:
-            return results
-        outputs = self._forward([item for _, item in parsed], explain)
-        for (idx, _), output in zip(parsed, outputs):
-            if isinstance(output, ItemError):
-                results[idx] = self._error(context, idx, output, idx in v2)
-                continue
+            is_v2 = False
             try:
-                if idx in v2:
-                    results[idx] = self._answer_v2(context, idx, output, v2[idx])
+                headers = _headers(context, idx)
+                is_v2 = oip.has_binary_header(headers)  # the binary extension: a v2 request for sure
+                payload, binary = self.read(request, headers)
+                is_v2 = is_v2 or oip.is_v2(payload)
+                if is_v2:
+                    batch.inputs[idx] = self.parse_v2(oip.decode_inputs(payload, binary))
+                    batch.v2[idx] = payload
                 else:
-                    results[idx] = self._answer(context, idx, output, 200)
-            except Exception as exc:  # an answer that cannot be encoded (NaN, a bug): this item's 500
-                logger.warning("request %d: the answer cannot be encoded", idx, exc_info=True)
-                results[idx] = self._error(context, idx, item_error(exc, "answer"), idx in v2)
-        return results
+                    batch.inputs[idx] = self.parse(payload)
+            except Exception as exc:  # noqa: BLE001 - every exception of one item is that item's answer
+                error = item_error(exc, "parse")
+                if not isinstance(exc, (ItemError, oip.ProtocolError)):
+                    logger.warning("request %d: %s", idx, error.message, exc_info=True)
+                batch.results[idx] = self._error(context, idx, error, is_v2)
+        return batch
 
-    def read_item(self, request: Any, context: Any, idx: int, results: list, v2: dict[int, dict]) -> Any:
-        """One request read, bounded and parsed: its model input, or FAILED with its error answer
-        already in `results[idx]`. Nothing raised here reaches the rest of the batch."""
-        headers = _headers(context, idx)
-        is_v2 = False
-        try:
-            is_v2 = oip.has_binary_header(headers)  # the binary extension: a v2 request for sure
-            request = inflated(bounded(request, self.max_body_bytes), self.max_body_bytes)
-            payload, binary = self.payload(request, headers)
-            check_depth(payload)  # JSON (or a JSON part) nested deeper than MAX_DEPTH: 400
-            is_v2 = is_v2 or oip.is_v2(payload)
-            if is_v2:
-                item = self.parse_v2(oip.decode_inputs(payload, binary))
-                v2[idx] = payload
-            else:
-                item = self.parse(payload)
-            return item
-        except Exception as exc:  # noqa: BLE001 - every exception of one item is that item's answer
-            error = item_error(exc, "parse")
-            if not isinstance(exc, (ItemError, oip.ProtocolError)):
-                logger.warning("request %d: %s", idx, error.message, exc_info=True)
-            results[idx] = self._error(context, idx, error, is_v2)
-            return FAILED
+    def read(self, request: Any, headers: dict[str, Any]) -> tuple[Any, bytes]:
+        """One request's payload and v2 binary data (see `payload`), within this model's body size
+        (as sent, and once a gzip body is unpacked) and JSON nesting depth."""
+        request = inflated(bounded(request, self.max_body_bytes), self.max_body_bytes)
+        payload, binary = self.payload(request, headers)
+        check_depth(payload)  # JSON (or a JSON part) nested deeper than MAX_DEPTH: 400
+        return payload, binary
 
-    def _forward(self, items: list[Any], explain: bool) -> list[Any]:
+    # step 2: one forward pass
+
+    def forward(self, items: list[Any], explain: bool = False) -> list[Any]:
         """The model's outputs, one per item; an item whose forward fails gets an ItemError instead.
         A failing batch is run again item by item, so one item cannot fail the others."""
         try:
@@ -191,7 +206,42 @@ class BatchHandler:
             if not isinstance(exc, ItemError):
                 logger.warning("the forward pass of a batch of %d failed: running it item by item", len(items),
                                exc_info=True)
-            return [self._forward([item], explain)[0] for item in items]
+            return [self.forward([item], explain)[0] for item in items]
+
+    @staticmethod
+    def per_request(answers: Sequence[Any], sizes: Iterable[int], single: Iterable[bool] | None = None) -> list[Any]:
+        """Answers made for the whole batch at once (one per row, text or image of every request,
+        in order) split back to the requests that sent `sizes` of them each. A request marked
+        `single` (it sent one item, not a list) gets its one answer itself rather than a list."""
+        out, start = [], 0
+        for size, alone in zip(sizes, single if single is not None else itertools.repeat(False)):
+            mine = answers[start:start + size]
+            start += size
+            out.append(mine[0] if alone else mine)
+        if start != len(answers):
+            raise RuntimeError(f"{len(answers)} answers for {start} items")
+        return out
+
+    # step 3: answer each request
+
+    def answer_items(self, context: Any, batch: Batch, outputs: list[Any]) -> None:
+        """Each parsed request's answer, from its output, into `batch.results`: v2 requests in the
+        protocol's form, errors as JSON with their own status."""
+        for idx, output in zip(batch.inputs, outputs):
+            is_v2 = idx in batch.v2
+            if isinstance(output, ItemError):
+                batch.results[idx] = self._error(context, idx, output, is_v2)
+                continue
+            try:
+                if is_v2:
+                    batch.results[idx] = self._answer_v2(context, idx, output, batch.v2[idx])
+                else:
+                    batch.results[idx] = self._answer(context, idx, output, 200)
+            except Exception as exc:  # an answer that cannot be encoded (NaN, a bug): this item's 500
+                logger.warning("request %d: the answer cannot be encoded", idx, exc_info=True)
+                batch.results[idx] = self._error(context, idx, item_error(exc, "answer"), is_v2)
+
+    # what a subclass changes
 
     def payload(self, request: dict, headers: dict[str, Any]) -> tuple[Any, bytes]:
         """The request's body, decoded from JSON when it came as bytes or text, and the binary
@@ -261,7 +311,6 @@ class BatchHandler:
         return encoded
 
 
-FAILED = object()
 NPY_MAGIC = b"\x93NUMPY"
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_INFLATED = 64 * 1024 * 1024  # the most any gzip body may unpack to (each handler's max_body_bytes is lower)
@@ -302,7 +351,7 @@ def inflated(request: Any, limit: int = MAX_INFLATED) -> Any:
 
 def loads(text: str | bytes) -> Any:
     """JSON text decoded, or ItemError: invalid JSON, or nested ~1,000 deep (Python's decoder
-    raises RecursionError there, cheaply; `read_item` refuses anything deeper than MAX_DEPTH)."""
+    raises RecursionError there, cheaply; `read` refuses anything deeper than MAX_DEPTH)."""
     try:
         return json.loads(text)
     except RecursionError:

@@ -1,4 +1,5 @@
-"""What every training script shares: run folders, lineage (meta.json), progress, seeding."""
+"""What every training script shares: run folders, lineage (meta.json), progress, seeding, and the
+training epoch step (`shuffled_batches`, `train_epoch`)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,31 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import save_file
 
-__all__ = ["RunResult", "new_run_dir", "write_checkpoint", "save_weights", "git_commit", "fingerprint_tensors",
-           "fingerprint_files", "Progress", "latest_run", "seed_everything"]
+__all__ = [
+    "Progress",
+    "RunResult",
+    "fingerprint_files",
+    "fingerprint_tensors",
+    "git_commit",
+    "latest_run",
+    "new_run_dir",
+    "save_weights",
+    "seed_everything",
+    "shuffled_batches",
+    "train_epoch",
+    "write_checkpoint",
+]
+
+B = TypeVar("B")
 
 
 @dataclass(frozen=True)
@@ -31,6 +47,35 @@ class RunResult:
 def seed_everything(seed: int) -> torch.Generator:
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def shuffled_batches(count: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch's batches: the indices 0..count-1 in an order drawn from `generator` (drawn now,
+    before any batch is trained), cut into batches of `batch_size` (the last may be shorter)."""
+    order = torch.randperm(count, generator=generator)
+    return [order[start:start + batch_size] for start in range(0, count, batch_size)]
+
+
+def train_epoch(model: torch.nn.Module, optimiser: torch.optim.Optimizer, batches: Iterable[B],
+                loss_of: Callable[[B], torch.Tensor], *, size: Callable[[B], int] = len,
+                clip_norm: float | None = None) -> float:
+    """One training epoch: the model in training mode, then for each batch its loss
+    (`loss_of(batch)`, a mean over the batch), the gradients, optionally clipped to `clip_norm`,
+    and one optimiser step. Returns the mean training loss, each batch weighted by `size(batch)`
+    (its examples by default). `batches` may be lazy: each is drawn just before it is trained."""
+    model.train()
+    total, count = 0.0, 0
+    for batch in batches:
+        loss = loss_of(batch)
+        optimiser.zero_grad()
+        loss.backward()
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        optimiser.step()
+        weight = size(batch)
+        total += loss.item() * weight
+        count += weight
+    return total / count
 
 
 def new_run_dir(checkpoints: Path, name: str) -> Path:
@@ -59,12 +104,12 @@ def git_commit(start: Path | None = None) -> str | None:
     """The commit of the code that trained (with '+dirty' for uncommitted changes), if in git."""
     cwd = start or Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=False,
                                 timeout=10).stdout.strip()
         if not commit:
             return None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+                               capture_output=True, text=True, check=False, timeout=10).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

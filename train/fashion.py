@@ -11,7 +11,8 @@ from torch import nn
 
 from handlers.torchship_models import FashionCNN
 
-from .common import Progress, RunResult, fingerprint_files, new_run_dir, seed_everything, write_checkpoint
+from .common import (Progress, RunResult, fingerprint_files, new_run_dir, seed_everything, shuffled_batches,
+                     train_epoch, write_checkpoint)
 from .data import DATA, FASHION_LABELS, load_fashion
 
 
@@ -35,24 +36,16 @@ def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick:
     bar = Progress("fashion", epochs) if progress else None
     history = []
     for epoch in range(1, epochs + 1):
-        model.train()
-        order = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(idx)
+        train_loss = train_epoch(model, optimiser, shuffled_batches(len(x), batch_size, gen),
+                                 lambda idx: nn.functional.cross_entropy(model(x[idx]), y[idx]))
         model.eval()
         with torch.inference_mode():
             logits = torch.cat([model(xt[s:s + 2000]) for s in range(0, len(xt), 2000)])
             val_loss = nn.functional.cross_entropy(logits, yt).item()
             acc = (logits.argmax(1) == yt).float().mean().item()
-        history.append({"epoch": epoch, "train_loss": total / len(order), "val_loss": val_loss, "val_accuracy": acc})
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": acc})
         if bar:
-            bar.update(epoch, loss=total / len(order), val_acc=acc)
+            bar.update(epoch, loss=train_loss, val_acc=acc)
 
     metrics = {"val_accuracy": round(history[-1]["val_accuracy"], 4)}
     run_dir = new_run_dir(checkpoints, "fashion")

@@ -15,7 +15,8 @@ from torch import nn
 
 from handlers.torchship_models import MLP
 
-from .common import Progress, RunResult, fingerprint_tensors, new_run_dir, seed_everything, write_checkpoint
+from .common import (Progress, RunResult, fingerprint_tensors, new_run_dir, seed_everything, shuffled_batches,
+                     train_epoch, write_checkpoint)
 
 ARCHITECTURE = {"in_features": 100, "hidden": 50, "classes": 10}
 
@@ -58,24 +59,16 @@ def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick:
     bar = Progress("mlp", epochs) if progress else None
     history = []
     for epoch in range(1, epochs + 1):
-        model.train()
-        order = torch.randperm(split, generator=gen)
-        total = 0.0
-        for start in range(0, split, batch_size):
-            idx = order[start:start + batch_size]
-            optimiser.zero_grad()
-            loss = loss_fn(model(x_train[idx]), y_train[idx])
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(idx)
+        train_loss = train_epoch(model, optimiser, shuffled_batches(split, batch_size, gen),
+                                 lambda idx: loss_fn(model(x_train[idx]), y_train[idx]))
         model.eval()
         with torch.inference_mode():
             logits = model(x_val)
             val_loss = loss_fn(logits, y_val).item()
             val_acc = (logits.argmax(dim=1) == y_val).float().mean().item()
-        history.append({"epoch": epoch, "train_loss": total / split, "val_loss": val_loss, "val_accuracy": val_acc})
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc})
         if bar:
-            bar.update(epoch, loss=total / split, val_acc=val_acc)
+            bar.update(epoch, loss=train_loss, val_acc=val_acc)
 
     metrics = {"val_accuracy": round(history[-1]["val_accuracy"], 4), "val_loss": round(history[-1]["val_loss"], 4)}
     run_dir = new_run_dir(checkpoints, "mlp")

@@ -18,7 +18,8 @@ import torch
 
 from handlers.torchship_models import MatrixFactorization
 
-from .common import Progress, RunResult, fingerprint_files, new_run_dir, seed_everything, write_checkpoint
+from .common import (Progress, RunResult, fingerprint_files, new_run_dir, seed_everything, shuffled_batches,
+                     train_epoch, write_checkpoint)
 from .data import DATA, MovieLens, load_movielens
 
 NEGATIVES = 99
@@ -97,24 +98,19 @@ def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick:
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     bar = Progress("recommender", epochs) if progress else None
     history = []
+
+    def bpr_loss(b: torch.Tensor) -> torch.Tensor:
+        users, positives = tu[b], ti[b]
+        negatives = torch.randint(0, n_items, (len(b),), generator=gen)
+        return -torch.nn.functional.logsigmoid(model.score(users, positives) - model.score(users, negatives)).mean()
+
     for epoch in range(1, epochs + 1):
-        order = torch.randperm(len(tu), generator=gen)
-        total = 0.0
-        for start in range(0, len(order), batch_size):
-            b = order[start:start + batch_size]
-            users, positives = tu[b], ti[b]
-            negatives = torch.randint(0, n_items, (len(b),), generator=gen)
-            diff = model.score(users, positives) - model.score(users, negatives)
-            loss = -torch.nn.functional.logsigmoid(diff).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(b)
+        train_loss = train_epoch(model, optimiser, shuffled_batches(len(tu), batch_size, gen), bpr_loss)
         with torch.inference_mode():
             hr = hit_rate(model.score(cand_users[:, None], cand_t).numpy())
-        history.append({"epoch": epoch, "bpr_loss": total / len(order), "hit_rate_at_10": hr})
+        history.append({"epoch": epoch, "bpr_loss": train_loss, "hit_rate_at_10": hr})
         if bar:
-            bar.update(epoch, loss=total / len(order), hr10=hr)
+            bar.update(epoch, loss=train_loss, hr10=hr)
 
     run_dir = new_run_dir(checkpoints, "recommender")
     catalog = {

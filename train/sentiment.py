@@ -19,7 +19,8 @@ from torch import nn
 from handlers.torchship_models import SentimentClassifier
 from handlers.torchship_text import encode, tokenize
 
-from .common import Progress, RunResult, fingerprint_files, new_run_dir, seed_everything, write_checkpoint
+from .common import (Progress, RunResult, fingerprint_files, new_run_dir, seed_everything, shuffled_batches,
+                     train_epoch, write_checkpoint)
 from .data import DATA, load_rotten_tomatoes
 
 LABELS = ["negative", "positive"]
@@ -69,27 +70,22 @@ def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick:
     bar = Progress("sentiment", epochs) if progress else None
     history = []
     test_ids, test_offsets = _batch(encoded, test_idx)
+
+    def loss_of(idx: np.ndarray) -> torch.Tensor:
+        ids, offsets = _batch(encoded, idx)
+        return nn.functional.cross_entropy(model.fc(dropout(model.embedding(ids, offsets))), y[idx])
+
     for epoch in range(1, epochs + 1):
-        model.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        total = 0.0
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            ids, offsets = _batch(encoded, idx)
-            logits = model.fc(dropout(model.embedding(ids, offsets)))
-            loss = nn.functional.cross_entropy(logits, y[idx])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(idx)
+        batches = [train_idx[b.numpy()] for b in shuffled_batches(len(train_idx), batch_size, gen)]
+        train_loss = train_epoch(model, optimiser, batches, loss_of)
         model.eval()
         with torch.inference_mode():
             logits = model(test_ids, test_offsets)
             val_loss = nn.functional.cross_entropy(logits, y[test_idx]).item()
             acc = (logits.argmax(1) == y[test_idx]).float().mean().item()
-        history.append({"epoch": epoch, "train_loss": total / len(order), "val_loss": val_loss, "val_accuracy": acc})
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": acc})
         if bar:
-            bar.update(epoch, loss=total / len(order), val_acc=acc)
+            bar.update(epoch, loss=train_loss, val_acc=acc)
 
     run_dir = new_run_dir(checkpoints, "sentiment")
     (run_dir / "vocab.json").write_text(json.dumps({"labels": LABELS, "max_chars": MAX_CHARS, "tokens": vocab},

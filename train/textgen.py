@@ -18,7 +18,8 @@ from torch import nn
 
 from handlers.torchship_models import CharTransformer
 
-from .common import Progress, RunResult, fingerprint_files, new_run_dir, seed_everything, write_checkpoint
+from .common import (Progress, RunResult, fingerprint_files, new_run_dir, seed_everything, train_epoch,
+                     write_checkpoint)
 from .sentiment import corpus
 
 CONTEXT = 128
@@ -55,23 +56,17 @@ def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick:
 
     eval_x, eval_y = windows(held_out, 64, torch.Generator().manual_seed(1234))
     for epoch in range(1, epochs + 1):
-        model.train()
-        total = 0.0
-        for _ in range(steps_per_epoch):
-            x, y = windows(data, batch_size, gen)
-            loss = nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
-            optimiser.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimiser.step()
-            total += loss.item()
+        batches = (windows(data, batch_size, gen) for _ in range(steps_per_epoch))  # drawn as trained
+        train_loss = train_epoch(model, optimiser, batches,
+                                 lambda xy: nn.functional.cross_entropy(model(xy[0]).flatten(0, 1), xy[1].flatten()),
+                                 size=lambda _: 1, clip_norm=1.0)
         model.eval()
         with torch.inference_mode():
             val = nn.functional.cross_entropy(model(eval_x).flatten(0, 1), eval_y.flatten()).item()
-        history.append({"epoch": epoch, "train_loss": total / steps_per_epoch, "val_loss": val,
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val,
                         "val_bits_per_char": val / math.log(2)})
         if bar:
-            bar.update(epoch, loss=total / steps_per_epoch, val_bpc=val / math.log(2))
+            bar.update(epoch, loss=train_loss, val_bpc=val / math.log(2))
 
     run_dir = new_run_dir(checkpoints, "textgen")
     (run_dir / "chars.json").write_text(json.dumps({"chars": chars, "context": CONTEXT}, ensure_ascii=False))

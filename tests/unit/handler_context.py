@@ -34,7 +34,7 @@ def run_batch(handler, bodies: list, headers: list[dict] | None = None) -> tuple
     return ctx, handler.handle([{"body": b} for b in bodies], ctx)
 
 
-def run_stream(handler, bodies: list) -> tuple[list[int], list]:
+def run_stream(handler, bodies: list, headers: list[dict] | None = None) -> tuple[list[int], list]:
     """A streaming handler's batch in-process: (statuses, each request's whole answer). Text streams
     come back joined (the intermediate chunks TorchServe would send, then the last part); error
     answers come back decoded from JSON."""
@@ -49,7 +49,7 @@ def run_stream(handler, bodies: list) -> tuple[list[int], list]:
 
     ts_utils.send_intermediate_predict_response = collect
     try:
-        ctx, results = run_batch(handler, bodies)
+        ctx, results = run_batch(handler, bodies, headers)
     finally:
         ts_utils.send_intermediate_predict_response = original
     codes = statuses(ctx, len(bodies))

@@ -148,6 +148,7 @@ class LocalServer:
     def client(self, **kwargs: Any) -> TorchServe:
         """Return a client for this server (its addresses and key file); keywords go to `TorchServe`."""
         cfg = self.config()
+        kwargs.setdefault("max_request_size", cfg.max_request_size)
         return TorchServe(cfg.management_url, cfg.inference_url, cfg.metrics_url, self.key_file, **kwargs)
 
     # ------------------------------------------------------------------ process

@@ -123,8 +123,7 @@ class TorchServe:
             key_file = beside if beside.exists() else here / ".torchship" / "server" / "key_file.json"
             if (config.get("disable_token_authorization") or "").lower() == "true":
                 key_file = None
-        limit = config.get("max_request_size")
-        kwargs.setdefault("max_request_size", int(limit) if limit and limit.isdigit() else _TS_MAX_REQUEST_SIZE)
+        kwargs.setdefault("max_request_size", config.max_request_size)
         return cls(config.management_url, config.inference_url, config.metrics_url, key_file, **kwargs)
 
     @classmethod
@@ -509,9 +508,6 @@ def _v2_tensor(name: str, value: Any) -> dict[str, Any]:
         raise BadInput(f"input {name!r}: cannot send numpy {array.dtype} as an Open Inference Protocol tensor")
     return {"name": name, "shape": list(array.shape), "datatype": _NUMPY_TO_V2[array.dtype.name],
             "data": array.reshape(-1).tolist()}
-
-
-_TS_MAX_REQUEST_SIZE = 6_553_500  # TorchServe's default max_request_size
 
 
 def _too_large(size: int | None, limit: int | None) -> str:

@@ -16,6 +16,7 @@ __all__ = ["ServerConfig", "ProjectPaths", "read_properties", "write_properties"
 # TorchServe's own defaults when a config names no address (and the client's when given none)
 DEFAULT_INFERENCE_URL = "http://127.0.0.1:8080"
 DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:8081"
+DEFAULT_MAX_REQUEST_SIZE = 6_553_500  # TorchServe's default max_request_size
 DEFAULT_METRICS_URL = "http://127.0.0.1:8082"
 
 
@@ -110,6 +111,12 @@ class ServerConfig:
     def metrics_url(self) -> str:
         """The metrics API's address (TorchServe's default when the config names none)."""
         return _normalise_url(self.get("metrics_address", DEFAULT_METRICS_URL))
+
+    @property
+    def max_request_size(self) -> int:
+        """The largest request body the frontend accepts, in bytes (TorchServe's default: 6,553,500)."""
+        value = (self.get("max_request_size") or "").strip()
+        return int(value) if value.isdigit() else DEFAULT_MAX_REQUEST_SIZE
 
     @property
     def model_store(self) -> Path:
