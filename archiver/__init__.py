@@ -1,7 +1,7 @@
 """The packaging layer: an ArchiveSpec goes in; a signed TorchServe .mar with provenance comes out.
 
-    result = archiver.package(spec, store, key_dir)     # build + sign
-    archiver.ensure_verified(result.path, public_key=key_dir / "signing-key.pub.pem")
+result = archiver.package(spec, store, key_dir)     # build + sign
+archiver.ensure_verified(result.path, public_key=key_dir / "signing-key.pub.pem")
 """
 
 from __future__ import annotations
@@ -16,9 +16,23 @@ from .signing import ensure_keys, sign, signature_path
 from .spec import ArchiveSpec
 from .verify import VerifyReport, ensure_verified, verify_archive
 
-__all__ = ["ArchiveSpec", "BuildResult", "build", "package", "archive_path", "example_spec", "EXAMPLES",
-           "validate_model_config", "sign", "signature_path", "ensure_keys", "verify_archive", "ensure_verified",
-           "VerifyReport", "public_key_path"]
+__all__ = [
+    "ArchiveSpec",
+    "BuildResult",
+    "build",
+    "package",
+    "archive_path",
+    "example_spec",
+    "EXAMPLES",
+    "validate_model_config",
+    "sign",
+    "signature_path",
+    "ensure_keys",
+    "verify_archive",
+    "ensure_verified",
+    "VerifyReport",
+    "public_key_path",
+]
 
 
 def public_key_path(key_dir: Path) -> Path:
@@ -27,8 +41,9 @@ def public_key_path(key_dir: Path) -> Path:
     return Path(key_dir) / PUBLIC_NAME
 
 
-def package(spec: ArchiveSpec, store: Path, key_dir: Path, *, force: bool = False, meta: dict | None = None,
-            progress=None) -> BuildResult:
+def package(
+    spec: ArchiveSpec, store: Path, key_dir: Path, *, force: bool = False, meta: dict | None = None, progress=None
+) -> BuildResult:
     """Build and sign. The checkpoint's meta.json is read from the spec's extra files when not given."""
     if meta is None:
         meta_file = next((p for p in spec.extra_files if Path(p).name == "meta.json"), None)

@@ -17,16 +17,15 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
-from .errors import ArchiveError
-
 from .digests import recorded_digest
+from .errors import ArchiveError
 from .model_config import validate_model_config
 from .provenance import PROVENANCE_NAME, build_time, provenance_document
 from .spec import ArchiveSpec
@@ -52,8 +51,14 @@ def archive_path(store: Path, name: str, version: str) -> Path:
     return Path(store) / f"{name}-{version}.mar"
 
 
-def build(spec: ArchiveSpec, store: str | os.PathLike, *, force: bool = False, meta: dict | None = None,
-          progress: Callable[[str, int, int], None] | None = None) -> BuildResult:
+def build(
+    spec: ArchiveSpec,
+    store: str | os.PathLike,
+    *,
+    force: bool = False,
+    meta: dict | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> BuildResult:
     """Build `store/<name>-<version>.mar` from `spec`.
 
     `meta` is the checkpoint's meta.json (lineage for the provenance). An existing archive is
@@ -118,7 +123,9 @@ def _manifest(spec: ArchiveSpec, meta: dict | None) -> bytes:
     from model_archiver.model_packaging_utils import ModelExportUtils
 
     config = ModelArchiverConfig(
-        model_name=spec.name, handler=str(spec.handler), version=spec.version,
+        model_name=spec.name,
+        handler=str(spec.handler),
+        version=spec.version,
         serialized_file=str(spec.weights) if spec.weights else None,
         model_file=str(spec.model_file) if spec.model_file else None,
         requirements_file=str(spec.requirements) if spec.requirements else None,
@@ -142,8 +149,9 @@ def _zipinfo(arcname: str, size: int) -> zipfile.ZipInfo:
     return info
 
 
-def _write_member(zf: zipfile.ZipFile, arcname: str, source: Path | bytes,
-                  progress: Callable[[str, int, int], None]) -> dict:
+def _write_member(
+    zf: zipfile.ZipFile, arcname: str, source: Path | bytes, progress: Callable[[str, int, int], None]
+) -> dict:
     digest = hashlib.sha256()
     if isinstance(source, (bytes, bytearray)):
         digest.update(source)
@@ -154,8 +162,11 @@ def _write_member(zf: zipfile.ZipFile, arcname: str, source: Path | bytes,
     done = 0
     # Otherwise sha256 runs in a second thread while this one computes the zip's CRC-32 and
     # writes: hashlib, zlib and file writes release the GIL on large blocks.
-    with open(source, "rb") as src, zf.open(_zipinfo(arcname, size), "w", force_zip64=size >= 0xFFFFFFFF) as dst, \
-            ThreadPoolExecutor(max_workers=1) as hasher:
+    with (
+        open(source, "rb") as src,
+        zf.open(_zipinfo(arcname, size), "w", force_zip64=size >= 0xFFFFFFFF) as dst,
+        ThreadPoolExecutor(max_workers=1) as hasher,
+    ):
         while True:
             block = src.read(CHUNK)
             if not block:
@@ -189,6 +200,7 @@ def _stderr_progress(name: str, done: int, total: int) -> None:
     width = 24
     filled = int(width * done / max(total, 1))
     end = "\n" if done >= total else ""
-    sys.stderr.write(f"\rpacking {name} [{'#' * filled}{'.' * (width - filled)}] "
-                     f"{done / 2**20:.0f}/{total / 2**20:.0f} MiB{end}")
+    sys.stderr.write(
+        f"\rpacking {name} [{'#' * filled}{'.' * (width - filled)}] {done / 2**20:.0f}/{total / 2**20:.0f} MiB{end}"
+    )
     sys.stderr.flush()

@@ -16,9 +16,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ArchiveError
-
 from .build import MANIFEST_NAME, BuildResult
+from .errors import ArchiveError
 from .provenance import PROVENANCE_NAME
 from .spec import ArchiveSpec
 from .verify import ensure_verified
@@ -26,8 +25,16 @@ from .verify import ensure_verified
 __all__ = ["derive"]
 
 
-def derive(archive: Path, store: Path, key_dir: Path, *, name: str, version: str, config: dict[str, Any],
-           public_key: Path | None = None) -> BuildResult:
+def derive(
+    archive: Path,
+    store: Path,
+    key_dir: Path,
+    *,
+    name: str,
+    version: str,
+    config: dict[str, Any],
+    public_key: Path | None = None,
+) -> BuildResult:
     """Build and sign `store/<name>-<version>.mar`: `archive`'s members with its model-config updated
     by `config` (merged one level deep: {"handler": {"threads": 2}} keeps the handler's other keys).
     The source is verified first (against `public_key`, or the key pair in `key_dir`); an existing
@@ -59,8 +66,14 @@ def derive(archive: Path, store: Path, key_dir: Path, *, name: str, version: str
                 return folder / manifest[key] if manifest.get(key) else None
 
             roles = {manifest.get(k) for k in ("handler", "serializedFile", "modelFile", "requirementsFile")}
-            spec = ArchiveSpec(name=name, version=version, handler=folder / manifest["handler"],
-                               weights=path("serializedFile"), model_file=path("modelFile"),
-                               requirements=path("requirementsFile"), model_config=merged,
-                               extra_files=tuple(folder / m for m in members if m not in roles))
+            spec = ArchiveSpec(
+                name=name,
+                version=version,
+                handler=folder / manifest["handler"],
+                weights=path("serializedFile"),
+                model_file=path("modelFile"),
+                requirements=path("requirementsFile"),
+                model_config=merged,
+                extra_files=tuple(folder / m for m in members if m not in roles),
+            )
             return package(spec, store, key_dir, force=True, meta=prov.get("checkpoint"))

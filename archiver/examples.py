@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from handlers import HANDLER_DIR
-from .errors import ArchiveError
 
+from .errors import ArchiveError
 from .spec import ArchiveSpec
 
 _SHARED = ("torchship_base_handler.py", "torchship_models.py", "torchship_oip.py")
@@ -30,16 +30,30 @@ _SERVING = {"batch_size": 8, "max_batch_delay": 10, "workers": 1}
 
 EXAMPLES: dict[str, Example] = {
     "mlp": Example(handler="mlp_handler.py", model_config=_CONFIG, serving=_SERVING),
-    "sentiment": Example(handler="sentiment_handler.py", extra_files=_SHARED + ("torchship_text.py",),
-                         model_config=_CONFIG, serving=_SERVING, run_files=("vocab.json",)),
+    "sentiment": Example(
+        handler="sentiment_handler.py",
+        extra_files=_SHARED + ("torchship_text.py",),
+        model_config=_CONFIG,
+        serving=_SERVING,
+        run_files=("vocab.json",),
+    ),
     "fashion": Example(handler="fashion_handler.py", model_config=_CONFIG, serving=_SERVING),
-    "recommender": Example(handler="recommender_handler.py", model_config=_CONFIG, serving=_SERVING,
-                           run_files=("catalog.json",)),
-    "embedder": Example(handler="embedder_handler.py", model_config={**_CONFIG, "startupTimeout": 120},
-                        serving=_SERVING, run_files=("tokenizer.json",)),
+    "recommender": Example(
+        handler="recommender_handler.py", model_config=_CONFIG, serving=_SERVING, run_files=("catalog.json",)
+    ),
+    "embedder": Example(
+        handler="embedder_handler.py",
+        model_config={**_CONFIG, "startupTimeout": 120},
+        serving=_SERVING,
+        run_files=("tokenizer.json",),
+    ),
     # streamed answers: one request per batch keeps each stream's chunks flowing at once
-    "textgen": Example(handler="textgen_handler.py", model_config={**_CONFIG, "responseTimeout": 120},
-                       serving={"batch_size": 1, "max_batch_delay": 0, "workers": 1}, run_files=("chars.json",)),
+    "textgen": Example(
+        handler="textgen_handler.py",
+        model_config={**_CONFIG, "responseTimeout": 120},
+        serving={"batch_size": 1, "max_batch_delay": 0, "workers": 1},
+        run_files=("chars.json",),
+    ),
 }
 
 
@@ -56,7 +70,8 @@ def example_spec(name: str, run_dir: Path, version: str) -> ArchiveSpec:
         version=version,
         handler=HANDLER_DIR / example.handler,
         weights=run_dir / "model.safetensors",
-        extra_files=tuple(HANDLER_DIR / f for f in example.extra_files) + (run_dir / "meta.json",)
+        extra_files=tuple(HANDLER_DIR / f for f in example.extra_files)
+        + (run_dir / "meta.json",)
         + tuple(run_dir / f for f in example.run_files),
         model_config=example.model_config,
     )

@@ -76,8 +76,10 @@ def scan(f: BinaryIO, file_size: int) -> list[Entry]:
     if cd_size > MAX_CENTRAL:
         raise LayoutError(f"central directory of {cd_size:,} bytes (at most {MAX_CENTRAL:,})")
     if cd_offset + cd_size != end_start:
-        raise LayoutError(f"the end record places the central directory {end_start - cd_offset - cd_size:+,} bytes "
-                          "away from where it is (data prepended or inserted, or bytes between it and the end record)")
+        raise LayoutError(
+            f"the end record places the central directory {end_start - cd_offset - cd_size:+,} bytes "
+            "away from where it is (data prepended or inserted, or bytes between it and the end record)"
+        )
     f.seek(cd_offset)
     central = f.read(cd_size)
     if len(central) != cd_size:
@@ -93,10 +95,15 @@ def scan(f: BinaryIO, file_size: int) -> list[Entry]:
         usize, csize, offset = _zip64_central(extra, usize, csize, offset, index)
         name = _name(name_bytes, index)
         if offset != expected_offset:
-            where = "data prepended before the first entry" if index == 0 else \
-                f"{offset - expected_offset:+,} bytes between entries"
-            raise LayoutError(f"{name!r}: its local header is at offset {offset:,}, expected {expected_offset:,} "
-                              f"({where}): hidden or unaccounted bytes")
+            where = (
+                "data prepended before the first entry"
+                if index == 0
+                else f"{offset - expected_offset:+,} bytes between entries"
+            )
+            raise LayoutError(
+                f"{name!r}: its local header is at offset {offset:,}, expected {expected_offset:,} "
+                f"({where}): hidden or unaccounted bytes"
+            )
         _check_flags_method(name, flags, method)
         local = _read_local(f, offset, name)
         (_, _, l_flags, l_method, _, _, l_crc, l_csize, l_usize, l_nlen, l_xlen) = local
@@ -107,14 +114,24 @@ def scan(f: BinaryIO, file_size: int) -> list[Entry]:
         if l_xlen > MAX_EXTRA:
             raise LayoutError(f"{name!r}: {l_xlen} bytes of extra fields in the local header (at most {MAX_EXTRA})")
         l_usize, l_csize = _zip64_local(l_extra, l_usize, l_csize, name)
-        mismatch = [what for what, a, b in (("name", l_name, name_bytes), ("flags", l_flags, flags),
-                                             ("method", l_method, method), ("CRC", l_crc, crc),
-                                             ("compressed size", l_csize, csize), ("size", l_usize, usize))
-                    if a != b]
+        mismatch = [
+            what
+            for what, a, b in (
+                ("name", l_name, name_bytes),
+                ("flags", l_flags, flags),
+                ("method", l_method, method),
+                ("CRC", l_crc, crc),
+                ("compressed size", l_csize, csize),
+                ("size", l_usize, usize),
+            )
+            if a != b
+        ]
         if mismatch:
             shown = f" (local {l_name!r})" if "name" in mismatch else ""
-            raise LayoutError(f"{name!r}: the local header disagrees with the central directory on "
-                              f"{', '.join(mismatch)}{shown}: two views of one archive")
+            raise LayoutError(
+                f"{name!r}: the local header disagrees with the central directory on "
+                f"{', '.join(mismatch)}{shown}: two views of one archive"
+            )
         if name.endswith("/") and (usize or crc):
             raise LayoutError(f"{name!r} is a folder that carries {usize:,} bytes of data (never extracted: hidden)")
         data_offset = offset + _LOCAL.size + l_nlen + l_xlen
@@ -125,14 +142,17 @@ def scan(f: BinaryIO, file_size: int) -> list[Entry]:
     if pos != cd_size:
         raise LayoutError(f"{cd_size - pos:,} bytes of the central directory belong to no record")
     if expected_offset != cd_offset:
-        raise LayoutError(f"{cd_offset - expected_offset:,} bytes after the last entry that no central record "
-                          "accounts for (a hidden entry?)")
+        raise LayoutError(
+            f"{cd_offset - expected_offset:,} bytes after the last entry that no central record "
+            "accounts for (a hidden entry?)"
+        )
     _no_duplicates(entries)
     return entries
 
 
-def read_members(f: BinaryIO, entries: list[Entry], *, block: int = 8 << 20,
-                 on_bytes: Callable[[int], None] | None = None) -> Iterator[tuple[Entry, str]]:
+def read_members(
+    f: BinaryIO, entries: list[Entry], *, block: int = 8 << 20, on_bytes: Callable[[int], None] | None = None
+) -> Iterator[tuple[Entry, str]]:
     """(entry, sha256 hex) for each member, inflated from exactly its byte range. Raises LayoutError
     when a member's data do not end where its header says, or differ in size or CRC."""
     for entry in entries:
@@ -172,8 +192,10 @@ def read_members(f: BinaryIO, entries: list[Entry], *, block: int = 8 << 20,
             if not inflater.eof:
                 raise LayoutError(f"{entry.name!r}: its deflate stream does not end where its compressed size says")
             if inflater.unused_data:
-                raise LayoutError(f"{entry.name!r}: {len(inflater.unused_data)} bytes follow the end of its deflate "
-                                  "stream inside its compressed size (hidden bytes)")
+                raise LayoutError(
+                    f"{entry.name!r}: {len(inflater.unused_data)} bytes follow the end of its deflate "
+                    "stream inside its compressed size (hidden bytes)"
+                )
         if produced != entry.file_size:
             raise LayoutError(f"{entry.name!r}: holds {produced:,} bytes, its header says {entry.file_size:,}")
         if crc != entry.crc:
@@ -182,6 +204,7 @@ def read_members(f: BinaryIO, entries: list[Entry], *, block: int = 8 << 20,
 
 
 # ------------------------------------------------------------------ the pieces
+
 
 def _read_end(f: BinaryIO, file_size: int) -> tuple[int, int, int, int]:
     """(central directory offset, size, member count, start of the end records)."""
@@ -213,8 +236,9 @@ def _read_end(f: BinaryIO, file_size: int) -> tuple[int, int, int, int]:
     if end64_offset != end_start - _LOCATOR64.size - _END64.size:
         raise LayoutError("the Zip64 end record is not right before its locator (bytes in between?)")
     f.seek(end64_offset)
-    (sig64, size64, _, _, disk64, cd_disk64, n_disk64, n_total64, cd_size64,
-     cd_offset64) = _END64.unpack(f.read(_END64.size))
+    (sig64, size64, _, _, disk64, cd_disk64, n_disk64, n_total64, cd_size64, cd_offset64) = _END64.unpack(
+        f.read(_END64.size)
+    )
     if sig64 != END64_SIG or size64 != _END64.size - 12 or disk64 or cd_disk64 or n_disk64 != n_total64:
         raise LayoutError("the Zip64 end record is malformed, has extensible data, or names another disk")
     for field32, field64 in ((n_total, n_total64), (cd_size, cd_size64), (cd_offset, cd_offset64)):
@@ -238,7 +262,7 @@ def _central_record(central: bytes, pos: int, index: int) -> tuple[tuple, bytes,
     end = start + nlen + xlen
     if end > len(central):
         raise LayoutError(f"the central directory ends inside record {index}")
-    return record, central[start:start + nlen], central[start + nlen:end], end
+    return record, central[start : start + nlen], central[start + nlen : end], end
 
 
 def _read_local(f: BinaryIO, offset: int, name: str) -> tuple:
@@ -263,7 +287,7 @@ def _extra_fields(extra: bytes, where: str) -> dict[int, bytes]:
             raise LayoutError(f"{where}: an extra field runs past its header")
         if tag in fields:
             raise LayoutError(f"{where}: extra field 0x{tag:04x} appears twice")
-        fields[tag] = extra[pos + 4:pos + 4 + size]
+        fields[tag] = extra[pos + 4 : pos + 4 + size]
         pos += 4 + size
     return fields
 

@@ -33,8 +33,15 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "handler": dict,
     "pt2": (dict, str),
 }
-_AT_LEAST = {"minWorkers": 0, "maxWorkers": 0, "batchSize": 1, "maxBatchDelay": 0, "responseTimeout": 1,
-             "startupTimeout": 1, "jobQueueSize": 1}
+_AT_LEAST = {
+    "minWorkers": 0,
+    "maxWorkers": 0,
+    "batchSize": 1,
+    "maxBatchDelay": 0,
+    "responseTimeout": 1,
+    "startupTimeout": 1,
+    "jobQueueSize": 1,
+}
 _CHOICES = {"deviceType": {"cpu", "gpu", "neuron"}, "parallelType": {"pp", "tp", "pptp", "custom"}}
 
 
@@ -60,8 +67,11 @@ def validate_model_config(config: dict[str, Any]) -> dict[str, Any]:
             problems.append(f"{key} must be >= {_AT_LEAST[key]}, not {value}")
         if key in _CHOICES and value not in _CHOICES[key]:
             problems.append(f"{key} must be one of {sorted(_CHOICES[key])}, not {value!r}")
-    if isinstance(config.get("minWorkers"), int) and isinstance(config.get("maxWorkers"), int) \
-            and config["minWorkers"] > config["maxWorkers"]:
+    if (
+        isinstance(config.get("minWorkers"), int)
+        and isinstance(config.get("maxWorkers"), int)
+        and config["minWorkers"] > config["maxWorkers"]
+    ):
         problems.append(f"minWorkers ({config['minWorkers']}) is above maxWorkers ({config['maxWorkers']})")
     if problems:
         raise ArchiveError("invalid model-config: " + "; ".join(problems))

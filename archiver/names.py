@@ -13,8 +13,7 @@ import re
 
 from .errors import BadInput
 
-__all__ = ["InvalidName", "check_name", "check_version", "check_name_version", "MAX_NAME_LENGTH",
-           "MAX_VERSION_LENGTH"]
+__all__ = ["InvalidName", "check_name", "check_version", "check_name_version", "MAX_NAME_LENGTH", "MAX_VERSION_LENGTH"]
 
 # <name>-<version>.mar.sig stays well under the 255 bytes a file name may have
 MAX_NAME_LENGTH = 128
@@ -31,17 +30,21 @@ class InvalidName(BadInput):
 def check_name(name: object) -> str:
     """`name` unchanged when it is a valid model name; InvalidName otherwise."""
     if not isinstance(name, str) or not _valid(_NAME, name, MAX_NAME_LENGTH):
-        raise InvalidName(f"invalid model name {_show(name)}: letters, digits, '_', '-' and '.', starting with a "
-                          f"letter or digit, no '..', at most {MAX_NAME_LENGTH} characters")
+        raise InvalidName(
+            f"invalid model name {_show(name)}: letters, digits, '_', '-' and '.', starting with a "
+            f"letter or digit, no '..', at most {MAX_NAME_LENGTH} characters"
+        )
     return name
 
 
 def check_version(version: object) -> str:
     """`version` unchanged when it is a valid model version (e.g. 1.0, 2.1-rc1); InvalidName otherwise."""
     if not isinstance(version, str) or not _valid(_VERSION, version, MAX_VERSION_LENGTH):
-        raise InvalidName(f"invalid version {_show(version)}: e.g. 1.0 or 2.1-rc1 (letters, digits, '_', '-' "
-                          f"and '.', starting with a letter or digit, no '..', at most {MAX_VERSION_LENGTH} "
-                          "characters)")
+        raise InvalidName(
+            f"invalid version {_show(version)}: e.g. 1.0 or 2.1-rc1 (letters, digits, '_', '-' "
+            f"and '.', starting with a letter or digit, no '..', at most {MAX_VERSION_LENGTH} "
+            "characters)"
+        )
     if version.lower() in RESERVED_VERSIONS:
         raise InvalidName(f"invalid version {version!r}: TorchServe reads it as 'every version' (use e.g. 1.0)")
     return version

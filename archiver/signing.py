@@ -18,8 +18,8 @@ import logging
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import VerificationError
 
@@ -46,8 +46,7 @@ def ensure_keys(key_dir: Path) -> tuple[Path, Path]:
     key_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(key_dir, 0o700)
     key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
@@ -58,8 +57,9 @@ def ensure_keys(key_dir: Path) -> tuple[Path, Path]:
 def _write_public(path: Path, key) -> None:
     from cryptography.hazmat.primitives import serialization
 
-    path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+    path.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
 
 
 def sign(archive: Path, key_dir: Path) -> Path:
@@ -88,7 +88,9 @@ def verify_signature(archive: Path, public_key: Path) -> None:
     with _extracted_provenance(archive) as provenance:
         try:
             with _quiet():
-                model_signing.verifying.Config().use_elliptic_key_verifier(public_key=public_key).verify(provenance, sig)
+                model_signing.verifying.Config().use_elliptic_key_verifier(public_key=public_key).verify(
+                    provenance, sig
+                )
         except Exception as exc:  # the library raises ValueError and others
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise VerificationError(f"signature does not match the archive or the key: {first[:160]}") from None

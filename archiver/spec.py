@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArchiveError
-
 from .names import InvalidName, check_name, check_version
 
 

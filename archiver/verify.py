@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import VerificationError
-
 from .layout import MAX_MEMBERS, Entry, LayoutError, read_members, scan
 from .provenance import FORMAT, PROVENANCE_NAME
 from .signing import signature_path, verify_signature
@@ -54,16 +53,27 @@ class VerifyReport:
         return next((c for c in self.checks if c.ok is False), None)
 
     def to_dict(self) -> dict:
-        return {"archive": str(self.archive), "ok": self.ok,
-                "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks]}
+        return {
+            "archive": str(self.archive),
+            "ok": self.ok,
+            "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+        }
 
 
 def verify_archive(archive: str | Path, *, public_key: Path | None, allow_unsigned: bool = False) -> VerifyReport:
     """Run every check; never raises for a bad archive (see `ensure_verified`)."""
     archive = Path(archive)
     report = VerifyReport(archive)
-    steps = [_check_zip, _check_layout, _check_safety, _check_contents, _check_signature, _check_provenance,
-             _check_identity, _check_weights]
+    steps = [
+        _check_zip,
+        _check_layout,
+        _check_safety,
+        _check_contents,
+        _check_signature,
+        _check_provenance,
+        _check_identity,
+        _check_weights,
+    ]
     ctx = {"public_key": public_key, "allow_unsigned": allow_unsigned}
     try:
         for step in steps:
@@ -74,8 +84,11 @@ def verify_archive(archive: str | Path, *, public_key: Path | None, allow_unsign
             except MemoryError:
                 raise
             except Exception as exc:  # noqa: BLE001  whatever a crafted archive makes a reader raise is a refusal
-                check = Check(step.__name__.removeprefix("_check_"), False,
-                              f"unreadable: {type(exc).__name__}: {str(exc)[:200] or 'no detail'}")
+                check = Check(
+                    step.__name__.removeprefix("_check_"),
+                    False,
+                    f"unreadable: {type(exc).__name__}: {str(exc)[:200] or 'no detail'}",
+                )
             report.checks.append(check)
             if check.ok is False:
                 break
@@ -95,6 +108,7 @@ def ensure_verified(archive: Path, *, public_key: Path | None, allow_unsigned: b
 
 
 # ------------------------------------------------------------------ the checks
+
 
 def _check_zip(archive: Path, ctx: dict, report: VerifyReport) -> Check:
     if not archive.is_file():
@@ -116,8 +130,12 @@ def _check_layout(archive: Path, ctx: dict, report: VerifyReport) -> Check:
     if [e.name for e in entries] != [i.filename for i in ctx["infos"]]:  # cannot happen once scan agrees
         return Check("layout", False, "Python's zip reader sees other members than the archive's headers")
     ctx["entries"] = entries
-    return Check("layout", True, f"every byte accounted for: {len(entries)} entries from offset 0, each local "
-                                 "header as the central directory says")
+    return Check(
+        "layout",
+        True,
+        f"every byte accounted for: {len(entries)} entries from offset 0, each local "
+        "header as the central directory says",
+    )
 
 
 def _check_safety(archive: Path, ctx: dict, report: VerifyReport) -> Check:
@@ -130,14 +148,24 @@ def _check_safety(archive: Path, ctx: dict, report: VerifyReport) -> Check:
         name = info.name
         norm = posixpath.normpath(name)
         parts = name[:-1].split("/") if name.endswith("/") else name.split("/")
-        if (not name or name.startswith(("/", "\\")) or "\\" in name or (len(name) > 1 and name[1] == ":")
-                or ".." in parts or norm.startswith("../") or norm == ".."):
+        if (
+            not name
+            or name.startswith(("/", "\\"))
+            or "\\" in name
+            or (len(name) > 1 and name[1] == ":")
+            or ".." in parts
+            or norm.startswith("../")
+            or norm == ".."
+        ):
             return Check("safety", False, f"unsafe member path {name!r} (absolute, '..' or backslash)")
         if "" in parts or "." in parts:
             return Check("safety", False, f"unsafe member path {name!r} (an empty or '.' step)")
         if len(name) > MAX_PATH or max(len(p) for p in parts) > MAX_PATH_PART:
-            return Check("safety", False, f"member path {name[:60]!r}... is too long (at most {MAX_PATH} characters, "
-                                          f"{MAX_PATH_PART} per step)")
+            return Check(
+                "safety",
+                False,
+                f"member path {name[:60]!r}... is too long (at most {MAX_PATH} characters, {MAX_PATH_PART} per step)",
+            )
         if stat.S_ISLNK(info.external_attr >> 16):
             return Check("safety", False, f"member {name!r} is a symbolic link")
         key = norm.rstrip("/").lower()
@@ -149,8 +177,12 @@ def _check_safety(archive: Path, ctx: dict, report: VerifyReport) -> Check:
         # one large member that expands beyond the ratio (small ones, e.g. zero-filled tensors, may
         # compress better than that; the overall ratio and size below bound them together)
         if info.file_size > RATIO_FLOOR and info.compressed_size and info.file_size / info.compressed_size > MAX_RATIO:
-            return Check("safety", False, f"member {name!r} expands {info.file_size / info.compressed_size:.0f}x "
-                                          f"(at most {MAX_RATIO}x): a zip bomb?")
+            return Check(
+                "safety",
+                False,
+                f"member {name!r} expands {info.file_size / info.compressed_size:.0f}x "
+                f"(at most {MAX_RATIO}x): a zip bomb?",
+            )
         if info.compressed_size == 0 and info.file_size > 0:
             return Check("safety", False, f"member {name!r} claims {info.file_size} bytes from nothing")
     if total > MAX_TOTAL_BYTES:
@@ -170,8 +202,9 @@ def _check_contents(archive: Path, ctx: dict, report: VerifyReport) -> Check:
         return Check("contents", False, str(exc))
     ctx["digests"] = digests
     total = sum(e.file_size for e in ctx["entries"])
-    return Check("contents", True, f"{len(digests)} members read back at their declared sizes and CRCs "
-                                   f"({total / 1e6:.2f} MB)")
+    return Check(
+        "contents", True, f"{len(digests)} members read back at their declared sizes and CRCs ({total / 1e6:.2f} MB)"
+    )
 
 
 def _check_signature(archive: Path, ctx: dict, report: VerifyReport) -> Check:
@@ -222,11 +255,19 @@ def _check_identity(archive: Path, ctx: dict, report: VerifyReport) -> Check:
     ctx["manifest"] = manifest
     prov = report.provenance
     if prov is not None and (prov["model"].get("name"), prov["model"].get("version")) != (name, version):
-        return Check("identity", False, f"MANIFEST says {name} {version}, provenance says "
-                                        f"{prov['model'].get('name')} {prov['model'].get('version')}")
+        return Check(
+            "identity",
+            False,
+            f"MANIFEST says {name} {version}, provenance says "
+            f"{prov['model'].get('name')} {prov['model'].get('version')}",
+        )
     if archive.name != f"{name}-{version}.mar":
-        return Check("identity", False, f"file name {archive.name} does not match the model inside ({name} {version}): "
-                                        "a renamed or swapped archive?")
+        return Check(
+            "identity",
+            False,
+            f"file name {archive.name} does not match the model inside ({name} {version}): "
+            "a renamed or swapped archive?",
+        )
     return Check("identity", True, f"{name} {version}, as the file name says")
 
 
@@ -248,8 +289,11 @@ def _check_weights(archive: Path, ctx: dict, report: VerifyReport) -> Check:
         checked.append(info.filename)
     serialized = (ctx.get("manifest") or {}).get("serializedFile")
     if serialized and serialized not in checked:
-        return Check("weights", False, f"serialized file {serialized} is neither safetensors nor a torch file "
-                                       "that loads with weights_only")
+        return Check(
+            "weights",
+            False,
+            f"serialized file {serialized} is neither safetensors nor a torch file that loads with weights_only",
+        )
     return Check("weights", True, ", ".join(checked) + " hold tensors only" if checked else "no weight files")
 
 

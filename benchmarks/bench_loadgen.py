@@ -34,8 +34,14 @@ def main() -> int:
         print("error: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 1
     client = TorchServe.from_config(args.config)
-    body = json.loads(subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_request.py"), args.model],
-                                     capture_output=True, text=True, check=True).stdout)
+    body = json.loads(
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "demo_request.py"), args.model],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     print("warming up the JVM ...", file=sys.stderr)
     bench(client, args.model, [body], concurrency=args.concurrency, duration=10, engine="wrk")
     ours = bench(client, args.model, [body], concurrency=args.concurrency, duration=args.seconds, engine="python")
@@ -43,10 +49,14 @@ def main() -> int:
     print(f"\n{args.model}, concurrency {args.concurrency}, {args.seconds:g} s each, same server")
     print(f"{'generator':18} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'failed':>7}")
     for label, r in (("wrk (C)", theirs), ("Python threads", ours)):
-        print(f"{label:18} {r['throughput_rps']:9.1f} {r['p50_ms']:8.2f} {r['p90_ms']:8.2f} {r['p99_ms']:8.2f} "
-              f"{r['failed']:7d}")
-    print(f"\nthe Python engine reaches {ours['throughput_rps'] / theirs['throughput_rps']:.2f}x of wrk's throughput "
-          "(torchship bench and tune use wrk when it is installed)")
+        print(
+            f"{label:18} {r['throughput_rps']:9.1f} {r['p50_ms']:8.2f} {r['p90_ms']:8.2f} {r['p99_ms']:8.2f} "
+            f"{r['failed']:7d}"
+        )
+    print(
+        f"\nthe Python engine reaches {ours['throughput_rps'] / theirs['throughput_rps']:.2f}x of wrk's throughput "
+        "(torchship bench and tune use wrk when it is installed)"
+    )
     return 0
 
 

@@ -77,7 +77,9 @@ def main() -> int:
         gen = torch.Generator().manual_seed(0)
         # written the way `torchship train` writes weights (which records their sha256)
         save_weights(run, {"weight": torch.randn(args.size_mib * 2**20 // 4, generator=gen)})
-        (run / "meta.json").write_text('{"model": {"kind": "mlp", "architecture": {}}, "created": "2026-01-01T00:00:00+00:00"}')
+        (run / "meta.json").write_text(
+            '{"model": {"kind": "mlp", "architecture": {}}, "created": "2026-01-01T00:00:00+00:00"}'
+        )
         weights = run / "model.safetensors"
         # the same bytes as a checkpoint from elsewhere: no recorded digest, so packaging hashes them
         foreign = work / "foreign"
@@ -90,29 +92,49 @@ def main() -> int:
         quiet = lambda *a: None  # noqa: E731  (progress bars would pollute the timing output)
 
         rows = []
-        copy_cache = timed(lambda i: shutil.copyfile(weights, work / "c.bin"), args.repeat,
-                           lambda i: remove(work / "c.bin"))
+        copy_cache = timed(
+            lambda i: shutil.copyfile(weights, work / "c.bin"), args.repeat, lambda i: remove(work / "c.bin")
+        )
         copy = timed(lambda i: durable_copy(weights, work / "c.bin"), args.repeat, lambda i: remove(work / "c.bin"))
-        build = timed(lambda i: archiver.build(spec_for(run, i), work / "built", progress=quiet), args.repeat,
-                      lambda i: remove(work / "built" / f"mlp-1.{i}.mar"))
-        package = timed(lambda i: archiver.package(spec_for(run, i), store, keys, progress=quiet), args.repeat,
-                        lambda i: i < args.repeat - 1 and remove(store / f"mlp-1.{i}.mar"))
-        package_foreign = timed(lambda i: archiver.package(spec_for(foreign, i), work / "fs", keys, progress=quiet),
-                                args.repeat, lambda i: remove(work / "fs" / f"mlp-1.{i}.mar"))
+        build = timed(
+            lambda i: archiver.build(spec_for(run, i), work / "built", progress=quiet),
+            args.repeat,
+            lambda i: remove(work / "built" / f"mlp-1.{i}.mar"),
+        )
+        package = timed(
+            lambda i: archiver.package(spec_for(run, i), store, keys, progress=quiet),
+            args.repeat,
+            lambda i: i < args.repeat - 1 and remove(store / f"mlp-1.{i}.mar"),
+        )
+        package_foreign = timed(
+            lambda i: archiver.package(spec_for(foreign, i), work / "fs", keys, progress=quiet),
+            args.repeat,
+            lambda i: remove(work / "fs" / f"mlp-1.{i}.mar"),
+        )
         pub = archiver.public_key_path(keys)
         last = store / f"mlp-1.{args.repeat - 1}.mar"
         verify = timed(lambda i: archiver.ensure_verified(last, public_key=pub), args.repeat)
         base = statistics.median(copy)
-        rows = [("copy (page cache, no fsync)", copy_cache), ("copy (durable: fsync)", copy),
-                ("torchship build (durable)", build), ("torchship package = build + sign", package),
-                ("  same, foreign checkpoint (hashes weights)", package_foreign),
-                ("torchship verify", verify)]
+        rows = [
+            ("copy (page cache, no fsync)", copy_cache),
+            ("copy (durable: fsync)", copy),
+            ("torchship build (durable)", build),
+            ("torchship package = build + sign", package),
+            ("  same, foreign checkpoint (hashes weights)", package_foreign),
+            ("torchship verify", verify),
+        ]
         if args.archiver:
             from model_archiver.model_archiver_config import ModelArchiverConfig
             from model_archiver.model_packaging import generate_model_archive
 
-            cfg = ModelArchiverConfig(model_name="mlpdeflate", handler=str(spec.handler), version="1.0",
-                                      serialized_file=str(weights), export_path=str(work), force=True)
+            cfg = ModelArchiverConfig(
+                model_name="mlpdeflate",
+                handler=str(spec.handler),
+                version="1.0",
+                serialized_file=str(weights),
+                export_path=str(work),
+                force=True,
+            )
             rows.append(("torch-model-archiver default (deflate)", timed(lambda i: generate_model_archive(cfg), 1)))
 
         print(f"\n{args.size_mib} MiB checkpoint, median of {args.repeat} (seconds; ratio to the durable copy)")

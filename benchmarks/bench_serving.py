@@ -44,22 +44,33 @@ import psutil  # noqa: E402
 import requests  # noqa: E402
 
 import archiver  # noqa: E402
-from torchship.perf import wrk as wrk_engine  # noqa: E402
 from handlers import HANDLER_DIR  # noqa: E402
 from torchship import LocalServer  # noqa: E402
 from torchship.ops.server import free_port_overrides, free_ports  # noqa: E402
-from torchship.perf.tune import threads_copy, tune, unregister_after_load as unregister  # noqa: E402
+from torchship.perf import wrk as wrk_engine  # noqa: E402
+from torchship.perf.tune import threads_copy, tune  # noqa: E402
+from torchship.perf.tune import unregister_after_load as unregister  # noqa: E402
 from train import trainers  # noqa: E402
 from train.common import latest_run  # noqa: E402
 
-STOCK = {"mlp": "stock_mlp_handler.py", "fashion": "stock_fashion_handler.py",
-         "sentiment": "stock_sentiment_handler.py", "recommender": "stock_recommender_handler.py"}
+STOCK = {
+    "mlp": "stock_mlp_handler.py",
+    "fashion": "stock_fashion_handler.py",
+    "sentiment": "stock_sentiment_handler.py",
+    "recommender": "stock_recommender_handler.py",
+}
 STOCK_EXTRA = {"sentiment": ("vocab.json",), "recommender": ("catalog.json",)}
 
 
 def wrk(url: str, key: str | None, body: bytes, seconds: float, concurrency: int, ctype: str) -> dict:
-    return wrk_engine.run(url, body, seconds=seconds, concurrency=concurrency, content_type=ctype,
-                          headers={"Authorization": f"Bearer {key}"} if key else None)
+    return wrk_engine.run(
+        url,
+        body,
+        seconds=seconds,
+        concurrency=concurrency,
+        content_type=ctype,
+        headers={"Authorization": f"Bearer {key}"} if key else None,
+    )
 
 
 def bodies(model: str) -> tuple[bytes, bytes, str]:
@@ -71,8 +82,9 @@ def bodies(model: str) -> tuple[bytes, bytes, str]:
         body = json.dumps({"data": [round(v, 6) for v in x[-1].tolist()]}).encode()
         return body, body, "application/json"
     if model in ("sentiment", "recommender"):
-        body = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_request.py"), model], capture_output=True,
-                              check=True).stdout.strip()
+        body = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "demo_request.py"), model], capture_output=True, check=True
+        ).stdout.strip()
         return body, body, "application/json"
     import io
 
@@ -123,9 +135,12 @@ def in_process(run: Path, model: str, body: bytes, batch: int, threads: int, sec
     import torch
     from ts.context import Context
 
-    module, cls = {"mlp": ("mlp_handler", "MLPHandler"), "fashion": ("fashion_handler", "FashionHandler"),
-                   "sentiment": ("sentiment_handler", "SentimentHandler"),
-                   "recommender": ("recommender_handler", "RecommenderHandler")}[model]
+    module, cls = {
+        "mlp": ("mlp_handler", "MLPHandler"),
+        "fashion": ("fashion_handler", "FashionHandler"),
+        "sentiment": ("sentiment_handler", "SentimentHandler"),
+        "recommender": ("recommender_handler", "RecommenderHandler"),
+    }[model]
     handler = getattr(importlib.import_module(module), cls)()
     with tempfile.TemporaryDirectory() as folder:  # the handler reads its files while initialising only
         for name in ("model.safetensors", "meta.json", *archiver.EXAMPLES[model].run_files):
@@ -145,8 +160,11 @@ def model_limit(run: Path, model: str, body: bytes, batch: int) -> dict:
     """The model's own limit on this machine at one batch size: one torch thread, and all the cores."""
     cores = len(os.sched_getaffinity(0))
     rates = {t: in_process(run, model, body, batch, t) for t in sorted({1, cores})}
-    return {"items_per_s": max(rates.values()), "threads": max(rates, key=rates.get),
-            "one_thread_items_per_s": rates[1]}
+    return {
+        "items_per_s": max(rates.values()),
+        "threads": max(rates, key=rates.get),
+        "one_thread_items_per_s": rates[1],
+    }
 
 
 class CpuMeter:
@@ -167,8 +185,11 @@ class CpuMeter:
         import resource
 
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return cpu(self.frontend), sum(cpu(w) for w in self.frontend.children(recursive=True)), \
-            kids.ru_utime + kids.ru_stime
+        return (
+            cpu(self.frontend),
+            sum(cpu(w) for w in self.frontend.children(recursive=True)),
+            kids.ru_utime + kids.ru_stime,
+        )
 
     def measure(self, load) -> tuple[dict, dict]:
         before = self._now()
@@ -179,9 +200,21 @@ class CpuMeter:
         return figures, {n: round((a - b) / sent * 1e6, 1) for n, a, b in zip(names, after, before)}
 
 
-def register_and_measure(client, verify: tuple[Path, Path], url_base: str, key: str | None, archive: str, name: str,
-                         settings, body: bytes, ctype: str, seconds: float, concurrencies=(1, 16),
-                         meter: CpuMeter | None = None, multi: tuple[bytes, str] | None = None):
+def register_and_measure(
+    client,
+    verify: tuple[Path, Path],
+    url_base: str,
+    key: str | None,
+    archive: str,
+    name: str,
+    settings,
+    body: bytes,
+    ctype: str,
+    seconds: float,
+    concurrencies=(1, 16),
+    meter: CpuMeter | None = None,
+    multi: tuple[bytes, str] | None = None,
+):
     """wrk's figures at each concurrency (with a meter, CPU per request at the highest; with a
     multi body, also that body's figures at the highest concurrency, under the key "multi").
     `verify`: (store, public key): the archive passes verification before it is registered."""
@@ -208,10 +241,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--models", default="mlp,sentiment,fashion,recommender")
-    parser.add_argument("--report", action="store_true",
-                        help="Print the tables and redraw the plot of the last run (results/serving.json); measure nothing.")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="Print the tables and redraw the plot of the last run (results/serving.json); measure nothing.",
+    )
     args = parser.parse_args()
     if args.report:
+
         def int_keys(d):
             return {int(k) if k.isdigit() else k: int_keys(v) if isinstance(v, dict) else v for k, v in d.items()}
 
@@ -232,26 +269,43 @@ def main() -> int:
     runs = {}
     public_key = archiver.ensure_keys(keys)[1]
     for m in ["mlp", "fashion", "sentiment", "recommender"]:
-        runs[m] = latest_run(ROOT / "checkpoints", m) or \
-            trainers()[m](work / "checkpoints", quick=True, progress=False).run_dir
+        runs[m] = (
+            latest_run(ROOT / "checkpoints", m)
+            or trainers()[m](work / "checkpoints", quick=True, progress=False).run_dir
+        )
         archiver.package(archiver.example_spec(m, runs[m], "1.0"), store, keys, progress=lambda *a: None)
     for m in models:
-        extra = (HANDLER_DIR / "torchship_models.py", HANDLER_DIR / "torchship_text.py", runs[m] / "meta.json",
-                 *(runs[m] / f for f in STOCK_EXTRA.get(m, ())))
+        extra = (
+            HANDLER_DIR / "torchship_models.py",
+            HANDLER_DIR / "torchship_text.py",
+            runs[m] / "meta.json",
+            *(runs[m] / f for f in STOCK_EXTRA.get(m, ())),
+        )
         # signed like ours: every archive either server is given passes verification first
-        archiver.package(archiver.ArchiveSpec(f"stock-{m}", "1.0", ROOT / "benchmarks" / "stock" / STOCK[m],
-                                              runs[m] / "model.safetensors", extra_files=extra),
-                         store, keys, progress=lambda *a: None)
+        archiver.package(
+            archiver.ArchiveSpec(
+                f"stock-{m}",
+                "1.0",
+                ROOT / "benchmarks" / "stock" / STOCK[m],
+                runs[m] / "model.safetensors",
+                extra_files=extra,
+            ),
+            store,
+            keys,
+            progress=lambda *a: None,
+        )
 
     # a stock TorchServe: nothing but addresses and the store; TorchServe's own logging
     stock_dir = work / "stock-config"
     stock_dir.mkdir()
     # (the model API must be on to register; everything else stays at its default)
     (stock_dir / "config.properties").write_text("model_store=store\nenable_model_api=true\n")
-    stock = LocalServer(stock_dir / "config.properties", work / "stock-server", model_store=store,
-                        overrides=free_port_overrides())
-    ours = LocalServer(ROOT / "config.properties", work / "torchship-server", model_store=store,
-                       overrides=free_port_overrides())
+    stock = LocalServer(
+        stock_dir / "config.properties", work / "stock-server", model_store=store, overrides=free_port_overrides()
+    )
+    ours = LocalServer(
+        ROOT / "config.properties", work / "torchship-server", model_store=store, overrides=free_port_overrides()
+    )
     results: dict = {"seconds": args.seconds, "models": {}}
     fastapi = None
     try:
@@ -264,37 +318,97 @@ def main() -> int:
             stock_body, body, ctype = bodies(m)
             r = results["models"][m] = {}
             verify = (store, public_key)
-            r["stock"] = register_and_measure(sc, verify, stock.config().inference_url, skey, f"stock-{m}-1.0.mar",
-                                              m, (1, 1, 100), stock_body, "application/json", args.seconds)
+            r["stock"] = register_and_measure(
+                sc,
+                verify,
+                stock.config().inference_url,
+                skey,
+                f"stock-{m}-1.0.mar",
+                m,
+                (1, 1, 100),
+                stock_body,
+                "application/json",
+                args.seconds,
+            )
             serving = archiver.EXAMPLES[m].serving
-            r["torchship"] = register_and_measure(oc, verify, ours.config().inference_url, okey, f"{m}-1.0.mar", m,
-                                                  (1, serving["batch_size"], serving["max_batch_delay"]), body, ctype,
-                                                  args.seconds)
+            r["torchship"] = register_and_measure(
+                oc,
+                verify,
+                ours.config().inference_url,
+                okey,
+                f"{m}-1.0.mar",
+                m,
+                (1, serving["batch_size"], serving["max_batch_delay"]),
+                body,
+                ctype,
+                args.seconds,
+            )
             budget = r["stock"][16]["p99_ms"]
             print(f"{m}: torchship tune --slo-p99-ms {budget} (stock's p99) ...", file=sys.stderr)
             payload = json.loads(body) if ctype == "application/json" else body
-            trials, best = tune(oc, store, m, "1.0", [payload], slo_p99_ms=budget, concurrency=16,
-                                seconds=max(3, args.seconds / 2), warmup=1, engine="wrk", public_key=public_key,
-                                key_dir=keys, log=lambda line: print(f"  {m}: {line}", file=sys.stderr))
+            trials, best = tune(
+                oc,
+                store,
+                m,
+                "1.0",
+                [payload],
+                slo_p99_ms=budget,
+                concurrency=16,
+                seconds=max(3, args.seconds / 2),
+                warmup=1,
+                engine="wrk",
+                public_key=public_key,
+                key_dir=keys,
+                log=lambda line, m=m: print(f"  {m}: {line}", file=sys.stderr),
+            )
             r["tune_trials"] = [t.to_dict() for t in trials]
-            r["tuned_settings"] = {"workers": best.workers, "threads": best.threads, "batch_size": best.batch_size,
-                                   "max_batch_delay": best.max_batch_delay}
+            r["tuned_settings"] = {
+                "workers": best.workers,
+                "threads": best.threads,
+                "batch_size": best.batch_size,
+                "max_batch_delay": best.max_batch_delay,
+            }
             archive = f"{m}-1.0.mar"
             if best.threads != 1:
-                archive = threads_copy(store / archive, best.threads, store, keys, name=m,
-                                       version=f"1.0-threads{best.threads}").name
+                archive = threads_copy(
+                    store / archive, best.threads, store, keys, name=m, version=f"1.0-threads{best.threads}"
+                ).name
             r["tuned"], r["cpu_us_per_request"] = register_and_measure(
-                oc, verify, ours.config().inference_url, okey, archive, m,
-                (best.workers, best.batch_size, best.max_batch_delay), body, ctype, args.seconds,
-                meter=CpuMeter(ours), multi=multi_body(m))
+                oc,
+                verify,
+                ours.config().inference_url,
+                okey,
+                archive,
+                m,
+                (best.workers, best.batch_size, best.max_batch_delay),
+                body,
+                ctype,
+                args.seconds,
+                meter=CpuMeter(ours),
+                multi=multi_body(m),
+            )
             r["in_process"] = {1: model_limit(runs[m], m, body, 1), 16: model_limit(runs[m], m, body, best.batch_size)}
             if "multi" in r["tuned"]:  # the same items per forward pass as the client-batched run
                 r["in_process"]["multi"] = model_limit(runs[m], m, body, best.batch_size * MULTI)
             [port] = free_ports(1)
             env = {**os.environ, "MODEL_DIR": str(runs[m]), "MODEL_KIND": m, "OMP_NUM_THREADS": "1"}
-            fastapi = subprocess.Popen([sys.executable, "-m", "uvicorn", "benchmarks.fastapi_app:app", "--port",
-                                        str(port), "--log-level", "warning", "--no-access-log"], cwd=ROOT, env=env,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            fastapi = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "benchmarks.fastapi_app:app",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             url = f"http://127.0.0.1:{port}/predictions/{m}"
             for _ in range(100):
                 try:
@@ -336,9 +450,13 @@ def report(results: dict) -> None:
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "serving.json").write_text(json.dumps(results, indent=1, default=str))
-    names = [("in_process", "(1) in-process forward"), ("stock", "(2) stock TorchServe"),
-             ("torchship", "(3) torchship (make demo)"), ("tuned", "(4) torchship tuned"),
-             ("fastapi", "(5) FastAPI/uvicorn")]
+    names = [
+        ("in_process", "(1) in-process forward"),
+        ("stock", "(2) stock TorchServe"),
+        ("torchship", "(3) torchship (make demo)"),
+        ("tuned", "(4) torchship tuned"),
+        ("fastapi", "(5) FastAPI/uvicorn"),
+    ]
     for m, r in results["models"].items():
         tuned = r["tuned_settings"]
         print(f"\n{m}  (throughput req/s and p99 ms; in-process: items/s at batch 1 and {tuned['batch_size']})")
@@ -348,43 +466,65 @@ def report(results: dict) -> None:
             if key == "in_process":
                 print(f"{label:30} {row[1]['items_per_s']:10.0f} {'':>8} {row[16]['items_per_s']:11.0f}")
                 continue
-            print(f"{label:30} {row[1]['throughput_rps']:10.0f} {row[1]['p99_ms']:8.1f} {row[16]['throughput_rps']:11.0f}"
-                  f" {row[16]['p99_ms']:9.1f}")
-        print(f"tuned by `torchship tune` ({len(r['tune_trials'])} trials): workers {tuned['workers']}, threads "
-              f"{tuned['threads']}, batch {tuned['batch_size']}, delay {tuned['max_batch_delay']} ms")
+            print(
+                f"{label:30} {row[1]['throughput_rps']:10.0f} {row[1]['p99_ms']:8.1f} {row[16]['throughput_rps']:11.0f}"
+                f" {row[16]['p99_ms']:9.1f}"
+            )
+        print(
+            f"tuned by `torchship tune` ({len(r['tune_trials'])} trials): workers {tuned['workers']}, threads "
+            f"{tuned['threads']}, batch {tuned['batch_size']}, delay {tuned['max_batch_delay']} ms"
+        )
     print("\nratios (concurrency 16) against the targets")
     for m, r in results["models"].items():
         t, s, f, raw = r["tuned"][16], r["stock"][16], r["fastapi"][16], r["in_process"][16]["items_per_s"]
         want = {"mlp": 3.0, "fashion": 2.0}.get(m)  # (4)/(2) targets; other models: reported only
-        checks = [(f"(4)/(2) throughput (p99 {t['p99_ms']:.1f} vs {s['p99_ms']:.1f} ms)", t["throughput_rps"] /
-                   s["throughput_rps"], want, t["p99_ms"] <= s["p99_ms"]),
-                  (f"(4)/(5) throughput (p99 {t['p99_ms']:.1f} vs {f['p99_ms']:.1f} ms)", t["throughput_rps"] /
-                   f["throughput_rps"], 2.0, t["p99_ms"] <= f["p99_ms"]),
-                  ("(4)/(1) throughput", t["throughput_rps"] / raw, 0.7 if m in ("fashion", "sentiment") else None, True)]
+        checks = [
+            (
+                f"(4)/(2) throughput (p99 {t['p99_ms']:.1f} vs {s['p99_ms']:.1f} ms)",
+                t["throughput_rps"] / s["throughput_rps"],
+                want,
+                t["p99_ms"] <= s["p99_ms"],
+            ),
+            (
+                f"(4)/(5) throughput (p99 {t['p99_ms']:.1f} vs {f['p99_ms']:.1f} ms)",
+                t["throughput_rps"] / f["throughput_rps"],
+                2.0,
+                t["p99_ms"] <= f["p99_ms"],
+            ),
+            ("(4)/(1) throughput", t["throughput_rps"] / raw, 0.7 if m in ("fashion", "sentiment") else None, True),
+        ]
         for label, ratio, target, p99_ok in checks:
             verdict = "" if target is None else ("MET" if ratio >= target and p99_ok else "NOT MET")
             print(f"  {m:8} {label:52} {ratio:6.2f}x  target {'-' if target is None else f'>= {target}x'} {verdict}")
-    print(f"\nclient-side batching: the tuned server, {MULTI} items per request, concurrency 16; (1) at the same "
-          f"items per forward pass")
+    print(
+        f"\nclient-side batching: the tuned server, {MULTI} items per request, concurrency 16; (1) at the same "
+        f"items per forward pass"
+    )
     for m, r in results["models"].items():
         if "multi" in r["tuned"]:
             multi, raw = r["tuned"]["multi"], r["in_process"]["multi"]["items_per_s"]
             items = multi["throughput_rps"] * MULTI
             target = 0.7 if m in ("fashion", "sentiment") else None
             verdict = "" if target is None else f"  target >= {target}x {'MET' if items / raw >= target else 'NOT MET'}"
-            print(f"  {m:10} {items:8.0f} items/s (p99 {multi['p99_ms']:.1f} ms, {multi['failed']} failed) vs (1) "
-                  f"{raw:8.0f}: {items / raw:.2f}x{verdict}; {items / r['tuned'][16]['throughput_rps']:.1f}x the "
-                  f"items of one-item requests")
+            print(
+                f"  {m:10} {items:8.0f} items/s (p99 {multi['p99_ms']:.1f} ms, {multi['failed']} failed) vs (1) "
+                f"{raw:8.0f}: {items / raw:.2f}x{verdict}; {items / r['tuned'][16]['throughput_rps']:.1f}x the "
+                f"items of one-item requests"
+            )
     print("\nwhere a request's CPU time goes, tuned, concurrency 16 (microseconds of CPU per request)")
-    print(f"{'model':12} {'frontend (Java)':>16} {'workers (Python)':>17} {'model alone':>12} {'wrk':>6} {'total':>7}"
-          f" {'ceiling req/s':>14}")
+    print(
+        f"{'model':12} {'frontend (Java)':>16} {'workers (Python)':>17} {'model alone':>12} {'wrk':>6} {'total':>7}"
+        f" {'ceiling req/s':>14}"
+    )
     cores = len(os.sched_getaffinity(0))
     for m, r in results["models"].items():
         cpu = r["cpu_us_per_request"]
         alone = 1e6 / r["in_process"][16]["one_thread_items_per_s"]  # one item's forward, one thread
         total = cpu["frontend_us"] + cpu["workers_us"] + cpu["wrk_us"]
-        print(f"{m:12} {cpu['frontend_us']:16.0f} {cpu['workers_us']:17.0f} {alone:12.0f} {cpu['wrk_us']:6.0f} "
-              f"{total:7.0f} {cores * 1e6 / total:14.0f}")
+        print(
+            f"{m:12} {cpu['frontend_us']:16.0f} {cpu['workers_us']:17.0f} {alone:12.0f} {cpu['wrk_us']:6.0f} "
+            f"{total:7.0f} {cores * 1e6 / total:14.0f}"
+        )
     print(f"(ceiling: {cores} cores / total CPU per request; 'model alone' is part of the workers' time)")
     print("\ndeploy to first prediction, median of 3 (target <= 3 s):")
     for m, s in results["deploy_to_first_prediction_s"].items():
@@ -399,11 +539,17 @@ def report(results: dict) -> None:
         from matplotlib.ticker import NullFormatter
 
         for ax, (m, r) in zip(axes[0], results["models"].items()):
-            bars = [(label.split(") ")[1], r["in_process"][16]["items_per_s"] if key == "in_process"
-                     else r[key][16]["throughput_rps"], "#4c72b0") for key, label in names]
+            bars = [
+                (
+                    label.split(") ")[1],
+                    r["in_process"][16]["items_per_s"] if key == "in_process" else r[key][16]["throughput_rps"],
+                    "#4c72b0",
+                )
+                for key, label in names
+            ]
             if "multi" in r["tuned"]:
                 bars.append((f"tuned, {MULTI} items/request", r["tuned"]["multi"]["throughput_rps"] * MULTI, "#dd8452"))
-            for y, (label, value, color) in enumerate(bars[::-1]):
+            for y, (_label, value, color) in enumerate(bars[::-1]):
                 ax.barh(y, value, color=color)
                 ax.text(value, y, f" {value:,.0f}", va="center")
             ax.set_yticks(range(len(bars)), [b[0] for b in bars[::-1]])

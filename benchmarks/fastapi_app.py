@@ -27,9 +27,12 @@ import archiver  # noqa: E402
 torch.set_num_threads(1)
 KIND = os.environ.get("MODEL_KIND", "mlp")
 RUN = Path(os.environ["MODEL_DIR"])
-_HANDLERS = {"mlp": ("mlp_handler", "MLPHandler"), "fashion": ("fashion_handler", "FashionHandler"),
-             "sentiment": ("sentiment_handler", "SentimentHandler"),
-             "recommender": ("recommender_handler", "RecommenderHandler")}
+_HANDLERS = {
+    "mlp": ("mlp_handler", "MLPHandler"),
+    "fashion": ("fashion_handler", "FashionHandler"),
+    "sentiment": ("sentiment_handler", "SentimentHandler"),
+    "recommender": ("recommender_handler", "RecommenderHandler"),
+}
 
 model_dir = Path(tempfile.mkdtemp(prefix="fastapi-model-"))
 for name in ("model.safetensors", "meta.json", *archiver.EXAMPLES[KIND].run_files):

@@ -37,11 +37,11 @@ import requests  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 import archiver  # noqa: E402
-from torchship import LocalServer  # noqa: E402
-from torchship.ops.server import free_port_overrides  # noqa: E402
-from torchship.ops.desired import apply, parse_desired  # noqa: E402
-from torchship.perf.load import run_load  # noqa: E402
 from tests.strategies import GOOD  # noqa: E402
+from torchship import LocalServer  # noqa: E402
+from torchship.ops.desired import apply, parse_desired  # noqa: E402
+from torchship.ops.server import free_port_overrides  # noqa: E402
+from torchship.perf.load import run_load  # noqa: E402
 from train import trainers  # noqa: E402
 from train.common import latest_run  # noqa: E402
 
@@ -54,8 +54,7 @@ def draw(model: str, n: int) -> list[bytes]:
 
     bodies: list[bytes] = []
 
-    @settings(max_examples=n, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=n, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
     @given(malformed(model))
     def collect(body: bytes) -> None:
         bodies.append(body)
@@ -77,8 +76,7 @@ class _Temp:
 def mixed_batches(server, client, store: Path, public_key: Path, runs: dict, bad_n: int, work: Path) -> list[list]:
     """Section 1: per model, bad items and good items in the same batches; a row per model."""
     from tests.conftest import load_handler
-    from tests.integration.test_fuzz import (BATCH, GOODS, HANDLERS, JSON, V2_HEADER, attacks, rounds_of,
-                                             same_answer)
+    from tests.integration.test_fuzz import BATCH, GOODS, HANDLERS, JSON, V2_HEADER, attacks, rounds_of, same_answer
     from tests.unit.handler_context import make_context, run_stream
 
     url = server.config().inference_url
@@ -89,8 +87,9 @@ def mixed_batches(server, client, store: Path, public_key: Path, runs: dict, bad
         archive = store / f"{m}-1.0.mar"
         check = archiver.verify_archive(archive, public_key=public_key)
         assert check.ok, check
-        client.register(archive.name, model_name=f"mixed-{m}", initial_workers=1, batch_size=BATCH,
-                        max_batch_delay=1000)
+        client.register(
+            archive.name, model_name=f"mixed-{m}", initial_workers=1, batch_size=BATCH, max_batch_delay=1000
+        )
         try:
             handler = load_handler(runs[m], *HANDLERS[m], _Temp(work))
             expected = []
@@ -103,11 +102,12 @@ def mixed_batches(server, client, store: Path, public_key: Path, runs: dict, bad
             bad = attacks(m) + [(f"drawn {b[:40]!r}", b, JSON) for b in draw(m, bad_n)]
             key = json.loads(server.key_file.read_text())["inference"]["key"]
 
-            def send(item, m=m):
+            def send(item, m=m, key=key):
                 body, headers = item
                 path = f"/v2/models/mixed-{m}/infer" if V2_HEADER in headers else f"/predictions/mixed-{m}"
-                return session.post(url + path, data=body, timeout=120,
-                                    headers={"Authorization": f"Bearer {key}", **headers})
+                return session.post(
+                    url + path, data=body, timeout=120, headers={"Authorization": f"Bearer {key}", **headers}
+                )
 
             statuses: dict[int, int] = {}
             good_sent = good_hurt = five = batched = rounds = 0
@@ -123,9 +123,18 @@ def mixed_batches(server, client, store: Path, public_key: Path, runs: dict, bad
                             good_hurt += r.status_code != 200 or not same_answer(m, r, expected[goods_at[i]])
                         else:
                             statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-            rows.append([m, sum(statuses.values()), " ".join(f"{c}x{n}" for c, n in sorted(statuses.items())),
-                         good_sent, good_hurt, five, f"{batched}/{rounds}",
-                         "yes" if client.is_healthy() else "NO"])
+            rows.append(
+                [
+                    m,
+                    sum(statuses.values()),
+                    " ".join(f"{c}x{n}" for c, n in sorted(statuses.items())),
+                    good_sent,
+                    good_hurt,
+                    five,
+                    f"{batched}/{rounds}",
+                    "yes" if client.is_healthy() else "NO",
+                ]
+            )
         finally:
             client.unregister(f"mixed-{m}")
     return rows
@@ -156,19 +165,29 @@ def main() -> int:
             runs[m] = trainers()[m](work / "checkpoints", quick=True, progress=False).run_dir
         archiver.package(archiver.example_spec(m, runs[m], "1.0"), store, keys, progress=lambda *a: None)
     public_key = archiver.public_key_path(keys)
-    server = LocalServer(ROOT / "config.properties", work / "server", model_store=store,
-                         overrides=free_port_overrides())
+    server = LocalServer(
+        ROOT / "config.properties", work / "server", model_store=store, overrides=free_port_overrides()
+    )
     server.start(timeout=120)
-    desired = parse_desired({"models": {m: {"versions": ["1.0"], "workers": {"min": 2, "max": 2}, "batch_size": 8,
-                                            "max_batch_delay_ms": 20} for m in MODELS}})
+    desired = parse_desired(
+        {
+            "models": {
+                m: {"versions": ["1.0"], "workers": {"min": 2, "max": 2}, "batch_size": 8, "max_batch_delay_ms": 20}
+                for m in MODELS
+            }
+        }
+    )
     try:
         client = server.client()
         report = apply(client, store, desired, public_key=public_key)
         assert report.ok, report.error
 
         # 1. bad input, in the same batches as good requests
-        print(f"sending the named attacks and {args.bad} malformed requests per model, 6 bad and 2 good in each "
-              "batch of 8 ...", file=sys.stderr)
+        print(
+            f"sending the named attacks and {args.bad} malformed requests per model, 6 bad and 2 good in each "
+            "batch of 8 ...",
+            file=sys.stderr,
+        )
         bad_rows = mixed_batches(server, client, store, public_key, runs, args.bad, work)
 
         # 2. a worker killed under load, with and without the client's safe retry
@@ -176,9 +195,14 @@ def main() -> int:
         body = json.loads(GOOD["mlp"])
         box: dict = {}
         with server.client() as safe, server.client(retries=0) as raw:
-            threads = [threading.Thread(target=lambda k=k, c=c: box.__setitem__(
-                k, run_load(c, "mlp", [body], concurrency=3, duration=args.seconds)))
-                for k, c in (("with retry", safe), ("without retry", raw))]
+            threads = [
+                threading.Thread(
+                    target=lambda k=k, c=c: box.__setitem__(
+                        k, run_load(c, "mlp", [body], concurrency=3, duration=args.seconds)
+                    )
+                )
+                for k, c in (("with retry", safe), ("without retry", raw))
+            ]
             for t in threads:
                 t.start()
             time.sleep(args.seconds / 3)
@@ -189,8 +213,10 @@ def main() -> int:
 
         # 3. the server killed, restarted, and the declared state applied again
         print("crashing and restarting the server ...", file=sys.stderr)
-        before = {m: {(d.version, d.is_default, d.min_workers, d.batch_size, d.max_batch_delay)
-                      for d in client.versions(m)} for m in MODELS}
+        before = {
+            m: {(d.version, d.is_default, d.min_workers, d.batch_size, d.max_batch_delay) for d in client.versions(m)}
+            for m in MODELS
+        }
         root = psutil.Process(server.pid())
         procs = [root] + root.children(recursive=True)
         for p in procs:
@@ -203,8 +229,9 @@ def main() -> int:
         seconds = time.monotonic() - t0
         restart_rows = []
         for m in MODELS:
-            after = {(d.version, d.is_default, d.min_workers, d.batch_size, d.max_batch_delay)
-                     for d in client.versions(m)}
+            after = {
+                (d.version, d.is_default, d.min_workers, d.batch_size, d.max_batch_delay) for d in client.versions(m)
+            }
             serves = client.predict(m, json.loads(GOOD[m])) is not None
             restart_rows.append([m, "yes" if after == before[m] else "NO", "yes" if serves else "NO"])
         verified = all(archiver.verify_archive(p, public_key=public_key).ok for p in store.glob("*.mar"))
@@ -212,8 +239,12 @@ def main() -> int:
         server.stop()
 
     print("\n1. Bad input in the same batches as good input (6 bad + 2 good per batch of 8)")
-    print(table(["model", "bad sent", "bad statuses", "good sent", "good hurt", "5xx", "full batches",
-                 "healthy after"], bad_rows))
+    print(
+        table(
+            ["model", "bad sent", "bad statuses", "good sent", "good hurt", "5xx", "full batches", "healthy after"],
+            bad_rows,
+        )
+    )
     print("good hurt: not 200, or an answer other than the same handler's in-process answer")
     print(f"\n2. A worker killed (SIGKILL) under load: mlp, 2 workers, {args.seconds:.0f} s at concurrency 3")
     print(table(["client", "sent", "answered", "lost", "p99 ms"], kill_rows))

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from tokenizers import Tokenizer
-
 from torchship_base_handler import BatchHandler, ItemError
 
 MAX_TEXTS = 64
@@ -75,8 +74,9 @@ class EmbedderHandler(BatchHandler):
             else:
                 scores = (mine[1:] @ mine[0]).tolist()
                 order = sorted(range(len(scores)), key=lambda i: -scores[i])
-                out.append({"ranked": [{"index": i, "text": texts[1 + i], "score": round(scores[i], 6)}
-                                       for i in order]})
+                out.append(
+                    {"ranked": [{"index": i, "text": texts[1 + i], "score": round(scores[i], 6)} for i in order]}
+                )
         return out
 
     def _embed(self, ids: list[list[int]]) -> torch.Tensor:
@@ -94,8 +94,8 @@ class EmbedderHandler(BatchHandler):
             batch = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for row, i in enumerate(chunk):
-                batch[row, :len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
-                mask[row, :len(ids[i])] = 1
+                batch[row, : len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
+                mask[row, : len(ids[i])] = 1
             for row, vector in zip(chunk, self.model(batch, mask)):
                 vectors[row] = vector
             start = end

@@ -8,7 +8,8 @@ Answer:   {"label": "Ankle boot", "class_id": 9, "predictions": [{"label", "clas
 Fashion-MNIST pictures are light clothes on a black background; photos of dark clothes on white
 need inverting first. Corrupt image bytes, a wrong shape or a bad k answer 400 for that request
 alone; so does an image over 2048x2048 pixels (4,194,304), refused from its header before
-decoding, and more than 256 images. A body over 6 MiB answers 413. Open Inference Protocol: one input of shape [28, 28], [n, 28, 28] or [n, 1, 28, 28].
+decoding, and more than 256 images. A body over 6 MiB answers 413. Open Inference Protocol: one
+input of shape [28, 28], [n, 28, 28] or [n, 1, 28, 28].
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-
 from torchship_base_handler import NPY_MAGIC, BatchHandler, ItemError
 
 MAX_PIXELS = 4_194_304  # 2048x2048: larger images (decompression bombs) are refused from their header
@@ -44,8 +44,11 @@ class FashionHandler(BatchHandler):
 
     def payload(self, request: dict, headers: dict) -> tuple[Any, bytes]:
         body = request.get("data", request.get("body")) if isinstance(request, dict) else None
-        if isinstance(body, (bytes, bytearray)) and bytes(body[:64]).lstrip()[:1] not in (b"{", b"[", b"") \
-                and bytes(body[:6]) != NPY_MAGIC:
+        if (
+            isinstance(body, (bytes, bytearray))
+            and bytes(body[:64]).lstrip()[:1] not in (b"{", b"[", b"")
+            and bytes(body[:6]) != NPY_MAGIC
+        ):
             return {"_image_bytes": bytes(body)}, b""
         return super().payload(request, headers)
 
@@ -96,15 +99,27 @@ class FashionHandler(BatchHandler):
             # formats: no probing of every plugin; the size is checked from the header, before decoding
             with Image.open(io.BytesIO(data), formats=_FORMATS) as img:
                 if img.width * img.height > MAX_PIXELS or max(img.size) > MAX_SIDE:
-                    raise ItemError(f"the image has {img.width}x{img.height} pixels: at most {MAX_PIXELS:,} "
-                                    f"(and {MAX_SIDE:,} a side)")
+                    raise ItemError(
+                        f"the image has {img.width}x{img.height} pixels: at most {MAX_PIXELS:,} "
+                        f"(and {MAX_SIDE:,} a side)"
+                    )
                 img.load()
                 grey = img if img.mode == "L" else img.convert("L")
                 if grey.size != (28, 28):
                     grey = grey.resize((28, 28), Image.Resampling.BILINEAR)
                 return (np.asarray(grey, dtype=np.float32) / 255.0)[None]
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-                EOFError, IndexError, TypeError, struct.error, ZeroDivisionError) as exc:
+        except (
+            UnidentifiedImageError,
+            OSError,
+            ValueError,
+            SyntaxError,
+            Image.DecompressionBombError,
+            EOFError,
+            IndexError,
+            TypeError,
+            struct.error,
+            ZeroDivisionError,
+        ) as exc:
             text = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
             raise ItemError(f"cannot read the image: {text}") from None
 
@@ -119,11 +134,16 @@ class FashionHandler(BatchHandler):
     def _answer_for(self, p: np.ndarray, k: int) -> dict:
         top = np.argsort(-p, kind="stable")[:k]
         preds = [{"label": self.labels[c], "class_id": int(c), "score": round(float(p[c]), 6)} for c in top]
-        return {"label": preds[0]["label"], "class_id": preds[0]["class_id"], "predictions": preds,
-                "probabilities": [round(float(v), 6) for v in p]}
+        return {
+            "label": preds[0]["label"],
+            "class_id": preds[0]["class_id"],
+            "predictions": preds,
+            "probabilities": [round(float(v), 6) for v in p],
+        }
 
     def v2_outputs(self, output: Any) -> list[tuple[str, np.ndarray]]:
         answers = output if isinstance(output, list) else [output]
-        return [("class_id", np.array([a["class_id"] for a in answers], dtype=np.int64)),
-                ("probabilities", np.array([a["probabilities"] for a in answers], dtype=np.float32))]
-
+        return [
+            ("class_id", np.array([a["class_id"] for a in answers], dtype=np.int64)),
+            ("probabilities", np.array([a["probabilities"] for a in answers], dtype=np.float32)),
+        ]

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from torchship_base_handler import BatchHandler, ItemError
 
 MAX_ROWS = 1024
@@ -80,13 +79,16 @@ class MLPHandler(BatchHandler):
         classes = logits.argmax(dim=1)
         logits.gather(1, classes[:, None]).sum().backward()
         attributions = (batch.grad * batch).detach().double().numpy().round(6).tolist()
-        return self._per_request(inputs, [{"class_id": c, "attributions": a}
-                                          for c, a in zip(classes.tolist(), attributions)])
+        return self._per_request(
+            inputs, [{"class_id": c, "attributions": a} for c, a in zip(classes.tolist(), attributions)]
+        )
 
     def v2_outputs(self, output: Any) -> list[tuple[str, np.ndarray]]:
         answers = output if isinstance(output, list) else [output]
-        return [("class_id", np.array([a["class_id"] for a in answers], dtype=np.int64)),
-                ("probabilities", np.array([a["probabilities"] for a in answers], dtype=np.float32))]
+        return [
+            ("class_id", np.array([a["class_id"] for a in answers], dtype=np.int64)),
+            ("probabilities", np.array([a["probabilities"] for a in answers], dtype=np.float32)),
+        ]
 
     def _per_request(self, inputs: list[tuple[np.ndarray, bool]], answers: list[dict]) -> list[Any]:
         """One answer per row of the batch -> one answer per request (a list unless it sent one row)."""

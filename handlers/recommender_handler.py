@@ -15,7 +15,6 @@ import json
 from typing import Any
 
 import torch
-
 from torchship_base_handler import BatchHandler, ItemError
 
 MAX_K = 100
@@ -41,7 +40,7 @@ class RecommenderHandler(BatchHandler):
         user = payload["user_id"]
         if isinstance(user, bool) or not isinstance(user, (str, int)):
             raise ItemError("'user_id' must be a non-empty string or an integer")
-        if isinstance(user, int) and not -10**18 < user < 10**18 or isinstance(user, str) and len(user) > MAX_USER_ID:
+        if isinstance(user, int) and not -(10**18) < user < 10**18 or isinstance(user, str) and len(user) > MAX_USER_ID:
             raise ItemError(f"'user_id' is too long: at most {MAX_USER_ID} characters")
         if str(user).strip() == "":
             raise ItemError("'user_id' must be a non-empty string or an integer")
@@ -62,8 +61,9 @@ class RecommenderHandler(BatchHandler):
             if idx is None:
                 top = self.popular[:k]
                 items = [self._item(i, float(self.popularity[i])) for i in top]
-                out.append({"user_id": user, "fallback": "popular", "item_ids": [self.items[i] for i in top],
-                            "items": items})
+                out.append(
+                    {"user_id": user, "fallback": "popular", "item_ids": [self.items[i] for i in top], "items": items}
+                )
                 continue
             s = scores[row].clone()
             row += 1
@@ -71,8 +71,7 @@ class RecommenderHandler(BatchHandler):
                 s[self.seen[idx]] = float("-inf")
             values, top = torch.topk(s, k)
             items = [self._item(int(i), round(float(v), 6)) for v, i in zip(values, top)]
-            out.append({"user_id": user, "fallback": None, "item_ids": [it["item_id"] for it in items],
-                        "items": items})
+            out.append({"user_id": user, "fallback": None, "item_ids": [it["item_id"] for it in items], "items": items})
         return out
 
     def _item(self, i: int, score: float) -> dict:

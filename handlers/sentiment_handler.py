@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from torchship_base_handler import BatchHandler, ItemError
 from torchship_text import encode
 
@@ -56,6 +55,11 @@ class SentimentHandler(BatchHandler):
         ids = torch.tensor([t for item in texts for t in item], dtype=torch.long)
         offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(i) for i in texts])[:-1]]), dtype=torch.long)
         probs = torch.softmax(self.model(ids, offsets), dim=1).double().numpy().round(6)
-        answers = [{"label": self.labels[int(p.argmax())],
-                    "probabilities": {label: float(v) for label, v in zip(self.labels, p)}} for p in probs]
+        answers = [
+            {
+                "label": self.labels[int(p.argmax())],
+                "probabilities": {label: float(v) for label, v in zip(self.labels, p)},
+            }
+            for p in probs
+        ]
         return self.per_request(answers, [len(item) for item, _ in inputs], [not many for _, many in inputs])

@@ -20,7 +20,6 @@ import random
 from typing import Any
 
 import torch
-
 from torchship_base_handler import BatchHandler, ItemError, item_error, label_batch
 
 logger = logging.getLogger(__name__)
@@ -51,14 +50,24 @@ class TextgenHandler(BatchHandler):
         new = _int(payload.get("max_new_tokens", 100), "max_new_tokens", 1, MAX_NEW)
         top_k = _int(payload.get("top_k", 20), "top_k", 1, len(self.chars))
         temperature = payload.get("temperature", 0.8)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-                or not (temperature == 0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
-            raise ItemError(f"'temperature' must be 0 (greedy) or a number from {MIN_TEMPERATURE} to {MAX_TEMPERATURE:g}")
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not (temperature == 0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE)
+        ):
+            raise ItemError(
+                f"'temperature' must be 0 (greedy) or a number from {MIN_TEMPERATURE} to {MAX_TEMPERATURE:g}"
+            )
         seed = payload.get("seed", random.randrange(2**31))
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ItemError("'seed' must be a non-negative integer")
-        return {"prompt": prompt, "new": new, "top_k": top_k, "temperature": float(temperature),
-                "generator": torch.Generator().manual_seed(seed)}
+        return {
+            "prompt": prompt,
+            "new": new,
+            "top_k": top_k,
+            "temperature": float(temperature),
+            "generator": torch.Generator().manual_seed(seed),
+        }
 
     def handle(self, data: list[dict], context: Any) -> list[Any]:
         from ts.handler_utils.utils import send_intermediate_predict_response
@@ -71,8 +80,9 @@ class TextgenHandler(BatchHandler):
             return results
         for idx in jobs:
             context.set_response_content_type(idx, "text/plain; charset=utf-8")
-        streams = {idx: [self.ids.get(c, 0) for c in job["prompt"]] or [self.ids.get("\n", 0)]
-                   for idx, job in jobs.items()}
+        streams = {
+            idx: [self.ids.get(c, 0) for c in job["prompt"]] or [self.ids.get("\n", 0)] for idx, job in jobs.items()
+        }
         pending = {idx: "" for idx in jobs}
         failed: dict[int, ItemError] = {}
         streaming: set[int] = set()  # requests that sent a chunk already: their status is 200 for good
@@ -93,12 +103,19 @@ class TextgenHandler(BatchHandler):
                         continue
                     streams[idx].append(token)
                     pending[idx] += self.chars[token]
-                ready = {i: pending[i] for i in active
-                         if i not in failed and len(pending[i]) >= CHUNK and step + 1 < jobs[i]["new"]}
+                ready = {
+                    i: pending[i]
+                    for i in active
+                    if i not in failed and len(pending[i]) >= CHUNK and step + 1 < jobs[i]["new"]
+                }
                 if ready:
                     send_intermediate_predict_response(
-                        [ready.get(i, "") for i in range(len(data))], {i: request_ids[i] for i in ready},
-                        "Intermediate Prediction success", 200, context)
+                        [ready.get(i, "") for i in range(len(data))],
+                        {i: request_ids[i] for i in ready},
+                        "Intermediate Prediction success",
+                        200,
+                        context,
+                    )
                     streaming.update(ready)
                     for i in ready:
                         pending[i] = ""
@@ -125,7 +142,7 @@ class TextgenHandler(BatchHandler):
         batch = torch.zeros(len(active), width, dtype=torch.long)
         for row, idx in enumerate(active):  # left-aligned windows, read at each one's last position
             window = streams[idx][-width:]
-            batch[row, :len(window)] = torch.tensor(window)
+            batch[row, : len(window)] = torch.tensor(window)
         logits = self.model(batch)
         return [logits[row, min(len(streams[idx]), width) - 1] for row, idx in enumerate(active)]
 

@@ -37,10 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
-
 import torchship_models
 import torchship_oip as oip
+from safetensors.torch import load_file
 
 logger = logging.getLogger(__name__)
 
@@ -195,8 +194,10 @@ class BatchHandler:
                 with torch.inference_mode():
                     outputs = self.predict(items)
             if not isinstance(outputs, list) or len(outputs) != len(items):
-                raise RuntimeError(f"{type(outputs).__name__} of {len(outputs) if isinstance(outputs, list) else '?'}"
-                                   f" outputs for {len(items)} inputs")
+                raise RuntimeError(
+                    f"{type(outputs).__name__} of {len(outputs) if isinstance(outputs, list) else '?'}"
+                    f" outputs for {len(items)} inputs"
+                )
             return outputs
         except Exception as exc:  # noqa: BLE001
             if len(items) == 1:
@@ -204,8 +205,9 @@ class BatchHandler:
                     logger.warning("the forward pass failed on one request", exc_info=True)
                 return [item_error(exc, "forward")]
             if not isinstance(exc, ItemError):
-                logger.warning("the forward pass of a batch of %d failed: running it item by item", len(items),
-                               exc_info=True)
+                logger.warning(
+                    "the forward pass of a batch of %d failed: running it item by item", len(items), exc_info=True
+                )
             return [self.forward([item], explain)[0] for item in items]
 
     @staticmethod
@@ -215,7 +217,7 @@ class BatchHandler:
         `single` (it sent one item, not a list) gets its one answer itself rather than a list."""
         out, start = [], 0
         for size, alone in zip(sizes, single if single is not None else itertools.repeat(False)):
-            mine = answers[start:start + size]
+            mine = answers[start : start + size]
             start += size
             out.append(mine[0] if alone else mine)
         if start != len(answers):
@@ -284,9 +286,14 @@ class BatchHandler:
         binary = oip.wants_binary(request)
         model = context.manifest["model"]
         try:
-            body, json_length = oip.encode_response(model.get("modelName", ""), model.get("modelVersion", ""),
-                                                    str(request.get("id") or context.get_request_id(idx)),
-                                                    self.v2_outputs(output), request, binary)
+            body, json_length = oip.encode_response(
+                model.get("modelName", ""),
+                model.get("modelVersion", ""),
+                str(request.get("id") or context.get_request_id(idx)),
+                self.v2_outputs(output),
+                request,
+                binary,
+            )
         except oip.ProtocolError as exc:
             return self._error(context, idx, ItemError(str(exc)), True)
         if json_length is not None:
@@ -370,7 +377,7 @@ def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
         node, depth = stack.pop()
         if depth > limit:
             raise ItemError(f"the JSON is nested too deeply: at most {limit} levels")
-        for child in (node.values() if type(node) is dict else node):
+        for child in node.values() if type(node) is dict else node:
             if type(child) is list or type(child) is dict:
                 stack.append((child, depth + 1))
 
@@ -395,8 +402,9 @@ def load_npy(data: bytes) -> Any:
         else:
             raise ValueError(f"unsupported .npy version {version}")
     except (ValueError, OSError, EOFError, SyntaxError, TypeError, RecursionError, MemoryError) as exc:
-        raise ItemError(f"the .npy body cannot be read: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}") \
-            from None
+        raise ItemError(
+            f"the .npy body cannot be read: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"
+        ) from None
     if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or dtype.itemsize == 0:
         raise ItemError(f"the .npy body cannot be read: dtype {str(dtype)[:40]} is not a plain numeric type")
     if len(shape) > MAX_NPY_DIMS:
@@ -404,8 +412,10 @@ def load_npy(data: bytes) -> Any:
     count = math.prod(shape)
     held = len(data) - fp.tell()
     if count * dtype.itemsize != held:
-        raise ItemError(f"the .npy body cannot be read: its header declares shape {list(shape)} of {dtype} "
-                        f"({count * dtype.itemsize:,} bytes) but {held:,} bytes follow it")
+        raise ItemError(
+            f"the .npy body cannot be read: its header declares shape {list(shape)} of {dtype} "
+            f"({count * dtype.itemsize:,} bytes) but {held:,} bytes follow it"
+        )
     array = np.frombuffer(data, dtype=dtype, count=count, offset=fp.tell())
     return array.reshape(shape, order="F" if fortran else "C")
 

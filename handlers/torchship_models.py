@@ -76,7 +76,11 @@ class _Dense(nn.Module):
 class _SelfAttention(nn.Module):
     def __init__(self, hidden: int) -> None:
         super().__init__()
-        self.query, self.key, self.value = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.query, self.key, self.value = (
+            nn.Linear(hidden, hidden),
+            nn.Linear(hidden, hidden),
+            nn.Linear(hidden, hidden),
+        )
 
 
 class _Attention(nn.Module):
@@ -114,9 +118,17 @@ class SentenceEncoder(nn.Module):
     sentence-transformers computes them. Parameter names follow the original checkpoint's, so
     its safetensors load as they are."""
 
-    def __init__(self, vocab_size: int = 30522, hidden_size: int = 384, num_hidden_layers: int = 6,
-                 num_attention_heads: int = 12, intermediate_size: int = 1536, max_position_embeddings: int = 512,
-                 type_vocab_size: int = 2, layer_norm_eps: float = 1e-12) -> None:
+    def __init__(
+        self,
+        vocab_size: int = 30522,
+        hidden_size: int = 384,
+        num_hidden_layers: int = 6,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 1536,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        layer_norm_eps: float = 1e-12,
+    ) -> None:
         super().__init__()
         self.heads = num_attention_heads
         self.max_positions = max_position_embeddings
@@ -127,14 +139,19 @@ class SentenceEncoder(nn.Module):
         batch, length = input_ids.shape
         emb = self.embeddings
         positions = torch.arange(length, device=input_ids.device)
-        x = emb.word_embeddings(input_ids) + emb.position_embeddings(positions)[None] + \
-            emb.token_type_embeddings(torch.zeros_like(input_ids))
+        x = (
+            emb.word_embeddings(input_ids)
+            + emb.position_embeddings(positions)[None]
+            + emb.token_type_embeddings(torch.zeros_like(input_ids))
+        )
         x = emb.LayerNorm(x)
         keep = attention_mask[:, None, None, :].bool()  # (batch, 1, 1, length): attend to real tokens only
         for layer in self.encoder.layer:
             att = layer.attention
-            q, k, v = (lin(x).view(batch, length, self.heads, -1).transpose(1, 2)
-                       for lin in (att.self.query, att.self.key, att.self.value))
+            q, k, v = (
+                lin(x).view(batch, length, self.heads, -1).transpose(1, 2)
+                for lin in (att.self.query, att.self.key, att.self.value)
+            )
             ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
             ctx = ctx.transpose(1, 2).reshape(batch, length, -1)
             x = att.output.LayerNorm(att.output.dense(ctx) + x)
@@ -165,12 +182,16 @@ class CharTransformer(nn.Module):
         return self.head(self.norm(self.blocks(x, mask=causal, is_causal=True)))
 
 
-ARCHITECTURES = {"mlp": MLP, "sentiment": SentimentClassifier, "fashion": FashionCNN,
-                 "recommender": MatrixFactorization, "embedder": SentenceEncoder, "textgen": CharTransformer}
+ARCHITECTURES = {
+    "mlp": MLP,
+    "sentiment": SentimentClassifier,
+    "fashion": FashionCNN,
+    "recommender": MatrixFactorization,
+    "embedder": SentenceEncoder,
+    "textgen": CharTransformer,
+}
 
 
 def build(kind: str, architecture: dict) -> nn.Module:
     """The model for `kind`, built from the architecture recorded in the checkpoint's meta.json."""
     return ARCHITECTURES[kind](**architecture)
-
-

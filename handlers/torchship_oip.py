@@ -15,9 +15,19 @@ from typing import Any
 import numpy as np
 
 DTYPES: dict[str, Any] = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": object,
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BYTES": object,
 }
 _NAMES = {np.dtype(v).name: k for k, v in DTYPES.items() if v is not object}
 HEADER = "inference-header-content-length"
@@ -77,9 +87,17 @@ def check_request(request: dict) -> None:
     if not isinstance(request.get("parameters") or {}, dict):
         raise ProtocolError("'parameters' must be an object")
     outputs = request.get("outputs") or []
-    if not isinstance(outputs, list) or len(outputs) > MAX_OUTPUTS or not all(
-            isinstance(o, dict) and isinstance(o.get("name"), str) and len(o["name"]) <= MAX_ID
-            and isinstance(o.get("parameters") or {}, dict) for o in outputs):
+    if (
+        not isinstance(outputs, list)
+        or len(outputs) > MAX_OUTPUTS
+        or not all(
+            isinstance(o, dict)
+            and isinstance(o.get("name"), str)
+            and len(o["name"]) <= MAX_ID
+            and isinstance(o.get("parameters") or {}, dict)
+            for o in outputs
+        )
+    ):
         raise ProtocolError(f"'outputs' must be a list of at most {MAX_OUTPUTS} objects with a name")
 
 
@@ -92,16 +110,22 @@ def decode_inputs(request: dict, binary: bytes = b"") -> dict[str, np.ndarray]:
         if not isinstance(spec, dict):
             raise ProtocolError("each input must be an object with name, shape, datatype and data")
         name, shape, datatype = spec.get("name"), spec.get("shape"), spec.get("datatype")
-        if not isinstance(name, str) or not isinstance(shape, list) or not isinstance(datatype, str) \
-                or datatype not in DTYPES:
+        if (
+            not isinstance(name, str)
+            or not isinstance(shape, list)
+            or not isinstance(datatype, str)
+            or datatype not in DTYPES
+        ):
             label = repr(name)[:64] if isinstance(name, str) else "without a name"
             raise ProtocolError(f"input {label}: needs a name, a shape list and a datatype among {sorted(DTYPES)}")
         if len(name) > MAX_ID or name in tensors:
             raise ProtocolError(f"input names must be unique strings of at most {MAX_ID} characters")
-        if len(shape) > MAX_DIMS or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_ELEMENTS
-                                            for d in shape):
-            raise ProtocolError(f"input {name!r}: shape must be at most {MAX_DIMS} non-negative integers "
-                                f"of at most {MAX_ELEMENTS:,}")
+        if len(shape) > MAX_DIMS or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_ELEMENTS for d in shape
+        ):
+            raise ProtocolError(
+                f"input {name!r}: shape must be at most {MAX_DIMS} non-negative integers of at most {MAX_ELEMENTS:,}"
+            )
         count = math.prod(shape)  # Python integers: no overflow, whatever the shape claims
         if count > MAX_ELEMENTS:
             raise ProtocolError(f"input {name!r}: shape {shape} declares {count:,} values; at most {MAX_ELEMENTS:,}")
@@ -113,9 +137,15 @@ def decode_inputs(request: dict, binary: bytes = b"") -> dict[str, np.ndarray]:
             raise ProtocolError(f"input {name!r}: 'parameters' must be an object")
         size = params.get("binary_data_size")
         if size is not None:
-            if isinstance(size, bool) or not isinstance(size, int) or size != count * dtype.itemsize \
-                    or offset + size > len(binary):
-                raise ProtocolError(f"input {name!r}: binary_data_size {str(size)[:40]} does not match shape {shape} of {datatype}")
+            if (
+                isinstance(size, bool)
+                or not isinstance(size, int)
+                or size != count * dtype.itemsize
+                or offset + size > len(binary)
+            ):
+                raise ProtocolError(
+                    f"input {name!r}: binary_data_size {str(size)[:40]} does not match shape {shape} of {datatype}"
+                )
             array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset)
             offset += size
         else:
@@ -138,11 +168,19 @@ def wants_binary(request: dict) -> bool:
     """Whether the client asked for outputs in the binary extension."""
     if (request.get("parameters") or {}).get("binary_data_output"):
         return True
-    return any((o.get("parameters") or {}).get("binary_data") for o in request.get("outputs") or [] if isinstance(o, dict))
+    return any(
+        (o.get("parameters") or {}).get("binary_data") for o in request.get("outputs") or [] if isinstance(o, dict)
+    )
 
 
-def encode_response(model_name: str, model_version: str, request_id: str, outputs: list[tuple[str, np.ndarray]],
-                    request: dict, binary: bool) -> tuple[bytes, int | None]:
+def encode_response(
+    model_name: str,
+    model_version: str,
+    request_id: str,
+    outputs: list[tuple[str, np.ndarray]],
+    request: dict,
+    binary: bool,
+) -> tuple[bytes, int | None]:
     """The response body, and the JSON part's length when outputs travel as binary."""
     asked = [o.get("name") for o in request.get("outputs") or [] if isinstance(o, dict)]
     if asked:
@@ -161,8 +199,10 @@ def encode_response(model_name: str, model_version: str, request_id: str, output
         else:
             entry["data"] = array.reshape(-1).tolist()
         tensors.append(entry)
-    head = json.dumps({"model_name": model_name, "model_version": model_version, "id": request_id,
-                       "outputs": tensors}, separators=(",", ":")).encode("utf-8")
+    head = json.dumps(
+        {"model_name": model_name, "model_version": model_version, "id": request_id, "outputs": tensors},
+        separators=(",", ":"),
+    ).encode("utf-8")
     if not binary:
         return head, None
     return head + b"".join(blobs), len(head)

@@ -167,8 +167,11 @@ def render() -> str:
         mod = sys.modules.get(module)
         short = module.rsplit(".", 1)[-1]
         intro = inspect.cleandoc(mod.__doc__ or "").split("\n\n")[0] if mod else ""
-        group = [f"## {short}" + (f"\n\n{' '.join(intro.split())}" if intro else "")
-                 + f"\n\nSource: [`torchship/cli/{short}.py`](../torchship/cli/{short}.py)."]
+        group = [
+            f"## {short}"
+            + (f"\n\n{' '.join(intro.split())}" if intro else "")
+            + f"\n\nSource: [`torchship/cli/{short}.py`](../torchship/cli/{short}.py)."
+        ]
         for path, command in members:
             group.append(command_section(cli, path, command, "###"))
         sections.append("\n\n".join(group))

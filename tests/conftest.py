@@ -28,9 +28,8 @@ def mlp_reference(mlp_run):
     """The trained mlp loaded in-process: what every served answer must equal."""
     import json
 
-    from safetensors.torch import load_file
-
     import torchship_models
+    from safetensors.torch import load_file
 
     meta = json.loads((mlp_run / "meta.json").read_text())
     model = torchship_models.build("mlp", meta["model"]["architecture"])
@@ -80,7 +79,6 @@ def load_handler(run_dir, module_name, class_name, tmp_path_factory):
     import shutil
 
     from archiver import EXAMPLES
-
     from tests.unit.handler_context import make_context
 
     name = json.loads((run_dir / "meta.json").read_text())["name"]

@@ -20,8 +20,12 @@ def _kserve_models():
     if "kserve.models" in sys.modules:
         return sys.modules["kserve.models"]
     if "kserve" not in sys.modules:
-        wheel = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", ".cache",
-                             "kserve-0.21.0-py3-none-any.whl")
+        wheel = os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            "data",
+            ".cache",
+            "kserve-0.21.0-py3-none-any.whl",
+        )
         if importlib.util.find_spec("kserve") is None and os.path.isfile(wheel):
             sys.path.append(wheel)  # zipimport: `make data` keeps the SDK wheel, never installs it
         spec = importlib.util.find_spec("kserve")
@@ -41,14 +45,23 @@ def _class(name: str):
 
 
 KINDS = {
-    ("v1", "ConfigMap"): "V1ConfigMap", ("apps/v1", "Deployment"): "V1Deployment", ("v1", "Service"): "V1Service",
+    ("v1", "ConfigMap"): "V1ConfigMap",
+    ("apps/v1", "Deployment"): "V1Deployment",
+    ("v1", "Service"): "V1Service",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "V2HorizontalPodAutoscaler",
     ("networking.k8s.io/v1", "NetworkPolicy"): "V1NetworkPolicy",
     ("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService",
     ("serving.kserve.io/v1alpha1", "ServingRuntime"): "V1alpha1ServingRuntime",
 }
-_PRIMITIVES = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object,
-               "datetime": str, "date": str}
+_PRIMITIVES = {
+    "str": str,
+    "int": int,
+    "bool": bool,
+    "float": (int, float),
+    "object": object,
+    "datetime": str,
+    "date": str,
+}
 
 
 def validate(doc: dict[str, Any]) -> list[str]:

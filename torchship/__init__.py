@@ -17,5 +17,4 @@ from .sdk.errors import TorchServeError
 
 __version__ = "0.1.0"
 
-__all__ = ["Project", "History", "TuneResult", "TorchServe", "LocalServer", "TorchServeError", "errors",
-           "__version__"]
+__all__ = ["Project", "History", "TuneResult", "TorchServe", "LocalServer", "TorchServeError", "errors", "__version__"]

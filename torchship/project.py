@@ -31,8 +31,6 @@ from torchship.sdk.errors import ArchiveError, BadInput, TorchServeError, Traini
 
 if TYPE_CHECKING:  # imported lazily at run time: `torchship --help` stays quick
     from archiver import BuildResult, VerifyReport
-    from train.common import RunResult
-
     from torchship.ops.autoscale import Decision
     from torchship.ops.deploy import DeployResult
     from torchship.ops.desired import Action, ApplyReport, DesiredState
@@ -41,6 +39,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `torchship --help` stays quick
     from torchship.ops.server import LocalServer
     from torchship.perf.tune import Trial
     from torchship.sdk.client import TorchServe
+    from train.common import RunResult
 
 __all__ = ["Project", "History", "TuneResult"]
 
@@ -85,9 +84,13 @@ class TuneResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result as plain data, with the deploy.yaml entry (for --json)."""
-        return {"trials": [t.to_dict() for t in self.trials], "best": self.best.to_dict(),
-                "meets_slo": self.meets_slo, "deploy_yaml": {"models": {self.name: self.settings}},
-                "repackage": self.repackage}
+        return {
+            "trials": [t.to_dict() for t in self.trials],
+            "best": self.best.to_dict(),
+            "meets_slo": self.meets_slo,
+            "deploy_yaml": {"models": {self.name: self.settings}},
+            "repackage": self.repackage,
+        }
 
 
 class Project:
@@ -108,8 +111,9 @@ class Project:
         self._registry: Registry | None = None
 
     @classmethod
-    def find(cls, start: str | os.PathLike[str] | None = None, *,
-             config: str | os.PathLike[str] | None = None) -> Project:
+    def find(
+        cls, start: str | os.PathLike[str] | None = None, *, config: str | os.PathLike[str] | None = None
+    ) -> Project:
         """Return the project around `start` (default: the current folder).
 
         That is $TORCHSHIP_HOME, else the nearest folder at or above it that holds config.properties, else
@@ -200,28 +204,41 @@ class Project:
 
     # ------------------------------------------------------------------ build
 
-    def train(self, name: str, *, seed: int = 0, epochs: int | None = None, quick: bool = False,
-              shuffle_labels: bool = False, progress: bool = True) -> RunResult:
+    def train(
+        self,
+        name: str,
+        *,
+        seed: int = 0,
+        epochs: int | None = None,
+        quick: bool = False,
+        shuffle_labels: bool = False,
+        progress: bool = True,
+    ) -> RunResult:
         """Train example model `name` into `checkpoints/NAME/<run>/`; returns the run (`RunResult`)."""
-        from archiver.names import check_name
-
         import train as training
+        from archiver.names import check_name
 
         check_name(name)
         trainers = training.trainers()
         if name not in trainers:
             raise TrainingError(f"no training script for {name!r}; known: {', '.join(sorted(trainers))}")
         extra = {"shuffle_labels": True} if shuffle_labels else {}
-        return trainers[name](self.paths.checkpoints, seed=seed, epochs=epochs, quick=quick, progress=progress,
-                              **extra)
+        return trainers[name](self.paths.checkpoints, seed=seed, epochs=epochs, quick=quick, progress=progress, **extra)
 
-    def package(self, name: str | None = None, *, version: str | None = None,
-                checkpoint: str | os.PathLike[str] | None = None, force: bool = False,
-                handler: str | os.PathLike[str] | None = None, weights: str | os.PathLike[str] | None = None,
-                model_file: str | os.PathLike[str] | None = None,
-                extra_files: Iterable[str | os.PathLike[str]] = (),
-                model_config: str | os.PathLike[str] | dict[str, Any] | None = None,
-                threads: int | None = None) -> BuildResult:
+    def package(
+        self,
+        name: str | None = None,
+        *,
+        version: str | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        force: bool = False,
+        handler: str | os.PathLike[str] | None = None,
+        weights: str | os.PathLike[str] | None = None,
+        model_file: str | os.PathLike[str] | None = None,
+        extra_files: Iterable[str | os.PathLike[str]] = (),
+        model_config: str | os.PathLike[str] | dict[str, Any] | None = None,
+        threads: int | None = None,
+    ) -> BuildResult:
         """Build and sign `store/NAME-VERSION.mar`, and record it in the registry.
 
         An example model: `package("mlp")` takes the newest checkpoint (or `checkpoint`). Your own
@@ -231,7 +248,6 @@ class Project:
         """
         import archiver
         from archiver.names import check_name, check_version
-
         from torchship.ops.versions import next_version
 
         if name is None:
@@ -244,9 +260,15 @@ class Project:
                 raise ArchiveError("give either a checkpoint (an example model) or a handler of your own, not both")
             config = model_config if isinstance(model_config, dict) else _read_yaml(model_config)
             version = version or next_version(self.store, name)
-            spec = archiver.ArchiveSpec(name, version, Path(handler), Path(weights) if weights else None,
-                                        Path(model_file) if model_file else None,
-                                        tuple(Path(p) for p in extra_files), config)
+            spec = archiver.ArchiveSpec(
+                name,
+                version,
+                Path(handler),
+                Path(weights) if weights else None,
+                Path(model_file) if model_file else None,
+                tuple(Path(p) for p in extra_files),
+                config,
+            )
         else:
             if weights or model_file or model_config or tuple(extra_files):
                 raise ArchiveError("weights, model_file, extra_files and model_config go with a handler of your own")
@@ -254,20 +276,32 @@ class Project:
 
             run = Path(checkpoint) if checkpoint else latest_run(self.paths.checkpoints, name)
             if run is None:
-                raise ArchiveError(f"no checkpoint of {name} in {self.paths.checkpoints}: "
-                                   f"run `torchship train {name}` first")
+                raise ArchiveError(
+                    f"no checkpoint of {name} in {self.paths.checkpoints}: run `torchship train {name}` first"
+                )
             version = version or next_version(self.store, name)
             spec = archiver.example_spec(name, run, version)
         if threads is not None:
             handler_config = {**(spec.model_config.get("handler") or {}), "threads": threads}
             spec = dataclasses.replace(spec, model_config={**spec.model_config, "handler": handler_config})
         result = archiver.package(spec, self.store, self.paths.key_dir, force=force)
-        self.registry.record_archive(name=spec.name, version=spec.version, digest=result.digest, path=result.path,
-                                     provenance=result.provenance, signature=archiver.signature_path(result.path))
+        self.registry.record_archive(
+            name=spec.name,
+            version=spec.version,
+            digest=result.digest,
+            path=result.path,
+            provenance=result.provenance,
+            signature=archiver.signature_path(result.path),
+        )
         return result
 
-    def verify(self, archive: str | os.PathLike[str], *, public_key: str | os.PathLike[str] | None = None,
-               allow_unsigned: bool = False) -> VerifyReport:
+    def verify(
+        self,
+        archive: str | os.PathLike[str],
+        *,
+        public_key: str | os.PathLike[str] | None = None,
+        allow_unsigned: bool = False,
+    ) -> VerifyReport:
         """Every check of `archive` (a `VerifyReport`; `.ok`, `.failure`); never raises for a bad one."""
         import archiver
 
@@ -275,26 +309,41 @@ class Project:
 
     # ------------------------------------------------------------------ serve
 
-    def deploy(self, name: str, version: str | None = None, *, workers: int | None = None,
-               batch_size: int | None = None, max_batch_delay: int | None = None, make_default: bool = False,
-               timeout: float = 120.0, public_key: str | os.PathLike[str] | None = None,
-               allow_unsigned: bool = False) -> DeployResult:
+    def deploy(
+        self,
+        name: str,
+        version: str | None = None,
+        *,
+        workers: int | None = None,
+        batch_size: int | None = None,
+        max_batch_delay: int | None = None,
+        make_default: bool = False,
+        timeout: float = 120.0,
+        public_key: str | os.PathLike[str] | None = None,
+        allow_unsigned: bool = False,
+    ) -> DeployResult:
         """Verify, register and wait until `name` `version` (default: the newest archive) serves.
 
         Example models take their serving defaults (workers, batching) unless told otherwise. Returns a
         `DeployResult` (action, description, seconds_to_ready).
         """
         from archiver import EXAMPLES
-
         from torchship.ops.deploy import deploy
 
         serving = EXAMPLES[name].serving if name in EXAMPLES else {}
-        result = deploy(self.client, self.store, name, version, workers=workers or serving.get("workers", 1),
-                        batch_size=batch_size or serving.get("batch_size"),
-                        max_batch_delay=max_batch_delay if max_batch_delay is not None
-                        else serving.get("max_batch_delay"),
-                        make_default=make_default, timeout=timeout, public_key=self._key(public_key),
-                        allow_unsigned=allow_unsigned)
+        result = deploy(
+            self.client,
+            self.store,
+            name,
+            version,
+            workers=workers or serving.get("workers", 1),
+            batch_size=batch_size or serving.get("batch_size"),
+            max_batch_delay=max_batch_delay if max_batch_delay is not None else serving.get("max_batch_delay"),
+            make_default=make_default,
+            timeout=timeout,
+            public_key=self._key(public_key),
+            allow_unsigned=allow_unsigned,
+        )
         d = result.description
         if result.action == "registered":
             self.registry.record(name, d.version, "registered", via="deploy", workers=d.min_workers)
@@ -302,8 +351,7 @@ class Project:
             self.registry.record(name, d.version, "default_set", via="deploy")
         return result
 
-    def scale(self, name: str, *, min_workers: int, max_workers: int | None = None,
-              version: str | None = None) -> str:
+    def scale(self, name: str, *, min_workers: int, max_workers: int | None = None, version: str | None = None) -> str:
         """Set a version's workers (default: the default version's) and wait until they run."""
         if max_workers is not None and max_workers < min_workers:
             raise BadInput(f"max_workers ({max_workers}) is below min_workers ({min_workers})")
@@ -331,20 +379,43 @@ class Project:
 
         return plan(self.client, self._desired(desired))
 
-    def apply(self, desired: str | os.PathLike[str] | DesiredState = "deploy.yaml", *,
-              public_key: str | os.PathLike[str] | None = None, progress: Callable[[Action], None] | None = None,
-              timeout: float = 120.0) -> ApplyReport:
+    def apply(
+        self,
+        desired: str | os.PathLike[str] | DesiredState = "deploy.yaml",
+        *,
+        public_key: str | os.PathLike[str] | None = None,
+        progress: Callable[[Action], None] | None = None,
+        timeout: float = 120.0,
+    ) -> ApplyReport:
         """Converge the server to the desired state (idempotent); an `ApplyReport`."""
         from torchship.ops.desired import apply
 
-        return apply(self.client, self.store, self._desired(desired), public_key=self._key(public_key),
-                     registry=self.registry, progress=progress, timeout=timeout)
+        return apply(
+            self.client,
+            self.store,
+            self._desired(desired),
+            public_key=self._key(public_key),
+            registry=self.registry,
+            progress=progress,
+            timeout=timeout,
+        )
 
-    def rollout(self, name: str, version: str, *, golden: str | os.PathLike[str] | Sequence[GoldenItem] | None = None,
-                min_accuracy: float | None = None, min_agreement: float | None = None,
-                max_p99_ms: float | None = None, warmup: int = 20, load_requests: int = 200,
-                concurrency: int = 4, public_key: str | os.PathLike[str] | None = None, timeout: float = 120.0,
-                log: Callable[[str], None] | None = None) -> RolloutReport:
+    def rollout(
+        self,
+        name: str,
+        version: str,
+        *,
+        golden: str | os.PathLike[str] | Sequence[GoldenItem] | None = None,
+        min_accuracy: float | None = None,
+        min_agreement: float | None = None,
+        max_p99_ms: float | None = None,
+        warmup: int = 20,
+        load_requests: int = 200,
+        concurrency: int = 4,
+        public_key: str | os.PathLike[str] | None = None,
+        timeout: float = 120.0,
+        log: Callable[[str], None] | None = None,
+    ) -> RolloutReport:
         """Promote `version` behind guards, with automatic rollback; a `RolloutReport`.
 
         The report has `.passed`, `.gate`, `.reason` and `.figures`. `golden`: a golden-set file or its items
@@ -360,10 +431,23 @@ class Project:
             items = load_golden(path)
         else:
             items = list(golden)
-        return rollout(self.client, self.store, name, version, golden=items, min_accuracy=min_accuracy,
-                       min_agreement=min_agreement, max_p99_ms=max_p99_ms, warmup=warmup,
-                       load_requests=load_requests, concurrency=concurrency, public_key=self._key(public_key),
-                       registry=self.registry, timeout=timeout, log=log)
+        return rollout(
+            self.client,
+            self.store,
+            name,
+            version,
+            golden=items,
+            min_accuracy=min_accuracy,
+            min_agreement=min_agreement,
+            max_p99_ms=max_p99_ms,
+            warmup=warmup,
+            load_requests=load_requests,
+            concurrency=concurrency,
+            public_key=self._key(public_key),
+            registry=self.registry,
+            timeout=timeout,
+            log=log,
+        )
 
     def rollback(self, name: str) -> tuple[str, str]:
         """Make the previous good version the default again; (old default, new default)."""
@@ -382,30 +466,63 @@ class Project:
             live: dict[str, Any] | None = {d.version: d for d in self.client.versions(name)}
         except TorchServeError:
             live = None
-        versions = [{**a.to_dict(), "registered": live is not None and a.version in live,
-                     "default": bool(live and a.version in live and live[a.version].is_default)} for a in archives]
+        versions = [
+            {
+                **a.to_dict(),
+                "registered": live is not None and a.version in live,
+                "default": bool(live and a.version in live and live[a.version].is_default),
+            }
+            for a in archives
+        ]
         return History(name, versions, events, live is not None)
 
-    def export(self, target: str, *, out: str | os.PathLike[str],
-               desired: str | os.PathLike[str] | DesiredState = "deploy.yaml",
-               name: str = "torchship", image: str | None = None, max_replicas: int = 4,
-               storage_uri: str | None = None, canary_percent: int | None = None,
-               public_key: str | os.PathLike[str] | None = None) -> dict[str, list[Path]]:
+    def export(
+        self,
+        target: str,
+        *,
+        out: str | os.PathLike[str],
+        desired: str | os.PathLike[str] | DesiredState = "deploy.yaml",
+        name: str = "torchship",
+        image: str | None = None,
+        max_replicas: int = 4,
+        storage_uri: str | None = None,
+        canary_percent: int | None = None,
+        public_key: str | os.PathLike[str] | None = None,
+    ) -> dict[str, list[Path]]:
         """Write Kubernetes (`k8s`) or KServe (`kserve`) manifests and the model-store layout of the desired state.
 
         Its archives are verified; returns what was written.
         """
         from torchship.ops.export import IMAGE, export
 
-        return export(target, self._desired(desired), self.store, Path(out), public_key=self._key(public_key),
-                      name=name, image=image or IMAGE, max_replicas=max_replicas, storage_uri=storage_uri,
-                      canary_percent=canary_percent)
+        return export(
+            target,
+            self._desired(desired),
+            self.store,
+            Path(out),
+            public_key=self._key(public_key),
+            name=name,
+            image=image or IMAGE,
+            max_replicas=max_replicas,
+            storage_uri=storage_uri,
+            canary_percent=canary_percent,
+        )
 
     # ------------------------------------------------------------------ performance
 
-    def bench(self, name: str, bodies: Sequence[Any], *, version: str | None = None, concurrency: int = 4,
-              duration: float | None = 10.0, requests: int | None = None, engine: str = "auto",
-              stream: bool = False, plot: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    def bench(
+        self,
+        name: str,
+        bodies: Sequence[Any],
+        *,
+        version: str | None = None,
+        concurrency: int = 4,
+        duration: float | None = 10.0,
+        requests: int | None = None,
+        engine: str = "auto",
+        stream: bool = False,
+        plot: str | os.PathLike[str] | None = None,
+    ) -> dict[str, Any]:
         """Load-test a model: throughput, latency percentiles, errors by status.
 
         With `stream`, time to first token and tokens/s. `engine`: "wrk" (C, when installed), "python", or
@@ -414,33 +531,61 @@ class Project:
         from torchship.perf.bench import bench, bench_stream, plot_latencies
 
         if stream:
-            return dict(bench_stream(self.client, name, bodies, version=version, concurrency=concurrency,
-                                     duration=duration, requests=requests))
+            return dict(
+                bench_stream(
+                    self.client,
+                    name,
+                    bodies,
+                    version=version,
+                    concurrency=concurrency,
+                    duration=duration,
+                    requests=requests,
+                )
+            )
         if engine == "auto" and (plot or len(bodies) > 1):
             engine = "python"  # wrk sends one body and gives no per-request latencies to plot
-        result, load = bench(self.client, name, bodies, version=version, concurrency=concurrency, duration=duration,
-                             requests=requests, keep=True, engine=engine)
+        result, load = bench(
+            self.client,
+            name,
+            bodies,
+            version=version,
+            concurrency=concurrency,
+            duration=duration,
+            requests=requests,
+            keep=True,
+            engine=engine,
+        )
         if plot and load is not None:
             plot_latencies(load, Path(plot), title=f"{name}: concurrency {concurrency}")
             result["plot"] = str(plot)
         return dict(result)
 
-    def tune(self, name: str, bodies: Sequence[Any] | None = None, *, slo_p99_ms: float, version: str | None = None,
-             concurrency: int = 16, seconds: float = 5.0, max_workers: int = 2, cores: int | None = None,
-             engine: str = "auto", write: str | os.PathLike[str] | None = None,
-             public_key: str | os.PathLike[str] | None = None,
-             log: Callable[[str], None] | None = None) -> TuneResult:
+    def tune(
+        self,
+        name: str,
+        bodies: Sequence[Any] | None = None,
+        *,
+        slo_p99_ms: float,
+        version: str | None = None,
+        concurrency: int = 16,
+        seconds: float = 5.0,
+        max_workers: int = 2,
+        cores: int | None = None,
+        engine: str = "auto",
+        write: str | os.PathLike[str] | None = None,
+        public_key: str | os.PathLike[str] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> TuneResult:
         """Find the fastest batching, workers and threads whose p99 meets `slo_p99_ms`.
 
         See `torchship.perf.tune`. `bodies` default to the golden set's inputs; `write` merges the winner into
         that desired-state file (never writing one `apply` would refuse).
         """
         from archiver import archive_path
-
-        from torchship.perf import wrk
         from torchship.ops.desired import merge_settings
-        from torchship.perf.tune import packaged_threads, tune
         from torchship.ops.versions import latest_version
+        from torchship.perf import wrk
+        from torchship.perf.tune import packaged_threads, tune
 
         version = version or latest_version(self.store, name)
         if version is None:
@@ -453,12 +598,29 @@ class Project:
             bodies = [g.input for g in load_golden(self.golden(name))]
         if engine == "auto":
             engine = "wrk" if wrk.available() and len(bodies) == 1 else "python"
-        trials, best = tune(self.client, self.store, name, version, list(bodies), slo_p99_ms=slo_p99_ms,
-                            concurrency=concurrency, seconds=seconds, max_workers=max_workers, cores=cores,
-                            public_key=self._key(public_key), key_dir=self.paths.key_dir,
-                            log=log or (lambda line: None), engine=engine)
-        settings = {"versions": [version], "default": version, "workers": {"min": best.workers, "max": best.workers},
-                    "batch_size": best.batch_size, "max_batch_delay_ms": best.max_batch_delay}
+        trials, best = tune(
+            self.client,
+            self.store,
+            name,
+            version,
+            list(bodies),
+            slo_p99_ms=slo_p99_ms,
+            concurrency=concurrency,
+            seconds=seconds,
+            max_workers=max_workers,
+            cores=cores,
+            public_key=self._key(public_key),
+            key_dir=self.paths.key_dir,
+            log=log or (lambda line: None),
+            engine=engine,
+        )
+        settings = {
+            "versions": [version],
+            "default": version,
+            "workers": {"min": best.workers, "max": best.workers},
+            "batch_size": best.batch_size,
+            "max_batch_delay_ms": best.max_batch_delay,
+        }
         repackage = None
         if best.threads != packaged_threads(archive_path(self.store, name, version)):
             # threads live in the archive's model-config, not in anything TorchServe's API can set
@@ -467,10 +629,21 @@ class Project:
             merge_settings(Path(write), name, settings)
         return TuneResult(name, list(trials), best, slo_p99_ms, settings, repackage)
 
-    def autoscale(self, name: str, *, min_workers: int, max_workers: int, version: str | None = None,
-                  target_queue_ms: float = 50.0, interval: float = 1.0, up_cooldown: float = 3.0,
-                  down_cooldown: float = 15.0, duration: float | None = None, handle_signals: bool = False,
-                  log: Callable[[str], None] | None = None) -> list[Decision]:
+    def autoscale(
+        self,
+        name: str,
+        *,
+        min_workers: int,
+        max_workers: int,
+        version: str | None = None,
+        target_queue_ms: float = 50.0,
+        interval: float = 1.0,
+        up_cooldown: float = 3.0,
+        down_cooldown: float = 15.0,
+        duration: float | None = None,
+        handle_signals: bool = False,
+        log: Callable[[str], None] | None = None,
+    ) -> list[Decision]:
         """Scale `name`'s workers within [min, max] from its queue time; returns the decisions.
 
         It runs until `duration` ends (or Ctrl-C/SIGTERM with `handle_signals`); each decision is recorded.
@@ -479,12 +652,23 @@ class Project:
 
         if max_workers < min_workers:
             raise BadInput(f"max_workers ({max_workers}) is below min_workers ({min_workers})")
+
         def record(d: Decision) -> None:
             self.registry.record(name, version, "scaled", via="autoscale", workers=d.workers_to, reason=d.reason)
 
-        scaler = Autoscaler(self.client, name, min_workers, max_workers, version=version,
-                            target_queue_ms=target_queue_ms, interval=interval, up_cooldown=up_cooldown,
-                            down_cooldown=down_cooldown, log=log or (lambda line: None), on_decision=record)
+        scaler = Autoscaler(
+            self.client,
+            name,
+            min_workers,
+            max_workers,
+            version=version,
+            target_queue_ms=target_queue_ms,
+            interval=interval,
+            up_cooldown=up_cooldown,
+            down_cooldown=down_cooldown,
+            log=log or (lambda line: None),
+            on_decision=record,
+        )
         return list(scaler.run(duration=duration, handle_signals=handle_signals))
 
     # ------------------------------------------------------------------ helpers

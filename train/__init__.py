@@ -6,7 +6,7 @@ architecture, hyper-parameters, data fingerprint, metrics, seed, torch version, 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .common import RunResult
 
@@ -15,8 +15,14 @@ def trainers() -> dict[str, Callable[..., RunResult]]:
     """Name -> train function. Imported lazily so `torchship --help` does not import torch."""
     from . import embedder, fashion, mlp, recommender, sentiment, textgen
 
-    return {"mlp": mlp.train, "sentiment": sentiment.train, "fashion": fashion.train,
-            "recommender": recommender.train, "embedder": embedder.train, "textgen": textgen.train}
+    return {
+        "mlp": mlp.train,
+        "sentiment": sentiment.train,
+        "fashion": fashion.train,
+        "recommender": recommender.train,
+        "embedder": embedder.train,
+        "textgen": textgen.train,
+    }
 
 
 __all__ = ["trainers", "RunResult"]

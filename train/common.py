@@ -53,12 +53,18 @@ def shuffled_batches(count: int, batch_size: int, generator: torch.Generator) ->
     """One epoch's batches: the indices 0..count-1 in an order drawn from `generator` (drawn now,
     before any batch is trained), cut into batches of `batch_size` (the last may be shorter)."""
     order = torch.randperm(count, generator=generator)
-    return [order[start:start + batch_size] for start in range(0, count, batch_size)]
+    return [order[start : start + batch_size] for start in range(0, count, batch_size)]
 
 
-def train_epoch(model: torch.nn.Module, optimiser: torch.optim.Optimizer, batches: Iterable[B],
-                loss_of: Callable[[B], torch.Tensor], *, size: Callable[[B], int] = len,
-                clip_norm: float | None = None) -> float:
+def train_epoch(
+    model: torch.nn.Module,
+    optimiser: torch.optim.Optimizer,
+    batches: Iterable[B],
+    loss_of: Callable[[B], torch.Tensor],
+    *,
+    size: Callable[[B], int] = len,
+    clip_norm: float | None = None,
+) -> float:
     """One training epoch: the model in training mode, then for each batch its loss
     (`loss_of(batch)`, a mean over the batch), the gradients, optionally clipped to `clip_norm`,
     and one optimiser step. Returns the mean training loss, each batch weighted by `size(batch)`
@@ -104,12 +110,19 @@ def git_commit(start: Path | None = None) -> str | None:
     """The commit of the code that trained (with '+dirty' for uncommitted changes), if in git."""
     cwd = start or Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=False,
-                                timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=False, timeout=10
+        ).stdout.strip()
         if not commit:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=False, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        ).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -134,10 +147,20 @@ def fingerprint_files(paths: list[Path]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def write_checkpoint(run_dir: Path, *, model: torch.nn.Module, kind: str, architecture: dict[str, Any],
-                     hyper_parameters: dict[str, Any], data: dict[str, Any], metrics: dict[str, float],
-                     history: list[dict[str, float]], seed: int, seconds: float,
-                     extra: dict[str, Any] | None = None) -> None:
+def write_checkpoint(
+    run_dir: Path,
+    *,
+    model: torch.nn.Module,
+    kind: str,
+    architecture: dict[str, Any],
+    hyper_parameters: dict[str, Any],
+    data: dict[str, Any],
+    metrics: dict[str, float],
+    history: list[dict[str, float]],
+    seed: int,
+    seconds: float,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Write weights then meta.json; meta.json last, so a run without it is incomplete."""
     weights = save_weights(run_dir, model)
     meta = {

@@ -31,6 +31,7 @@ def _need(path: Path) -> Path:
 
 # ---------------------------------------------------------------- sentiment
 
+
 def load_rotten_tomatoes(path: Path | None = None) -> tuple[list[str], np.ndarray]:
     """Review snippets and labels (1 fresh, 0 rotten); plot summaries and duplicates dropped."""
     path = _need(path or DATA / "sentiment" / "rotten_tomatoes_corpus_full.csv.bz2")
@@ -49,8 +50,18 @@ def load_rotten_tomatoes(path: Path | None = None) -> tuple[list[str], np.ndarra
 
 # ---------------------------------------------------------------- fashion
 
-FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                  "Ankle boot"]
+FASHION_LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -61,7 +72,7 @@ def read_idx(path: Path) -> np.ndarray:
     zero, dtype_code, dims = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08:
         raise TrainingError(f"{path} is not an unsigned-byte IDX file")
-    shape = struct.unpack(f">{dims}I", raw[4:4 + 4 * dims])
+    shape = struct.unpack(f">{dims}I", raw[4 : 4 + 4 * dims])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims)
     if data.size != int(np.prod(shape)):
         raise TrainingError(f"{path} is truncated")
@@ -71,11 +82,16 @@ def read_idx(path: Path) -> np.ndarray:
 def load_fashion(folder: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fashion-MNIST: (train images, train labels, test images, test labels), images uint8 28x28."""
     folder = folder or DATA / "fashion"
-    return (read_idx(folder / "train-images-idx3-ubyte.gz"), read_idx(folder / "train-labels-idx1-ubyte.gz"),
-            read_idx(folder / "t10k-images-idx3-ubyte.gz"), read_idx(folder / "t10k-labels-idx1-ubyte.gz"))
+    return (
+        read_idx(folder / "train-images-idx3-ubyte.gz"),
+        read_idx(folder / "train-labels-idx1-ubyte.gz"),
+        read_idx(folder / "t10k-images-idx3-ubyte.gz"),
+        read_idx(folder / "t10k-labels-idx1-ubyte.gz"),
+    )
 
 
 # ---------------------------------------------------------------- recommender
+
 
 @dataclass(frozen=True)
 class MovieLens:
@@ -95,5 +111,9 @@ def load_movielens(folder: Path | None = None) -> MovieLens:
     folder = folder or DATA / "recommender"
     inter = _atomic(folder / "ml-100k.inter")
     titles = {r[0]: f"{r[1]} ({r[2]})" if len(r) > 2 and r[2] else r[1] for r in _atomic(folder / "ml-100k.item")}
-    return MovieLens(np.asarray([r[0] for r in inter]), np.asarray([r[1] for r in inter]),
-                     np.asarray([float(r[3]) for r in inter]), titles)
+    return MovieLens(
+        np.asarray([r[0] for r in inter]),
+        np.asarray([r[1] for r in inter]),
+        np.asarray([float(r[3]) for r in inter]),
+        titles,
+    )

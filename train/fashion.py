@@ -11,8 +11,16 @@ from torch import nn
 
 from handlers.torchship_models import FashionCNN
 
-from .common import (Progress, RunResult, fingerprint_files, new_run_dir, seed_everything, shuffled_batches,
-                     train_epoch, write_checkpoint)
+from .common import (
+    Progress,
+    RunResult,
+    fingerprint_files,
+    new_run_dir,
+    seed_everything,
+    shuffled_batches,
+    train_epoch,
+    write_checkpoint,
+)
 from .data import DATA, FASHION_LABELS, load_fashion
 
 
@@ -20,8 +28,17 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 255.0).unsqueeze(1)
 
 
-def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick: bool = False,
-          data_dir: Path | None = None, lr: float = 2e-3, batch_size: int = 128, progress: bool = True) -> RunResult:
+def train(
+    checkpoints: Path,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    quick: bool = False,
+    data_dir: Path | None = None,
+    lr: float = 2e-3,
+    batch_size: int = 128,
+    progress: bool = True,
+) -> RunResult:
     started = time.monotonic()
     epochs = epochs or (2 if quick else 5)
     torch.set_num_threads(2)
@@ -36,11 +53,15 @@ def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick:
     bar = Progress("fashion", epochs) if progress else None
     history = []
     for epoch in range(1, epochs + 1):
-        train_loss = train_epoch(model, optimiser, shuffled_batches(len(x), batch_size, gen),
-                                 lambda idx: nn.functional.cross_entropy(model(x[idx]), y[idx]))
+        train_loss = train_epoch(
+            model,
+            optimiser,
+            shuffled_batches(len(x), batch_size, gen),
+            lambda idx: nn.functional.cross_entropy(model(x[idx]), y[idx]),
+        )
         model.eval()
         with torch.inference_mode():
-            logits = torch.cat([model(xt[s:s + 2000]) for s in range(0, len(xt), 2000)])
+            logits = torch.cat([model(xt[s : s + 2000]) for s in range(0, len(xt), 2000)])
             val_loss = nn.functional.cross_entropy(logits, yt).item()
             acc = (logits.argmax(1) == yt).float().mean().item()
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": acc})
@@ -51,10 +72,21 @@ def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick:
     run_dir = new_run_dir(checkpoints, "fashion")
     seconds = time.monotonic() - started
     write_checkpoint(
-        run_dir, model=model, kind="fashion", architecture={"classes": len(FASHION_LABELS)},
+        run_dir,
+        model=model,
+        kind="fashion",
+        architecture={"classes": len(FASHION_LABELS)},
         hyper_parameters={"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": "Adam", "quick": quick},
-        data={"source": "Fashion-MNIST (Debian dataset-fashion-mnist)", "train": len(x), "test": len(xt),
-              "fingerprint": fingerprint_files(sorted(folder.glob("*-ubyte.gz")))},
-        metrics=metrics, history=history, seed=seed, seconds=seconds, extra={"labels": FASHION_LABELS},
+        data={
+            "source": "Fashion-MNIST (Debian dataset-fashion-mnist)",
+            "train": len(x),
+            "test": len(xt),
+            "fingerprint": fingerprint_files(sorted(folder.glob("*-ubyte.gz"))),
+        },
+        metrics=metrics,
+        history=history,
+        seed=seed,
+        seconds=seconds,
+        extra={"labels": FASHION_LABELS},
     )
     return RunResult(run_dir, metrics, seconds)

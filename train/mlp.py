@@ -15,8 +15,16 @@ from torch import nn
 
 from handlers.torchship_models import MLP
 
-from .common import (Progress, RunResult, fingerprint_tensors, new_run_dir, seed_everything, shuffled_batches,
-                     train_epoch, write_checkpoint)
+from .common import (
+    Progress,
+    RunResult,
+    fingerprint_tensors,
+    new_run_dir,
+    seed_everything,
+    shuffled_batches,
+    train_epoch,
+    write_checkpoint,
+)
 
 ARCHITECTURE = {"in_features": 100, "hidden": 50, "classes": 10}
 
@@ -36,9 +44,19 @@ def make_data(seed: int, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick: bool = False,
-          samples: int | None = None, lr: float = 1e-3, batch_size: int = 64, progress: bool = True,
-          shuffle_labels: bool = False, data_seed: int = 0) -> RunResult:
+def train(
+    checkpoints: Path,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    quick: bool = False,
+    samples: int | None = None,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    progress: bool = True,
+    shuffle_labels: bool = False,
+    data_seed: int = 0,
+) -> RunResult:
     """Train and write a checkpoint. `seed` sets the initial weights and batch order; `data_seed`
     the data set (the same task for every run unless changed). `shuffle_labels` trains on permuted
     labels: a deliberately bad model, for testing that rollouts reject it."""
@@ -59,8 +77,12 @@ def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick:
     bar = Progress("mlp", epochs) if progress else None
     history = []
     for epoch in range(1, epochs + 1):
-        train_loss = train_epoch(model, optimiser, shuffled_batches(split, batch_size, gen),
-                                 lambda idx: loss_fn(model(x_train[idx]), y_train[idx]))
+        train_loss = train_epoch(
+            model,
+            optimiser,
+            shuffled_batches(split, batch_size, gen),
+            lambda idx: loss_fn(model(x_train[idx]), y_train[idx]),
+        )
         model.eval()
         with torch.inference_mode():
             logits = model(x_val)
@@ -74,12 +96,30 @@ def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick:
     run_dir = new_run_dir(checkpoints, "mlp")
     seconds = time.monotonic() - started
     write_checkpoint(
-        run_dir, model=model, kind="mlp", architecture=ARCHITECTURE,
-        hyper_parameters={"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": "Adam",
-                          "loss": "cross_entropy", "quick": quick, "shuffle_labels": shuffle_labels},
-        data={"source": f"seeded random tensors (data seed {data_seed}), labels from a seeded random linear teacher",
-              "samples": samples, "train": split, "validation": samples - split,
-              "fingerprint": fingerprint_tensors(x, y)},
-        metrics=metrics, history=history, seed=seed, seconds=seconds, extra={"data_seed": data_seed},
+        run_dir,
+        model=model,
+        kind="mlp",
+        architecture=ARCHITECTURE,
+        hyper_parameters={
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "optimizer": "Adam",
+            "loss": "cross_entropy",
+            "quick": quick,
+            "shuffle_labels": shuffle_labels,
+        },
+        data={
+            "source": f"seeded random tensors (data seed {data_seed}), labels from a seeded random linear teacher",
+            "samples": samples,
+            "train": split,
+            "validation": samples - split,
+            "fingerprint": fingerprint_tensors(x, y),
+        },
+        metrics=metrics,
+        history=history,
+        seed=seed,
+        seconds=seconds,
+        extra={"data_seed": data_seed},
     )
     return RunResult(run_dir, metrics, seconds)

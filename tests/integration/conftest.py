@@ -9,15 +9,16 @@ import pytest
 
 import archiver
 from torchship import LocalServer
-from torchship.ops.server import free_port_overrides
 from torchship.ops.deploy import deploy
+from torchship.ops.server import free_port_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_server(workdir: Path, store: Path, **extra: str) -> LocalServer:
-    server = LocalServer(ROOT / "config.properties", workdir, model_store=store,
-                         overrides={**free_port_overrides(), **extra})
+    server = LocalServer(
+        ROOT / "config.properties", workdir, model_store=store, overrides={**free_port_overrides(), **extra}
+    )
     server.start(timeout=120)
     return server
 
@@ -63,8 +64,16 @@ def mlp_archive(mlp_run, store, key_dir) -> Path:
 def mlp_deployed(client, store, mlp_archive, public_key):
     """mlp 1.0 verified and registered with dynamic batching, as `torchship deploy` does."""
     serving = archiver.EXAMPLES["mlp"].serving
-    return deploy(client, store, "mlp", "1.0", workers=1, batch_size=serving["batch_size"],
-                  max_batch_delay=serving["max_batch_delay"], public_key=public_key)
+    return deploy(
+        client,
+        store,
+        "mlp",
+        "1.0",
+        workers=1,
+        batch_size=serving["batch_size"],
+        max_batch_delay=serving["max_batch_delay"],
+        public_key=public_key,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -29,13 +29,13 @@ def hidden_handler(marker: Path) -> bytes:
 
 def signed_archive(mlp_run, store, key_dir, version: str) -> Path:
     spec = example_spec("mlp", mlp_run, version)
-    spec = ArchiveSpec("layout", version, spec.handler, spec.weights, extra_files=spec.extra_files,
-                       model_config=spec.model_config)
+    spec = ArchiveSpec(
+        "layout", version, spec.handler, spec.weights, extra_files=spec.extra_files, model_config=spec.model_config
+    )
     return archiver.package(spec, store, key_dir, force=True).path
 
 
-def test_the_attack_is_real_a_hidden_entry_runs_in_the_worker_when_unchecked(client, store, key_dir, mlp_run,
-                                                                             tmp_path):
+def test_the_attack_is_real_a_hidden_entry_runs_in_the_worker_when_unchecked(client, store, key_dir, mlp_run, tmp_path):
     """Registered without torchship's check, the hidden handler (invisible to zipfile) is the one
     TorchServe extracts and imports. This is what the layout check exists to stop."""
     marker = tmp_path / "ran"
@@ -53,26 +53,53 @@ def test_the_attack_is_real_a_hidden_entry_runs_in_the_worker_when_unchecked(cli
     assert marker.read_text() == "the hidden handler ran"
 
 
-@pytest.mark.parametrize("version, attack, check", [
-    ("1.1", lambda p, m: zipcraft.hide_entry(p, "mlp_handler.py", hidden_handler(m)), "layout"),
-    ("1.2", lambda p, m: zipcraft.hide_entry(p, "big.bin", b"\0" * (100 << 20), deflate=True), "layout"),
-    ("1.3", lambda p, m: zipcraft.prepend(p, b"\0" * 512, fix_offsets=True), "layout"),
-    ("1.4", lambda p, m: zipcraft.rename_local(p, "meta.json", "evil.py__"), "layout"),
-    ("1.5", lambda p, m: zipcraft.duplicate_member(p, "mlp_handler.py", hidden_handler(m)), "layout"),
-    ("1.6", lambda p, m: zipcraft.stuff_after_deflate_end(p, "meta.json",
-                                                          zipcraft.local_entry("mlp_handler.py", hidden_handler(m))),
-     "contents"),
-], ids=["hidden entry", "hidden large entry", "data prepended", "local/central name mismatch",
-        "duplicate local names", "bytes after a deflate stream"])
-def test_layout_attacks_are_refused_by_verify_and_by_deploy(version, attack, check, server, client, store, key_dir,
-                                                            public_key, mlp_run, tmp_path, mlp_deployed):
+@pytest.mark.parametrize(
+    "version, attack, check",
+    [
+        ("1.1", lambda p, m: zipcraft.hide_entry(p, "mlp_handler.py", hidden_handler(m)), "layout"),
+        ("1.2", lambda p, m: zipcraft.hide_entry(p, "big.bin", b"\0" * (100 << 20), deflate=True), "layout"),
+        ("1.3", lambda p, m: zipcraft.prepend(p, b"\0" * 512, fix_offsets=True), "layout"),
+        ("1.4", lambda p, m: zipcraft.rename_local(p, "meta.json", "evil.py__"), "layout"),
+        ("1.5", lambda p, m: zipcraft.duplicate_member(p, "mlp_handler.py", hidden_handler(m)), "layout"),
+        (
+            "1.6",
+            lambda p, m: zipcraft.stuff_after_deflate_end(
+                p, "meta.json", zipcraft.local_entry("mlp_handler.py", hidden_handler(m))
+            ),
+            "contents",
+        ),
+    ],
+    ids=[
+        "hidden entry",
+        "hidden large entry",
+        "data prepended",
+        "local/central name mismatch",
+        "duplicate local names",
+        "bytes after a deflate stream",
+    ],
+)
+def test_layout_attacks_are_refused_by_verify_and_by_deploy(
+    version, attack, check, server, client, store, key_dir, public_key, mlp_run, tmp_path, mlp_deployed
+):
     marker = tmp_path / "ran"
     path = signed_archive(mlp_run, store, key_dir, version)
     attack(path, marker)
     archiver.sign(path, key_dir)  # even re-signed by an insider with the key: the layout still refuses it
 
-    verified = subprocess.run([TORCHSHIP, "--config", str(server.effective_config_path), "verify", str(path),
-                               "--public-key", str(public_key)], capture_output=True, text=True, timeout=120)
+    verified = subprocess.run(
+        [
+            TORCHSHIP,
+            "--config",
+            str(server.effective_config_path),
+            "verify",
+            str(path),
+            "--public-key",
+            str(public_key),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert verified.returncode == 8, verified.stdout + verified.stderr
     assert f"({check})" in verified.stderr and verified.stderr.count("\n") == 1
 
@@ -85,8 +112,9 @@ def test_layout_attacks_are_refused_by_verify_and_by_deploy(version, attack, che
     assert client.predict("mlp", {"data": [0.0] * 100})["class_id"] in range(10)
 
 
-def test_apply_rollout_and_export_go_through_the_same_check(client, store, key_dir, public_key, mlp_run, tmp_path,
-                                                            mlp_deployed):
+def test_apply_rollout_and_export_go_through_the_same_check(
+    client, store, key_dir, public_key, mlp_run, tmp_path, mlp_deployed
+):
     from torchship.ops.desired import apply, parse_desired
     from torchship.ops.export import export
     from torchship.ops.rollout import GoldenItem, rollout
@@ -127,8 +155,9 @@ class _WritesDuringRegister:
         return self._client.register(*args, **kwargs)
 
 
-def test_an_archive_written_between_verification_and_loading_is_removed_again(client, store, key_dir, public_key,
-                                                                              mlp_run):
+def test_an_archive_written_between_verification_and_loading_is_removed_again(
+    client, store, key_dir, public_key, mlp_run
+):
     path = signed_archive(mlp_run, store, key_dir, "3.1")
     with pytest.raises(E.VerificationError, match="changed while it was being verified and registered"):
         deploy(_WritesDuringRegister(client, path), store, "layout", "3.1", public_key=public_key)

@@ -18,8 +18,9 @@ BODY = {"sleep": 0.02}  # 20 ms of (sleeping) work per request: one worker serve
 
 @pytest.fixture(scope="module")
 def auto(client, store):
-    path = archiver.build(ArchiveSpec("sleepy", "1.0", ROOT / "tests" / "fixtures" / "sleepy_handler.py"), store,
-                          force=True).path
+    path = archiver.build(
+        ArchiveSpec("sleepy", "1.0", ROOT / "tests" / "fixtures" / "sleepy_handler.py"), store, force=True
+    ).path
     client.register(path.name, model_name="auto", initial_workers=1, batch_size=1)
     yield "auto"
     client.unregister("auto")
@@ -30,8 +31,18 @@ def test_scales_up_under_load_and_back_down_when_idle(client, auto):
     assert fixed.failed == 0
 
     log: list[str] = []
-    scaler = Autoscaler(client, auto, min_workers=1, max_workers=4, target_queue_ms=30, interval=0.5,
-                        up_cooldown=1.0, down_cooldown=2.0, down_stable=3, log=log.append)
+    scaler = Autoscaler(
+        client,
+        auto,
+        min_workers=1,
+        max_workers=4,
+        target_queue_ms=30,
+        interval=0.5,
+        up_cooldown=1.0,
+        down_cooldown=2.0,
+        down_stable=3,
+        log=log.append,
+    )
     loop = threading.Thread(target=scaler.run, kwargs={"duration": 40})
     loop.start()
     try:
@@ -56,9 +67,14 @@ def test_scales_up_under_load_and_back_down_when_idle(client, auto):
     # the same load: the autoscaled heavy phase beats one fixed worker, and no request failed
     # (scale events included: the client's safe retry covers a request on a worker being stopped)
     assert ramp.failed == 0 and steady.failed == 0 and fixed.failed == 0
-    assert steady.p(99) < fixed.p(99) and steady.throughput > 1.5 * fixed.throughput, (steady.to_dict(), fixed.to_dict())
+    assert steady.p(99) < fixed.p(99) and steady.throughput > 1.5 * fixed.throughput, (
+        steady.to_dict(),
+        fixed.to_dict(),
+    )
     assert ramp.p(50) < fixed.p(50)
     # no flapping: never more changes than the load has phases justify
     assert len(scaler.decisions) <= 6, log
-    print(f"\nfixed 1 worker: {fixed.to_dict()}\nautoscaled, ramp: {ramp.to_dict()}\nautoscaled, steady: "
-          f"{steady.to_dict()}\n" + "\n".join(log))
+    print(
+        f"\nfixed 1 worker: {fixed.to_dict()}\nautoscaled, ramp: {ramp.to_dict()}\nautoscaled, steady: "
+        f"{steady.to_dict()}\n" + "\n".join(log)
+    )

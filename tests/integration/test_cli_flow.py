@@ -15,8 +15,9 @@ TORCHSHIP = str(Path(sys.executable).parent / "torchship")
 
 
 def run(server, *args):
-    return subprocess.run([TORCHSHIP, "--config", str(server.effective_config_path), *args],
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [TORCHSHIP, "--config", str(server.effective_config_path), *args], capture_output=True, text=True, timeout=180
+    )
 
 
 def test_train_package_deploy_predict(server, client):
@@ -77,8 +78,8 @@ def test_train_package_deploy_predict(server, client):
 
 def test_serve_start_status_stop_in_a_project(tmp_path):
     """`torchship serve` on a project of its own (free ports), as `make serve` / `make stop` run it."""
-    from torchship.sdk.config import read_properties, write_properties
     from torchship.ops.server import free_port_overrides
+    from torchship.sdk.config import read_properties, write_properties
 
     from .conftest import ROOT
 

@@ -29,7 +29,9 @@ def test_versions_set_default_and_unregister_rules(client, store, mlp_run):
     name = "mlpv"
     for v in ("1.0", "2.0"):
         spec = archiver.example_spec("mlp", mlp_run, v)
-        spec = ArchiveSpec(name, v, spec.handler, spec.weights, extra_files=spec.extra_files, model_config=spec.model_config)
+        spec = ArchiveSpec(
+            name, v, spec.handler, spec.weights, extra_files=spec.extra_files, model_config=spec.model_config
+        )
         archiver.build(spec, store)
     try:
         client.register(f"{name}-1.0.mar", initial_workers=1)

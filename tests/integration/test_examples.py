@@ -24,8 +24,16 @@ def deployed(client, store, public_key, example_archives, sentiment_run, fashion
     runs = {"sentiment": sentiment_run, "fashion": fashion_run, "recommender": recommender_run}
     for name in runs:
         serving = archiver.EXAMPLES[name].serving
-        deploy(client, store, name, "1.0", workers=1, batch_size=serving["batch_size"],
-               max_batch_delay=serving["max_batch_delay"], public_key=public_key)
+        deploy(
+            client,
+            store,
+            name,
+            "1.0",
+            workers=1,
+            batch_size=serving["batch_size"],
+            max_batch_delay=serving["max_batch_delay"],
+            public_key=public_key,
+        )
     yield runs
     for name in runs:
         client.unregister(name, "1.0")
@@ -57,8 +65,9 @@ def post_all(server, name, bodies, content_types):
 
     def one(args):
         body, ctype = args
-        return requests.post(url, data=body, headers={"Authorization": f"Bearer {key}", "Content-Type": ctype},
-                             timeout=30)
+        return requests.post(
+            url, data=body, headers={"Authorization": f"Bearer {key}", "Content-Type": ctype}, timeout=30
+        )
 
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(one, zip(bodies, content_types)))
@@ -71,14 +80,30 @@ def image_bytes(mode, size, fmt):
 
 
 MIXED = {
-    "sentiment": [(b'{"text": "a wonderful, warm film"}', 200), (b'{"text": ""}', 400), (b'{"text": 5}', 400),
-                  (b'{"text": "boring"}', 200), (b"not json", 400), (b'{"text": "fine"}', 200)],
-    "fashion": [(image_bytes("RGB", (300, 200), "JPEG"), 200), (b"\x89PNG\r\n\x1a\ncorrupt", 400),
-                (image_bytes("L", (28, 28), "PNG"), 200), (b'{"image": [[0]]}', 400),
-                (json.dumps({"image": [[0] * 28] * 28, "k": 2}).encode(), 200), (b"\xff\xd8\xffjunk", 400)],
-    "recommender": [(b'{"user_id": "196", "k": 5}', 200), (b'{"user_id": "196", "k": 0}', 400),
-                    (b'{"user_id": "stranger"}', 200), (b'{"k": 3}', 400), (b'{"user_id": 1, "k": 3}', 200),
-                    (b'{"user_id": "1", "k": "x"}', 400)],
+    "sentiment": [
+        (b'{"text": "a wonderful, warm film"}', 200),
+        (b'{"text": ""}', 400),
+        (b'{"text": 5}', 400),
+        (b'{"text": "boring"}', 200),
+        (b"not json", 400),
+        (b'{"text": "fine"}', 200),
+    ],
+    "fashion": [
+        (image_bytes("RGB", (300, 200), "JPEG"), 200),
+        (b"\x89PNG\r\n\x1a\ncorrupt", 400),
+        (image_bytes("L", (28, 28), "PNG"), 200),
+        (b'{"image": [[0]]}', 400),
+        (json.dumps({"image": [[0] * 28] * 28, "k": 2}).encode(), 200),
+        (b"\xff\xd8\xffjunk", 400),
+    ],
+    "recommender": [
+        (b'{"user_id": "196", "k": 5}', 200),
+        (b'{"user_id": "196", "k": 0}', 400),
+        (b'{"user_id": "stranger"}', 200),
+        (b'{"k": 3}', 400),
+        (b'{"user_id": 1, "k": 3}', 200),
+        (b'{"user_id": "1", "k": "x"}', 400),
+    ],
 }
 
 

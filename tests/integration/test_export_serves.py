@@ -19,13 +19,13 @@ import pytest
 import yaml
 
 import archiver
+from tests.strategies import GOOD
 from torchship import TorchServe
-from torchship.sdk.config import java_regex_literal
 from torchship.ops.desired import parse_desired
-from torchship.sdk.errors import TorchServeError
 from torchship.ops.export import export
 from torchship.ops.server import _FORBIDDEN_ENV, _torchserve_executable, free_port_overrides
-from tests.strategies import GOOD
+from torchship.sdk.config import java_regex_literal
+from torchship.sdk.errors import TorchServeError
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ def _local(value: str, mounts: dict[str, Path]) -> str:
     """A path inside the pod as its local stand-in (values that are not under a mount unchanged)."""
     for mount in sorted(mounts, key=len, reverse=True):
         if value == mount or value.startswith(mount.rstrip("/") + "/"):
-            return str(mounts[mount]) + value[len(mount.rstrip("/")):]
+            return str(mounts[mount]) + value[len(mount.rstrip("/")) :]
         if "=" in value and value.split("=", 1)[1].startswith(mount.rstrip("/") + "/"):  # --flag=/path
             flag, path = value.split("=", 1)
             return f"{flag}={_local(path, mounts)}"
@@ -81,8 +81,9 @@ def _localise_config(path: Path, mounts: dict[str, Path], ports: dict[str, str])
         if key == "model_store":
             line = f"model_store={_local(line.split('=', 1)[1], mounts)}"
         elif key == "allowed_urls":
-            store = _local(next(v.split("=", 1)[1] for v in path.read_text().splitlines()
-                                if v.startswith("model_store=")), mounts)
+            store = _local(
+                next(v.split("=", 1)[1] for v in path.read_text().splitlines() if v.startswith("model_store=")), mounts
+            )
             line = "allowed_urls=file://" + java_regex_literal(store + "/") + "[^/]+\\.mar"
         lines.append(line)
     lines += [f"{k}={v}" for k, v in ports.items()]
@@ -90,8 +91,10 @@ def _localise_config(path: Path, mounts: dict[str, Path], ports: dict[str, str])
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int, float]]:
-    return {str(p.relative_to(root)): (p.stat().st_mode, p.stat().st_size, p.stat().st_mtime)
-            for p in [root, *root.rglob("*")]}
+    return {
+        str(p.relative_to(root)): (p.stat().st_mode, p.stat().st_size, p.stat().st_mtime)
+        for p in [root, *root.rglob("*")]
+    }
 
 
 def _set_writable(root: Path, writable: bool) -> None:
@@ -128,10 +131,21 @@ def pod_store(tmp_path_factory, mlp_archive, sentiment_run, key_dir, public_key)
 
 @pytest.mark.parametrize("target", ["kserve", "k8s"])
 def test_exported_pod_loads_the_declared_state_with_only_its_empty_dirs_writable(
-        tmp_path, pod_store, public_key, target):
-    desired = parse_desired({"models": {"mlp": {"versions": ["1.0"], "batch_size": 8, "max_batch_delay_ms": 10},
-                                        "sentiment": {"versions": ["1.0"], "batch_size": 4, "max_batch_delay_ms": 5,
-                                                      "workers": {"min": 1, "max": 2}}}})
+    tmp_path, pod_store, public_key, target
+):
+    desired = parse_desired(
+        {
+            "models": {
+                "mlp": {"versions": ["1.0"], "batch_size": 8, "max_batch_delay_ms": 10},
+                "sentiment": {
+                    "versions": ["1.0"],
+                    "batch_size": 4,
+                    "max_batch_delay_ms": 5,
+                    "workers": {"min": 1, "max": 2},
+                },
+            }
+        }
+    )
     out = tmp_path / "out"
     export(target, desired, pod_store, out, public_key=public_key)
     container, mounts = _pod(target, out)
@@ -153,10 +167,18 @@ def test_exported_pod_loads_the_declared_state_with_only_its_empty_dirs_writable
 
     console = tmp_path / "console.log"
     with open(console, "ab") as log:
-        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    client = TorchServe(ports["management_address"], ports["inference_address"], ports["metrics_address"], None,
-                        retries=0, timeout=10)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    client = TorchServe(
+        ports["management_address"], ports["inference_address"], ports["metrics_address"], None, retries=0, timeout=10
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -170,8 +192,14 @@ def test_exported_pod_loads_the_declared_state_with_only_its_empty_dirs_writable
             time.sleep(0.3)
         for name, want in desired.models.items():
             d = client.wait_until_ready(name, timeout=90)
-            assert (d.version, d.is_default, d.batch_size, d.max_batch_delay, d.min_workers, d.max_workers) == \
-                ("1.0", True, want.batch_size, want.max_batch_delay_ms, want.min_workers, want.max_workers)
+            assert (d.version, d.is_default, d.batch_size, d.max_batch_delay, d.min_workers, d.max_workers) == (
+                "1.0",
+                True,
+                want.batch_size,
+                want.max_batch_delay_ms,
+                want.min_workers,
+                want.max_workers,
+            )
             assert client.predict(name, json.loads(GOOD[name]))
 
         # what TorchServe wrote, each where the manifest said: the pid file in TMPDIR; java.io.tmpdir

@@ -15,12 +15,12 @@ import requests
 
 import archiver
 from archiver import ArchiveSpec
+from tests.strategies import GOOD
 from torchship import TorchServe
 from torchship import errors as E
 from torchship.ops.desired import apply, parse_desired, plan
-from torchship.perf.load import run_load
 from torchship.ops.registry import Registry
-from tests.strategies import GOOD
+from torchship.perf.load import run_load
 
 from .conftest import ROOT, start_server
 
@@ -69,8 +69,12 @@ def test_worker_killed_under_load_loses_no_prediction(fault_server, mlp_archive)
         try:
             body = json.loads(GOOD["mlp"])
             box = {}
-            threads = [threading.Thread(target=lambda k=k, c=c: box.__setitem__(
-                k, run_load(c, "kill", [body], concurrency=3, duration=6))) for k, c in (("safe", safe), ("raw", raw))]
+            threads = [
+                threading.Thread(
+                    target=lambda k=k, c=c: box.__setitem__(k, run_load(c, "kill", [body], concurrency=3, duration=6))
+                )
+                for k, c in (("safe", safe), ("raw", raw))
+            ]
             for t in threads:
                 t.start()
             time.sleep(1.5)
@@ -135,19 +139,36 @@ def test_a_full_job_queue_answers_503_at_once_and_recovers(tmp_path, store, slee
         server.stop()
 
 
-def test_server_killed_then_apply_restores_everything(fault_server, store, key_dir, public_key, tmp_path,
-                                                      mlp_run):
+def test_server_killed_then_apply_restores_everything(fault_server, store, key_dir, public_key, tmp_path, mlp_run):
     spec = archiver.example_spec("mlp", mlp_run, "1.0")
     for v in ("1.0", "2.0"):
-        archiver.package(ArchiveSpec("restart", v, spec.handler, spec.weights, extra_files=spec.extra_files,
-                                     model_config=spec.model_config), store, key_dir, force=True)
-    desired = parse_desired({"models": {"restart": {"versions": ["1.0", "2.0"], "default": "2.0",
-                                                    "workers": {"min": 1, "max": 1}, "batch_size": 4,
-                                                    "max_batch_delay_ms": 15}}})
+        archiver.package(
+            ArchiveSpec(
+                "restart", v, spec.handler, spec.weights, extra_files=spec.extra_files, model_config=spec.model_config
+            ),
+            store,
+            key_dir,
+            force=True,
+        )
+    desired = parse_desired(
+        {
+            "models": {
+                "restart": {
+                    "versions": ["1.0", "2.0"],
+                    "default": "2.0",
+                    "workers": {"min": 1, "max": 1},
+                    "batch_size": 4,
+                    "max_batch_delay_ms": 15,
+                }
+            }
+        }
+    )
     registry = Registry(tmp_path / "registry.db")
     with fault_server.client() as c:
         assert apply(c, store, desired, public_key=public_key, registry=registry).ok
-        before = {(d.version, d.is_default, d.batch_size, d.max_batch_delay, d.min_workers) for d in c.versions("restart")}
+        before = {
+            (d.version, d.is_default, d.batch_size, d.max_batch_delay, d.min_workers) for d in c.versions("restart")
+        }
         answer = c.predict("restart", json.loads(GOOD["mlp"]))
     events_before = len(registry.events("restart"))
 
@@ -159,7 +180,9 @@ def test_server_killed_then_apply_restores_everything(fault_server, store, key_d
     with fault_server.client() as c:
         assert len(plan(c, desired)) == 3  # nothing survived
         assert apply(c, store, desired, public_key=public_key, registry=registry).ok
-        after = {(d.version, d.is_default, d.batch_size, d.max_batch_delay, d.min_workers) for d in c.versions("restart")}
+        after = {
+            (d.version, d.is_default, d.batch_size, d.max_batch_delay, d.min_workers) for d in c.versions("restart")
+        }
         assert after == before
         assert c.predict("restart", json.loads(GOOD["mlp"])) == answer
         for v in ("1.0", "2.0"):

@@ -26,17 +26,21 @@ from PIL import Image
 
 import archiver
 from tests.conftest import load_handler
-from tests.unit.handler_context import make_context, run_stream
-from torchship import errors as E
 from tests.strategies import GOOD, as_body, malformed
+from tests.unit.handler_context import run_batch, run_stream
+from torchship import errors as E
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]  # setup trains six models
 
 MODELS = ["mlp", "sentiment", "fashion", "recommender", "embedder", "textgen"]
-HANDLERS = {"mlp": ("mlp_handler", "MLPHandler"), "sentiment": ("sentiment_handler", "SentimentHandler"),
-            "fashion": ("fashion_handler", "FashionHandler"),
-            "recommender": ("recommender_handler", "RecommenderHandler"),
-            "embedder": ("embedder_handler", "EmbedderHandler"), "textgen": ("textgen_handler", "TextgenHandler")}
+HANDLERS = {
+    "mlp": ("mlp_handler", "MLPHandler"),
+    "sentiment": ("sentiment_handler", "SentimentHandler"),
+    "fashion": ("fashion_handler", "FashionHandler"),
+    "recommender": ("recommender_handler", "RecommenderHandler"),
+    "embedder": ("embedder_handler", "EmbedderHandler"),
+    "textgen": ("textgen_handler", "TextgenHandler"),
+}
 BATCH = 8
 GOOD_PER_ROUND = 2
 BAD_PER_ROUND = BATCH - GOOD_PER_ROUND
@@ -47,6 +51,7 @@ JSON = {"Content-Type": "application/json"}
 
 
 # ---------------------------------------------------------------- good requests (several per model)
+
 
 def _npy(array) -> bytes:
     buf = io.BytesIO()
@@ -63,25 +68,49 @@ def _png(array) -> bytes:
 _ROWS = np.random.default_rng(0).standard_normal((3, 100)).round(4).astype(np.float32)
 _SHIRT = [[0] * 10 + [200] * 8 + [0] * 10] * 28
 GOODS: dict[str, list[tuple[bytes, dict]]] = {
-    "mlp": [(GOOD["mlp"], JSON), (as_body({"data": _ROWS.tolist()}), JSON),
-            (_npy(_ROWS[:2]), {"Content-Type": "application/x-npy"}),
-            (as_body({"id": "good-v2", "inputs": [{"name": "input-0", "shape": [1, 100], "datatype": "FP32",
-                                                   "data": _ROWS[2].tolist()}]}), JSON),
-            (gzip.compress(as_body({"data": _ROWS[1].tolist()})), {**JSON, "Content-Encoding": "gzip"})],
-    "sentiment": [(GOOD["sentiment"], JSON), (as_body({"texts": ["a dull, lifeless mess", "sheer joy"]}), JSON),
-                  (as_body({"text": "not funny at all"}), JSON)],
-    "fashion": [(GOOD["fashion"], JSON), (_png(np.array(_SHIRT).T), {"Content-Type": "image/png"}),
-                (_npy(np.array([_SHIRT], dtype=np.uint8)), {"Content-Type": "application/x-npy"})],
-    "recommender": [(GOOD["recommender"], JSON), (as_body({"user_id": 1, "k": 3, "exclude_seen": False}), JSON),
-                    (as_body({"user_id": "nobody-known", "k": 4}), JSON)],
-    "embedder": [(as_body({"texts": ["A man is eating food."]}), JSON),
-                 (as_body({"query": "a funny film", "candidates": ["a comedy", "a war report"]}), JSON)],
-    "textgen": [(as_body({"prompt": "This film", "max_new_tokens": 9, "temperature": 0, "seed": 1}), JSON),
-                (as_body({"prompt": "The plot", "max_new_tokens": 6, "temperature": 0}), JSON)],
+    "mlp": [
+        (GOOD["mlp"], JSON),
+        (as_body({"data": _ROWS.tolist()}), JSON),
+        (_npy(_ROWS[:2]), {"Content-Type": "application/x-npy"}),
+        (
+            as_body(
+                {
+                    "id": "good-v2",
+                    "inputs": [{"name": "input-0", "shape": [1, 100], "datatype": "FP32", "data": _ROWS[2].tolist()}],
+                }
+            ),
+            JSON,
+        ),
+        (gzip.compress(as_body({"data": _ROWS[1].tolist()})), {**JSON, "Content-Encoding": "gzip"}),
+    ],
+    "sentiment": [
+        (GOOD["sentiment"], JSON),
+        (as_body({"texts": ["a dull, lifeless mess", "sheer joy"]}), JSON),
+        (as_body({"text": "not funny at all"}), JSON),
+    ],
+    "fashion": [
+        (GOOD["fashion"], JSON),
+        (_png(np.array(_SHIRT).T), {"Content-Type": "image/png"}),
+        (_npy(np.array([_SHIRT], dtype=np.uint8)), {"Content-Type": "application/x-npy"}),
+    ],
+    "recommender": [
+        (GOOD["recommender"], JSON),
+        (as_body({"user_id": 1, "k": 3, "exclude_seen": False}), JSON),
+        (as_body({"user_id": "nobody-known", "k": 4}), JSON),
+    ],
+    "embedder": [
+        (as_body({"texts": ["A man is eating food."]}), JSON),
+        (as_body({"query": "a funny film", "candidates": ["a comedy", "a war report"]}), JSON),
+    ],
+    "textgen": [
+        (as_body({"prompt": "This film", "max_new_tokens": 9, "temperature": 0, "seed": 1}), JSON),
+        (as_body({"prompt": "The plot", "max_new_tokens": 6, "temperature": 0}), JSON),
+    ],
 }
 
 
 # ---------------------------------------------------------------- attacks (every one a 4xx)
+
 
 def _lying_npy(shape) -> bytes:
     header = repr({"descr": "<f8", "fortran_order": False, "shape": shape}).encode()
@@ -100,11 +129,18 @@ def _gzip_bomb() -> bytes:
     return pack.compress(b" " * (7 * 1024 * 1024)) + pack.flush()  # 7 MiB of spaces: over every model's limit
 
 
-_HUGE_V2 = {"inputs": [{"name": "x", "shape": [2 ** 32, 2 ** 32], "datatype": "FP32", "data": []}]}
-_HUGE_V2_BINARY = json.dumps({"inputs": [{"name": "x", "shape": [2 ** 20, 2 ** 20], "datatype": "FP32",
-                                          "parameters": {"binary_data_size": 400}}]}).encode()
-BODY_LIMITS = {"mlp": 4 << 20, "sentiment": 6 << 20, "fashion": 6 << 20, "recommender": 64 << 10,
-               "embedder": 1 << 20, "textgen": 64 << 10}
+_HUGE_V2 = {"inputs": [{"name": "x", "shape": [2**32, 2**32], "datatype": "FP32", "data": []}]}
+_HUGE_V2_BINARY = json.dumps(
+    {"inputs": [{"name": "x", "shape": [2**20, 2**20], "datatype": "FP32", "parameters": {"binary_data_size": 400}}]}
+).encode()
+BODY_LIMITS = {
+    "mlp": 4 << 20,
+    "sentiment": 6 << 20,
+    "fashion": 6 << 20,
+    "recommender": 64 << 10,
+    "embedder": 1 << 20,
+    "textgen": 64 << 10,
+}
 
 
 def attacks(model: str) -> list[tuple[str, bytes, dict]]:
@@ -112,37 +148,55 @@ def attacks(model: str) -> list[tuple[str, bytes, dict]]:
         ("json nested 1,000 deep (2 KB)", b"[" * 1000 + b"]" * 1000, JSON),
         ("object nested 900 deep", b'{"a":' * 900 + b"1" + b"}" * 900, JSON),
         ("v2 shape [2^32, 2^32]", as_body(_HUGE_V2), JSON),
-        ("v2 binary, shape [2^20, 2^20]", _HUGE_V2_BINARY + b"\0" * 400,
-         {V2_HEADER: str(len(_HUGE_V2_BINARY)), "Content-Type": "application/octet-stream"}),
+        (
+            "v2 binary, shape [2^20, 2^20]",
+            _HUGE_V2_BINARY + b"\0" * 400,
+            {V2_HEADER: str(len(_HUGE_V2_BINARY)), "Content-Type": "application/octet-stream"},
+        ),
         ("v2 binary header past the body", b'{"inputs": []}', {V2_HEADER: "999999"}),
-        (".npy header claiming shape (10^12,)", _lying_npy((10 ** 12,)), {"Content-Type": "application/x-npy"}),
+        (".npy header claiming shape (10^12,)", _lying_npy((10**12,)), {"Content-Type": "application/x-npy"}),
         ("gzip bomb", _gzip_bomb(), {"Content-Encoding": "gzip"}),
         ("body over the model's limit", b" " * (BODY_LIMITS[model] + 1), JSON),
         ("a 5,000-digit number", b'{"x": 1' + b"0" * 5000 + b"}", JSON),
         ("binary noise", bytes(range(256)) * 4, {"Content-Type": "application/octet-stream"}),
     ]
     specific = {
-        "mlp": [("1,025 rows", as_body({"data": [[0.0] * 100] * 1025}), JSON),
-                ("v2 binary size mismatch", _HUGE_V2_BINARY.replace(b"[1048576, 1048576]", b"[1, 100]")
-                 + b"\0" * 4, {V2_HEADER: str(len(_HUGE_V2_BINARY) - 10)})],
-        "sentiment": [("257 texts", as_body({"texts": ["fine"] * 257}), JSON),
-                      ("5,001 characters", as_body({"text": "a" * 5001}), JSON)],
-        "fashion": [("6000x6000 PNG bomb", _png_bomb(), {"Content-Type": "image/png"}),
-                    ("300 images", _npy(np.zeros((300, 28, 28), dtype=np.uint8)),
-                     {"Content-Type": "application/x-npy"})],
-        "recommender": [("6 MB user_id", as_body({"user_id": "u" * 6_000_000}), JSON),
-                        ("60,000-character user_id", as_body({"user_id": "u" * 60_000}), JSON),
-                        ("user_id 10^40", as_body({"user_id": 10 ** 40}), JSON)],
-        "embedder": [("17 texts of 256 tokens", as_body({"texts": ["word " * 300] * 17}), JSON),
-                     ("65 texts", as_body({"texts": ["a"] * 65}), JSON)],
-        "textgen": [("temperature 1e-45", as_body({"prompt": "A", "temperature": 1e-45}), JSON),
-                    ("top_k 10^9", as_body({"prompt": "A", "top_k": 10 ** 9}), JSON),
-                    ("max_new_tokens 10^9", as_body({"prompt": "A", "max_new_tokens": 10 ** 9}), JSON)],
+        "mlp": [
+            ("1,025 rows", as_body({"data": [[0.0] * 100] * 1025}), JSON),
+            (
+                "v2 binary size mismatch",
+                _HUGE_V2_BINARY.replace(b"[1048576, 1048576]", b"[1, 100]") + b"\0" * 4,
+                {V2_HEADER: str(len(_HUGE_V2_BINARY) - 10)},
+            ),
+        ],
+        "sentiment": [
+            ("257 texts", as_body({"texts": ["fine"] * 257}), JSON),
+            ("5,001 characters", as_body({"text": "a" * 5001}), JSON),
+        ],
+        "fashion": [
+            ("6000x6000 PNG bomb", _png_bomb(), {"Content-Type": "image/png"}),
+            ("300 images", _npy(np.zeros((300, 28, 28), dtype=np.uint8)), {"Content-Type": "application/x-npy"}),
+        ],
+        "recommender": [
+            ("6 MB user_id", as_body({"user_id": "u" * 6_000_000}), JSON),
+            ("60,000-character user_id", as_body({"user_id": "u" * 60_000}), JSON),
+            ("user_id 10^40", as_body({"user_id": 10**40}), JSON),
+        ],
+        "embedder": [
+            ("17 texts of 256 tokens", as_body({"texts": ["word " * 300] * 17}), JSON),
+            ("65 texts", as_body({"texts": ["a"] * 65}), JSON),
+        ],
+        "textgen": [
+            ("temperature 1e-45", as_body({"prompt": "A", "temperature": 1e-45}), JSON),
+            ("top_k 10^9", as_body({"prompt": "A", "top_k": 10**9}), JSON),
+            ("max_new_tokens 10^9", as_body({"prompt": "A", "max_new_tokens": 10**9}), JSON),
+        ],
     }
     return common + specific[model]
 
 
 # ---------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(scope="module")
 def fuzz_models(client, store, key_dir, example_archives, embedder_run, textgen_run):
@@ -150,8 +204,13 @@ def fuzz_models(client, store, key_dir, example_archives, embedder_run, textgen_
     for name, run in (("embedder", embedder_run), ("textgen", textgen_run)):
         archives[name] = archiver.package(archiver.example_spec(name, run, "1.0"), store, key_dir, force=True).path
     for name in MODELS:
-        client.register(archives[name].name, model_name=f"fuzz-{name}", initial_workers=1, batch_size=BATCH,
-                        max_batch_delay=DELAY_MS)
+        client.register(
+            archives[name].name,
+            model_name=f"fuzz-{name}",
+            initial_workers=1,
+            batch_size=BATCH,
+            max_batch_delay=DELAY_MS,
+        )
     yield MODELS
     for name in MODELS:
         client.unregister(f"fuzz-{name}")
@@ -165,14 +224,13 @@ def expected(request, tmp_path_factory):
     for name in MODELS:
         handler = load_handler(runs[name], *HANDLERS[name], tmp_path_factory)
         out[name] = []
-        for body, headers in GOODS[name]:
+        for body, headers in GOODS[name]:  # each with its headers, as the server gets it
             if name == "textgen":
-                codes, [answer] = run_stream(handler, [body])
+                codes, [answer] = run_stream(handler, [body], [headers])
                 assert codes == [200]
                 out[name].append(answer)
                 continue
-            ctx = make_context(handler.model_dir)
-            [result] = handler.handle([{"body": body}], ctx)
+            ctx, [result] = run_batch(handler, [body], [headers])
             assert ctx.get_response_status(0)[0] == 200, result
             out[name].append(json.loads(result))
     return out
@@ -195,6 +253,7 @@ def post(server):
 
 
 # ---------------------------------------------------------------- checks
+
 
 def close(a, b):
     """Answers equal up to float noise from the batch size."""
@@ -249,7 +308,7 @@ class Tally:
 def rounds_of(bad: list, goods: list, start: int):
     """Rounds of BAD_PER_ROUND bad items and GOOD_PER_ROUND good ones, the good ones at varying places."""
     for r in range(0, len(bad), BAD_PER_ROUND):
-        items, labels, goods_at = list(bad[r:r + BAD_PER_ROUND]), [], {}
+        items, labels, goods_at = list(bad[r : r + BAD_PER_ROUND]), [], {}
         labels = [b[0] for b in items]
         items = [(b[1], b[2]) for b in items]
         for g in range(BATCH - len(items)):
@@ -262,8 +321,9 @@ def rounds_of(bad: list, goods: list, start: int):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_attacks_in_a_batch_get_4xx_and_their_batch_mates_the_in_process_answer(name, fuzz_models, expected,
-                                                                                   post, client):
+def test_attacks_in_a_batch_get_4xx_and_their_batch_mates_the_in_process_answer(
+    name, fuzz_models, expected, post, client
+):
     tally = Tally()
     for items, labels, goods_at in rounds_of(attacks(name), GOODS[name], 0):
         tally.round(name, items, post(f"fuzz-{name}", items), goods_at, expected[name], labels)
@@ -276,8 +336,13 @@ def test_attacks_in_a_batch_get_4xx_and_their_batch_mates_the_in_process_answer(
 def test_malformed_requests_never_reach_a_5xx(name, fuzz_models, expected, post, client):
     tally = Tally()
 
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(st.lists(malformed(name), min_size=BAD_PER_ROUND, max_size=BAD_PER_ROUND), st.integers(0, 1000))
     def check(bodies, start):
         bad = [(f"drawn {body[:60]!r}", body, JSON) for body in bodies]
@@ -317,8 +382,11 @@ def test_oversize_bodies_get_413_and_nothing_breaks(post, fuzz_models, client):
     [resp] = post("fuzz-recommender", [(over_model, JSON)])
     assert resp.status_code == 413 and "at most 65,536" in resp.json()["message"]
     # through the client: the frontend's limit is known from the config, so nothing is sent
-    with pytest.raises(E.PayloadTooLarge, match=r"7,000,012 bytes\) is over the server's max_request_size "
-                                                r"\(6,553,500 bytes\).*\(not sent\)"):
+    with pytest.raises(
+        E.PayloadTooLarge,
+        match=r"7,000,012 bytes\) is over the server's max_request_size "
+        r"\(6,553,500 bytes\).*\(not sent\)",
+    ):
         client.predict("fuzz-sentiment", huge)
     # and a client that does not know it still says what the frontend's empty 413 means
     client.max_request_size, known = None, client.max_request_size

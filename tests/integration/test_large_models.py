@@ -12,8 +12,8 @@ import pytest
 
 import archiver
 from torchship import errors as E
-from torchship.perf.bench import bench_stream
 from torchship.ops.deploy import deploy
+from torchship.perf.bench import bench_stream
 
 pytestmark = pytest.mark.integration
 TORCHSHIP = str(Path(sys.executable).parent / "torchship")
@@ -24,20 +24,39 @@ def large(client, store, key_dir, public_key, embedder_run, textgen_run):
     for name, run in (("embedder", embedder_run), ("textgen", textgen_run)):
         archiver.package(archiver.example_spec(name, run, "1.0"), store, key_dir, force=True)
         serving = archiver.EXAMPLES[name].serving
-        deploy(client, store, name, "1.0", workers=1, batch_size=serving["batch_size"],
-               max_batch_delay=serving["max_batch_delay"], public_key=public_key)
+        deploy(
+            client,
+            store,
+            name,
+            "1.0",
+            workers=1,
+            batch_size=serving["batch_size"],
+            max_batch_delay=serving["max_batch_delay"],
+            public_key=public_key,
+        )
     yield
     for name in ("embedder", "textgen"):
         client.unregister(name, "1.0")
 
 
 def test_embedder_reproduces_the_reference(client, large):
-    a, b = np.array(client.predict("embedder", {"texts": ["A man is eating food.",
-                                                          "A man is eating a piece of bread."]})["embeddings"])
+    a, b = np.array(
+        client.predict("embedder", {"texts": ["A man is eating food.", "A man is eating a piece of bread."]})[
+            "embeddings"
+        ]
+    )
     assert 0.70 <= float(a @ b) <= 0.80
-    ranked = client.predict("embedder", {"query": "A man is eating food.",
-                                         "candidates": ["A man is riding a horse.", "A man is eating a piece of bread.",
-                                                        "The new movie is awesome."]})["ranked"]
+    ranked = client.predict(
+        "embedder",
+        {
+            "query": "A man is eating food.",
+            "candidates": [
+                "A man is riding a horse.",
+                "A man is eating a piece of bread.",
+                "The new movie is awesome.",
+            ],
+        },
+    )["ranked"]
     assert [r["index"] for r in ranked][0] == 1 and ranked[0]["score"] > ranked[1]["score"] > ranked[2]["score"]
 
 
@@ -71,21 +90,43 @@ def test_same_seed_same_text_and_limits(client, large):
     # a gzipped body (a client with compress_min_bytes) streams the same text
     from torchship import TorchServe
 
-    packing = TorchServe(client.urls["management"], client.urls["inference"], client.urls["metrics"],
-                         keys=client.keys, compress_min_bytes=1)
+    packing = TorchServe(
+        client.urls["management"],
+        client.urls["inference"],
+        client.urls["metrics"],
+        keys=client.keys,
+        compress_min_bytes=1,
+    )
     assert "".join(packing.stream("textgen", {"prompt": "The plot", "max_new_tokens": 60, "seed": 1})) == text(seed=1)
     assert text(temperature=0) == text(temperature=0, seed=99)
-    for bad, message in [({"max_new_tokens": 501}, "max_new_tokens"), ({"temperature": 3}, "temperature"),
-                         ({"top_k": 0}, "top_k"), ({"seed": -1}, "seed"), ({"prompt": "x" * 501}, "prompt"),
-                         ({"prompt": 5}, "prompt")]:
+    for bad, message in [
+        ({"max_new_tokens": 501}, "max_new_tokens"),
+        ({"temperature": 3}, "temperature"),
+        ({"top_k": 0}, "top_k"),
+        ({"seed": -1}, "seed"),
+        ({"prompt": "x" * 501}, "prompt"),
+        ({"prompt": 5}, "prompt"),
+    ]:
         with pytest.raises(E.BadRequest, match=message):
             list(client.stream("textgen", {"prompt": "The plot", **bad}))
 
 
 def test_cli_streams_and_bench_reports_time_to_first_token(server, client, large):
-    r = subprocess.run([TORCHSHIP, "--config", str(server.effective_config_path), "predict", "textgen", "--stream",
-                        "--json", json.dumps({"prompt": "A", "max_new_tokens": 40, "seed": 3})],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            TORCHSHIP,
+            "--config",
+            str(server.effective_config_path),
+            "predict",
+            "textgen",
+            "--stream",
+            "--json",
+            json.dumps({"prompt": "A", "max_new_tokens": 40, "seed": 3}),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and len(r.stdout) == 41 and r.stdout.endswith("\n")  # 40 characters and a newline
     figures = bench_stream(client, "textgen", [{"prompt": "The", "max_new_tokens": 100}], requests=6, concurrency=2)
     assert figures["streams"] == 6 and not figures["errors"]

@@ -43,11 +43,17 @@ def test_a_concurrent_batch_with_one_bad_item(server, client, store, mlp_archive
     client.register("mlp-batch.mar", model_name="mlp-batch", initial_workers=1, batch_size=4, max_batch_delay=2000)
     try:
         url = server.config().inference_url + "/predictions/mlp-batch"
-        headers = {"Authorization": "Bearer " + json.loads(server.key_file.read_text())["inference"]["key"],
-                   "Content-Type": "application/json"}
+        headers = {
+            "Authorization": "Bearer " + json.loads(server.key_file.read_text())["inference"]["key"],
+            "Content-Type": "application/json",
+        }
         good = rows(3, seed=7)
-        bodies = [json.dumps({"data": good[0]}), json.dumps({"data": good[1]}), '{"data": [1, 2]}',
-                  json.dumps({"data": good[2]})]
+        bodies = [
+            json.dumps({"data": good[0]}),
+            json.dumps({"data": good[1]}),
+            '{"data": [1, 2]}',
+            json.dumps({"data": good[2]}),
+        ]
         with ThreadPoolExecutor(4) as pool:
             resps = list(pool.map(lambda b: requests.post(url, data=b, headers=headers, timeout=30), bodies))
         assert [r.status_code for r in resps] == [200, 200, 400, 200]

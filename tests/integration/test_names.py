@@ -16,8 +16,9 @@ TORCHSHIP = str(Path(sys.executable).parent / "torchship")
 
 
 def run(server, *args):
-    return subprocess.run([TORCHSHIP, "--config", str(server.effective_config_path), *args],
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [TORCHSHIP, "--config", str(server.effective_config_path), *args], capture_output=True, text=True, timeout=180
+    )
 
 
 def names(client) -> set[str]:
@@ -29,8 +30,9 @@ def probemm(mlp_run, store, key_dir):
     """probemm-1.0.mar, signed, in the server's store, and a copy one folder up: the file that
     `deploy ../probemm --version 1.0` used to verify before registering the other one."""
     spec = example_spec("mlp", mlp_run, "1.0")
-    spec = ArchiveSpec("probemm", "1.0", spec.handler, spec.weights, extra_files=spec.extra_files,
-                       model_config=spec.model_config)
+    spec = ArchiveSpec(
+        "probemm", "1.0", spec.handler, spec.weights, extra_files=spec.extra_files, model_config=spec.model_config
+    )
     inside = archiver.package(spec, store, key_dir, force=True).path
     outside = store.parent / inside.name
     shutil.copy(inside, outside)
@@ -54,9 +56,15 @@ def test_cli_deploy_of_a_dot_dot_name_is_refused_and_nothing_registered(server, 
     assert {p: p.read_bytes() for p in probemm} == before
 
     # every other way to name it is refused the same way, and the server is unchanged
-    for args in (["unregister", "../probemm"], ["describe", "../probemm"], ["scale", "../probemm", "--min", "1"],
-                 ["set-default", "../probemm", "1.0"], ["deploy", "probemm", "--version", "../probemm-1.0"],
-                 ["predict", "../probemm", "--json", "{}"], ["deploy", "probemm\n", "--version", "1.0"]):
+    for args in (
+        ["unregister", "../probemm"],
+        ["describe", "../probemm"],
+        ["scale", "../probemm", "--min", "1"],
+        ["set-default", "../probemm", "1.0"],
+        ["deploy", "probemm", "--version", "../probemm-1.0"],
+        ["predict", "../probemm", "--json", "{}"],
+        ["deploy", "probemm\n", "--version", "1.0"],
+    ):
         r = run(server, *args, *(["--public-key", str(public_key)] if args[0] == "deploy" else []))
         assert r.returncode == 7 and r.stderr.startswith("error: invalid ") and r.stderr.count("\n") == 1, (args, r)
     assert client.ping() == "Healthy"

@@ -26,9 +26,9 @@ from archiver import ArchiveSpec, example_spec
 from tests.fixtures import tamper
 from tests.helpers import rows
 from torchship import errors as E
-from torchship.sdk.config import read_properties, write_properties
 from torchship.ops.deploy import deploy
 from torchship.ops.server import free_port_overrides
+from torchship.sdk.config import read_properties, write_properties
 
 from .conftest import ROOT, start_server
 
@@ -36,12 +36,22 @@ pytestmark = pytest.mark.integration
 TORCHSHIP = str(Path(sys.executable).parent / "torchship")
 FIXTURES = ROOT / "tests" / "fixtures"
 # What TorchServe itself writes once per request or per batch, when its logging lets it.
-PER_REQUEST = ("/predictions/", "Backend received inference at", "Looping backend response at",
-               "Backend response time", "Sending response for jobId", "[METRICS]", "PredictionTime",
-               "HandlerTime", "QueueTime", "ts_inference_requests_total")
+PER_REQUEST = (
+    "/predictions/",
+    "Backend received inference at",
+    "Looping backend response at",
+    "Backend response time",
+    "Sending response for jobId",
+    "[METRICS]",
+    "PredictionTime",
+    "HandlerTime",
+    "QueueTime",
+    "ts_inference_requests_total",
+)
 
 
 # ------------------------------------------------------------------ helpers
+
 
 def key_values(key_file: Path) -> list[str]:
     """Every key in a TorchServe key_file.json (management, inference, API)."""
@@ -52,8 +62,11 @@ def key_values(key_file: Path) -> list[str]:
 
 
 def log_files(log_dir: Path) -> dict[str, str]:
-    return {str(p.relative_to(log_dir)): p.read_text(encoding="utf-8", errors="replace")
-            for p in sorted(log_dir.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(log_dir)): p.read_text(encoding="utf-8", errors="replace")
+        for p in sorted(log_dir.rglob("*"))
+        if p.is_file()
+    }
 
 
 def assert_no_secret_in(texts: dict[str, str], secrets: list[str]) -> None:
@@ -71,16 +84,19 @@ def wait_for_lines(log: Path, needles: list[str], timeout: float = 15.0) -> str:
         if not missing:
             return text
         if time.monotonic() > deadline:
-            pytest.fail(f"not in {log.name} after {timeout:.0f} s: {missing}\n--- last lines:\n"
-                        + "\n".join(text.splitlines()[-30:]))
+            pytest.fail(
+                f"not in {log.name} after {timeout:.0f} s: {missing}\n--- last lines:\n"
+                + "\n".join(text.splitlines()[-30:])
+            )
         time.sleep(0.2)
 
 
 def claims_archive(mlp_run, store: Path, key_dir: Path, version: str) -> Path:
     """A signed mlp archive named claims-<version>.mar in the store (to be spoiled by the test)."""
     spec = example_spec("mlp", mlp_run, version)
-    spec = ArchiveSpec("claims", version, spec.handler, spec.weights, extra_files=spec.extra_files,
-                       model_config=spec.model_config)
+    spec = ArchiveSpec(
+        "claims", version, spec.handler, spec.weights, extra_files=spec.extra_files, model_config=spec.model_config
+    )
     return archiver.package(spec, store, key_dir, force=True).path
 
 
@@ -92,13 +108,18 @@ def expected_mlp(mlp_reference, data):
 
 def registered_names(server) -> set[str]:
     mkey = json.loads(server.key_file.read_text())["management"]["key"]
-    resp = requests.get(server.config().management_url + "/models", params={"limit": 1000},
-                        headers={"Authorization": f"Bearer {mkey}"}, timeout=10)
+    resp = requests.get(
+        server.config().management_url + "/models",
+        params={"limit": 1000},
+        headers={"Authorization": f"Bearer {mkey}"},
+        timeout=10,
+    )
     resp.raise_for_status()
     return {m["modelName"] for m in resp.json()["models"]}
 
 
 # ------------------------------------------------------------------ fixtures
+
 
 @pytest.fixture(scope="module")
 def raising_archive(store) -> Path:
@@ -111,8 +132,10 @@ def raising_archive(store) -> Path:
 def importfail_archive(store, tmp_path_factory) -> Path:
     """importfail-1.0.mar: a handler whose import fails (a dependency the worker lacks)."""
     handler = tmp_path_factory.mktemp("importfail") / "importfail_handler.py"
-    handler.write_text('"""Fails at import."""\n\nimport torchship_no_such_dependency  # noqa: F401\n\n\n'
-                       'class Never:\n    def handle(self, data, context):\n        return data\n')
+    handler.write_text(
+        '"""Fails at import."""\n\nimport torchship_no_such_dependency  # noqa: F401\n\n\n'
+        "class Never:\n    def handle(self, data, context):\n        return data\n"
+    )
     return archiver.build(ArchiveSpec("importfail", "1.0", handler), store, force=True).path
 
 
@@ -125,6 +148,7 @@ def log_server(tmp_path_factory, store):
 
 
 # ------------------------------------------------------------------ (a) logs
+
 
 def test_worker_tracebacks_are_logged_without_per_request_lines(log_server, raising_archive, importfail_archive):
     server = log_server
@@ -154,16 +178,19 @@ def test_worker_tracebacks_are_logged_without_per_request_lines(log_server, rais
         with pytest.raises(E.TorchServeError):
             c.register(importfail_archive.name, initial_workers=1)
 
-        text = wait_for_lines(model_log, [
-            "Invoking custom service failed.",
-            "Traceback (most recent call last):",
-            'raising_handler.py", line',
-            f"RuntimeError: raising_handler failed on purpose: handler-{marker}",
-            f"stderr-{marker}",
-            "Backend worker process died.",
-            'importfail_handler.py", line 3, in <module>',
-            "ModuleNotFoundError: No module named 'torchship_no_such_dependency'",
-        ])
+        text = wait_for_lines(
+            model_log,
+            [
+                "Invoking custom service failed.",
+                "Traceback (most recent call last):",
+                'raising_handler.py", line',
+                f"RuntimeError: raising_handler failed on purpose: handler-{marker}",
+                f"stderr-{marker}",
+                "Backend worker process died.",
+                'importfail_handler.py", line 3, in <module>',
+                "ModuleNotFoundError: No module named 'torchship_no_such_dependency'",
+            ],
+        )
         assert "[WARN ] W-" in next(line for line in text.splitlines() if f"stderr-{marker}" in line)
         # the frontend's own account of the failed load is in ts_log.log
         wait_for_lines(server.log_dir / "ts_log.log", ["Load model failed: importfail"])
@@ -178,6 +205,7 @@ def test_worker_tracebacks_are_logged_without_per_request_lines(log_server, rais
 
 
 # ------------------------------------------------------------------ (b) the README's claims
+
 
 def test_a_client_made_before_a_restart_keeps_working_after_it(tmp_path, store, mlp_archive):
     """The server restarts with new keys: the same client object re-reads the key file and goes on."""
@@ -194,8 +222,9 @@ def test_a_client_made_before_a_restart_keeps_working_after_it(tmp_path, store, 
             server.start(timeout=120)
             new = key_values(server.key_file)
             assert not set(old) & set(new)  # every key is new
-            resp = requests.get(server.config().inference_url + "/ping",
-                                headers={"Authorization": f"Bearer {old[1]}"}, timeout=10)
+            resp = requests.get(
+                server.config().inference_url + "/ping", headers={"Authorization": f"Bearer {old[1]}"}, timeout=10
+            )
             assert resp.status_code == 400  # the old keys are dead
 
             assert c.ping() == "Healthy"  # the inference key, re-read
@@ -207,8 +236,9 @@ def test_a_client_made_before_a_restart_keeps_working_after_it(tmp_path, store, 
 
 
 @pytest.mark.parametrize("kind", ["symlink", "zip-bomb"])
-def test_symlink_and_zip_bomb_archives_are_refused_through_deploy(kind, client, store, key_dir, public_key, mlp_run,
-                                                                  mlp_deployed):
+def test_symlink_and_zip_bomb_archives_are_refused_through_deploy(
+    kind, client, store, key_dir, public_key, mlp_run, mlp_deployed
+):
     version = {"symlink": "11.0", "zip-bomb": "12.0"}[kind]
     path = claims_archive(mlp_run, store, key_dir, version)
     if kind == "symlink":
@@ -237,20 +267,23 @@ def test_symlink_and_zip_bomb_archives_are_refused_through_deploy(kind, client, 
 def corrupt(path: Path, how: str) -> None:
     data = bytearray(path.read_bytes())
     if how == "truncated":  # cut short, as a failed copy leaves it
-        del data[len(data) // 2:]
+        del data[len(data) // 2 :]
     else:  # one byte of the weights flipped on disk (bit rot): the zip structure is intact
         with zipfile.ZipFile(path) as z:
             info = z.getinfo("model.safetensors")
-        name_len, extra_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little"), \
-            int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+        name_len, extra_len = (
+            int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little"),
+            int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little"),
+        )
         at = info.header_offset + 30 + name_len + extra_len + info.compress_size // 2
         data[at] ^= 0xFF
     path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("how", ["truncated", "bit-flipped"])
-def test_a_corrupt_archive_fails_cleanly_while_another_model_serves(how, client, store, key_dir, public_key, mlp_run,
-                                                                    mlp_deployed, mlp_reference):
+def test_a_corrupt_archive_fails_cleanly_while_another_model_serves(
+    how, client, store, key_dir, public_key, mlp_run, mlp_deployed, mlp_reference
+):
     data = rows(8, seed=21)
     classes, probs = expected_mlp(mlp_reference, data)
     path = claims_archive(mlp_run, store, key_dir, "13.0")
@@ -309,8 +342,9 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_allowed_urls_refuse_outside_dotdot_and_remote_urls_sent_raw(server, store, mlp_archive, tmp_path,
-                                                                     mlp_deployed):
+def test_allowed_urls_refuse_outside_dotdot_and_remote_urls_sent_raw(
+    server, store, mlp_archive, tmp_path, mlp_deployed
+):
     """Sent straight to the management API with the management key, bypassing the client's checks."""
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -329,18 +363,23 @@ def test_allowed_urls_refuse_outside_dotdot_and_remote_urls_sent_raw(server, sto
     url = server.config().management_url + "/models"
 
     def register_raw(archive_url: str) -> requests.Response:
-        return requests.post(url, params={"url": archive_url, "model_name": "urlprobe", "initial_workers": "0",
-                                          "synchronous": "true"},
-                             headers={"Authorization": f"Bearer {mkey}"}, timeout=60)
+        return requests.post(
+            url,
+            params={"url": archive_url, "model_name": "urlprobe", "initial_workers": "0", "synchronous": "true"},
+            headers={"Authorization": f"Bearer {mkey}"},
+            timeout=60,
+        )
 
     try:
         before = registered_names(server)
-        for archive_url in (f"file://{elsewhere}",                        # outside the store
-                            str(elsewhere),                               # a plain path outside it
-                            rel,                                          # '..' out of the store
-                            f"file://{store}/{rel}",                      # '..' inside a file URL
-                            f"{mlp_archive.name}/../{mlp_archive.name}",  # '..' that stays inside
-                            remote_url):                                  # remote (SSRF)
+        for archive_url in (
+            f"file://{elsewhere}",  # outside the store
+            str(elsewhere),  # a plain path outside it
+            rel,  # '..' out of the store
+            f"file://{store}/{rel}",  # '..' inside a file URL
+            f"{mlp_archive.name}/../{mlp_archive.name}",  # '..' that stays inside
+            remote_url,
+        ):  # remote (SSRF)
             resp = register_raw(archive_url)
             assert resp.status_code == 404, (archive_url, resp.status_code, resp.text)
             assert resp.json()["type"] == "ModelNotFoundException", resp.text
@@ -356,9 +395,12 @@ def test_allowed_urls_refuse_outside_dotdot_and_remote_urls_sent_raw(server, sto
     assert registered_names(server) == before
 
 
-@pytest.mark.xfail(strict=True, reason="TorchServe 0.12.0 loads a plain absolute path to an unpacked model folder "
-                   "without consulting allowed_urls (ModelArchive.downloadModel, its isDirectory branch); only "
-                   "the management key guards it")
+@pytest.mark.xfail(
+    strict=True,
+    reason="TorchServe 0.12.0 loads a plain absolute path to an unpacked model folder "
+    "without consulting allowed_urls (ModelArchive.downloadModel, its isDirectory branch); only "
+    "the management key guards it",
+)
 def test_allowed_urls_refuse_an_unpacked_model_folder_outside_the_store(server, mlp_archive, tmp_path, mlp_deployed):
     folder = tmp_path / "unpacked"
     with zipfile.ZipFile(mlp_archive) as z:
@@ -366,8 +408,12 @@ def test_allowed_urls_refuse_an_unpacked_model_folder_outside_the_store(server, 
     mkey = json.loads(server.key_file.read_text())["management"]["key"]
     url = server.config().management_url + "/models"
     headers = {"Authorization": f"Bearer {mkey}"}
-    resp = requests.post(url, params={"url": str(folder), "model_name": "folderprobe", "initial_workers": "0"},
-                         headers=headers, timeout=60)
+    resp = requests.post(
+        url,
+        params={"url": str(folder), "model_name": "folderprobe", "initial_workers": "0"},
+        headers=headers,
+        timeout=60,
+    )
     try:
         assert resp.status_code == 404, resp.text
     finally:

@@ -32,8 +32,11 @@ def test_ping_needs_the_token(server, client):
 
 def test_inference_key_does_not_open_the_management_port(server):
     keys = json.loads(server.key_file.read_text())
-    resp = requests.get(server.config().management_url + "/models",
-                        headers={"Authorization": "Bearer " + keys["inference"]["key"]}, timeout=10)
+    resp = requests.get(
+        server.config().management_url + "/models",
+        headers={"Authorization": "Bearer " + keys["inference"]["key"]},
+        timeout=10,
+    )
     assert resp.status_code == 400
 
 
@@ -66,7 +69,11 @@ def test_lifecycle_start_status_stop_and_port_clash(tmp_path, store, server):
     # the session server still runs: the two never touched each other
     assert server.status().healthy
 
-    clash = type(other)(other.config_path, tmp_path / "clash", model_store=store,
-                        overrides={**other.overrides, "inference_address": server.config().inference_url})
+    clash = type(other)(
+        other.config_path,
+        tmp_path / "clash",
+        model_store=store,
+        overrides={**other.overrides, "inference_address": server.config().inference_url},
+    )
     with pytest.raises(E.ServerStartError, match="already in use"):
         clash.start()

@@ -16,12 +16,26 @@ from torchship.perf.tune import tune as run_tune
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_tune_finds_the_fastest_settings_within_the_budget(client, store, key_dir, public_key, mlp_archive,
-                                                           mlp_deployed):
+def test_tune_finds_the_fastest_settings_within_the_budget(
+    client, store, key_dir, public_key, mlp_archive, mlp_deployed
+):
     payloads = [{"data": r} for r in rows(20, seed=4)]
     before = sorted(p.name for p in store.iterdir())
-    trials, best = run_tune(client, store, "mlp", "1.0", payloads, slo_p99_ms=5000, concurrency=8, seconds=1.5,
-                            warmup=0.5, cores=2, public_key=public_key, key_dir=key_dir, log=lambda line: None)
+    trials, best = run_tune(
+        client,
+        store,
+        "mlp",
+        "1.0",
+        payloads,
+        slo_p99_ms=5000,
+        concurrency=8,
+        seconds=1.5,
+        warmup=0.5,
+        cores=2,
+        public_key=public_key,
+        key_dir=key_dir,
+        log=lambda line: None,
+    )
     # batch sweep (4), delay sweep (when batching wins), workers, threads: guided, not the 4x4x2x2 grid
     assert 6 <= len(trials) <= 10
     # tune's rule: the two fastest single runs within the budget are measured again, and the better
@@ -48,12 +62,28 @@ def test_tune_refuses_an_archive_that_fails_verification(client, store, key_dir,
     from torchship.sdk.errors import VerificationError
 
     spec = example_spec("mlp", mlp_run, "1.0")
-    path = archiver.package(ArchiveSpec("tunebad", "1.0", spec.handler, spec.weights, extra_files=spec.extra_files,
-                                        model_config=spec.model_config), store, key_dir, force=True).path
+    path = archiver.package(
+        ArchiveSpec(
+            "tunebad", "1.0", spec.handler, spec.weights, extra_files=spec.extra_files, model_config=spec.model_config
+        ),
+        store,
+        key_dir,
+        force=True,
+    ).path
     zipcraft.hide_entry(path, "mlp_handler.py", b"import os\n")
     with pytest.raises(VerificationError, match="layout"):
-        run_tune(client, store, "tunebad", "1.0", [{"data": rows(1)[0]}], slo_p99_ms=5000, seconds=1,
-                 public_key=public_key, key_dir=key_dir, log=lambda line: None)
+        run_tune(
+            client,
+            store,
+            "tunebad",
+            "1.0",
+            [{"data": rows(1)[0]}],
+            slo_p99_ms=5000,
+            seconds=1,
+            public_key=public_key,
+            key_dir=key_dir,
+            log=lambda line: None,
+        )
     assert not [m for m in client.list_models() if m.name.startswith("tune-")]
 
 
@@ -63,12 +93,36 @@ def test_tune_cli_writes_the_winner_into_the_desired_state(server, tmp_path, pub
 
     np.save(tmp_path / "row.npy", np.asarray(rows(1)[0], dtype=np.float32))
     target = tmp_path / "deploy.yaml"
-    target.write_text(yaml.safe_dump({"models": {"mlp": {"versions": ["1.0"], "default": "1.0"},
-                                                 "other": {"versions": ["3.0"]}}}))
-    r = subprocess.run([str(Path(sys.executable).parent / "torchship"), "--config", str(server.effective_config_path),
-                        "tune", "mlp", "--slo-p99-ms", "5000", "--seconds", "1", "--concurrency", "4", "--version",
-                        "1.0", "--payload", str(tmp_path / "row.npy"), "--public-key", str(public_key),
-                        "--write", str(target), "--json"], capture_output=True, text=True, timeout=300)
+    target.write_text(
+        yaml.safe_dump({"models": {"mlp": {"versions": ["1.0"], "default": "1.0"}, "other": {"versions": ["3.0"]}}})
+    )
+    r = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "torchship"),
+            "--config",
+            str(server.effective_config_path),
+            "tune",
+            "mlp",
+            "--slo-p99-ms",
+            "5000",
+            "--seconds",
+            "1",
+            "--concurrency",
+            "4",
+            "--version",
+            "1.0",
+            "--payload",
+            str(tmp_path / "row.npy"),
+            "--public-key",
+            str(public_key),
+            "--write",
+            str(target),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     doc = yaml.safe_load(target.read_text())
@@ -78,7 +132,9 @@ def test_tune_cli_writes_the_winner_into_the_desired_state(server, tmp_path, pub
     assert doc["models"]["other"] == {"versions": ["3.0"]}  # other models untouched
     assert all(t["failed"] == 0 for t in result["trials"])  # the .npy body was understood
     # threads are part of the archive: a winner with other threads than packaged says how to repackage
-    assert result["repackage"] == (None if best["threads"] == 1 else f"torchship package mlp --threads {best['threads']}")
+    assert result["repackage"] == (
+        None if best["threads"] == 1 else f"torchship package mlp --threads {best['threads']}"
+    )
 
 
 def test_bench_and_tune_with_wrk(client, store, public_key, mlp_archive, mlp_deployed):
@@ -92,6 +148,18 @@ def test_bench_and_tune_with_wrk(client, store, public_key, mlp_archive, mlp_dep
     figures = bench(client, "mlp", [body], concurrency=8, duration=2, engine="wrk")
     assert figures["engine"] == "wrk" and figures["failed"] == 0 and figures["sent"] > 100
     assert 0 < figures["p50_ms"] <= figures["p99_ms"] and figures["throughput_rps"] > 0
-    trials, best = run_tune(client, store, "mlp", "1.0", [body], slo_p99_ms=5000, concurrency=8, seconds=1,
-                            warmup=0, public_key=public_key, log=lambda line: None, engine="wrk")
+    trials, best = run_tune(
+        client,
+        store,
+        "mlp",
+        "1.0",
+        [body],
+        slo_p99_ms=5000,
+        concurrency=8,
+        seconds=1,
+        warmup=0,
+        public_key=public_key,
+        log=lambda line: None,
+        engine="wrk",
+    )
     assert best.meets(5000) and all(t.failed == 0 for t in trials)

@@ -25,11 +25,18 @@ FIXTURES = ROOT / "tests" / "fixtures"
 
 def make_bad(kind, mlp_run, store, key_dir, tmp_path):
     """An archive named bad-<n>.0.mar, spoiled in one way, in the server's store."""
-    version = {"weights": "1.0", "handler": "2.0", "swapped": "3.0", "unsigned": "4.0", "zipslip": "5.0",
-               "pickle": "6.0"}[kind]
+    version = {
+        "weights": "1.0",
+        "handler": "2.0",
+        "swapped": "3.0",
+        "unsigned": "4.0",
+        "zipslip": "5.0",
+        "pickle": "6.0",
+    }[kind]
     spec = example_spec("mlp", mlp_run, version)
-    spec = ArchiveSpec("bad", version, spec.handler, spec.weights, extra_files=spec.extra_files,
-                       model_config=spec.model_config)
+    spec = ArchiveSpec(
+        "bad", version, spec.handler, spec.weights, extra_files=spec.extra_files, model_config=spec.model_config
+    )
     path = archiver.package(spec, store, key_dir, force=True).path
     if kind == "pickle":  # an insider adds a pickle and re-signs; the digests still catch it
         tamper.add_raw_member(path, zipfile.ZipInfo("extra.pkl"), tamper.malicious_pickle())
@@ -50,10 +57,20 @@ def make_bad(kind, mlp_run, store, key_dir, tmp_path):
     return version
 
 
-@pytest.mark.parametrize("kind, check", [("weights", "provenance"), ("handler", "provenance"), ("swapped", "identity"),
-                                         ("unsigned", "signature"), ("zipslip", "safety"), ("pickle", "provenance")])
-def test_bad_archives_never_reach_the_server(kind, check, client, store, key_dir, public_key, mlp_run, tmp_path,
-                                             mlp_deployed):
+@pytest.mark.parametrize(
+    "kind, check",
+    [
+        ("weights", "provenance"),
+        ("handler", "provenance"),
+        ("swapped", "identity"),
+        ("unsigned", "signature"),
+        ("zipslip", "safety"),
+        ("pickle", "provenance"),
+    ],
+)
+def test_bad_archives_never_reach_the_server(
+    kind, check, client, store, key_dir, public_key, mlp_run, tmp_path, mlp_deployed
+):
     version = make_bad(kind, mlp_run, store, key_dir, tmp_path)
     with pytest.raises(E.VerificationError, match=rf"failed verification \({check}\)"):
         deploy(client, store, "bad", version, public_key=public_key)
@@ -77,8 +94,9 @@ def test_unsigned_needs_the_loud_flag_and_safety_still_holds(client, store, key_
 
 
 def cli(server, *args):
-    return subprocess.run([TORCHSHIP, "--config", str(server.effective_config_path), *args],
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [TORCHSHIP, "--config", str(server.effective_config_path), *args], capture_output=True, text=True, timeout=180
+    )
 
 
 def test_third_party_handler_packaged_verified_and_served(server, client, tmp_path):
@@ -86,8 +104,20 @@ def test_third_party_handler_packaged_verified_and_served(server, client, tmp_pa
     model = torch.nn.Linear(4, 2)
     state = {f"fc.{k}": v for k, v in model.state_dict().items()}
     torch.save(state, tmp_path / "linear.pt")
-    r = cli(server, "package", "--handler", str(FIXTURES / "third_party_linear_handler.py"), "--name", "linear",
-            "--version", "1.0", "--weights", str(tmp_path / "linear.pt"), "--model-file", str(FIXTURES / "linear_model.py"))
+    r = cli(
+        server,
+        "package",
+        "--handler",
+        str(FIXTURES / "third_party_linear_handler.py"),
+        "--name",
+        "linear",
+        "--version",
+        "1.0",
+        "--weights",
+        str(tmp_path / "linear.pt"),
+        "--model-file",
+        str(FIXTURES / "linear_model.py"),
+    )
     assert r.returncode == 0, r.stderr
     assert "signed: linear-1.0.mar.sig" in r.stdout
     archive = server.config().model_store / "linear-1.0.mar"

@@ -8,13 +8,13 @@ from pathlib import Path
 from ts.context import Context, RequestProcessor
 
 
-def make_context(model_dir: Path, serialized_file: str = "model.safetensors", yaml_config: dict | None = None,
-                 batch: int = 1) -> Context:
+def make_context(
+    model_dir: Path, serialized_file: str = "model.safetensors", yaml_config: dict | None = None, batch: int = 1
+) -> Context:
     manifest = {"model": {"modelName": "t", "serializedFile": serialized_file, "handler": "h.py"}}
     ctx = Context("t", str(model_dir), manifest, batch, None, "0.12.0", model_yaml_config=yaml_config or {})
     ctx.request_processor = [RequestProcessor({}) for _ in range(batch)]
     return ctx
-
 
 
 def statuses(ctx: Context, n: int) -> list[int]:
@@ -53,6 +53,7 @@ def run_stream(handler, bodies: list, headers: list[dict] | None = None) -> tupl
     finally:
         ts_utils.send_intermediate_predict_response = original
     codes = statuses(ctx, len(bodies))
-    answers = [json.loads(r) if code != 200 else "".join(chunks[i]) + r
-               for i, (code, r) in enumerate(zip(codes, results))]
+    answers = [
+        json.loads(r) if code != 200 else "".join(chunks[i]) + r for i, (code, r) in enumerate(zip(codes, results))
+    ]
     return codes, answers

@@ -19,8 +19,14 @@ def test_example_archive_holds_what_the_worker_needs(mlp_run, tmp_path):
         names = set(z.namelist())
         manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
         assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
-    assert {"mlp_handler.py", "torchship_base_handler.py", "torchship_models.py", "model.safetensors",
-            "meta.json", "model-config.yaml"} <= names
+    assert {
+        "mlp_handler.py",
+        "torchship_base_handler.py",
+        "torchship_models.py",
+        "model.safetensors",
+        "meta.json",
+        "model-config.yaml",
+    } <= names
     assert manifest["model"]["modelName"] == "mlp" and manifest["model"]["modelVersion"] == "1.0"
     assert manifest["model"]["serializedFile"] == "model.safetensors"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
@@ -42,22 +48,34 @@ def test_each_handler_imports_on_its_own_from_the_archive(mlp_run, tmp_path):
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(path).extractall(unpacked)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-I", "-c",
-                          "import sys; sys.path.insert(0, '.'); import mlp_handler; "
-                          "from ts.utils.util import list_classes_from_module as l; print(len(l(mlp_handler)))"],
-                         cwd=unpacked, env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            "import sys; sys.path.insert(0, '.'); import mlp_handler; "
+            "from ts.utils.util import list_classes_from_module as l; print(len(l(mlp_handler)))",
+        ],
+        cwd=unpacked,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"  # TorchServe needs exactly one class in the handler module
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"batchSize": "8"}, "batchSize must be int"),
-    ({"minWorkers": True}, "minWorkers must be int"),
-    ({"maxBatchDelay": -1}, "maxBatchDelay must be >= 0"),
-    ({"minWorkers": 3, "maxWorkers": 1}, "above maxWorkers"),
-    ({"deviceType": "tpu"}, "deviceType must be one of"),
-    ({"handler": []}, "handler must be dict"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"batchSize": "8"}, "batchSize must be int"),
+        ({"minWorkers": True}, "minWorkers must be int"),
+        ({"maxBatchDelay": -1}, "maxBatchDelay must be >= 0"),
+        ({"minWorkers": 3, "maxWorkers": 1}, "above maxWorkers"),
+        ({"deviceType": "tpu"}, "deviceType must be one of"),
+        ({"handler": []}, "handler must be dict"),
+    ],
+)
 def test_model_config_types_are_validated(config, message):
     with pytest.raises(ArchiveError, match=message):
         validate_model_config(config)
@@ -70,19 +88,28 @@ def test_valid_model_config_and_unknown_keys_pass():
 
 def test_bad_model_config_builds_nothing(mlp_run, tmp_path):
     spec = example_spec("mlp", mlp_run, "1.0")
-    bad = ArchiveSpec(spec.name, spec.version, spec.handler, spec.weights, extra_files=spec.extra_files,
-                      model_config={"batchSize": "eight"})
+    bad = ArchiveSpec(
+        spec.name,
+        spec.version,
+        spec.handler,
+        spec.weights,
+        extra_files=spec.extra_files,
+        model_config={"batchSize": "eight"},
+    )
     with pytest.raises(ArchiveError):
         archiver.build(bad, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name, version, message", [
-    ("../evil", "1.0", "invalid model name"),
-    ("mlp", "../1", "invalid version"),
-    ("", "1.0", "invalid model name"),
-    ("mlp", "1 0", "invalid version"),
-])
+@pytest.mark.parametrize(
+    "name, version, message",
+    [
+        ("../evil", "1.0", "invalid model name"),
+        ("mlp", "../1", "invalid version"),
+        ("", "1.0", "invalid model name"),
+        ("mlp", "1 0", "invalid version"),
+    ],
+)
 def test_names_and_versions_are_validated(mlp_run, name, version, message):
     with pytest.raises(ArchiveError, match=message):
         ArchiveSpec(name, version, mlp_run / "meta.json", mlp_run / "model.safetensors")

@@ -21,8 +21,11 @@ def closed_port() -> int:
 def project(tmp_path, monkeypatch):
     port = closed_port()
     (tmp_path / "config.properties").write_text(
-        f"inference_address=http://127.0.0.1:{port}\nmanagement_address=http://127.0.0.1:{port}\nmodel_store=ms\n")
-    (tmp_path / "key_file.json").write_text('{"management": {"key": "m"}, "inference": {"key": "i"}, "API": {"key": "a"}}')
+        f"inference_address=http://127.0.0.1:{port}\nmanagement_address=http://127.0.0.1:{port}\nmodel_store=ms\n"
+    )
+    (tmp_path / "key_file.json").write_text(
+        '{"management": {"key": "m"}, "inference": {"key": "i"}, "API": {"key": "a"}}'
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TORCHSHIP_HOME", raising=False)
     for var in ("TS_MANAGEMENT_URL", "TS_INFERENCE_URL"):
@@ -77,17 +80,20 @@ def test_status_of_a_stopped_server_exits_non_zero(project, capsys):
     assert "not running" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("exc, code", [
-    (E.ServerUnreachable("x"), 3),
-    (E.ModelNotFound(404, "ModelNotFoundException", "x"), 4),
-    (E.ModelAlreadyExists(409, "ConflictStatusException", "x"), 5),
-    (E.Unauthorized(400, "InvalidKeyException", "x"), 6),
-    (E.BadRequest(400, "BadRequest", "x"), 7),
-    (E.ArchiveError("x"), 8),
-    (E.ReadinessTimeout("x"), 9),
-    (E.WorkerDied(500, "InternalServerException", "Worker died."), 10),
-    (E.ConfigError("x"), 1),
-])
+@pytest.mark.parametrize(
+    "exc, code",
+    [
+        (E.ServerUnreachable("x"), 3),
+        (E.ModelNotFound(404, "ModelNotFoundException", "x"), 4),
+        (E.ModelAlreadyExists(409, "ConflictStatusException", "x"), 5),
+        (E.Unauthorized(400, "InvalidKeyException", "x"), 6),
+        (E.BadRequest(400, "BadRequest", "x"), 7),
+        (E.ArchiveError("x"), 8),
+        (E.ReadinessTimeout("x"), 9),
+        (E.WorkerDied(500, "InternalServerException", "Worker died."), 10),
+        (E.ConfigError("x"), 1),
+    ],
+)
 def test_exit_code_per_kind_of_failure(exc, code):
     assert exit_code_for(exc) == code
 
@@ -107,6 +113,7 @@ def nothing_may_happen(project, monkeypatch):
     def forbidden(what):
         def fail(*args, **kwargs):
             raise AssertionError(f"{what} was called")
+
         return fail
 
     monkeypatch.setattr(TorchServe, "_send", forbidden("a request"))
@@ -124,28 +131,44 @@ def _commands(bad: str, tmp) -> list[list[str]]:
     handler = tmp / "handler.py"
     handler.write_text("raise SystemExit('never imported')\n")
     return [
-        ["deploy", bad, "--version", "1.0"], ["deploy", bad],
-        ["train", bad], ["package", bad, "--version", "1.0"],
+        ["deploy", bad, "--version", "1.0"],
+        ["deploy", bad],
+        ["train", bad],
+        ["package", bad, "--version", "1.0"],
         ["package", "--handler", str(handler), "--name", bad],
-        ["predict", bad, "--json", "{}"], ["predict", bad, "--stream", "--json", "{}"],
+        ["predict", bad, "--json", "{}"],
+        ["predict", bad, "--stream", "--json", "{}"],
         ["explain", bad, "--json", "{}"],
         ["autoscale", bad, "--min", "1", "--max", "2", "--duration", "1"],
-        ["tune", bad, "--slo-p99-ms", "10", "--data", "{}"], ["bench", bad, "--data", "{}"],
-        ["metrics", bad], ["models", bad], ["describe", bad], ["history", bad],
-        ["rollout", bad, "--version", "2.0"], ["rollback", bad], ["scale", bad, "--min", "1"],
-        ["set-default", bad, "1.0"], ["unregister", bad], ["unregister", bad, "--version", "1.0"],
+        ["tune", bad, "--slo-p99-ms", "10", "--data", "{}"],
+        ["bench", bad, "--data", "{}"],
+        ["metrics", bad],
+        ["models", bad],
+        ["describe", bad],
+        ["history", bad],
+        ["rollout", bad, "--version", "2.0"],
+        ["rollback", bad],
+        ["scale", bad, "--min", "1"],
+        ["set-default", bad, "1.0"],
+        ["unregister", bad],
+        ["unregister", bad, "--version", "1.0"],
     ]
 
 
 def _version_commands(bad: str) -> list[list[str]]:
     return [
-        ["deploy", "probemm", "--version", bad], ["package", "mlp", "--version", bad],
-        ["predict", "mlp", "--version", bad, "--json", "{}"], ["explain", "mlp", "--version", bad, "--json", "{}"],
+        ["deploy", "probemm", "--version", bad],
+        ["package", "mlp", "--version", bad],
+        ["predict", "mlp", "--version", bad, "--json", "{}"],
+        ["explain", "mlp", "--version", bad, "--json", "{}"],
         ["autoscale", "mlp", "--version", bad, "--min", "1", "--max", "2"],
         ["tune", "mlp", "--slo-p99-ms", "10", "--version", bad, "--data", "{}"],
-        ["bench", "mlp", "--version", bad, "--data", "{}"], ["describe", "mlp", "--version", bad],
-        ["rollout", "mlp", "--version", bad], ["scale", "mlp", "--min", "1", "--version", bad],
-        ["set-default", "mlp", bad], ["unregister", "mlp", "--version", bad],
+        ["bench", "mlp", "--version", bad, "--data", "{}"],
+        ["describe", "mlp", "--version", bad],
+        ["rollout", "mlp", "--version", bad],
+        ["scale", "mlp", "--min", "1", "--version", bad],
+        ["set-default", "mlp", bad],
+        ["unregister", "mlp", "--version", bad],
     ]
 
 
@@ -180,17 +203,24 @@ def test_deploy_dot_dot_name_reads_and_registers_nothing(nothing_may_happen, cap
         (where / "probemm-1.0.mar").write_bytes(b"PK\x05\x06" + b"\0" * 18)
     assert main(["deploy", "../probemm", "--version", "1.0"]) == 7
     err = capsys.readouterr().err
-    assert err == ("error: invalid model name '../probemm': letters, digits, '_', '-' and '.', starting with a "
-                   "letter or digit, no '..', at most 128 characters\n")
+    assert err == (
+        "error: invalid model name '../probemm': letters, digits, '_', '-' and '.', starting with a "
+        "letter or digit, no '..', at most 128 characters\n"
+    )
 
 
 def test_desired_state_files_follow_the_rule(nothing_may_happen, capsys):
     project = nothing_may_happen
-    for i, (model, versions) in enumerate([("../x", '["1.0"]'), ("ok", '["../1.0"]'), ("ok", '["1.0\\n"]'),
-                                           ("ok", "[null]"), ("a/b", '["1.0"]')]):
+    for i, (model, versions) in enumerate(
+        [("../x", '["1.0"]'), ("ok", '["../1.0"]'), ("ok", '["1.0\\n"]'), ("ok", "[null]"), ("a/b", '["1.0"]')]
+    ):
         f = project / f"deploy{i}.yaml"
         f.write_text(f'models:\n  "{model}":\n    versions: {versions}\n')
-        for args in (["plan", str(f)], ["apply", str(f)], ["export", "k8s", "--deploy", str(f), "--out", str(project / "out")]):
+        for args in (
+            ["plan", str(f)],
+            ["apply", str(f)],
+            ["export", "k8s", "--deploy", str(f), "--out", str(project / "out")],
+        ):
             assert main(args) == 7, (args, f.read_text())
             err = capsys.readouterr().err
             assert err.startswith(f"error: {f}: ") and "invalid" in err and err.count("\n") == 1, err

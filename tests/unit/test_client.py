@@ -12,8 +12,15 @@ from .fake_transport import FakeTransport, session_with
 
 def make(responder, keys=None, **kw):
     transport = FakeTransport(responder)
-    ts = TorchServe("http://m:8081", "http://i:8080", "http://x:8082", keys=keys or StaticKeys("MKEY", "IKEY", "AKEY"),
-                    session=session_with(transport), backoff=0, **kw)
+    ts = TorchServe(
+        "http://m:8081",
+        "http://i:8080",
+        "http://x:8082",
+        keys=keys or StaticKeys("MKEY", "IKEY", "AKEY"),
+        session=session_with(transport),
+        backoff=0,
+        **kw,
+    )
     return ts, transport
 
 
@@ -26,8 +33,14 @@ def test_register_passes_only_the_file_name_and_query_parameters():
     ts.register("/some/where/mlp-1.0.mar", model_name="mlp", initial_workers=2, batch_size=8, max_batch_delay=10)
     req = t.last()
     assert req.method == "POST" and t.path(req) == "/models"
-    assert t.query(req) == {"url": "mlp-1.0.mar", "model_name": "mlp", "initial_workers": "2", "batch_size": "8",
-                            "max_batch_delay": "10", "synchronous": "true"}
+    assert t.query(req) == {
+        "url": "mlp-1.0.mar",
+        "model_name": "mlp",
+        "initial_workers": "2",
+        "batch_size": "8",
+        "max_batch_delay": "10",
+        "synchronous": "true",
+    }
     assert req.headers["Authorization"] == "Bearer MKEY"
     assert req.body is None
 
@@ -41,8 +54,18 @@ def test_register_refuses_urls_and_odd_names(bad):
 
 
 def test_scale_set_default_unregister_describe_paths():
-    describe = [{"modelName": "mlp", "modelVersion": "2.0", "modelUrl": "mlp-2.0.mar", "minWorkers": 1, "maxWorkers": 2,
-                 "batchSize": 8, "maxBatchDelay": 10, "workers": [{"id": "9000", "status": "READY", "pid": 1}]}]
+    describe = [
+        {
+            "modelName": "mlp",
+            "modelVersion": "2.0",
+            "modelUrl": "mlp-2.0.mar",
+            "minWorkers": 1,
+            "maxWorkers": 2,
+            "batchSize": 8,
+            "maxBatchDelay": 10,
+            "workers": [{"id": "9000", "status": "READY", "pid": 1}],
+        }
+    ]
 
     def responder(req):
         return 200, describe if req.method == "GET" else {"status": "done"}
@@ -125,8 +148,9 @@ def test_register_refuses_a_model_name_that_could_never_be_unregistered():
     assert t.query(t.last())["model_name"] == "probemm"
 
 
-@pytest.mark.parametrize("bad", ["mlp\n-1.0.mar", "mlp-1.0.mar\x00", "mlp-1.0\r.mar", "\u202emlp-1.0.mar"],
-                         ids=short_id)
+@pytest.mark.parametrize(
+    "bad", ["mlp\n-1.0.mar", "mlp-1.0.mar\x00", "mlp-1.0\r.mar", "\u202emlp-1.0.mar"], ids=short_id
+)
 def test_register_refuses_archive_file_names_with_control_characters(bad):
     ts, t = make(ok())
     with pytest.raises(ValueError, match="not an archive file name of the model store"):
@@ -139,8 +163,12 @@ def test_register_takes_the_archive_of_any_valid_name_and_version():
     ts, t = make(ok())
     name, version = "n" * 128, "1" * 64
     ts.register(f"/store/{name}-{version}.mar", model_name=name)
-    assert t.query(t.last()) == {"url": f"{name}-{version}.mar", "model_name": name, "initial_workers": "1",
-                                 "synchronous": "true"}
+    assert t.query(t.last()) == {
+        "url": f"{name}-{version}.mar",
+        "model_name": name,
+        "initial_workers": "1",
+        "synchronous": "true",
+    }
 
 
 def test_valid_names_and_versions_travel_unescaped():
@@ -155,9 +183,11 @@ def test_valid_names_and_versions_travel_unescaped():
 
 
 def test_list_models_follows_every_page():
-    pages = {None: {"models": [{"modelName": "a", "modelUrl": "a.mar"}], "nextPageToken": "1"},
-             "1": {"models": [{"modelName": "b", "modelUrl": "b.mar"}], "nextPageToken": "2"},
-             "2": {"models": [{"modelName": "c", "modelUrl": "c.mar"}]}}
+    pages = {
+        None: {"models": [{"modelName": "a", "modelUrl": "a.mar"}], "nextPageToken": "1"},
+        "1": {"models": [{"modelName": "b", "modelUrl": "b.mar"}], "nextPageToken": "2"},
+        "2": {"models": [{"modelName": "c", "modelUrl": "c.mar"}]},
+    }
     ts, t = make(lambda req: (200, pages[FakeTransport.query(req).get("next_page_token")]))
     assert [m.name for m in ts.list_models(page_size=1)] == ["a", "b", "c"]
     assert [FakeTransport.query(r)["limit"] for r in t.requests] == ["1", "1", "1"]
@@ -193,9 +223,13 @@ def test_predict_refuses_nan_before_sending():
 
 
 def test_safe_calls_retry_503_and_connection_errors_with_a_bound():
-    answers = iter([(503, {"code": 503, "type": "ServiceUnavailableException", "message": "busy"}),
-                    (0, requests.exceptions.ConnectionError("refused")),
-                    (200, {"ok": 1})])
+    answers = iter(
+        [
+            (503, {"code": 503, "type": "ServiceUnavailableException", "message": "busy"}),
+            (0, requests.exceptions.ConnectionError("refused")),
+            (200, {"ok": 1}),
+        ]
+    )
     ts, t = make(lambda req: next(answers))
     assert ts.predict("mlp", {"data": []}) == {"ok": 1}
     assert len(t.requests) == 3
@@ -234,8 +268,15 @@ def test_unreachable_server_is_one_clear_error():
 
 
 def write_keys(path, m, i, a="AKEY"):
-    path.write_text(json.dumps({"management": {"key": m, "expiration time": "x"},
-                                "inference": {"key": i, "expiration time": "x"}, "API": {"key": a}}))
+    path.write_text(
+        json.dumps(
+            {
+                "management": {"key": m, "expiration time": "x"},
+                "inference": {"key": i, "expiration time": "x"},
+                "API": {"key": a},
+            }
+        )
+    )
 
 
 INVALID = (400, {"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed."})
@@ -297,7 +338,9 @@ def test_missing_key_file_says_how_to_fix(tmp_path):
 
 
 def test_from_config_finds_addresses_and_key_file(tmp_path):
-    (tmp_path / "config.properties").write_text("inference_address=http://127.0.0.1:1\nmanagement_address=http://127.0.0.1:2\n")
+    (tmp_path / "config.properties").write_text(
+        "inference_address=http://127.0.0.1:1\nmanagement_address=http://127.0.0.1:2\n"
+    )
     ts = TorchServe.from_config(tmp_path / "config.properties")
     assert ts.urls["inference"] == "http://127.0.0.1:1" and ts.urls["management"] == "http://127.0.0.1:2"
     assert ts.keys.path == tmp_path.resolve() / ".torchship" / "server" / "key_file.json"
@@ -323,7 +366,13 @@ def test_predict_many_keeps_order_and_per_item_errors():
 
     ts, t = make(responder)
     out = ts.predict_many("mlp", [{"i": i} for i in range(5)], concurrency=1)
-    assert [o if isinstance(o, dict) else type(o) for o in out] == [{"i": 0}, {"i": 1}, E.BadRequest, {"i": 3}, {"i": 4}]
+    assert [o if isinstance(o, dict) else type(o) for o in out] == [
+        {"i": 0},
+        {"i": 1},
+        E.BadRequest,
+        {"i": 3},
+        {"i": 4},
+    ]
 
 
 def test_explain_infer_v2_and_metrics_endpoints():
@@ -332,9 +381,14 @@ def test_explain_infer_v2_and_metrics_endpoints():
     def responder(req):
         path = FakeTransport.path(req)
         if path.startswith("/v2/"):
-            return 200, {"model_name": "mlp", "id": "r", "outputs": [
-                {"name": "class_id", "shape": [2], "datatype": "INT64", "data": [1, 2]},
-                {"name": "p", "shape": [2, 2], "datatype": "FP32", "data": [0.1, 0.9, 0.2, 0.8]}]}
+            return 200, {
+                "model_name": "mlp",
+                "id": "r",
+                "outputs": [
+                    {"name": "class_id", "shape": [2], "datatype": "INT64", "data": [1, 2]},
+                    {"name": "p", "shape": [2, 2], "datatype": "FP32", "data": [0.1, 0.9, 0.2, 0.8]},
+                ],
+            }
         if path == "/metrics":
             return 200, b'ts_inference_requests_total{model_name="mlp",model_version="default",} 4.0\n'
         return 200, {"attributions": [0.5]}
@@ -346,8 +400,11 @@ def test_explain_infer_v2_and_metrics_endpoints():
     answer = ts.infer_v2("mlp", {"input-0": np.zeros((2, 3), dtype=np.float32)}, outputs=["p"], request_id="r")
     req = t.last()
     assert t.path(req) == "/v2/models/mlp/infer" and req.headers["Authorization"] == "Bearer IKEY"
-    assert json.loads(req.body) == {"inputs": [{"name": "input-0", "shape": [2, 3], "datatype": "FP32",
-                                                "data": [0.0] * 6}], "id": "r", "outputs": [{"name": "p"}]}
+    assert json.loads(req.body) == {
+        "inputs": [{"name": "input-0", "shape": [2, 3], "datatype": "FP32", "data": [0.0] * 6}],
+        "id": "r",
+        "outputs": [{"name": "p"}],
+    }
     assert answer["outputs"][0]["data"].dtype == np.int64
     assert answer["outputs"][1]["data"].shape == (2, 2)
 
@@ -366,8 +423,15 @@ def test_wait_until_ready_polls_until_workers_are_up():
     states = iter(["STARTING", "STARTING", "READY"])
 
     def responder(req):
-        return 200, [{"modelName": "m", "modelVersion": "1", "minWorkers": 1, "maxWorkers": 1,
-                      "workers": [{"id": "9000", "status": next(states)}]}]
+        return 200, [
+            {
+                "modelName": "m",
+                "modelVersion": "1",
+                "minWorkers": 1,
+                "maxWorkers": 1,
+                "workers": [{"id": "9000", "status": next(states)}],
+            }
+        ]
 
     ts, t = make(responder)
     assert ts.wait_until_ready("m", timeout=5, poll=0).ready_workers == 1
@@ -378,13 +442,40 @@ def test_public_surface():
     import torchship
     from torchship import errors
 
-    assert set(torchship.__all__) == {"Project", "History", "TuneResult", "TorchServe", "LocalServer",
-                                      "TorchServeError", "errors", "__version__"}
+    assert set(torchship.__all__) == {
+        "Project",
+        "History",
+        "TuneResult",
+        "TorchServe",
+        "LocalServer",
+        "TorchServeError",
+        "errors",
+        "__version__",
+    }
     for name in errors.__all__:
         assert hasattr(errors, name)
-    api = {"register", "unregister", "scale", "describe", "versions", "list_models", "set_default",
-           "wait_until_ready", "ping", "is_healthy", "predict", "predict_many", "stream", "explain", "infer_v2",
-           "metrics", "metrics_text", "from_config", "from_env", "close"}
+    api = {
+        "register",
+        "unregister",
+        "scale",
+        "describe",
+        "versions",
+        "list_models",
+        "set_default",
+        "wait_until_ready",
+        "ping",
+        "is_healthy",
+        "predict",
+        "predict_many",
+        "stream",
+        "explain",
+        "infer_v2",
+        "metrics",
+        "metrics_text",
+        "from_config",
+        "from_env",
+        "close",
+    }
     assert api <= {n for n in dir(TorchServe) if not n.startswith("_")}
 
 

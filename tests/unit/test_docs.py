@@ -133,13 +133,17 @@ def test_every_docs_page_is_reachable_from_the_readme() -> None:
 def test_readme_is_a_front_page() -> None:
     lines = README.read_text(encoding="utf-8").splitlines()
     assert len(lines) <= README_MAX_LINES, (
-        f"README.md has {len(lines)} lines; at most {README_MAX_LINES}: move the depth into docs/")
+        f"README.md has {len(lines)} lines; at most {README_MAX_LINES}: move the depth into docs/"
+    )
 
 
 def test_the_link_checker_catches_what_it_should(tmp_path: Path) -> None:
     (tmp_path / "a.md").write_text("# Top\n## The `flow`: step 1, step_2!\n## Top\n", encoding="utf-8")
     assert anchors(tmp_path / "a.md") == {"top", "the-flow-step-1-step_2", "top-1"}
     page = tmp_path / "b.md"
-    page.write_text("[x](a.md#top) ![y](pic.png) [z](https://x.org/a)\n```\n[no](nowhere.md)\n```\n"
-                    "`[no](nowhere.md)` [w](#local)\n", encoding="utf-8")
+    page.write_text(
+        "[x](a.md#top) ![y](pic.png) [z](https://x.org/a)\n```\n[no](nowhere.md)\n```\n"
+        "`[no](nowhere.md)` [w](#local)\n",
+        encoding="utf-8",
+    )
     assert relative_links(page) == [(1, "a.md#top"), (1, "pic.png"), (5, "#local")]

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+import torchship_models
 from PIL import Image
 
-import torchship_models
 from tests.conftest import load_handler
 from train.data import load_fashion
 
@@ -33,14 +33,22 @@ def reference(run_dir, kind):
 
 # ---------------------------------------------------------------- sentiment
 
+
 @pytest.fixture(scope="module")
 def sentiment(sentiment_run, tmp_path_factory):
     return load_handler(sentiment_run, "sentiment_handler", "SentimentHandler", tmp_path_factory)
 
 
 def test_sentiment_answers_and_per_item_errors(sentiment):
-    bodies = [{"text": "a gripping, funny and moving film"}, {"text": ""}, {"text": 42},
-              {"text": "a dull, lifeless, tedious mess"}, {"nope": "x"}, {"text": "x" * 5001}, b"{broken"]
+    bodies = [
+        {"text": "a gripping, funny and moving film"},
+        {"text": ""},
+        {"text": 42},
+        {"text": "a dull, lifeless, tedious mess"},
+        {"nope": "x"},
+        {"text": "x" * 5001},
+        b"{broken",
+    ]
     codes, answers = run(sentiment, bodies)
     assert codes == [200, 400, 400, 200, 400, 400, 400]
     assert answers[0]["label"] == "positive" and answers[3]["label"] == "negative"
@@ -60,8 +68,17 @@ def test_sentiment_batch_equals_one_by_one(sentiment):
 
 def test_sentiment_texts_list_answers_each_in_order(sentiment):
     texts = ["the best film of the year", "not funny at all", "a film"]
-    codes, answers = run(sentiment, [{"texts": texts}, {"text": texts[1]}, {"texts": ["fine", ""]}, {"texts": []},
-                                     {"texts": ["x"] * 257}, {"texts": "not a list"}])
+    codes, answers = run(
+        sentiment,
+        [
+            {"texts": texts},
+            {"text": texts[1]},
+            {"texts": ["fine", ""]},
+            {"texts": []},
+            {"texts": ["x"] * 257},
+            {"texts": "not a list"},
+        ],
+    )
     assert codes == [200, 200, 400, 400, 400, 400]
     alone = [run(sentiment, [{"text": t}])[1][0] for t in texts]
     assert [a["label"] for a in answers[0]] == [a["label"] for a in alone]
@@ -73,6 +90,7 @@ def test_sentiment_texts_list_answers_each_in_order(sentiment):
 
 
 # ---------------------------------------------------------------- fashion
+
 
 @pytest.fixture(scope="module")
 def fashion(fashion_run, tmp_path_factory):
@@ -119,9 +137,18 @@ def test_fashion_bad_items_get_400_and_the_rest_are_answered(fashion, test_image
     Image.new("L", (9000, 9000)).save(bomb, format="PNG")  # over twice PIL's own limit: PIL refuses to open it
     big = io.BytesIO()
     Image.new("L", (2100, 2100)).save(big, format="PNG")  # over the limit: refused from its header
-    bodies = [png(x[0]), b"\x89PNG\r\n\x1a\nbroken", b"GIF8garbage", b"\x00\x01random", {"image": [[1, 2], [3]]},
-              {"image": x[0].tolist(), "k": 0}, {"image": (x[0] * 1000.0).tolist()}, bomb.getvalue(),
-              big.getvalue(), {"image": x[1].tolist()}]
+    bodies = [
+        png(x[0]),
+        b"\x89PNG\r\n\x1a\nbroken",
+        b"GIF8garbage",
+        b"\x00\x01random",
+        {"image": [[1, 2], [3]]},
+        {"image": x[0].tolist(), "k": 0},
+        {"image": (x[0] * 1000.0).tolist()},
+        bomb.getvalue(),
+        big.getvalue(),
+        {"image": x[1].tolist()},
+    ]
     codes, answers = run(fashion, bodies)
     assert codes == [200, 400, 400, 400, 400, 400, 400, 400, 400, 200]
     assert "2100x2100 pixels: at most 4,194,304" in answers[8]["message"]
@@ -132,6 +159,7 @@ def test_fashion_bad_items_get_400_and_the_rest_are_answered(fashion, test_image
 
 # ---------------------------------------------------------------- recommender
 
+
 @pytest.fixture(scope="module")
 def recommender(recommender_run, tmp_path_factory):
     return load_handler(recommender_run, "recommender_handler", "RecommenderHandler", tmp_path_factory)
@@ -140,8 +168,9 @@ def recommender(recommender_run, tmp_path_factory):
 def test_recommender_top_k_matches_the_model_and_excludes_seen(recommender, recommender_run):
     catalog = json.loads((recommender_run / "catalog.json").read_text())
     model = reference(recommender_run, "recommender")
-    codes, [answer, with_seen] = run(recommender, [{"user_id": "196", "k": 5},
-                                                   {"user_id": 196, "k": 5, "exclude_seen": False}])
+    codes, [answer, with_seen] = run(
+        recommender, [{"user_id": "196", "k": 5}, {"user_id": 196, "k": 5, "exclude_seen": False}]
+    )
     assert codes == [200, 200] and answer["fallback"] is None and len(answer["items"]) == 5
     u = catalog["users"].index("196")
     with torch.no_grad():
@@ -159,21 +188,25 @@ def test_recommender_unknown_user_gets_popular_items_flagged(recommender):
     assert codes == [200] and answer["fallback"] == "popular" and len(answer["item_ids"]) == 3
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"user_id": "196", "k": 0}, "'k' must be an integer from 1 to 100"),
-    ({"user_id": "196", "k": 101}, "from 1 to 100"),
-    ({"user_id": "196", "k": "10"}, "from 1 to 100"),
-    ({"user_id": "196", "k": True}, "from 1 to 100"),
-    ({"k": 3}, "missing field 'user_id'"),
-    ({"user_id": None}, "non-empty string"),
-    ({"user_id": "196", "exclude_seen": "yes"}, "true or false"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"user_id": "196", "k": 0}, "'k' must be an integer from 1 to 100"),
+        ({"user_id": "196", "k": 101}, "from 1 to 100"),
+        ({"user_id": "196", "k": "10"}, "from 1 to 100"),
+        ({"user_id": "196", "k": True}, "from 1 to 100"),
+        ({"k": 3}, "missing field 'user_id'"),
+        ({"user_id": None}, "non-empty string"),
+        ({"user_id": "196", "exclude_seen": "yes"}, "true or false"),
+    ],
+)
 def test_recommender_bad_items(recommender, body, message):
     codes, answers = run(recommender, [{"user_id": "1", "k": 2}, body])
     assert codes == [200, 400] and message in answers[1]["message"]
 
 
 # ---------------------------------------------------------------- embedder
+
 
 @pytest.fixture(scope="module")
 def embedder(embedder_run, tmp_path_factory):
@@ -182,9 +215,18 @@ def embedder(embedder_run, tmp_path_factory):
 
 def test_embedder_reference_pair_and_per_item_errors(embedder):
     pair = ["A man is eating food.", "A man is eating a piece of bread."]
-    codes, answers = run(embedder, [{"texts": pair}, {"texts": []}, {"texts": ["ok", 5]},
-                                    {"query": "A man is eating food.", "candidates": [pair[1], "A man rides a horse."]},
-                                    {"texts": ["x" * 2001]}, {"texts": ["a"] * 65}, {"other": 1}])
+    codes, answers = run(
+        embedder,
+        [
+            {"texts": pair},
+            {"texts": []},
+            {"texts": ["ok", 5]},
+            {"query": "A man is eating food.", "candidates": [pair[1], "A man rides a horse."]},
+            {"texts": ["x" * 2001]},
+            {"texts": ["a"] * 65},
+            {"other": 1},
+        ],
+    )
     assert codes == [200, 400, 400, 200, 400, 400, 400]
     a, b = np.array(answers[0]["embeddings"])
     assert a.shape == (384,) and abs(np.linalg.norm(a) - 1) < 1e-4

@@ -7,11 +7,11 @@ import yaml
 
 import archiver
 from archiver import ArchiveSpec, example_spec
-from tests.schema import validate
 from archiver.names import InvalidName
+from tests.schema import validate
 from torchship.ops.desired import DesiredState, ModelState, parse_desired
-from torchship.sdk.errors import VerificationError
 from torchship.ops.export import SCRAPER_NAMESPACE_LABEL, cluster_config, export
+from torchship.sdk.errors import VerificationError
 
 pytest.importorskip("kubernetes")
 
@@ -21,16 +21,37 @@ def exported(mlp_run, tmp_path_factory):
     store, keys = tmp_path_factory.mktemp("store"), tmp_path_factory.mktemp("keys")
     spec = example_spec("mlp", mlp_run, "1.0")
     for name, v in (("mlp", "1.0"), ("mlp", "2.0"), ("other", "1.0")):
-        archiver.package(ArchiveSpec(name, v, spec.handler, spec.weights, extra_files=spec.extra_files,
-                                     model_config=spec.model_config), store, keys)
-    desired = parse_desired({"models": {"mlp": {"versions": ["1.0", "2.0"], "default": "2.0", "batch_size": 8,
-                                                "max_batch_delay_ms": 10, "workers": {"min": 1, "max": 2}},
-                                        "other": {"versions": ["1.0"]}}})
+        archiver.package(
+            ArchiveSpec(
+                name, v, spec.handler, spec.weights, extra_files=spec.extra_files, model_config=spec.model_config
+            ),
+            store,
+            keys,
+        )
+    desired = parse_desired(
+        {
+            "models": {
+                "mlp": {
+                    "versions": ["1.0", "2.0"],
+                    "default": "2.0",
+                    "batch_size": 8,
+                    "max_batch_delay_ms": 10,
+                    "workers": {"min": 1, "max": 2},
+                },
+                "other": {"versions": ["1.0"]},
+            }
+        }
+    )
     out = tmp_path_factory.mktemp("export")
     pub = archiver.public_key_path(keys)
-    return {"k8s": export("k8s", desired, store, out, public_key=pub),
-            "kserve": export("kserve", desired, store, out, public_key=pub, canary_percent=10),
-            "out": out, "store": store, "keys": keys, "desired": desired}
+    return {
+        "k8s": export("k8s", desired, store, out, public_key=pub),
+        "kserve": export("kserve", desired, store, out, public_key=pub, canary_percent=10),
+        "out": out,
+        "store": store,
+        "keys": keys,
+        "desired": desired,
+    }
 
 
 @pytest.mark.parametrize("target", ["k8s", "kserve"])
@@ -41,8 +62,10 @@ def test_manifests_validate_against_the_official_schemas(exported, target):
         assert validate(doc) == [], path.name
         assert "&id" not in path.read_text(), "plain YAML, no anchors"
         kinds.append(doc["kind"])
-    expected = {"k8s": ["ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy"],
-                "kserve": ["ServingRuntime", "InferenceService"]}[target]
+    expected = {
+        "k8s": ["ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy"],
+        "kserve": ["ServingRuntime", "InferenceService"],
+    }[target]
     assert kinds == expected
 
 
@@ -50,14 +73,21 @@ def test_the_validator_catches_what_kubectl_would_refuse(exported):
     isvc = yaml.safe_load((exported["out"] / "kserve" / "inferenceservice.yaml").read_text())
     isvc["spec"]["predictor"]["canaryTrafficPercentage"] = 10
     assert any("canaryTrafficPercentage: unknown field of V1beta1PredictorSpec" in p for p in validate(isvc))
-    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
-                  "spec": {"selector": {"matchLabels": {"a": "b"}},
-                           "template": {"spec": {"containers": [{"name": "c", "image": "i", "prots": []}]}}}}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "x"},
+        "spec": {
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {"spec": {"containers": [{"name": "c", "image": "i", "prots": []}]}},
+        },
+    }
     assert any("prots: unknown field" in p for p in validate(deployment))
     deployment["spec"]["template"]["spec"]["containers"] = [{"image": "i"}]
     assert any("name" in p for p in validate(deployment))
-    deployment["spec"]["template"]["spec"]["containers"] = [{"name": "c", "image": "i", "ports": [
-        {"containerPort": "8080"}]}]
+    deployment["spec"]["template"]["spec"]["containers"] = [
+        {"name": "c", "image": "i", "ports": [{"containerPort": "8080"}]}
+    ]
     assert any("containerPort: expected int" in p for p in validate(deployment))
     policy = yaml.safe_load((exported["out"] / "k8s" / "networkpolicy.yaml").read_text())
     policy["spec"]["ingress"][0]["form"] = policy["spec"]["ingress"][0].pop("from")
@@ -81,16 +111,27 @@ def test_k8s_deployment_is_safe_and_probed(exported):
 def test_model_store_layout_and_snapshot_carry_the_desired_state(exported):
     layout = exported["out"] / "model-store"
     assert sorted(p.name for p in (layout / "model-store").iterdir()) == [
-        "mlp-1.0.mar", "mlp-1.0.mar.sig", "mlp-2.0.mar", "mlp-2.0.mar.sig", "other-1.0.mar", "other-1.0.mar.sig"]
+        "mlp-1.0.mar",
+        "mlp-1.0.mar.sig",
+        "mlp-2.0.mar",
+        "mlp-2.0.mar.sig",
+        "other-1.0.mar",
+        "other-1.0.mar.sig",
+    ]
     for archive in (layout / "model-store").glob("*.mar"):  # copies still verify elsewhere
         assert archiver.verify_archive(archive, public_key=archiver.public_key_path(exported["keys"])).ok
     config = (layout / "config" / "config.properties").read_text()
-    snapshot = json.loads(next(line for line in config.splitlines() if line.startswith("model_snapshot="))
-                          .split("=", 1)[1])
+    snapshot = json.loads(
+        next(line for line in config.splitlines() if line.startswith("model_snapshot=")).split("=", 1)[1]
+    )
     mlp = snapshot["models"]["mlp"]
     assert mlp["2.0"]["defaultVersion"] and not mlp["1.0"]["defaultVersion"]
-    assert (mlp["1.0"]["batchSize"], mlp["1.0"]["maxBatchDelay"], mlp["1.0"]["minWorkers"], mlp["1.0"]["maxWorkers"]) \
-        == (8, 10, 1, 2)
+    assert (
+        mlp["1.0"]["batchSize"],
+        mlp["1.0"]["maxBatchDelay"],
+        mlp["1.0"]["minWorkers"],
+        mlp["1.0"]["maxWorkers"],
+    ) == (8, 10, 1, 2)
     isvc = yaml.safe_load((exported["out"] / "kserve" / "inferenceservice.yaml").read_text())
     assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 10
     assert isvc["spec"]["predictor"]["model"]["runtime"] == "torchship-torchserve"
@@ -105,8 +146,13 @@ def test_export_refuses_unverified_archives(exported, tmp_path):
         (store / f.name).write_bytes(f.read_bytes())
     tamper.rewrite(store / "other-1.0.mar", lambda m: {**m, "evil.py": b"x"})
     with pytest.raises(VerificationError, match="other-1.0.mar failed verification"):
-        export("k8s", parse_desired({"models": {"other": {"versions": ["1.0"]}}}), store, tmp_path / "out",
-               public_key=archiver.public_key_path(exported["keys"]))
+        export(
+            "k8s",
+            parse_desired({"models": {"other": {"versions": ["1.0"]}}}),
+            store,
+            tmp_path / "out",
+            public_key=archiver.public_key_path(exported["keys"]),
+        )
 
 
 def _docs(exported, target):
@@ -154,8 +200,9 @@ def test_torchserve_writes_only_to_empty_dirs(exported, target):
     writable = [m["mountPath"] for m in container["volumeMounts"] if m["name"] in empty and not m.get("readOnly")]
     assert writable
     env = {e["name"]: e["value"] for e in container["env"]}
-    for place in [container["workingDir"]] + [env[k] for k in ("TMPDIR", "TEMP", "TMP", "LOG_LOCATION",
-                                                               "METRICS_LOCATION", "HOME")]:
+    for place in [container["workingDir"]] + [
+        env[k] for k in ("TMPDIR", "TEMP", "TMP", "LOG_LOCATION", "METRICS_LOCATION", "HOME")
+    ]:
         assert any(_under(place, m) for m in writable), place
     assert env["TMPDIR"] == env["TEMP"] == env["TMP"]
     assert not _under(env["TMPDIR"], container["workingDir"]) and not _under(container["workingDir"], env["TMPDIR"])
@@ -185,8 +232,10 @@ def test_k8s_network_policy_admits_only_labelled_clients_and_scrapers(exported):
             for peer in rule["from"]:
                 assert "ipBlock" not in peer
                 if "namespaceSelector" in peer:
-                    ns_ok = namespace_labels is not None and \
-                        peer["namespaceSelector"]["matchLabels"].items() <= namespace_labels.items()
+                    ns_ok = (
+                        namespace_labels is not None
+                        and peer["namespaceSelector"]["matchLabels"].items() <= namespace_labels.items()
+                    )
                     ns_ok = ns_ok or (namespace_labels is None and not peer["namespaceSelector"].get("matchLabels"))
                 else:
                     ns_ok = namespace_labels is None
@@ -229,13 +278,29 @@ def test_cluster_config_names_the_writable_places():
 def test_export_refuses_a_bad_name_before_writing(exported, tmp_path, name):
     out = tmp_path / "out"
     with pytest.raises(InvalidName):
-        export("k8s", exported["desired"], exported["store"], out,
-               public_key=archiver.public_key_path(exported["keys"]), name=name)
+        export(
+            "k8s",
+            exported["desired"],
+            exported["store"],
+            out,
+            public_key=archiver.public_key_path(exported["keys"]),
+            name=name,
+        )
     assert not out.exists()
 
 
-@pytest.mark.parametrize("model,version", [("../mlp", "1.0"), ("mlp/x", "1.0"), (".hidden", "1.0"),
-                                           ("mlp", "../1.0"), ("mlp", "1..0"), ("mlp", "1.0/x"), ("mlp", "")])
+@pytest.mark.parametrize(
+    "model,version",
+    [
+        ("../mlp", "1.0"),
+        ("mlp/x", "1.0"),
+        (".hidden", "1.0"),
+        ("mlp", "../1.0"),
+        ("mlp", "1..0"),
+        ("mlp", "1.0/x"),
+        ("mlp", ""),
+    ],
+)
 def test_export_refuses_bad_model_names_and_versions_before_writing(exported, tmp_path, model, version):
     """Checked by the one rule even when the state was built in code, not parsed from a file."""
     desired = DesiredState({model: ModelState(model, (version,), version)})
@@ -246,8 +311,14 @@ def test_export_refuses_bad_model_names_and_versions_before_writing(exported, tm
 
 
 def test_export_accepts_a_valid_kubernetes_name(exported, tmp_path):
-    written = export("k8s", exported["desired"], exported["store"], tmp_path / "out",
-                     public_key=archiver.public_key_path(exported["keys"]), name="fraud-scorer-2")
+    written = export(
+        "k8s",
+        exported["desired"],
+        exported["store"],
+        tmp_path / "out",
+        public_key=archiver.public_key_path(exported["keys"]),
+        name="fraud-scorer-2",
+    )
     policy = yaml.safe_load((tmp_path / "out" / "k8s" / "networkpolicy.yaml").read_text())
     assert validate(policy) == []
     assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {"matchLabels": {"fraud-scorer-2-client": "true"}}}]

@@ -9,10 +9,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from PIL import Image
-
 import torchship_base_handler as base
 from mlp_handler import MLPHandler
+from PIL import Image
+
 from tests.conftest import load_handler
 from tests.helpers import assert_same_answers, rows
 
@@ -43,6 +43,7 @@ def npy(array):
 
 # ---------------------------------------------------------------- nesting depth
 
+
 def test_json_nested_1000_deep_in_2kb_is_that_items_400(mlp):
     deep = b"[" * 1000 + b"]" * 1000  # 2 KB: Python's decoder raises RecursionError on it
     deep_obj = b'{"data": ' + b"[" * 900 + b"]" * 900 + b"}"  # under Python's limit: decoded, then refused
@@ -64,6 +65,7 @@ def test_depth_is_checked_on_bodies_already_decoded_too(mlp):
 
 # ---------------------------------------------------------------- body size
 
+
 def test_a_body_over_the_models_limit_is_a_json_413(mlp):
     big = b'{"data": [' + b"0.0," * (MLPHandler.max_body_bytes // 4) + b"0.0]}"
     packed = gzip.compress(big)  # small on the wire, over the limit once unpacked
@@ -75,6 +77,7 @@ def test_a_body_over_the_models_limit_is_a_json_413(mlp):
 
 # ---------------------------------------------------------------- .npy headers
 
+
 def lying_npy(shape, dtype="<f8", payload=b"\0" * 64):
     header = repr({"descr": dtype, "fortran_order": False, "shape": shape}).encode()
     header += b" " * (63 - (len(header) + 10) % 64) + b"\n"
@@ -84,8 +87,9 @@ def lying_npy(shape, dtype="<f8", payload=b"\0" * 64):
 def test_npy_header_claiming_a_terabyte_is_a_400_without_allocating(mlp):
     tracemalloc.start()
     try:
-        codes, answers, _ = run(mlp, [lying_npy((10 ** 12,)), GOOD, lying_npy((10 ** 6, 100)),
-                                      lying_npy((2,), "|O"), lying_npy((1,) * 9)])
+        codes, answers, _ = run(
+            mlp, [lying_npy((10**12,)), GOOD, lying_npy((10**6, 100)), lying_npy((2,), "|O"), lying_npy((1,) * 9)]
+        )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -104,6 +108,7 @@ def test_an_honest_npy_still_works(mlp):
 
 # ---------------------------------------------------------------- Open Inference Protocol
 
+
 def v2(shape, data=None, **extra):
     spec = {"name": "x", "shape": shape, "datatype": "FP32"}
     spec.update({"data": data} if data is not None else {})
@@ -113,8 +118,16 @@ def v2(shape, data=None, **extra):
 def test_v2_huge_declared_shapes_are_refused_before_allocating(mlp):
     tracemalloc.start()
     try:
-        codes, answers, _ = run(mlp, [v2([2 ** 32, 2 ** 32], []), v2([1, 100], GOOD["data"]), v2([2 ** 20, 2 ** 20], []),
-                                      v2([0, 10 ** 40], []), v2([1] * 9, [1.0])])
+        codes, answers, _ = run(
+            mlp,
+            [
+                v2([2**32, 2**32], []),
+                v2([1, 100], GOOD["data"]),
+                v2([2**20, 2**20], []),
+                v2([0, 10**40], []),
+                v2([1] * 9, [1.0]),
+            ],
+        )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -125,18 +138,21 @@ def test_v2_huge_declared_shapes_are_refused_before_allocating(mlp):
     assert peak < 50 * 1024 * 1024
 
 
-@pytest.mark.parametrize("request_body, words", [
-    (v2([1, 100], GOOD["data"], id="x" * 300), "'id' must be a string of at most 256"),
-    (v2([1, 100], GOOD["data"], id=["a"]), "'id' must be a string"),
-    (v2([1, 100], GOOD["data"], parameters=[1]), "'parameters' must be an object"),
-    (v2([1, 100], GOOD["data"], outputs={"a": 1}), "'outputs' must be a list"),
-    (v2([1, 100], GOOD["data"], outputs=[{"name": "class_id", "parameters": 5}]), "'outputs' must be a list"),
-    ({"inputs": 5}, "'inputs' must be a list"),
-    ({"inputs": []}, "'inputs' must be a list"),
-    ({"inputs": [{"name": "x", "shape": [1], "datatype": ["FP32"], "data": [1]}]}, "datatype among"),
-    ({"inputs": [{"name": "x" * 10000, "shape": [1], "datatype": "FP33"}]}, "datatype among"),
-    (v2([1, 100], {"a": 1}), "'data' must be a list"),
-])
+@pytest.mark.parametrize(
+    "request_body, words",
+    [
+        (v2([1, 100], GOOD["data"], id="x" * 300), "'id' must be a string of at most 256"),
+        (v2([1, 100], GOOD["data"], id=["a"]), "'id' must be a string"),
+        (v2([1, 100], GOOD["data"], parameters=[1]), "'parameters' must be an object"),
+        (v2([1, 100], GOOD["data"], outputs={"a": 1}), "'outputs' must be a list"),
+        (v2([1, 100], GOOD["data"], outputs=[{"name": "class_id", "parameters": 5}]), "'outputs' must be a list"),
+        ({"inputs": 5}, "'inputs' must be a list"),
+        ({"inputs": []}, "'inputs' must be a list"),
+        ({"inputs": [{"name": "x", "shape": [1], "datatype": ["FP32"], "data": [1]}]}, "datatype among"),
+        ({"inputs": [{"name": "x" * 10000, "shape": [1], "datatype": "FP33"}]}, "datatype among"),
+        (v2([1, 100], {"a": 1}), "'data' must be a list"),
+    ],
+)
 def test_v2_request_fields_are_checked(mlp, request_body, words):
     codes, answers, _ = run(mlp, [request_body, GOOD])
     assert codes == [400, 200]
@@ -145,12 +161,20 @@ def test_v2_request_fields_are_checked(mlp, request_body, words):
 
 
 def test_v2_binary_errors_are_plain_json_with_the_error_field(mlp):
-    head = json.dumps({"inputs": [{"name": "i", "shape": [2 ** 32, 2 ** 32], "datatype": "FP32",
-                                   "parameters": {"binary_data_size": 400}}],
-                       "parameters": {"binary_data_output": True}}).encode()
-    good_head = json.dumps({"inputs": [{"name": "i", "shape": [1, 100], "datatype": "FP32",
-                                        "parameters": {"binary_data_size": 400}}],
-                            "parameters": {"binary_data_output": True}}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {"name": "i", "shape": [2**32, 2**32], "datatype": "FP32", "parameters": {"binary_data_size": 400}}
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    good_head = json.dumps(
+        {
+            "inputs": [{"name": "i", "shape": [1, 100], "datatype": "FP32", "parameters": {"binary_data_size": 400}}],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     x = np.asarray(GOOD["data"], dtype=np.float32).tobytes()
     bodies = [head + x, good_head + x, b"{broken" + x, good_head + x + b"extra"]
     lengths = [len(head), len(good_head), 7, len(good_head)]
@@ -184,14 +208,19 @@ def test_tritonclient_reads_our_v2_errors():
 
 # ---------------------------------------------------------------- any exception is one item's answer
 
+
 class Fragile(MLPHandler):
     """mlp whose parse and forward fail in chosen ways for marked rows (first value 7777 etc.)."""
 
     def parse(self, payload):
         marker = payload.get("boom") if isinstance(payload, dict) else None
         if marker is not None:
-            raise {"recursion": RecursionError("deep"), "memory": MemoryError(), "type": TypeError("int + str"),
-                   "overflow": OverflowError("too big")}[marker]
+            raise {
+                "recursion": RecursionError("deep"),
+                "memory": MemoryError(),
+                "type": TypeError("int + str"),
+                "overflow": OverflowError("too big"),
+            }[marker]
         return super().parse(payload)
 
     def predict(self, inputs):
@@ -216,8 +245,9 @@ def marked(value):
 
 
 def test_any_exception_while_parsing_is_that_items_4xx(fragile):
-    codes, answers, _ = run(fragile, [GOOD, {"boom": "recursion"}, {"boom": "memory"}, {"boom": "type"},
-                                      {"boom": "overflow"}, GOOD])
+    codes, answers, _ = run(
+        fragile, [GOOD, {"boom": "recursion"}, {"boom": "memory"}, {"boom": "type"}, {"boom": "overflow"}, GOOD]
+    )
     assert codes == [200, 400, 413, 400, 400, 200]
     assert "nested too deeply" in answers[1]["message"]
     assert "more memory than this model allows" in answers[2]["message"]
@@ -245,14 +275,22 @@ def test_a_wrong_number_of_outputs_is_retried_item_by_item(fragile, mlp):
 
 # ---------------------------------------------------------------- recommender
 
+
 @pytest.fixture(scope="module")
 def recommender(recommender_run, tmp_path_factory):
     return load_handler(recommender_run, "recommender_handler", "RecommenderHandler", tmp_path_factory)
 
 
 def test_recommender_never_echoes_a_huge_user_id(recommender):
-    codes, answers, _ = run(recommender, [json.dumps({"user_id": "u" * 6_000_000}).encode(), {"user_id": 10 ** 4000},
-                                          {"user_id": "u" * 128, "k": 2}, {"user_id": "196", "k": 2}])
+    codes, answers, _ = run(
+        recommender,
+        [
+            json.dumps({"user_id": "u" * 6_000_000}).encode(),
+            {"user_id": 10**4000},
+            {"user_id": "u" * 128, "k": 2},
+            {"user_id": "196", "k": 2},
+        ],
+    )
     assert codes == [413, 400, 200, 200]  # 6 MB: over the recommender's 64 KiB body limit when sent as bytes
     assert "'user_id' is too long: at most 128 characters" in answers[1]["message"]
     assert answers[2]["user_id"] == "u" * 128 and answers[2]["fallback"] == "popular"
@@ -261,6 +299,7 @@ def test_recommender_never_echoes_a_huge_user_id(recommender):
 
 
 # ---------------------------------------------------------------- fashion
+
 
 @pytest.fixture(scope="module")
 def fashion(fashion_run, tmp_path_factory):
@@ -296,6 +335,7 @@ def test_fashion_image_counts_are_checked_before_converting(fashion):
 
 # ---------------------------------------------------------------- embedder
 
+
 @pytest.fixture(scope="module")
 def embedder(embedder_run, tmp_path_factory):
     return load_handler(embedder_run, "embedder_handler", "EmbedderHandler", tmp_path_factory)
@@ -303,8 +343,7 @@ def embedder(embedder_run, tmp_path_factory):
 
 def test_embedder_bounds_the_tokens_of_a_request(embedder):
     long_text = "word " * 399  # about 400 tokens: cut at 256
-    codes, answers, _ = run(embedder, [{"texts": [long_text] * 17}, {"texts": ["a film"]},
-                                       {"texts": [long_text] * 16}])
+    codes, answers, _ = run(embedder, [{"texts": [long_text] * 17}, {"texts": ["a film"]}, {"texts": [long_text] * 16}])
     assert codes == [400, 200, 200]
     assert "4,352 tokens in all; at most 4,096" in answers[0]["message"]
 
@@ -318,6 +357,7 @@ def test_embedder_chunks_equal_one_padded_batch(embedder):
 
 # ---------------------------------------------------------------- answers split back per request
 
+
 def test_per_request_hands_each_request_its_own_answers_in_order():
     answers = ["a0", "b0", "b1", "b2", "c0"]
     assert base.BatchHandler.per_request(answers, [1, 3, 1]) == [["a0"], ["b0", "b1", "b2"], ["c0"]]
@@ -328,19 +368,23 @@ def test_per_request_hands_each_request_its_own_answers_in_order():
 
 # ---------------------------------------------------------------- textgen
 
+
 @pytest.fixture(scope="module")
 def textgen(textgen_run, tmp_path_factory):
     return load_handler(textgen_run, "textgen_handler", "TextgenHandler", tmp_path_factory)
 
 
-@pytest.mark.parametrize("params, words", [
-    ({"temperature": 1e-45}, "'temperature' must be 0 (greedy) or a number from 0.01 to 2"),
-    ({"temperature": float("nan")}, "'temperature'"),
-    ({"temperature": 2.5}, "'temperature'"),
-    ({"top_k": 10 ** 6}, "'top_k' must be an integer from 1 to"),
-    ({"max_new_tokens": 10 ** 9}, "'max_new_tokens' must be an integer from 1 to 500"),
-    ({"prompt": "x" * 501}, "at most 500 characters"),
-])
+@pytest.mark.parametrize(
+    "params, words",
+    [
+        ({"temperature": 1e-45}, "'temperature' must be 0 (greedy) or a number from 0.01 to 2"),
+        ({"temperature": float("nan")}, "'temperature'"),
+        ({"temperature": 2.5}, "'temperature'"),
+        ({"top_k": 10**6}, "'top_k' must be an integer from 1 to"),
+        ({"max_new_tokens": 10**9}, "'max_new_tokens' must be an integer from 1 to 500"),
+        ({"prompt": "x" * 501}, "at most 500 characters"),
+    ],
+)
 def test_textgen_generation_parameters_are_bounded(textgen, params, words):
     good = {"prompt": "The film", "max_new_tokens": 12, "seed": 5}
     codes, answers = run_stream(textgen, [good, {**good, **params}, good])
@@ -377,8 +421,9 @@ def test_every_handler_refuses_deep_json_and_oversize_bodies(recommender, textge
     for handler, good in ((recommender, {"user_id": "196", "k": 2}), (embedder, {"texts": ["a film"]})):
         codes, answers, _ = run(handler, [deep, good, b" " * (handler.max_body_bytes + 1)])
         assert codes == [400, 200, 413] and "nested too deeply" in answers[0]["message"]
-    codes, answers = run_stream(textgen, [deep, {"prompt": "A", "max_new_tokens": 3},
-                                          b" " * (textgen.max_body_bytes + 1)])
+    codes, answers = run_stream(
+        textgen, [deep, {"prompt": "A", "max_new_tokens": 3}, b" " * (textgen.max_body_bytes + 1)]
+    )
     assert codes == [400, 200, 413]
 
 
@@ -387,12 +432,23 @@ def test_textgen_reads_requests_as_every_handler_does(textgen):
     go through the base's reading: the same bounds and answers as in every other handler."""
     good = {"prompt": "The film", "max_new_tokens": 8, "seed": 2}
     expected = run_stream(textgen, [good])[1][0]
-    head = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "INT64",
-                                   "parameters": {"binary_data_size": 8}}]}).encode()
-    bodies = [gzip.compress(json.dumps(good).encode()), head + np.int64(7).tobytes(), head, good,
-              gzip.compress(b'{"prompt": "' + b"x" * textgen.max_body_bytes + b'"}')]
-    headers = [{}, {"Inference-Header-Content-Length": str(len(head))},
-               {"Inference-Header-Content-Length": str(len(head) + 99)}, {}, {}]
+    head = json.dumps(
+        {"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "parameters": {"binary_data_size": 8}}]}
+    ).encode()
+    bodies = [
+        gzip.compress(json.dumps(good).encode()),
+        head + np.int64(7).tobytes(),
+        head,
+        good,
+        gzip.compress(b'{"prompt": "' + b"x" * textgen.max_body_bytes + b'"}'),
+    ]
+    headers = [
+        {},
+        {"Inference-Header-Content-Length": str(len(head))},
+        {"Inference-Header-Content-Length": str(len(head) + 99)},
+        {},
+        {},
+    ]
     codes, answers = run_stream(textgen, bodies, headers)
     assert codes == [200, 501, 400, 200, 413]
     assert answers[0] == answers[3] == expected

@@ -11,8 +11,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # what each layer may import of ours
-ALLOWED = {"handlers": set(), "archiver": {"handlers"}, "train": {"archiver", "handlers"},
-           "torchship": {"train", "archiver", "handlers"}}
+ALLOWED = {
+    "handlers": set(),
+    "archiver": {"handlers"},
+    "train": {"archiver", "handlers"},
+    "torchship": {"train", "archiver", "handlers"},
+}
 OURS = set(ALLOWED)
 
 
@@ -38,8 +42,10 @@ def test_no_import_runs_back_up(layer):
 
 
 def test_archiver_and_train_load_nothing_of_torchship():
-    code = ("import sys, archiver, archiver.verify, archiver.derive, train, train.common, train.data; "
-            "print(sorted(m for m in sys.modules if m == 'torchship' or m.startswith('torchship.')))")
+    code = (
+        "import sys, archiver, archiver.verify, archiver.derive, train, train.common, train.data; "
+        "print(sorted(m for m in sys.modules if m == 'torchship' or m.startswith('torchship.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -4,11 +4,11 @@ import json
 import math
 import shutil
 
+import mlp_handler
 import numpy as np
 import pytest
 import torch
 
-import mlp_handler
 from tests.conftest import load_handler
 from tests.helpers import assert_same_answers, rows
 
@@ -78,7 +78,7 @@ BAD = [
     ({"data": [[[0.0] * 100]]}, "shape [1, 1, 100]"),
     ({"data": []}, "shape [0]"),
     ({"data": [0.0] * 101}, "shape [101]"),
-    ({"data": [10 ** 400] + [0] * 99}, "only numbers"),
+    ({"data": [10**400] + [0] * 99}, "only numbers"),
     ({"data": [1e300] + [0.0] * 99}, "too large for float32"),
     (b'{"data": [NaN' + b", 0" * 99 + b"]}", "NaN"),
     ({"data": [[0.0] * 100] * 1025}, "at most 1024"),
@@ -128,8 +128,9 @@ def test_binary_npy_bodies_skip_json(handler, mlp_reference):
         np.save(buf, array)
         return buf.getvalue()
 
-    codes, answers = run(handler, [npy(data), npy(data[0]), npy(data[:, :10]), b"\x93NUMPYbroken",
-                                   npy(np.array(["a"] * 100))])
+    codes, answers = run(
+        handler, [npy(data), npy(data[0]), npy(data[:, :10]), b"\x93NUMPYbroken", npy(np.array(["a"] * 100))]
+    )
     assert codes == [200, 200, 400, 400, 400]
     assert_same_answers(answers[0], run(handler, [{"data": data.tolist()}])[1][0])
     assert answers[1]["class_id"] == answers[0][0]["class_id"]

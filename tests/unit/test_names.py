@@ -2,27 +2,69 @@
 
 import pytest
 
-from archiver.names import MAX_NAME_LENGTH, MAX_VERSION_LENGTH, InvalidName, check_name, check_name_version, check_version
+from archiver.names import (
+    MAX_NAME_LENGTH,
+    MAX_VERSION_LENGTH,
+    InvalidName,
+    check_name,
+    check_name_version,
+    check_version,
+)
 
 GOOD_NAMES = ["mlp", "m", "M", "7", "sentiment", "two-tower_v2", "a.b", "mlp-1.0", "x" * MAX_NAME_LENGTH]
 
 # Each one is a name a user (or an attacker) could type; none may reach a path, a URL or the registry.
 BAD_NAMES = [
-    "", ".", "..", "../x", "../probemm", "a/b", "/abs", "a\\b", "x/..", "a..b", "..x", "x..",
-    ".hidden", "-x", "_x", "a b", " mlp", "mlp ", "a\nb", "mlp\n", "\nmlp", "a\rb", "a\tb", "a\x00b", "mlp\x00",
-    "a:b", "a?b", "a#b", "a%2Fb", "a*", "[m]", "a;b", "a'b", 'a"b', "<m>", "a&b", "a+b", "a=b", "~m",
-    "mlр",            # Cyrillic er (U+0440), looks like "mlp"
-    "аpple",          # Cyrillic a
-    "ｍｌｐ",          # fullwidth
-    "mlp\u200b",      # zero-width space
-    "\u202emlp",      # right-to-left override
-    "café",           # non-ASCII letter
-    "١٢",             # Arabic-Indic digits (\d would take them)
+    "",
+    ".",
+    "..",
+    "../x",
+    "../probemm",
+    "a/b",
+    "/abs",
+    "a\\b",
+    "x/..",
+    "a..b",
+    "..x",
+    "x..",
+    ".hidden",
+    "-x",
+    "_x",
+    "a b",
+    " mlp",
+    "mlp ",
+    "a\nb",
+    "mlp\n",
+    "\nmlp",
+    "a\rb",
+    "a\tb",
+    "a\x00b",
+    "mlp\x00",
+    "a:b",
+    "a?b",
+    "a#b",
+    "a%2Fb",
+    "a*",
+    "[m]",
+    "a;b",
+    "a'b",
+    'a"b',
+    "<m>",
+    "a&b",
+    "a+b",
+    "a=b",
+    "~m",
+    "mlр",  # Cyrillic er (U+0440), looks like "mlp"
+    "аpple",  # Cyrillic a
+    "ｍｌｐ",  # fullwidth
+    "mlp\u200b",  # zero-width space
+    "\u202emlp",  # right-to-left override
+    "café",  # non-ASCII letter
+    "١٢",  # Arabic-Indic digits (\d would take them)
     "x" * (MAX_NAME_LENGTH + 1),
     "x" * 100_000,
 ]
 NOT_STR = [None, 1, 1.0, b"mlp", bytearray(b"mlp"), ["mlp"], ("mlp",), {"mlp": 1}, True, object()]
-
 
 
 def short_id(value) -> str:
@@ -30,8 +72,28 @@ def short_id(value) -> str:
 
 
 GOOD_VERSIONS = ["1.0", "2.1-rc1", "10", "1", "0.0.1", "v2", "2024_01", "1" * MAX_VERSION_LENGTH]
-BAD_VERSIONS = ["", ".", "..", "1..0", "../1", "1/0", "/1", "-1", ".1", "_1", "1.0\n", "1\n0", "1\x00", "1 0",
-                "1.0+local", "１.０", "1.٠", "1" * (MAX_VERSION_LENGTH + 1), "all", "ALL"]
+BAD_VERSIONS = [
+    "",
+    ".",
+    "..",
+    "1..0",
+    "../1",
+    "1/0",
+    "/1",
+    "-1",
+    ".1",
+    "_1",
+    "1.0\n",
+    "1\n0",
+    "1\x00",
+    "1 0",
+    "1.0+local",
+    "１.０",
+    "1.٠",
+    "1" * (MAX_VERSION_LENGTH + 1),
+    "all",
+    "ALL",
+]
 
 
 @pytest.mark.parametrize("name", GOOD_NAMES)

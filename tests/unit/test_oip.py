@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 import pytest
+import torchship_oip as oip
 from ts.context import RequestProcessor
 
-import torchship_oip as oip
 from tests.conftest import load_handler
 from tests.helpers import rows
 
@@ -15,8 +15,12 @@ from .handler_context import make_context, statuses
 
 def test_decode_json_and_binary_tensors():
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
-    req = {"inputs": [{"name": "a", "shape": [2, 3], "datatype": "FP32", "data": x.reshape(-1).tolist()},
-                      {"name": "b", "shape": [2], "datatype": "INT64", "parameters": {"binary_data_size": 16}}]}
+    req = {
+        "inputs": [
+            {"name": "a", "shape": [2, 3], "datatype": "FP32", "data": x.reshape(-1).tolist()},
+            {"name": "b", "shape": [2], "datatype": "INT64", "parameters": {"binary_data_size": 16}},
+        ]
+    }
     head = json.dumps(req).encode()
     body = head + np.array([7, 8], dtype=np.int64).tobytes()
     parsed, binary = oip.split_body(body, len(head))
@@ -25,15 +29,18 @@ def test_decode_json_and_binary_tensors():
     assert tensors["b"].tolist() == [7, 8]
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"name": "a", "shape": [3], "datatype": "FP32", "data": [1, 2]}, "do not fill shape"),
-    ({"name": "a", "shape": [2], "datatype": "FP99", "data": [1, 2]}, "datatype among"),
-    ({"name": "a", "shape": [-1], "datatype": "FP32", "data": [1]}, "non-negative"),
-    ({"name": "a", "shape": [2], "datatype": "FP32", "data": ["x", "y"]}, "not FP32 values"),
-    ({"name": "a", "shape": [2], "datatype": "INT64", "parameters": {"binary_data_size": 99}}, "binary_data_size"),
-    ({"name": "a", "shape": [1], "datatype": "BYTES", "data": ["x"]}, "BYTES"),
-    ("not an object", "must be an object"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"name": "a", "shape": [3], "datatype": "FP32", "data": [1, 2]}, "do not fill shape"),
+        ({"name": "a", "shape": [2], "datatype": "FP99", "data": [1, 2]}, "datatype among"),
+        ({"name": "a", "shape": [-1], "datatype": "FP32", "data": [1]}, "non-negative"),
+        ({"name": "a", "shape": [2], "datatype": "FP32", "data": ["x", "y"]}, "not FP32 values"),
+        ({"name": "a", "shape": [2], "datatype": "INT64", "parameters": {"binary_data_size": 99}}, "binary_data_size"),
+        ({"name": "a", "shape": [1], "datatype": "BYTES", "data": ["x"]}, "BYTES"),
+        ("not an object", "must be an object"),
+    ],
+)
 def test_protocol_errors(spec, message):
     with pytest.raises(oip.ProtocolError, match=message):
         oip.decode_inputs({"inputs": [spec]})
@@ -44,7 +51,7 @@ def test_binary_response_round_trips():
     body, n = oip.encode_response("m", "1", "id", outs, {"parameters": {"binary_data_output": True}}, binary=True)
     head = json.loads(body[:n])
     assert [o["parameters"]["binary_data_size"] for o in head["outputs"]] == [16, 16]
-    assert np.frombuffer(body[n:n + 16], dtype=np.int64).tolist() == [1, 2]
+    assert np.frombuffer(body[n : n + 16], dtype=np.int64).tolist() == [1, 2]
     with pytest.raises(oip.ProtocolError, match="unknown output"):
         oip.encode_response("m", "1", "id", outs, {"outputs": [{"name": "zzz"}]}, binary=False)
 
@@ -56,7 +63,10 @@ def handler(mlp_run, tmp_path_factory):
 
 def test_v2_and_classic_requests_in_one_batch(handler):
     x = np.asarray(rows(2, seed=9), dtype=np.float32)
-    v2 = {"id": "r1", "inputs": [{"name": "input-0", "shape": [2, 100], "datatype": "FP32", "data": x.reshape(-1).tolist()}]}
+    v2 = {
+        "id": "r1",
+        "inputs": [{"name": "input-0", "shape": [2, 100], "datatype": "FP32", "data": x.reshape(-1).tolist()}],
+    }
     bad_v2 = {"inputs": [{"name": "input-0", "shape": [2, 50], "datatype": "FP32", "data": [0.0] * 100}]}
     ctx = make_context(handler.model_dir, batch=3)
     results = handler.handle([{"body": v2}, {"body": {"data": x.tolist()}}, {"body": bad_v2}], ctx)
@@ -72,9 +82,12 @@ def test_v2_and_classic_requests_in_one_batch(handler):
 
 def test_v2_binary_request_gets_a_binary_answer(handler):
     x = np.asarray(rows(1, seed=2), dtype=np.float32)
-    head = json.dumps({"inputs": [{"name": "i", "shape": [1, 100], "datatype": "FP32",
-                                   "parameters": {"binary_data_size": 400}}],
-                       "parameters": {"binary_data_output": True}}).encode()
+    head = json.dumps(
+        {
+            "inputs": [{"name": "i", "shape": [1, 100], "datatype": "FP32", "parameters": {"binary_data_size": 400}}],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     ctx = make_context(handler.model_dir, batch=1)
     ctx.request_processor = [RequestProcessor({"Inference-Header-Content-Length": str(len(head))})]
     [result] = handler.handle([{"body": head + x.tobytes()}], ctx)

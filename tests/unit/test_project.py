@@ -8,8 +8,18 @@ from torchship import Project
 
 from .test_client import make
 
-DESCRIBE = [{"modelName": "mlp", "modelVersion": "1.0", "modelUrl": "mlp-1.0.mar", "minWorkers": 1, "maxWorkers": 1,
-             "batchSize": 8, "maxBatchDelay": 10, "workers": [{"id": "9000", "status": "READY", "pid": 1}]}]
+DESCRIBE = [
+    {
+        "modelName": "mlp",
+        "modelVersion": "1.0",
+        "modelUrl": "mlp-1.0.mar",
+        "minWorkers": 1,
+        "maxWorkers": 1,
+        "batchSize": 8,
+        "maxBatchDelay": 10,
+        "workers": [{"id": "9000", "status": "READY", "pid": 1}],
+    }
+]
 
 
 def project_with_fake_server(tmp_path):
@@ -27,11 +37,16 @@ def test_every_operation_leaves_the_history_the_cli_leaves(tmp_path):
     p.set_default("mlp", "1.0")
     p.unregister("mlp", "1.0")
     kinds = [(e.version, e.kind, e.detail) for e in reversed(p.history("mlp").events)]
-    assert kinds == [("1.0", "scaled", {"min_workers": 2, "max_workers": 2}),
-                     ("1.0", "default_set", {"via": "set-default"}),
-                     ("1.0", "unregistered", {"via": "unregister"})]
+    assert kinds == [
+        ("1.0", "scaled", {"min_workers": 2, "max_workers": 2}),
+        ("1.0", "default_set", {"via": "set-default"}),
+        ("1.0", "unregistered", {"via": "unregister"}),
+    ]
     assert [(r.method, t.path(r)) for r in t.requests[:3]] == [
-        ("PUT", "/models/mlp/1.0"), ("PUT", "/models/mlp/1.0/set-default"), ("DELETE", "/models/mlp/1.0")]
+        ("PUT", "/models/mlp/1.0"),
+        ("PUT", "/models/mlp/1.0/set-default"),
+        ("DELETE", "/models/mlp/1.0"),
+    ]
 
 
 def test_package_records_the_archive_and_history_joins_it_with_the_server(tmp_path, mlp_run):
@@ -48,8 +63,14 @@ def test_package_records_the_archive_and_history_joins_it_with_the_server(tmp_pa
 def test_a_handler_of_your_own_is_packaged_with_its_files(tmp_path, mlp_run):
     p, _ = project_with_fake_server(tmp_path)
     spec = example_spec("mlp", mlp_run, "1.0")
-    result = p.package("mine", handler=spec.handler, weights=spec.weights, extra_files=spec.extra_files,
-                       model_config={"handler": {"threads": 1}}, threads=2)
+    result = p.package(
+        "mine",
+        handler=spec.handler,
+        weights=spec.weights,
+        extra_files=spec.extra_files,
+        model_config={"handler": {"threads": 1}},
+        threads=2,
+    )
     assert result.path.name == "mine-1.0.mar"  # the next free version
     import zipfile
 
@@ -65,8 +86,12 @@ def test_bad_names_are_refused_before_anything_is_done(tmp_path):
     from torchship import errors as E
 
     p, t = project_with_fake_server(tmp_path)
-    for call in (lambda: p.scale("../x", min_workers=1), lambda: p.history("a/b"), lambda: p.train("x\ny"),
-                 lambda: p.package("../evil")):
+    for call in (
+        lambda: p.scale("../x", min_workers=1),
+        lambda: p.history("a/b"),
+        lambda: p.train("x\ny"),
+        lambda: p.package("../evil"),
+    ):
         with pytest.raises(E.BadInput):
             call()
     assert t.requests == [] and not (tmp_path / ".torchship" / "registry.db").exists()

@@ -13,8 +13,7 @@ import click
 
 import torchship
 
-EXPORTED = {"Project", "History", "TuneResult", "TorchServe", "LocalServer", "TorchServeError", "errors",
-            "__version__"}
+EXPORTED = {"Project", "History", "TuneResult", "TorchServe", "LocalServer", "TorchServeError", "errors", "__version__"}
 
 
 def modules() -> list[ModuleType]:
@@ -71,8 +70,13 @@ def public_names() -> dict[str, Any]:
 
 def test_walk_finds_every_layer():
     names = {m.__name__ for m in modules()}
-    assert {"torchship.project", "torchship.sdk.client", "torchship.ops.registry", "torchship.perf.tune",
-            "torchship.cli.base"} <= names
+    assert {
+        "torchship.project",
+        "torchship.sdk.client",
+        "torchship.ops.registry",
+        "torchship.perf.tune",
+        "torchship.cli.base",
+    } <= names
 
 
 def test_every_public_name_has_a_docstring():

@@ -4,8 +4,8 @@ import threading
 import pytest
 
 from torchship.ops.desired import parse_desired
-from torchship.sdk.errors import ConfigError
 from torchship.ops.registry import Registry
+from torchship.sdk.errors import ConfigError
 
 
 @pytest.fixture
@@ -14,8 +14,14 @@ def reg(tmp_path):
         yield r
 
 
-PROV = {"checkpoint": {"run": "20261128T000000Z", "data": {"fingerprint": "sha256:abc"}, "git_commit": "deadbeef",
-                       "metrics": {"val_accuracy": 0.88}}}
+PROV = {
+    "checkpoint": {
+        "run": "20261128T000000Z",
+        "data": {"fingerprint": "sha256:abc"},
+        "git_commit": "deadbeef",
+        "metrics": {"val_accuracy": 0.88},
+    }
+}
 
 
 def test_archives_keep_their_lineage(reg, tmp_path):
@@ -91,17 +97,20 @@ def test_previous_default_skips_versions_rolled_back_from(reg):
     assert reg.previous_default("other", None) is None
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({}, "top-level 'models:'"),
-    ({"models": {"m": {"versions": []}}}, "non-empty list"),
-    ({"models": {"m": {"versions": ["1.0"], "default": "2.0"}}}, "not among the versions"),
-    ({"models": {"m": {"versions": ["1.0"], "workers": {"min": 3, "max": 1}}}}, "min (3) is above max"),
-    ({"models": {"m": {"versions": ["1.0"], "batch_size": 0}}}, "batch_size: an integer >= 1"),
-    ({"models": {"m": {"versions": ["1.0"], "batchsize": 8}}}, "unknown key"),
-    ({"models": {"m": {"versions": ["1.0", "1.0"]}}}, "listed twice"),
-    ({"models": {"../x": {"versions": ["1.0"]}}}, "invalid model name"),
-    ({"models": {"m": {"versions": ["1.0"]}}, "extra": 1}, "unknown top-level"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({}, "top-level 'models:'"),
+        ({"models": {"m": {"versions": []}}}, "non-empty list"),
+        ({"models": {"m": {"versions": ["1.0"], "default": "2.0"}}}, "not among the versions"),
+        ({"models": {"m": {"versions": ["1.0"], "workers": {"min": 3, "max": 1}}}}, "min (3) is above max"),
+        ({"models": {"m": {"versions": ["1.0"], "batch_size": 0}}}, "batch_size: an integer >= 1"),
+        ({"models": {"m": {"versions": ["1.0"], "batchsize": 8}}}, "unknown key"),
+        ({"models": {"m": {"versions": ["1.0", "1.0"]}}}, "listed twice"),
+        ({"models": {"../x": {"versions": ["1.0"]}}}, "invalid model name"),
+        ({"models": {"m": {"versions": ["1.0"]}}, "extra": 1}, "unknown top-level"),
+    ],
+)
 def test_desired_state_is_validated(raw, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_desired(raw)
@@ -166,11 +175,13 @@ class Recorder:
         def call(*args, **kwargs):
             self.calls.append(name)
             raise AssertionError(f"client.{name} was called")
+
         return call
 
 
-@pytest.mark.parametrize("name, version", [("../m", "2.0"), ("m", "../2.0"), ("m", "2.0\n"), ("a/b", "1")],
-                         ids=short_id)
+@pytest.mark.parametrize(
+    "name, version", [("../m", "2.0"), ("m", "../2.0"), ("m", "2.0\n"), ("a/b", "1")], ids=short_id
+)
 def test_rollout_and_rollback_check_before_any_request_or_record(reg, tmp_path, name, version):
     from torchship.ops.rollout import rollback, rollout
 
@@ -192,9 +203,21 @@ def test_plan_refuses_a_live_version_it_could_not_remove():
 
     class Live:
         def versions(self, name):
-            return [ModelDescription.from_json({"modelName": "m", "modelVersion": v, "minWorkers": 1, "maxWorkers": 1,
-                                                "batchSize": 1, "maxBatchDelay": 100, "workers": []},
-                                               is_default=(v == "1.0")) for v in ("1.0", "x/../y")]
+            return [
+                ModelDescription.from_json(
+                    {
+                        "modelName": "m",
+                        "modelVersion": v,
+                        "minWorkers": 1,
+                        "maxWorkers": 1,
+                        "batchSize": 1,
+                        "maxBatchDelay": 100,
+                        "workers": [],
+                    },
+                    is_default=(v == "1.0"),
+                )
+                for v in ("1.0", "x/../y")
+            ]
 
     with pytest.raises(TorchServeError, match="cannot address"):
         plan(Live(), parse_desired({"models": {"m": {"versions": ["1.0"], "batch_size": 1}}}))

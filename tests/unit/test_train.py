@@ -11,7 +11,11 @@ def test_mlp_quick_training_writes_weights_and_lineage(mlp_run):
     meta = json.loads((mlp_run / "meta.json").read_text())
     weights = load_file(str(mlp_run / "model.safetensors"))
     assert {k: tuple(v.shape) for k, v in weights.items()} == {
-        "fc1.weight": (50, 100), "fc1.bias": (50,), "fc2.weight": (10, 50), "fc2.bias": (10,)}
+        "fc1.weight": (50, 100),
+        "fc1.bias": (50,),
+        "fc2.weight": (10, 50),
+        "fc2.bias": (10,),
+    }
     assert meta["model"] == {"kind": "mlp", "architecture": {"in_features": 100, "hidden": 50, "classes": 10}}
     assert meta["hyper_parameters"]["optimizer"] == "Adam" and meta["hyper_parameters"]["quick"] is True
     for key in ("seed", "torch_version", "git_commit", "created", "metrics", "data", "history"):
@@ -77,7 +81,7 @@ def test_train_epoch_is_the_plain_loop():
     model, optimiser = fresh()
     order, total = torch.randperm(70, generator=torch.Generator().manual_seed(1)), 0.0
     for start in range(0, 70, 32):
-        idx = order[start:start + 32]
+        idx = order[start : start + 32]
         loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
         optimiser.zero_grad()
         loss.backward()
@@ -85,7 +89,11 @@ def test_train_epoch_is_the_plain_loop():
         total += loss.item() * len(idx)
 
     shared, shared_optimiser = fresh()
-    mean = train_epoch(shared, shared_optimiser, shuffled_batches(70, 32, torch.Generator().manual_seed(1)),
-                       lambda idx: torch.nn.functional.cross_entropy(shared(x[idx]), y[idx]))
+    mean = train_epoch(
+        shared,
+        shared_optimiser,
+        shuffled_batches(70, 32, torch.Generator().manual_seed(1)),
+        lambda idx: torch.nn.functional.cross_entropy(shared(x[idx]), y[idx]),
+    )
     assert mean == total / 70
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), shared.parameters()))

@@ -16,13 +16,16 @@ from torchship.perf.tune import packaged_threads, thread_splits, threads_copy
 from .handler_context import make_context
 
 
-@pytest.mark.parametrize("best_workers, cores, packaged, splits", [
-    (1, 2, 1, [(1, 2)]),                                # two cores: one worker with both
-    (2, 2, 1, [(1, 2)]),                                # never 2 workers x 2 threads on 2 cores
-    (2, 16, 1, [(1, 2), (1, 16), (2, 2), (2, 8)]),      # bounded: not every power of two
-    (1, 1, 1, []),                                      # one core: nothing to try
-    (1, 2, 2, []),                                      # packaged with 2 already: tried in steps 1-3
-])
+@pytest.mark.parametrize(
+    "best_workers, cores, packaged, splits",
+    [
+        (1, 2, 1, [(1, 2)]),  # two cores: one worker with both
+        (2, 2, 1, [(1, 2)]),  # never 2 workers x 2 threads on 2 cores
+        (2, 16, 1, [(1, 2), (1, 16), (2, 2), (2, 8)]),  # bounded: not every power of two
+        (1, 1, 1, []),  # one core: nothing to try
+        (1, 2, 2, []),  # packaged with 2 already: tried in steps 1-3
+    ],
+)
 def test_thread_splits_never_oversubscribe(best_workers, cores, packaged, splits):
     assert thread_splits(best_workers, cores, packaged) == splits
     assert all(w * t <= cores for w, t in splits)
@@ -57,7 +60,6 @@ def test_threads_copy_is_signed_verified_and_changes_only_the_model_config(mlp_r
         config = yaml.safe_load(b.read("model-config.yaml"))
     assert changed == ["model-config.yaml"]
     assert config["handler"]["threads"] == 2 and config["responseTimeout"] == 30  # the rest kept
-
 
     # the handler in that copy runs two torch threads
     folder = tmp_path / "unpacked"
@@ -97,9 +99,20 @@ def test_unregister_after_load_waits_out_torchserves_busy_500(monkeypatch):
     from .test_client import make
 
     monkeypatch.setattr(tune_module.time, "sleep", lambda s: None)
-    answers = iter([(500, {"code": 500, "type": "InternalServerException",
-                           "message": "java.util.ConcurrentModificationException"})] * 2
-                   + [(200, {"status": "unregistered"})])
+    answers = iter(
+        [
+            (
+                500,
+                {
+                    "code": 500,
+                    "type": "InternalServerException",
+                    "message": "java.util.ConcurrentModificationException",
+                },
+            )
+        ]
+        * 2
+        + [(200, {"status": "unregistered"})]
+    )
     ts, transport = make(lambda req: next(answers))
     unregister_after_load(ts, "tune-mlp")
     assert [r.method for r in transport.requests] == ["DELETE"] * 3

@@ -39,8 +39,16 @@ def verdict(path, keys, **kw):
 def test_a_fresh_archive_passes_every_check(built, keys):
     report, failed = verdict(built.path, keys)
     assert report.ok and failed is None
-    assert [c.name for c in report.checks] == ["archive", "layout", "safety", "contents", "signature", "provenance",
-                                              "identity", "weights"]
+    assert [c.name for c in report.checks] == [
+        "archive",
+        "layout",
+        "safety",
+        "contents",
+        "signature",
+        "provenance",
+        "identity",
+        "weights",
+    ]
     assert all(c.ok for c in report.checks)
 
 
@@ -82,8 +90,11 @@ def forge_provenance(path):
 
     def change(members):
         prov = json.loads(members[PROVENANCE_NAME])
-        prov["members"] = {n: {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)}
-                           for n, d in members.items() if n != PROVENANCE_NAME}
+        prov["members"] = {
+            n: {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)}
+            for n, d in members.items()
+            if n != PROVENANCE_NAME
+        }
         return {**members, PROVENANCE_NAME: json.dumps(prov).encode()}
 
     tamper.rewrite(path, change)
@@ -92,8 +103,10 @@ def forge_provenance(path):
 TAMPERS = {
     "weights byte": lambda m: {**m, "model.safetensors": tamper.flip_byte(m["model.safetensors"])},
     "handler": lambda m: {**m, "mlp_handler.py": m["mlp_handler.py"] + b"\nimport os; os.system('id')\n"},
-    "manifest": lambda m: {**m, "MAR-INF/MANIFEST.json": m["MAR-INF/MANIFEST.json"].replace(b"mlp_handler.py",
-                                                                                          b"evil_handler.py")},
+    "manifest": lambda m: {
+        **m,
+        "MAR-INF/MANIFEST.json": m["MAR-INF/MANIFEST.json"].replace(b"mlp_handler.py", b"evil_handler.py"),
+    },
     "member added": lambda m: {**m, "evil.py": b"import os"},
     "member renamed": lambda m: {("renamed.py" if k == "torchship_oip.py" else k): v for k, v in m.items()},
 }
@@ -147,18 +160,37 @@ def unsafe_archive(tmp_path, keys, add):
     return path
 
 
-@pytest.mark.parametrize("case, add, check, detail", [
-    ("zip slip", lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("../../evil.py"), b"x"), "safety",
-     "unsafe member path"),
-    ("absolute", lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("/etc/cron.d/x"), b"x"), "safety",
-     "unsafe member path"),
-    ("backslash", lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("..\\evil.py"), b"x"), "safety",
-     "unsafe member path"),
-    ("symlink", lambda p: tamper.add_raw_member(p, tamper.symlink_info("link"), b"/etc/passwd"), "safety",
-     "symbolic link"),
-    ("duplicate", lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("h.py"), b"x"), "layout", "duplicate"),
-    ("case duplicate", lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("H.py"), b"x"), "layout", "duplicate"),
-])
+@pytest.mark.parametrize(
+    "case, add, check, detail",
+    [
+        (
+            "zip slip",
+            lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("../../evil.py"), b"x"),
+            "safety",
+            "unsafe member path",
+        ),
+        (
+            "absolute",
+            lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("/etc/cron.d/x"), b"x"),
+            "safety",
+            "unsafe member path",
+        ),
+        (
+            "backslash",
+            lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("..\\evil.py"), b"x"),
+            "safety",
+            "unsafe member path",
+        ),
+        (
+            "symlink",
+            lambda p: tamper.add_raw_member(p, tamper.symlink_info("link"), b"/etc/passwd"),
+            "safety",
+            "symbolic link",
+        ),
+        ("duplicate", lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("h.py"), b"x"), "layout", "duplicate"),
+        ("case duplicate", lambda p: tamper.add_raw_member(p, zipfile.ZipInfo("H.py"), b"x"), "layout", "duplicate"),
+    ],
+)
 def test_unsafe_members_are_refused(tmp_path, keys, case, add, check, detail):
     import warnings
 
@@ -184,8 +216,12 @@ def third_party(tmp_path, name, members: dict) -> Path:
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("h.py", "class H:\n    pass\n")
         serialized = next(iter(members))
-        z.writestr("MAR-INF/MANIFEST.json", json.dumps({"model": {"modelName": name, "modelVersion": "1.0",
-                                                                  "handler": "h.py", "serializedFile": serialized}}))
+        z.writestr(
+            "MAR-INF/MANIFEST.json",
+            json.dumps(
+                {"model": {"modelName": name, "modelVersion": "1.0", "handler": "h.py", "serializedFile": serialized}}
+            ),
+        )
         for member, data in members.items():
             z.writestr(member, data)
     return path
@@ -202,12 +238,16 @@ def test_pickles_that_run_code_are_refused(tmp_path, keys):
     assert not (tmp_path / "store" / "evil-1.0.mar").exists()
 
     # a third-party archive carrying one: refused even with --allow-unsigned
-    report, failed = verdict(third_party(tmp_path, "evil", {"model.pt": tamper.malicious_pickle()}), keys,
-                             allow_unsigned=True)
+    report, failed = verdict(
+        third_party(tmp_path, "evil", {"model.pt": tamper.malicious_pickle()}), keys, allow_unsigned=True
+    )
     assert failed == "weights" and "weights_only" in report.failure.detail
     assert not os.path.exists("/tmp/torchship-pwned")  # nothing ran while checking
-    report, failed = verdict(third_party(tmp_path, "plain", {"model.pt": torch_bytes(), "state.pkl": b"\x80\x04K\x01."}),
-                             keys, allow_unsigned=True)
+    report, failed = verdict(
+        third_party(tmp_path, "plain", {"model.pt": torch_bytes(), "state.pkl": b"\x80\x04K\x01."}),
+        keys,
+        allow_unsigned=True,
+    )
     assert failed == "weights" and "pickle" in report.failure.detail
 
 
@@ -232,7 +272,9 @@ def test_a_truncated_checkpoint_is_refused_before_packaging(mlp_run, tmp_path, k
 def test_a_torch_file_that_loads_weights_only_is_accepted(tmp_path, keys):
     (tmp_path / "h.py").write_text("class H:\n    pass\n")
     torch.save({"w": torch.zeros(2, 2)}, tmp_path / "model.pt")
-    path = archiver.package(ArchiveSpec("ok", "1.0", tmp_path / "h.py", tmp_path / "model.pt"), tmp_path / "s", keys).path
+    path = archiver.package(
+        ArchiveSpec("ok", "1.0", tmp_path / "h.py", tmp_path / "model.pt"), tmp_path / "s", keys
+    ).path
     assert verdict(path, keys)[0].ok
 
 
@@ -240,7 +282,10 @@ def test_unsigned_third_party_archives_need_the_flag(tmp_path, keys):
     (tmp_path / "h.py").write_text("class H:\n    pass\n")
     with zipfile.ZipFile(tmp_path / "tp-1.0.mar", "w") as z:
         z.write(tmp_path / "h.py", "h.py")
-        z.writestr("MAR-INF/MANIFEST.json", json.dumps({"model": {"modelName": "tp", "modelVersion": "1.0", "handler": "h.py"}}))
+        z.writestr(
+            "MAR-INF/MANIFEST.json",
+            json.dumps({"model": {"modelName": "tp", "modelVersion": "1.0", "handler": "h.py"}}),
+        )
     assert verdict(tmp_path / "tp-1.0.mar", keys)[1] == "signature"
     report, failed = verdict(tmp_path / "tp-1.0.mar", keys, allow_unsigned=True)
     assert report.ok and [c.ok for c in report.checks if c.name in ("signature", "provenance")] == [None, None]
@@ -299,27 +344,64 @@ def test_digest_recorded_by_training_is_reused_only_while_the_file_is_unchanged(
 HIDDEN_HANDLER = b"open('/tmp/torchship-hidden-ran', 'w').write('ran')\n"
 
 
-@pytest.mark.parametrize("case, attack, check, detail", [
-    ("hidden entry", lambda p: zipcraft.hide_entry(p, "mlp_handler.py", HIDDEN_HANDLER), "layout",
-     "no central record accounts for"),
-    ("hidden large entry", lambda p: zipcraft.hide_entry(p, "big.bin", b"\0" * (100 << 20), deflate=True),
-     "layout", "no central record accounts for"),
-    ("data prepended", lambda p: zipcraft.prepend(p, b"#!/bin/sh\n" * 10, fix_offsets=False), "layout",
-     "data prepended or inserted"),
-    ("data prepended, offsets fixed", lambda p: zipcraft.prepend(p, b"MZ" + b"\0" * 510, fix_offsets=True),
-     "layout", "data prepended"),
-    ("local/central name mismatch", lambda p: zipcraft.rename_local(p, "meta.json", "evil.py__"), "layout",
-     "disagrees with the central directory on name"),
-    ("duplicate names", lambda p: zipcraft.duplicate_member(p, "mlp_handler.py", HIDDEN_HANDLER), "layout",
-     "duplicate member name"),
-    ("bytes appended", lambda p: zipcraft.append(p, b"PK\x03\x04" + b"\0" * 60), "layout",
-     "does not end with a zip end record"),
-    ("zip comment", lambda p: zipcraft.comment(p, b"hello"), "layout", "comment"),
-    ("data descriptor flag", lambda p: zipcraft.set_flag(p, "meta.json", 0x8), "layout", "data descriptor"),
-    ("encrypted flag", lambda p: zipcraft.set_flag(p, "meta.json", 0x1), "layout", "encrypted"),
-    ("bytes after a deflate stream", lambda p: zipcraft.stuff_after_deflate_end(
-        p, "meta.json", zipcraft.local_entry("mlp_handler.py", HIDDEN_HANDLER)), "contents", "hidden bytes"),
-])
+@pytest.mark.parametrize(
+    "case, attack, check, detail",
+    [
+        (
+            "hidden entry",
+            lambda p: zipcraft.hide_entry(p, "mlp_handler.py", HIDDEN_HANDLER),
+            "layout",
+            "no central record accounts for",
+        ),
+        (
+            "hidden large entry",
+            lambda p: zipcraft.hide_entry(p, "big.bin", b"\0" * (100 << 20), deflate=True),
+            "layout",
+            "no central record accounts for",
+        ),
+        (
+            "data prepended",
+            lambda p: zipcraft.prepend(p, b"#!/bin/sh\n" * 10, fix_offsets=False),
+            "layout",
+            "data prepended or inserted",
+        ),
+        (
+            "data prepended, offsets fixed",
+            lambda p: zipcraft.prepend(p, b"MZ" + b"\0" * 510, fix_offsets=True),
+            "layout",
+            "data prepended",
+        ),
+        (
+            "local/central name mismatch",
+            lambda p: zipcraft.rename_local(p, "meta.json", "evil.py__"),
+            "layout",
+            "disagrees with the central directory on name",
+        ),
+        (
+            "duplicate names",
+            lambda p: zipcraft.duplicate_member(p, "mlp_handler.py", HIDDEN_HANDLER),
+            "layout",
+            "duplicate member name",
+        ),
+        (
+            "bytes appended",
+            lambda p: zipcraft.append(p, b"PK\x03\x04" + b"\0" * 60),
+            "layout",
+            "does not end with a zip end record",
+        ),
+        ("zip comment", lambda p: zipcraft.comment(p, b"hello"), "layout", "comment"),
+        ("data descriptor flag", lambda p: zipcraft.set_flag(p, "meta.json", 0x8), "layout", "data descriptor"),
+        ("encrypted flag", lambda p: zipcraft.set_flag(p, "meta.json", 0x1), "layout", "encrypted"),
+        (
+            "bytes after a deflate stream",
+            lambda p: zipcraft.stuff_after_deflate_end(
+                p, "meta.json", zipcraft.local_entry("mlp_handler.py", HIDDEN_HANDLER)
+            ),
+            "contents",
+            "hidden bytes",
+        ),
+    ],
+)
 def test_what_the_server_would_unpack_is_what_verify_checked(built, keys, case, attack, check, detail):
     attack(built.path)
     if case not in ("local/central name mismatch", "encrypted flag"):  # zipfile notices these two itself
@@ -340,9 +422,9 @@ def test_a_hidden_entry_would_otherwise_be_extracted_by_a_streaming_reader(built
     zipcraft.hide_entry(built.path, "mlp_handler.py", HIDDEN_HANDLER)
     data = built.path.read_bytes()
     names, pos = [], 0
-    while data[pos:pos + 4] == LOCAL_SIG:
+    while data[pos : pos + 4] == LOCAL_SIG:
         fields = zipcraft.LOCAL.unpack_from(data, pos)
-        names.append(data[pos + 30:pos + 30 + fields[9]].decode())
+        names.append(data[pos + 30 : pos + 30 + fields[9]].decode())
         pos += 30 + fields[9] + fields[10] + fields[7]
     assert names.count("mlp_handler.py") == 2 and names[-1] == "mlp_handler.py"
     with zipfile.ZipFile(built.path) as z:
@@ -391,8 +473,10 @@ def test_a_member_whose_size_lies_is_refused_without_inflating_a_bomb(tmp_path):
     packer = zlib.compressobj(9, zlib.DEFLATED, -15)
     body = packer.compress(b"\0" * (100 << 20)) + packer.flush()
     entry = zipcraft.LOCAL.pack(b"PK\x03\x04", 20, 0, 8, 0, 0x21, 0, len(body), 10, 5, 0) + b"x.bin" + body
-    central = struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 8, 0, 0x21, 0, len(body), 10, 5, 0, 0, 0,
-                          0, 0, 0) + b"x.bin"
+    central = (
+        struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 8, 0, 0x21, 0, len(body), 10, 5, 0, 0, 0, 0, 0, 0)
+        + b"x.bin"
+    )
     path.write_bytes(entry + central + zipcraft.END.pack(b"PK\x05\x06", 0, 0, 1, 1, len(central), len(entry), 0))
     with open(path, "rb") as f:
         entries = scan(f, path.stat().st_size)
@@ -401,6 +485,7 @@ def test_a_member_whose_size_lies_is_refused_without_inflating_a_bomb(tmp_path):
 
 
 # ------------------------------------------------------------------ found by attacking verify
+
 
 def small_zip(tmp_path, members: dict, *, name="x-1.0.mar", compression=zipfile.ZIP_STORED) -> Path:
     """A third-party-style archive: a MANIFEST and the given members (str name or ZipInfo -> bytes)."""
@@ -426,21 +511,26 @@ def test_a_folder_entry_that_carries_data_is_refused(tmp_path):
     assert refusal(path) == ("layout", "'a/' is a folder that carries 14 bytes of data (never extracted: hidden)")
 
 
-@pytest.mark.parametrize("members, check, detail", [
-    ({"a": b"1", "a/b": b"2"}, "layout", "'a/b' lies inside 'a', which is a file"),
-    ({"a/b": b"2", "a": b"1"}, "layout", "is a file and also the folder of another member"),
-    ({"a": b"1", "a/b/c": b"2"}, "layout", "lies inside 'a', which is a file"),
-    ({"a/.": b"1"}, "safety", "an empty or '.' step"),
-    ({"a//b": b"1"}, "safety", "an empty or '.' step"),
-    ({"x" * 300: b"1"}, "safety", "too long"),
-])
+@pytest.mark.parametrize(
+    "members, check, detail",
+    [
+        ({"a": b"1", "a/b": b"2"}, "layout", "'a/b' lies inside 'a', which is a file"),
+        ({"a/b": b"2", "a": b"1"}, "layout", "is a file and also the folder of another member"),
+        ({"a": b"1", "a/b/c": b"2"}, "layout", "lies inside 'a', which is a file"),
+        ({"a/.": b"1"}, "safety", "an empty or '.' step"),
+        ({"a//b": b"1"}, "safety", "an empty or '.' step"),
+        ({"x" * 300: b"1"}, "safety", "too long"),
+    ],
+)
 def test_members_the_servers_unzip_would_fail_on_are_refused(tmp_path, members, check, detail):
     failed, why = refusal(small_zip(tmp_path, members))
     assert failed == check and detail in why
 
 
-@pytest.mark.parametrize("case", ["deep manifest", "manifest of the wrong shape", "empty torch file",
-                                  "invalid UTF-8 name", "unknown zip version"])
+@pytest.mark.parametrize(
+    "case",
+    ["deep manifest", "manifest of the wrong shape", "empty torch file", "invalid UTF-8 name", "unknown zip version"],
+)
 def test_malformed_contents_are_a_refusal_never_a_traceback(tmp_path, case):
     if case == "deep manifest":
         path = tmp_path / "x-1.0.mar"
@@ -459,7 +549,7 @@ def test_malformed_contents_are_a_refusal_never_a_traceback(tmp_path, case):
         path = small_zip(tmp_path, {})
         data = bytearray(path.read_bytes())
         at = data.find(b"PK\x01\x02")
-        data[at + 6:at + 8] = struct.pack("<H", 64)  # "version needed": zipfile refuses to open it
+        data[at + 6 : at + 8] = struct.pack("<H", 64)  # "version needed": zipfile refuses to open it
         path.write_bytes(bytes(data))
     failed, why = refusal(path)
     assert failed and why
@@ -470,8 +560,11 @@ def test_small_members_that_compress_well_are_not_called_bombs(tmp_path):
     payload = b"\0" * (1 << 20)
     import random
 
-    path = small_zip(tmp_path, {"zeros.bin": payload, "noise.bin": random.Random(0).randbytes(64 * 1024)},
-                     compression=zipfile.ZIP_DEFLATED)
+    path = small_zip(
+        tmp_path,
+        {"zeros.bin": payload, "noise.bin": random.Random(0).randbytes(64 * 1024)},
+        compression=zipfile.ZIP_DEFLATED,
+    )
     report = verify_archive(path, public_key=None, allow_unsigned=True)
     assert [c.name for c in report.checks if c.ok][:4] == ["archive", "layout", "safety", "contents"]
 

@@ -17,8 +17,13 @@ __all__ = ["cli", "main", "exit_code_for"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
-              help="TorchServe config file (default: config.properties of the project).")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TorchServe config file (default: config.properties of the project).",
+)
 @click.version_option(package_name="torchship")
 @click.pass_context
 def cli(ctx: click.Context, config: str | None) -> None:
@@ -26,11 +31,31 @@ def cli(ctx: click.Context, config: str | None) -> None:
     ctx.obj = Ctx(config)
 
 
-for command in (serve, build.train, build.package, build.verify,
-                models.deploy, models.models, models.describe, models.scale, models.set_default, models.unregister,
-                infer.predict, infer.explain, infer.ping, infer.metrics,
-                fleet.plan, fleet.apply_cmd, fleet.rollout, fleet.rollback, fleet.history, fleet.export_cmd,
-                perf.bench_cmd, perf.tune, perf.autoscale):
+for command in (
+    serve,
+    build.train,
+    build.package,
+    build.verify,
+    models.deploy,
+    models.models,
+    models.describe,
+    models.scale,
+    models.set_default,
+    models.unregister,
+    infer.predict,
+    infer.explain,
+    infer.ping,
+    infer.metrics,
+    fleet.plan,
+    fleet.apply_cmd,
+    fleet.rollout,
+    fleet.rollback,
+    fleet.history,
+    fleet.export_cmd,
+    perf.bench_cmd,
+    perf.tune,
+    perf.autoscale,
+):
     cli.add_command(command)
 
 

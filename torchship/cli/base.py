@@ -23,12 +23,17 @@ from torchship.project import Project
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
-    (E.ServerUnreachable, 3), (E.ServerStartError, 3),
+    (E.ServerUnreachable, 3),
+    (E.ServerStartError, 3),
     (E.ModelNotFound, 4),
-    (E.ModelAlreadyExists, 5), (E.Forbidden, 5),
+    (E.ModelAlreadyExists, 5),
+    (E.Forbidden, 5),
     (E.Unauthorized, 6),
-    (E.BadRequest, 7), (E.PayloadTooLarge, 7), (E.BadInput, 7),
-    (E.ArchiveError, 8), (E.VerificationError, 8),
+    (E.BadRequest, 7),
+    (E.PayloadTooLarge, 7),
+    (E.BadInput, 7),
+    (E.ArchiveError, 8),
+    (E.VerificationError, 8),
     (E.ReadinessTimeout, 9),
     (E.ServerError, 10),
     (E.RolloutFailed, 11),
@@ -53,8 +58,11 @@ def report(exc: BaseException) -> int:
     """
     code = exit_code_for(exc)
     if code == INTERNAL_ERROR:
-        click.echo(f"internal error: {type(exc).__name__}: {_one_line(exc)} (a bug in torchship; run again with "
-                   "TORCHSHIP_DEBUG=1 for the traceback, and please report it)", err=True)
+        click.echo(
+            f"internal error: {type(exc).__name__}: {_one_line(exc)} (a bug in torchship; run again with "
+            "TORCHSHIP_DEBUG=1 for the traceback, and please report it)",
+            err=True,
+        )
         if os.environ.get("TORCHSHIP_DEBUG"):
             traceback.print_exception(exc)
     else:
@@ -93,6 +101,7 @@ def say(as_json: bool, status: str, **fields: Any) -> None:
 
 # ---------------------------------------------------------------- options that recur
 
+
 def _checked_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A model NAME (or --name) must pass the one rule (archiver.names). Checked while the command
     line is parsed, so a bad name fails before any file is read or any request is sent (exit 7)."""
@@ -125,8 +134,9 @@ def version_argument() -> Callable[[F], F]:
 
 def model_version_option(help_text: str | None = None, *, required: bool = False) -> Callable[[F], F]:
     """Add --version, checked by the one name rule (archiver.names)."""
-    return click.option("--version", "version", default=None, required=required, help=help_text,
-                        callback=_checked_version)
+    return click.option(
+        "--version", "version", default=None, required=required, help=help_text, callback=_checked_version
+    )
 
 
 def json_option(help_text: str = "Machine-readable output.") -> Callable[[F], F]:
@@ -135,31 +145,46 @@ def json_option(help_text: str = "Machine-readable output.") -> Callable[[F], F]
 
 
 public_key_option = click.option(
-    "--public-key", type=click.Path(dir_okay=False, exists=True), default=None,
-    help="PEM public key that verifies the archives' signatures (default: the project's key).")
+    "--public-key",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="PEM public key that verifies the archives' signatures (default: the project's key).",
+)
 
 
 def body_options(f: F) -> F:
     """--json DATA / --file PATH: the body of one request (predict, explain)."""
-    f = click.option("--file", "file_path", type=click.Path(dir_okay=False, exists=True), default=None,
-                     help="Send this file's bytes as the body (an image, a .json, ...).")(f)
+    f = click.option(
+        "--file",
+        "file_path",
+        type=click.Path(dir_okay=False, exists=True),
+        default=None,
+        help="Send this file's bytes as the body (an image, a .json, ...).",
+    )(f)
     return click.option("--json", "json_data", default=None, help="Request body as JSON text.")(f)
 
 
 def payload_options(default_help: str = "") -> Callable[[F], F]:
     """--data JSON / --payload FILE: the bodies of a load test (bench, tune)."""
+
     def decorate(f: F) -> F:
-        f = click.option("--payload", type=click.Path(dir_okay=False, exists=True), default=None,
-                         help="Request bodies: a .jsonl file (one per line, cycled), one JSON file, or any other "
-                              "file sent as raw bytes (an image, a .npy)" + default_help + ".")(f)
+        f = click.option(
+            "--payload",
+            type=click.Path(dir_okay=False, exists=True),
+            default=None,
+            help="Request bodies: a .jsonl file (one per line, cycled), one JSON file, or any other "
+            "file sent as raw bytes (an image, a .npy)" + default_help + ".",
+        )(f)
         return click.option("--data", "json_data", default=None, help="Request body as JSON text.")(f)
+
     return decorate
 
 
 def engine_option(help_text: str) -> Callable[[F], F]:
     """Add --engine (auto, python or wrk): the load generator of bench and tune."""
-    return click.option("--engine", type=click.Choice(["auto", "python", "wrk"]), default="auto", show_default=True,
-                        help=help_text)
+    return click.option(
+        "--engine", type=click.Choice(["auto", "python", "wrk"]), default="auto", show_default=True, help=help_text
+    )
 
 
 def request_body(json_data: str | None, file_path: str | None) -> Any:
@@ -189,8 +214,11 @@ def load_bodies(json_data: str | None, payload: str | None) -> list[Any]:
         return [path]
     text = path.read_text(encoding="utf-8")
     try:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" \
+        rows = (
+            [json.loads(line) for line in text.splitlines() if line.strip()]
+            if path.suffix == ".jsonl"
             else [json.loads(text)]
+        )
     except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--payload") from None
     if not rows:

@@ -8,8 +8,7 @@ import click
 
 from torchship import errors as E
 
-from .base import Ctx, emit, json_option, model_version_option, name_argument, name_option, pass_ctx, \
-    public_key_option
+from .base import Ctx, emit, json_option, model_version_option, name_argument, name_option, pass_ctx, public_key_option
 from .table import render
 
 
@@ -18,8 +17,11 @@ from .table import render
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="Override the number of epochs.")
 @click.option("--quick", is_flag=True, help="Short training, as CI and the demo run it.")
-@click.option("--shuffle-labels", is_flag=True, help="Train on shuffled labels: a deliberately bad model, "
-              "to see a rollout reject it.")
+@click.option(
+    "--shuffle-labels",
+    is_flag=True,
+    help="Train on shuffled labels: a deliberately bad model, to see a rollout reject it.",
+)
 @pass_ctx
 def train(c: Ctx, name: str, seed: int, epochs: int | None, quick: bool, shuffle_labels: bool) -> None:
     """Train an example model into checkpoints/NAME/<run>/."""
@@ -31,26 +33,66 @@ def train(c: Ctx, name: str, seed: int, epochs: int | None, quick: bool, shuffle
 @click.command()
 @name_argument(required=False)
 @model_version_option("Archive version (default: the next free one).")
-@click.option("--checkpoint", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Checkpoint folder (default: the newest run of NAME).")
+@click.option(
+    "--checkpoint",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Checkpoint folder (default: the newest run of NAME).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing archive of this version.")
-@click.option("--handler", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="A handler file of your own (packages a third-party model; needs --name).")
+@click.option(
+    "--handler",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="A handler file of your own (packages a third-party model; needs --name).",
+)
 @name_option("Model name, with --handler.")
-@click.option("--weights", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Weights file, with --handler (safetensors, or a .pt that loads with weights_only).")
-@click.option("--model-file", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Model definition file, with --handler.")
-@click.option("--extra-file", "extra_files", multiple=True, type=click.Path(dir_okay=False, exists=True),
-              help="More files for the archive (repeatable), with --handler.")
-@click.option("--model-config", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="model-config.yaml, with --handler (its types are checked).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Torch threads per worker (model-config handler.threads; `torchship tune` finds it).")
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Weights file, with --handler (safetensors, or a .pt that loads with weights_only).",
+)
+@click.option(
+    "--model-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Model definition file, with --handler.",
+)
+@click.option(
+    "--extra-file",
+    "extra_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="More files for the archive (repeatable), with --handler.",
+)
+@click.option(
+    "--model-config",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="model-config.yaml, with --handler (its types are checked).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Torch threads per worker (model-config handler.threads; `torchship tune` finds it).",
+)
 @pass_ctx
-def package(c: Ctx, name: str | None, version: str | None, checkpoint: str | None, force: bool,
-            handler: str | None, model_name: str | None, weights: str | None, model_file: str | None,
-            extra_files: tuple[str, ...], model_config: str | None, threads: int | None) -> None:
+def package(
+    c: Ctx,
+    name: str | None,
+    version: str | None,
+    checkpoint: str | None,
+    force: bool,
+    handler: str | None,
+    model_name: str | None,
+    weights: str | None,
+    model_file: str | None,
+    extra_files: tuple[str, ...],
+    model_config: str | None,
+    threads: int | None,
+) -> None:
     """Build and sign model_store/NAME-VERSION.mar from a checkpoint (or from your own handler)."""
     import archiver
 
@@ -61,22 +103,36 @@ def package(c: Ctx, name: str | None, version: str | None, checkpoint: str | Non
             raise click.UsageError("--handler needs --name")
     elif not name:
         raise click.UsageError("give the NAME of an example model, or --handler with --name")
-    result = c.project.package(model_name if handler else name, version=version, checkpoint=checkpoint, force=force,
-                               handler=handler, weights=weights, model_file=model_file, extra_files=extra_files,
-                               model_config=model_config, threads=threads)
+    result = c.project.package(
+        model_name if handler else name,
+        version=version,
+        checkpoint=checkpoint,
+        force=force,
+        handler=handler,
+        weights=weights,
+        model_file=model_file,
+        extra_files=extra_files,
+        model_config=model_config,
+        threads=threads,
+    )
     prov = result.provenance
     run = (prov.get("checkpoint") or {}).get("run")
     source = handler or checkpoint or (c.project.paths.checkpoints / str(name) / str(run))
-    click.echo(f"packaged {prov['model']['name']} {prov['model']['version']} from {source} -> {result.path} "
-               f"({result.path.stat().st_size / 1e6:.2f} MB)\n"
-               f"build digest {result.digest}; signed: {archiver.signature_path(result.path).name}")
+    click.echo(
+        f"packaged {prov['model']['name']} {prov['model']['version']} from {source} -> {result.path} "
+        f"({result.path.stat().st_size / 1e6:.2f} MB)\n"
+        f"build digest {result.digest}; signed: {archiver.signature_path(result.path).name}"
+    )
 
 
 @click.command()
 @click.argument("archive", type=click.Path(dir_okay=False))
 @public_key_option
-@click.option("--allow-unsigned", is_flag=True,
-              help="Accept an archive without signature/provenance (third-party); safety checks still run.")
+@click.option(
+    "--allow-unsigned",
+    is_flag=True,
+    help="Accept an archive without signature/provenance (third-party); safety checks still run.",
+)
 @json_option()
 @pass_ctx
 def verify(c: Ctx, archive: str, public_key: str | None, allow_unsigned: bool, as_json: bool) -> None:

@@ -32,14 +32,38 @@ def history(c: Ctx, name: str, as_json: bool) -> None:
         return "default" if v["default"] else "registered" if v["registered"] else ""
 
     click.echo(f"versions of {name}, newest first" + ("" if h.live else " (server not reachable)"))
-    click.echo(render(["version", "server", "digest", "training run", "data", "metrics", "git"],
-                      [[v["version"], state(v), v["digest"][:19], v["checkpoint_run"],
-                        (v["data_fingerprint"] or "")[:19], " ".join(f"{k}={x}" for k, x in v["metrics"].items()),
-                        (v["git_commit"] or "")[:12]] for v in h.versions]))
+    click.echo(
+        render(
+            ["version", "server", "digest", "training run", "data", "metrics", "git"],
+            [
+                [
+                    v["version"],
+                    state(v),
+                    v["digest"][:19],
+                    v["checkpoint_run"],
+                    (v["data_fingerprint"] or "")[:19],
+                    " ".join(f"{k}={x}" for k, x in v["metrics"].items()),
+                    (v["git_commit"] or "")[:12],
+                ]
+                for v in h.versions
+            ],
+        )
+    )
     click.echo(f"\nevents of {name}, newest first")
-    click.echo(render(["time", "version", "event", "detail"],
-                      [[e.time[:19].replace("T", " "), e.version or "", e.kind,
-                        " ".join(f"{k}={v}" for k, v in e.detail.items())[:100]] for e in h.events]))
+    click.echo(
+        render(
+            ["time", "version", "event", "detail"],
+            [
+                [
+                    e.time[:19].replace("T", " "),
+                    e.version or "",
+                    e.kind,
+                    " ".join(f"{k}={v}" for k, v in e.detail.items())[:100],
+                ]
+                for e in h.events
+            ],
+        )
+    )
 
 
 @click.command()
@@ -52,8 +76,9 @@ def plan(c: Ctx, file: str, as_json: bool) -> None:
     if as_json:
         emit([a.to_dict() for a in actions])
     elif actions:
-        click.echo(render(["action", "model", "version", "detail"], [[a.kind, a.model, a.version, a.detail]
-                                                                    for a in actions]))
+        click.echo(
+            render(["action", "model", "version", "detail"], [[a.kind, a.model, a.version, a.detail] for a in actions])
+        )
     else:
         click.echo("no changes: the server matches " + file)
 
@@ -65,8 +90,9 @@ def plan(c: Ctx, file: str, as_json: bool) -> None:
 @pass_ctx
 def apply_cmd(c: Ctx, file: str, public_key: str | None, as_json: bool) -> None:
     """Converge the server to FILE (idempotent; a second run changes nothing)."""
-    report = c.project.apply(file, public_key=public_key,
-                             progress=None if as_json else (lambda a: click.echo(f"  {a}")))
+    report = c.project.apply(
+        file, public_key=public_key, progress=None if as_json else (lambda a: click.echo(f"  {a}"))
+    )
     if as_json:
         emit(report.to_dict())
     elif not report.done and report.ok:
@@ -75,43 +101,85 @@ def apply_cmd(c: Ctx, file: str, public_key: str | None, as_json: bool) -> None:
         click.echo(f"applied {len(report.done)} change(s) from {file}")
     if not report.ok:
         not_done = ", ".join(f"{a.kind} {a.model} {a.version}" for a in report.not_done) or "nothing else"
-        raise E.TorchServeError(f"apply stopped at '{report.failed}': {report.error}. Done: {len(report.done)} "
-                                f"change(s); not done: {not_done}. The default version keeps serving.")
+        raise E.TorchServeError(
+            f"apply stopped at '{report.failed}': {report.error}. Done: {len(report.done)} "
+            f"change(s); not done: {not_done}. The default version keeps serving."
+        )
 
 
 @click.command()
 @name_argument()
 @model_version_option("The version to roll out.", required=True)
-@click.option("--golden", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Golden set (JSON lines of input + expected); default tests/golden/NAME.jsonl.")
-@click.option("--min-accuracy", type=click.FloatRange(0, 1), default=None,
-              help="Golden accuracy needed (default: no more than 0.02 below the current default's).")
-@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
-              help="Share of golden inputs on which the new version must agree with the current default.")
+@click.option(
+    "--golden",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Golden set (JSON lines of input + expected); default tests/golden/NAME.jsonl.",
+)
+@click.option(
+    "--min-accuracy",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Golden accuracy needed (default: no more than 0.02 below the current default's).",
+)
+@click.option(
+    "--min-agreement",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Share of golden inputs on which the new version must agree with the current default.",
+)
 @click.option("--max-p99-ms", type=click.FloatRange(min=0), default=None, help="Latency budget under load.")
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
-@click.option("--requests", "load_requests", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Requests of the latency check.")
+@click.option(
+    "--requests",
+    "load_requests",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Requests of the latency check.",
+)
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True)
 @public_key_option
 @json_option()
 @pass_ctx
-def rollout(c: Ctx, name: str, version: str, golden: str | None, min_accuracy: float | None,
-            min_agreement: float | None, max_p99_ms: float | None, warmup: int, load_requests: int,
-            concurrency: int, public_key: str | None, as_json: bool) -> None:
+def rollout(
+    c: Ctx,
+    name: str,
+    version: str,
+    golden: str | None,
+    min_accuracy: float | None,
+    min_agreement: float | None,
+    max_p99_ms: float | None,
+    warmup: int,
+    load_requests: int,
+    concurrency: int,
+    public_key: str | None,
+    as_json: bool,
+) -> None:
     """Guarded promotion of VERSION with automatic rollback (see docs/version-control.md)."""
     golden_path = Path(golden) if golden else c.project.golden(name)
     if not golden_path.is_file():
         raise click.UsageError(f"no golden set at {golden_path}: give --golden FILE")
-    report = c.project.rollout(name, version, golden=golden_path, min_accuracy=min_accuracy,
-                               min_agreement=min_agreement, max_p99_ms=max_p99_ms, warmup=warmup,
-                               load_requests=load_requests, concurrency=concurrency, public_key=public_key,
-                               log=None if as_json else click.echo)
+    report = c.project.rollout(
+        name,
+        version,
+        golden=golden_path,
+        min_accuracy=min_accuracy,
+        min_agreement=min_agreement,
+        max_p99_ms=max_p99_ms,
+        warmup=warmup,
+        load_requests=load_requests,
+        concurrency=concurrency,
+        public_key=public_key,
+        log=None if as_json else click.echo,
+    )
     if as_json:
         emit(report.to_dict())
     if not report.passed:
-        raise E.RolloutFailed(f"rollout of {name} {version} rejected at the {report.gate} gate: {report.reason}; "
-                              f"{report.previous} keeps serving")
+        raise E.RolloutFailed(
+            f"rollout of {name} {version} rejected at the {report.gate} gate: {report.reason}; "
+            f"{report.previous} keeps serving"
+        )
 
 
 @click.command()
@@ -126,23 +194,48 @@ def rollback(c: Ctx, name: str, as_json: bool) -> None:
 
 @click.command("export")
 @click.argument("target", type=click.Choice(["k8s", "kserve"]))
-@click.option("--deploy", "deploy_file", type=click.Path(dir_okay=False, exists=True), default="deploy.yaml",
-              show_default=True, help="Desired-state file: which models and versions.")
+@click.option(
+    "--deploy",
+    "deploy_file",
+    type=click.Path(dir_okay=False, exists=True),
+    default="deploy.yaml",
+    show_default=True,
+    help="Desired-state file: which models and versions.",
+)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder to write into.")
 @click.option("--name", default="torchship", show_default=True, help="Name of the Kubernetes objects.")
 @click.option("--image", default=None, help="TorchServe image (default pytorch/torchserve:0.12.0-cpu).")
 @click.option("--max-replicas", type=click.IntRange(min=1), default=4, show_default=True, help="k8s: HPA maximum.")
-@click.option("--storage-uri", default=None,
-              help="kserve: where the model-store folder will be (default pvc://NAME-model-store).")
+@click.option(
+    "--storage-uri", default=None, help="kserve: where the model-store folder will be (default pvc://NAME-model-store)."
+)
 @click.option("--canary-percent", type=click.IntRange(0, 100), default=None, help="kserve: canaryTrafficPercent.")
 @public_key_option
 @pass_ctx
-def export_cmd(c: Ctx, target: str, deploy_file: str, out: str, name: str, image: str | None, max_replicas: int,
-               storage_uri: str | None, canary_percent: int | None, public_key: str | None) -> None:
+def export_cmd(
+    c: Ctx,
+    target: str,
+    deploy_file: str,
+    out: str,
+    name: str,
+    image: str | None,
+    max_replicas: int,
+    storage_uri: str | None,
+    canary_percent: int | None,
+    public_key: str | None,
+) -> None:
     """Write Kubernetes or KServe manifests and the model-store layout (verified archives)."""
-    written = c.project.export(target, out=out, desired=deploy_file, name=name, image=image,
-                               max_replicas=max_replicas, storage_uri=storage_uri, canary_percent=canary_percent,
-                               public_key=public_key)
+    written = c.project.export(
+        target,
+        out=out,
+        desired=deploy_file,
+        name=name,
+        image=image,
+        max_replicas=max_replicas,
+        storage_uri=storage_uri,
+        canary_percent=canary_percent,
+        public_key=public_key,
+    )
     click.echo(f"{len(written['archives'])} verified archive(s) -> {Path(out) / 'model-store' / 'model-store'}")
     for path in written["config"] + written["manifests"]:
         click.echo(f"wrote {path}")

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import click
 
-from .base import Ctx, body_options, emit, json_option, model_version_option, name_argument, pass_ctx, \
-    request_body, stdout_write
+from .base import (
+    Ctx,
+    body_options,
+    emit,
+    json_option,
+    model_version_option,
+    name_argument,
+    pass_ctx,
+    request_body,
+    stdout_write,
+)
 from .table import render
 
 
@@ -15,8 +24,7 @@ from .table import render
 @body_options
 @click.option("--stream", is_flag=True, help="Print the answer's chunks as they arrive (streaming handlers).")
 @pass_ctx
-def predict(c: Ctx, name: str, version: str | None, json_data: str | None, file_path: str | None,
-            stream: bool) -> None:
+def predict(c: Ctx, name: str, version: str | None, json_data: str | None, file_path: str | None, stream: bool) -> None:
     """One prediction; prints the answer."""
     data = request_body(json_data, file_path)
     if stream:
@@ -65,13 +73,24 @@ def metrics(c: Ctx, name: str | None, raw: bool, as_json: bool) -> None:
         return
     m = c.project.client.metrics()
     names = [name] if name else m.models()
-    rows = [{"model": n, "requests": int(m.requests(n)), "mean_latency_ms": _round(m.mean_latency_ms(n)),
-             "mean_queue_ms": _round(m.mean_queue_ms(n))} for n in names]
+    rows = [
+        {
+            "model": n,
+            "requests": int(m.requests(n)),
+            "mean_latency_ms": _round(m.mean_latency_ms(n)),
+            "mean_queue_ms": _round(m.mean_queue_ms(n)),
+        }
+        for n in names
+    ]
     if as_json:
         emit(rows)
     elif rows:
-        click.echo(render(["model", "requests", "mean latency ms", "mean queue ms"],
-                          [[r["model"], r["requests"], r["mean_latency_ms"], r["mean_queue_ms"]] for r in rows]))
+        click.echo(
+            render(
+                ["model", "requests", "mean latency ms", "mean queue ms"],
+                [[r["model"], r["requests"], r["mean_latency_ms"], r["mean_queue_ms"]] for r in rows],
+            )
+        )
     else:
         click.echo("no inference metrics yet")
 

@@ -6,8 +6,18 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .base import Ctx, check_range, emit, json_option, model_version_option, name_argument, pass_ctx, \
-    public_key_option, say, version_argument
+from .base import (
+    Ctx,
+    check_range,
+    emit,
+    json_option,
+    model_version_option,
+    name_argument,
+    pass_ctx,
+    public_key_option,
+    say,
+    version_argument,
+)
 from .table import render
 
 if TYPE_CHECKING:
@@ -28,8 +38,19 @@ def models_table(models: list[ModelDescription]) -> str:
     """Render model versions as a table: status, workers and batching."""
     return render(
         ["model", "version", "default", "status", "workers", "min-max", "batch", "delay ms"],
-        [[m.name, m.version, "*" if m.is_default else "", m.status, m.ready_workers,
-          f"{m.min_workers}-{m.max_workers}", m.batch_size, m.max_batch_delay] for m in models],
+        [
+            [
+                m.name,
+                m.version,
+                "*" if m.is_default else "",
+                m.status,
+                m.ready_workers,
+                f"{m.min_workers}-{m.max_workers}",
+                m.batch_size,
+                m.max_batch_delay,
+            ]
+            for m in models
+        ],
     )
 
 
@@ -42,26 +63,49 @@ def models_table(models: list[ModelDescription]) -> str:
 @click.option("--default", "make_default", is_flag=True, help="Make this version the default.")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait until ready.")
 @public_key_option
-@click.option("--allow-unsigned", is_flag=True,
-              help="DANGER: deploy a third-party archive without signature/provenance (safety checks still run).")
+@click.option(
+    "--allow-unsigned",
+    is_flag=True,
+    help="DANGER: deploy a third-party archive without signature/provenance (safety checks still run).",
+)
 @json_option()
 @pass_ctx
-def deploy(c: Ctx, name: str, version: str | None, workers: int | None, batch_size: int | None,
-           max_batch_delay: int | None, make_default: bool, timeout: float, public_key: str | None,
-           allow_unsigned: bool, as_json: bool) -> None:
+def deploy(
+    c: Ctx,
+    name: str,
+    version: str | None,
+    workers: int | None,
+    batch_size: int | None,
+    max_batch_delay: int | None,
+    make_default: bool,
+    timeout: float,
+    public_key: str | None,
+    allow_unsigned: bool,
+    as_json: bool,
+) -> None:
     """Verify an archive of the model store, register it, and wait until it serves."""
     if allow_unsigned:
         click.echo("WARNING: --allow-unsigned: the archive's signature and provenance are not checked", err=True)
-    result = c.project.deploy(name, version, workers=workers, batch_size=batch_size, max_batch_delay=max_batch_delay,
-                              make_default=make_default, timeout=timeout, public_key=public_key,
-                              allow_unsigned=allow_unsigned)
+    result = c.project.deploy(
+        name,
+        version,
+        workers=workers,
+        batch_size=batch_size,
+        max_batch_delay=max_batch_delay,
+        make_default=make_default,
+        timeout=timeout,
+        public_key=public_key,
+        allow_unsigned=allow_unsigned,
+    )
     d = result.description
     if as_json:
         emit({"action": result.action, "seconds": round(result.seconds_to_ready, 2), **d.to_dict()})
     else:
-        click.echo(f"{name} {d.version} {result.action}: {d.ready_workers} worker(s) ready, batch {d.batch_size} "
-                   f"/ {d.max_batch_delay} ms, default: {'yes' if d.is_default else 'no'} "
-                   f"({result.seconds_to_ready:.1f} s)")
+        click.echo(
+            f"{name} {d.version} {result.action}: {d.ready_workers} worker(s) ready, batch {d.batch_size} "
+            f"/ {d.max_batch_delay} ms, default: {'yes' if d.is_default else 'no'} "
+            f"({result.seconds_to_ready:.1f} s)"
+        )
 
 
 @click.command()
@@ -91,7 +135,9 @@ def describe(c: Ctx, name: str, version: str | None, as_json: bool) -> None:
         emit([d.to_dict() for d in descs])
         return
     click.echo(models_table(descs))
-    workers = [[d.version, w.id, w.status, w.pid, f"{(w.memory_usage or 0) / 1e6:.0f}"] for d in descs for w in d.workers]
+    workers = [
+        [d.version, w.id, w.status, w.pid, f"{(w.memory_usage or 0) / 1e6:.0f}"] for d in descs for w in d.workers
+    ]
     if workers:
         click.echo()
         click.echo(render(["version", "worker", "status", "pid", "memory MB"], workers))
@@ -100,7 +146,9 @@ def describe(c: Ctx, name: str, version: str | None, as_json: bool) -> None:
 @click.command()
 @name_argument()
 @click.option("--min", "min_workers", required=True, type=click.IntRange(min=0), help="Minimum workers.")
-@click.option("--max", "max_workers", default=None, type=click.IntRange(min=0), help="Maximum workers (default: --min).")
+@click.option(
+    "--max", "max_workers", default=None, type=click.IntRange(min=0), help="Maximum workers (default: --min)."
+)
 @model_version_option()
 @json_option()
 @pass_ctx

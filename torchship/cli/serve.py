@@ -27,8 +27,10 @@ def serve_start(c: Ctx, timeout: float) -> None:
         click.echo(f"TorchServe is already running (pid {st.pid}) at {st.inference_url}: {st.detail}")
         return
     st = server.status()
-    click.echo(f"TorchServe started (pid {st.pid}): inference {st.inference_url}, management "
-               f"{st.management_url}, metrics {st.metrics_url}; logs in {server.log_dir}")
+    click.echo(
+        f"TorchServe started (pid {st.pid}): inference {st.inference_url}, management "
+        f"{st.management_url}, metrics {st.metrics_url}; logs in {server.log_dir}"
+    )
 
 
 @serve.command("stop")
@@ -48,9 +50,21 @@ def serve_status(c: Ctx, as_json: bool) -> None:
     if as_json:
         emit({**st.to_dict(), "models": [m.to_dict() for m in models]})
     else:
-        click.echo(render(["server", "pid", "health", "inference", "management", "metrics"],
-                          [["running" if st.running else "stopped", st.pid or "-", st.detail, st.inference_url,
-                            st.management_url, st.metrics_url]]))
+        click.echo(
+            render(
+                ["server", "pid", "health", "inference", "management", "metrics"],
+                [
+                    [
+                        "running" if st.running else "stopped",
+                        st.pid or "-",
+                        st.detail,
+                        st.inference_url,
+                        st.management_url,
+                        st.metrics_url,
+                    ]
+                ],
+            )
+        )
         if models:
             click.echo()
             click.echo(models_table(models))

@@ -21,8 +21,9 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from torchship.sdk.errors import BadInput, TorchServeError
 
@@ -44,9 +45,13 @@ class Decision:
     rate: float
 
     def __str__(self) -> str:
-        verb = "up" if self.workers_to > self.workers_from else "down" if self.workers_to < self.workers_from else "hold"
-        return (f"scale {verb} {self.workers_from} -> {self.workers_to}: {self.reason} "
-                f"(queue {self.queue_ms:.1f} ms, {self.rate:.1f} req/s)")
+        verb = (
+            "up" if self.workers_to > self.workers_from else "down" if self.workers_to < self.workers_from else "hold"
+        )
+        return (
+            f"scale {verb} {self.workers_from} -> {self.workers_to}: {self.reason} "
+            f"(queue {self.queue_ms:.1f} ms, {self.rate:.1f} req/s)"
+        )
 
 
 @dataclass
@@ -93,8 +98,7 @@ class Autoscaler:
     def _counters(self) -> tuple[float, float]:
         m = self.client.metrics()
         labels = {"model_name": self.name}
-        return (m.total("ts_inference_requests_total", **labels),
-                m.total("ts_queue_latency_microseconds", **labels))
+        return (m.total("ts_inference_requests_total", **labels), m.total("ts_queue_latency_microseconds", **labels))
 
     def step(self, now: float | None = None) -> Decision | None:
         """Run one tick: read the counters and the model, and scale if the rules say so; the decision, if any."""
@@ -105,8 +109,9 @@ class Autoscaler:
         if self._last is None:
             self._last = (now, requests, queue_us)
             if not self.min_workers <= workers <= self.max_workers:  # bring it into range at once
-                return self._scale(now, workers, min(max(workers, self.min_workers), self.max_workers),
-                                   "outside [min, max]", 0.0, 0.0)
+                return self._scale(
+                    now, workers, min(max(workers, self.min_workers), self.max_workers), "outside [min, max]", 0.0, 0.0
+                )
             return None
         t0, r0, q0 = self._last
         self._last = (now, requests, queue_us)
@@ -120,8 +125,11 @@ class Autoscaler:
         if (queue_ms > self.target_queue_ms or busy) and workers < self.max_workers:
             self._calm_ticks = 0
             if now - self._last_change >= self.up_cooldown:
-                why = f"queue {queue_ms:.1f} ms > target {self.target_queue_ms:g} ms" if queue_ms > self.target_queue_ms \
+                why = (
+                    f"queue {queue_ms:.1f} ms > target {self.target_queue_ms:g} ms"
+                    if queue_ms > self.target_queue_ms
                     else f"{pending} requests pending"
+                )
                 # proportional to how far over target, at least +1, at most doubling per step
                 wanted = math.ceil(workers * max(queue_ms, 1e-9) / self.target_queue_ms)
                 target = min(self.max_workers, max(workers + 1, min(workers * 2, wanted)))
@@ -131,9 +139,14 @@ class Autoscaler:
             self._calm_ticks += 1
             if self._calm_ticks >= self.down_stable and now - self._last_change >= self.down_cooldown:
                 self._calm_ticks = 0
-                return self._scale(now, workers, workers - 1,
-                                   f"queue below {self.target_queue_ms / 4:g} ms for {self.down_stable} ticks",
-                                   queue_ms, rate)
+                return self._scale(
+                    now,
+                    workers,
+                    workers - 1,
+                    f"queue below {self.target_queue_ms / 4:g} ms for {self.down_stable} ticks",
+                    queue_ms,
+                    rate,
+                )
         else:
             self._calm_ticks = 0
         return None

@@ -11,10 +11,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchship.sdk.client import TorchServe
-from torchship.sdk.errors import ArchiveError, BadInput, ModelAlreadyExists, ServerError, TorchServeError, VerificationError
-from torchship.sdk.types import ModelDescription
 from torchship.ops.versions import latest_version
+from torchship.sdk.client import TorchServe
+from torchship.sdk.errors import (
+    ArchiveError,
+    BadInput,
+    ModelAlreadyExists,
+    ServerError,
+    TorchServeError,
+    VerificationError,
+)
+from torchship.sdk.types import ModelDescription
 
 __all__ = ["DeployResult", "deploy"]
 
@@ -28,9 +35,20 @@ class DeployResult:
     seconds_to_ready: float
 
 
-def deploy(client: TorchServe, store: Path, name: str, version: str | None = None, *, workers: int = 1,
-           batch_size: int | None = None, max_batch_delay: int | None = None, make_default: bool = False,
-           timeout: float = 120.0, public_key: Path | None = None, allow_unsigned: bool = False) -> DeployResult:
+def deploy(
+    client: TorchServe,
+    store: Path,
+    name: str,
+    version: str | None = None,
+    *,
+    workers: int = 1,
+    batch_size: int | None = None,
+    max_batch_delay: int | None = None,
+    make_default: bool = False,
+    timeout: float = 120.0,
+    public_key: Path | None = None,
+    allow_unsigned: bool = False,
+) -> DeployResult:
     """Verify an archive of the store, register it, wait until it serves, and make it the default if asked.
 
     It is registered by file name. Nothing reaches TorchServe unless verification passes; `allow_unsigned`
@@ -55,14 +73,23 @@ def deploy(client: TorchServe, store: Path, name: str, version: str | None = Non
 
     action = "registered"
     try:
-        client.register(archive.name, model_name=name, initial_workers=workers, batch_size=batch_size,
-                        max_batch_delay=max_batch_delay, synchronous=True, timeout=timeout)
+        client.register(
+            archive.name,
+            model_name=name,
+            initial_workers=workers,
+            batch_size=batch_size,
+            max_batch_delay=max_batch_delay,
+            synchronous=True,
+            timeout=timeout,
+        )
         if _identity(archive) != before:
             # TorchServe has unpacked what it read by now: if the file changed since verification
             # began, what it read may not be what was verified
             _remove(client, name, version)
-            raise VerificationError(f"{archive.name} changed while it was being verified and registered; it was "
-                                    "removed again: is something else writing to the model store?")
+            raise VerificationError(
+                f"{archive.name} changed while it was being verified and registered; it was "
+                "removed again: is something else writing to the model store?"
+            )
     except ModelAlreadyExists:
         action = "already registered"
         current = client.describe(name, version)[0]
@@ -71,8 +98,13 @@ def deploy(client: TorchServe, store: Path, name: str, version: str | None = Non
     except ServerError as exc:
         # A failed synchronous register leaves the version registered with no worker: remove it.
         _remove(client, name, version)
-        raise ServerError(exc.status, exc.type, f"{name} {version} failed to load and was removed again: "
-                          f"{exc.message}; see model_log.log in the server's logs folder", exc.url) from None
+        raise ServerError(
+            exc.status,
+            exc.type,
+            f"{name} {version} failed to load and was removed again: "
+            f"{exc.message}; see model_log.log in the server's logs folder",
+            exc.url,
+        ) from None
     desc = client.wait_until_ready(name, version, timeout=timeout)
     if make_default and not desc.is_default:
         client.set_default(name, version)
@@ -92,8 +124,10 @@ def _refuse_shared_writes(archive: Path) -> None:
     for path in (archive, archive.parent):
         mode = path.stat().st_mode
         if mode & stat.S_IWOTH and not (path.is_dir() and mode & stat.S_ISVTX and path.stat().st_uid == os.getuid()):
-            raise ArchiveError(f"{path} is writable by every account on this machine: anyone could swap the archive "
-                               f"between verification and loading (chmod o-w {path})")
+            raise ArchiveError(
+                f"{path} is writable by every account on this machine: anyone could swap the archive "
+                f"between verification and loading (chmod o-w {path})"
+            )
 
 
 def _remove(client: TorchServe, name: str, version: str) -> None:

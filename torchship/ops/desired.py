@@ -18,14 +18,14 @@ left alone.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from archiver.names import InvalidName, check_name, check_version
-
 from torchship.sdk.errors import ConfigError, ModelNotFound, TorchServeError
 from torchship.sdk.types import ModelDescription
 
@@ -48,7 +48,7 @@ def _version(value: Any, here: str) -> str:
     """A version as written in the file: a string, or a YAML number (1.0 reads as a float; quote
     versions like "1.10" that a number would change), checked by the one rule."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise InvalidDesiredName(f"{here}: invalid version {value!r}: write it as a string, e.g. \"1.0\"")
+        raise InvalidDesiredName(f'{here}: invalid version {value!r}: write it as a string, e.g. "1.0"')
     try:
         return check_version(str(value))
     except InvalidName as exc:
@@ -69,9 +69,13 @@ class ModelState:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the entry as it is written in deploy.yaml."""
-        return {"versions": list(self.versions), "default": self.default,
-                "workers": {"min": self.min_workers, "max": self.max_workers},
-                "batch_size": self.batch_size, "max_batch_delay_ms": self.max_batch_delay_ms}
+        return {
+            "versions": list(self.versions),
+            "default": self.default,
+            "workers": {"min": self.min_workers, "max": self.max_workers},
+            "batch_size": self.batch_size,
+            "max_batch_delay_ms": self.max_batch_delay_ms,
+        }
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ def parse_desired(raw: Any, where: str = "deploy.yaml") -> DesiredState:
             raise ConfigError(f"{here}: unknown key(s) {sorted(unknown)}")
         versions = spec.get("versions")
         if not isinstance(versions, list) or not versions:
-            raise ConfigError(f"{here}.versions: a non-empty list of versions, e.g. [\"1.0\"]")
+            raise ConfigError(f'{here}.versions: a non-empty list of versions, e.g. ["1.0"]')
         versions = [_version(v, f"{here}.versions") for v in versions]
         if len(set(versions)) != len(versions):
             raise ConfigError(f"{here}.versions: a version is listed twice")
@@ -133,8 +137,12 @@ def parse_desired(raw: Any, where: str = "deploy.yaml") -> DesiredState:
         lo: Any = workers.get("min", 1)  # YAML: checked below
         hi: Any = workers.get("max", lo)
         batch, delay = spec.get("batch_size", 1), spec.get("max_batch_delay_ms", 100)
-        for label, value, least in (("workers.min", lo, 0), ("workers.max", hi, 1), ("batch_size", batch, 1),
-                                    ("max_batch_delay_ms", delay, 0)):
+        for label, value, least in (
+            ("workers.min", lo, 0),
+            ("workers.max", hi, 1),
+            ("batch_size", batch, 1),
+            ("max_batch_delay_ms", delay, 0),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ConfigError(f"{here}.{label}: an integer >= {least}, not {value!r}")
         if lo > hi:
@@ -144,6 +152,7 @@ def parse_desired(raw: Any, where: str = "deploy.yaml") -> DesiredState:
 
 
 # ---------------------------------------------------------------------- plan
+
 
 @dataclass(frozen=True)
 class Action:
@@ -178,26 +187,52 @@ def plan(client: TorchServe, desired: DesiredState) -> list[Action]:
     actions: list[Action] = []
     for name, want in desired.models.items():
         live = _live(client, name)
-        reg = {"workers": want.min_workers, "max_workers": want.max_workers, "batch_size": want.batch_size,
-               "max_batch_delay": want.max_batch_delay_ms}
+        reg = {
+            "workers": want.min_workers,
+            "max_workers": want.max_workers,
+            "batch_size": want.batch_size,
+            "max_batch_delay": want.max_batch_delay_ms,
+        }
         current_default = next((v for v, d in live.items() if d.is_default), None)
         for version in want.versions:
             have = live.get(version)
             if have is None:
-                actions.append(Action("register", name, version,
-                                      f"workers {want.min_workers}-{want.max_workers}, batch {want.batch_size}"
-                                      f" / {want.max_batch_delay_ms} ms", reg))
+                actions.append(
+                    Action(
+                        "register",
+                        name,
+                        version,
+                        f"workers {want.min_workers}-{want.max_workers}, batch {want.batch_size}"
+                        f" / {want.max_batch_delay_ms} ms",
+                        reg,
+                    )
+                )
                 continue
             if (have.batch_size, have.max_batch_delay) != (want.batch_size, want.max_batch_delay_ms):
-                actions.append(Action("recreate", name, version,
-                                      f"batch {have.batch_size} / {have.max_batch_delay} ms -> {want.batch_size} / "
-                                      f"{want.max_batch_delay_ms} ms (TorchServe cannot change batching in place)",
-                                      {**reg, "was_default": have.is_default}))
-            elif (have.min_workers, have.max_workers) != (want.min_workers, want.max_workers) \
-                    or have.ready_workers < want.min_workers:
-                actions.append(Action("scale", name, version,
-                                      f"workers {have.min_workers}-{have.max_workers} ({have.ready_workers} ready) -> "
-                                      f"{want.min_workers}-{want.max_workers}", reg))
+                actions.append(
+                    Action(
+                        "recreate",
+                        name,
+                        version,
+                        f"batch {have.batch_size} / {have.max_batch_delay} ms -> {want.batch_size} / "
+                        f"{want.max_batch_delay_ms} ms (TorchServe cannot change batching in place)",
+                        {**reg, "was_default": have.is_default},
+                    )
+                )
+            elif (have.min_workers, have.max_workers) != (
+                want.min_workers,
+                want.max_workers,
+            ) or have.ready_workers < want.min_workers:
+                actions.append(
+                    Action(
+                        "scale",
+                        name,
+                        version,
+                        f"workers {have.min_workers}-{have.max_workers} ({have.ready_workers} ready) -> "
+                        f"{want.min_workers}-{want.max_workers}",
+                        reg,
+                    )
+                )
         if current_default != want.default:
             actions.append(Action("set-default", name, want.default, f"default {current_default} -> {want.default}"))
         for version in live:
@@ -205,13 +240,16 @@ def plan(client: TorchServe, desired: DesiredState) -> list[Action]:
                 try:
                     check_version(version)
                 except InvalidName as exc:  # registered by other means: nothing torchship sends can name it
-                    raise TorchServeError(f"{name} has a registered version that torchship cannot address, so "
-                                          f"apply cannot remove it ({exc}); unregister it by other means") from None
+                    raise TorchServeError(
+                        f"{name} has a registered version that torchship cannot address, so "
+                        f"apply cannot remove it ({exc}); unregister it by other means"
+                    ) from None
                 actions.append(Action("unregister", name, version, "no longer listed"))
     return sorted(actions, key=lambda a: (_ORDER[a.kind], a.model))
 
 
 # ---------------------------------------------------------------------- apply
+
 
 @dataclass
 class ApplyReport:
@@ -229,14 +267,25 @@ class ApplyReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as plain data (for --json)."""
-        return {"ok": self.ok, "done": [a.to_dict() for a in self.done],
-                "failed": self.failed.to_dict() if self.failed else None, "error": self.error,
-                "not_done": [a.to_dict() for a in self.not_done]}
+        return {
+            "ok": self.ok,
+            "done": [a.to_dict() for a in self.done],
+            "failed": self.failed.to_dict() if self.failed else None,
+            "error": self.error,
+            "not_done": [a.to_dict() for a in self.not_done],
+        }
 
 
-def apply(client: TorchServe, store: Path, desired: DesiredState, *, public_key: Path | None,
-          registry: Registry | None = None, timeout: float = 120.0,
-          progress: Callable[[Action], None] | None = None) -> ApplyReport:
+def apply(
+    client: TorchServe,
+    store: Path,
+    desired: DesiredState,
+    *,
+    public_key: Path | None,
+    registry: Registry | None = None,
+    timeout: float = 120.0,
+    progress: Callable[[Action], None] | None = None,
+) -> ApplyReport:
     """Run the plan, stopping at the first failure; the report says what was and was not applied.
 
     The default keeps serving (unregistering comes last).
@@ -251,34 +300,66 @@ def apply(client: TorchServe, store: Path, desired: DesiredState, *, public_key:
         try:
             _run(client, store, action, public_key=public_key, timeout=timeout, deploy=deploy)
         except (TorchServeError, ValueError) as exc:
-            report.failed, report.error, report.not_done = action, str(exc), actions[i + 1:]
+            report.failed, report.error, report.not_done = action, str(exc), actions[i + 1 :]
             if registry:
                 registry.record(action.model, action.version, "apply_failed", action=action.kind, error=str(exc))
             return report
         report.done.append(action)
         if registry:
-            kind = {"register": "registered", "recreate": "registered", "scale": "scaled",
-                    "set-default": "default_set", "unregister": "unregistered"}[action.kind]
+            kind = {
+                "register": "registered",
+                "recreate": "registered",
+                "scale": "scaled",
+                "set-default": "default_set",
+                "unregister": "unregistered",
+            }[action.kind]
             registry.record(action.model, action.version, kind, via="apply", detail=action.detail)
     return report
 
 
-def _run(client: TorchServe, store: Path, action: Action, *, public_key: Path | None, timeout: float,
-         deploy: Callable[..., DeployResult]) -> None:
+def _run(
+    client: TorchServe,
+    store: Path,
+    action: Action,
+    *,
+    public_key: Path | None,
+    timeout: float,
+    deploy: Callable[..., DeployResult],
+) -> None:
     p = action.params
     if action.kind == "register":
-        deploy(client, store, action.model, action.version, workers=max(p["workers"], 1),
-               batch_size=p["batch_size"], max_batch_delay=p["max_batch_delay"], timeout=timeout, public_key=public_key)
+        deploy(
+            client,
+            store,
+            action.model,
+            action.version,
+            workers=max(p["workers"], 1),
+            batch_size=p["batch_size"],
+            max_batch_delay=p["max_batch_delay"],
+            timeout=timeout,
+            public_key=public_key,
+        )
         if p["workers"] != max(p["workers"], 1) or p["max_workers"] != max(p["workers"], 1):
             client.scale(action.model, version=action.version, min_workers=p["workers"], max_workers=p["max_workers"])
     elif action.kind == "recreate":
         if p.get("was_default"):
-            raise TorchServeError(f"{action.model} {action.version} is the default and serves traffic: its batching "
-                                  "cannot be changed in place without dropping requests. Package the same model as "
-                                  "a new version with the new batching, list it, and make it the default")
+            raise TorchServeError(
+                f"{action.model} {action.version} is the default and serves traffic: its batching "
+                "cannot be changed in place without dropping requests. Package the same model as "
+                "a new version with the new batching, list it, and make it the default"
+            )
         client.unregister(action.model, action.version)
-        deploy(client, store, action.model, action.version, workers=max(p["workers"], 1),
-               batch_size=p["batch_size"], max_batch_delay=p["max_batch_delay"], timeout=timeout, public_key=public_key)
+        deploy(
+            client,
+            store,
+            action.model,
+            action.version,
+            workers=max(p["workers"], 1),
+            batch_size=p["batch_size"],
+            max_batch_delay=p["max_batch_delay"],
+            timeout=timeout,
+            public_key=public_key,
+        )
     elif action.kind == "scale":
         client.scale(action.model, version=action.version, min_workers=p["workers"], max_workers=p["max_workers"])
         if p["workers"]:
@@ -305,8 +386,10 @@ def merge_settings(path: Path, name: str, settings: dict[str, Any]) -> DesiredSt
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a top-level 'models:' mapping")
     current = (doc.get("models") or {}).get(name) or {}
-    doc.setdefault("models", {})[name] = {**current, **{k: v for k, v in settings.items()
-                                                        if k not in ("versions", "default") or k not in current}}
+    doc.setdefault("models", {})[name] = {
+        **current,
+        **{k: v for k, v in settings.items() if k not in ("versions", "default") or k not in current},
+    }
     desired = parse_desired(doc, str(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
     try:

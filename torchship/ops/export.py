@@ -56,12 +56,18 @@ import yaml
 
 from archiver import archive_path
 from archiver.names import InvalidName, check_name, check_version
-
 from torchship.ops.desired import DesiredState
 from torchship.sdk.errors import BadInput, VerificationError
 
-__all__ = ["export", "cluster_config", "check_export_names", "client_label", "scraper_label", "IMAGE",
-           "SCRAPER_NAMESPACE_LABEL"]
+__all__ = [
+    "export",
+    "cluster_config",
+    "check_export_names",
+    "client_label",
+    "scraper_label",
+    "IMAGE",
+    "SCRAPER_NAMESPACE_LABEL",
+]
 
 IMAGE = "pytorch/torchserve:0.12.0-cpu"
 HOME_IN_POD = "/home/model-server"
@@ -97,9 +103,11 @@ def check_export_names(desired: DesiredState, name: str) -> None:
     """
     check_name(name)
     if len(name) > _K8S_NAME_MAX or not _K8S_NAME.fullmatch(name):
-        raise InvalidName(f"invalid export name {name!r}: a Kubernetes name is lower case letters, digits and '-', "
-                          f"starting with a letter and ending with a letter or digit, at most {_K8S_NAME_MAX} "
-                          f"characters")
+        raise InvalidName(
+            f"invalid export name {name!r}: a Kubernetes name is lower case letters, digits and '-', "
+            f"starting with a letter and ending with a letter or digit, at most {_K8S_NAME_MAX} "
+            f"characters"
+        )
     for model, m in desired.models.items():
         check_name(model)
         for version in m.versions:
@@ -111,12 +119,22 @@ def check_export_names(desired: DesiredState, name: str) -> None:
 def _snapshot(desired: DesiredState) -> str:
     models: dict[str, Any] = {}
     for name, m in desired.models.items():
-        models[name] = {v: {"defaultVersion": v == m.default, "marName": archive_path(Path(), name, v).name,
-                            "minWorkers": m.min_workers, "maxWorkers": m.max_workers, "batchSize": m.batch_size,
-                            "maxBatchDelay": m.max_batch_delay_ms, "responseTimeout": 120}
-                        for v in m.versions}
-    return json.dumps({"name": "startup.cfg", "modelCount": sum(len(v) for v in models.values()), "models": models},
-                      separators=(",", ":"))
+        models[name] = {
+            v: {
+                "defaultVersion": v == m.default,
+                "marName": archive_path(Path(), name, v).name,
+                "minWorkers": m.min_workers,
+                "maxWorkers": m.max_workers,
+                "batchSize": m.batch_size,
+                "maxBatchDelay": m.max_batch_delay_ms,
+                "responseTimeout": 120,
+            }
+            for v in m.versions
+        }
+    return json.dumps(
+        {"name": "startup.cfg", "modelCount": sum(len(v) for v in models.values()), "models": models},
+        separators=(",", ":"),
+    )
 
 
 def cluster_config(desired: DesiredState, model_store: str, *, metrics_host: str = "0.0.0.0") -> str:
@@ -154,8 +172,9 @@ def cluster_config(desired: DesiredState, model_store: str, *, metrics_host: str
     return "\n".join(lines) + "\n"
 
 
-def _copy_archives(desired: DesiredState, store: Path, out_store: Path, public_key: Path | None,
-                   allow_unsigned: bool) -> list[Path]:
+def _copy_archives(
+    desired: DesiredState, store: Path, out_store: Path, public_key: Path | None, allow_unsigned: bool
+) -> list[Path]:
     """Copy each archive (and its signature), then verify the COPY: the bytes the cluster gets are
     the bytes that were verified, whatever happens to the store meanwhile. On a refusal, every copy
     made here is removed again."""
@@ -190,8 +209,10 @@ def _labels(app: str) -> dict[str, str]:
 def _resources(desired: DesiredState) -> dict[str, Any]:
     workers = sum(m.max_workers for m in desired.models.values())
     memory = 512 + 256 * workers  # the frontend ~400 MB, each worker ~250 MB (measured locally)
-    return {"requests": {"cpu": str(max(1, workers // 2)), "memory": f"{memory}Mi"},
-            "limits": {"cpu": str(max(2, workers)), "memory": f"{memory * 2}Mi"}}
+    return {
+        "requests": {"cpu": str(max(1, workers // 2)), "memory": f"{memory}Mi"},
+        "limits": {"cpu": str(max(2, workers)), "memory": f"{memory * 2}Mi"},
+    }
 
 
 _RUNTIME_DEFAULT = {"type": "RuntimeDefault"}
@@ -199,8 +220,13 @@ _USER = 1000  # model-server in the TorchServe image
 
 
 def _pod_security() -> dict[str, Any]:
-    return {"runAsNonRoot": True, "runAsUser": _USER, "runAsGroup": _USER, "fsGroup": _USER,
-            "seccompProfile": dict(_RUNTIME_DEFAULT)}
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": _USER,
+        "runAsGroup": _USER,
+        "fsGroup": _USER,
+        "seccompProfile": dict(_RUNTIME_DEFAULT),
+    }
 
 
 def _writable_volumes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -211,14 +237,26 @@ def _writable_volumes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 def _env() -> list[dict[str, str]]:
-    return [{"name": "TMPDIR", "value": TMP_IN_POD}, {"name": "TEMP", "value": TMP_IN_POD},
-            {"name": "TMP", "value": TMP_IN_POD}, {"name": "LOG_LOCATION", "value": LOGS_IN_POD},
-            {"name": "METRICS_LOCATION", "value": LOGS_IN_POD}, {"name": "HOME", "value": WORK_IN_POD},
-            {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}]
+    return [
+        {"name": "TMPDIR", "value": TMP_IN_POD},
+        {"name": "TEMP", "value": TMP_IN_POD},
+        {"name": "TMP", "value": TMP_IN_POD},
+        {"name": "LOG_LOCATION", "value": LOGS_IN_POD},
+        {"name": "METRICS_LOCATION", "value": LOGS_IN_POD},
+        {"name": "HOME", "value": WORK_IN_POD},
+        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+    ]
 
 
-def _container(desired: DesiredState, image: str, args: list[str], mounts: list[dict[str, Any]], name: str, *,
-               metrics_port: bool = True) -> dict[str, Any]:
+def _container(
+    desired: DesiredState,
+    image: str,
+    args: list[str],
+    mounts: list[dict[str, Any]],
+    name: str,
+    *,
+    metrics_port: bool = True,
+) -> dict[str, Any]:
     probe = {"httpGet": {"path": "/ping", "port": INFERENCE_PORT}, "periodSeconds": 10, "timeoutSeconds": 5}
     ports = [{"name": "inference", "containerPort": INFERENCE_PORT, "protocol": "TCP"}]
     if metrics_port:
@@ -234,10 +272,16 @@ def _container(desired: DesiredState, image: str, args: list[str], mounts: list[
         "livenessProbe": {**probe, "initialDelaySeconds": 120, "failureThreshold": 6},
         "resources": _resources(desired),
         "volumeMounts": mounts,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": _USER, "runAsGroup": _USER,
-                            "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
-                            "privileged": False, "capabilities": {"drop": ["ALL"]},
-                            "seccompProfile": dict(_RUNTIME_DEFAULT)},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": _USER,
+            "runAsGroup": _USER,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": dict(_RUNTIME_DEFAULT),
+        },
     }
 
 
@@ -246,22 +290,36 @@ def _network_policy(app: str, labels: dict[str, str]) -> dict[str, Any]:
     everything else, the metrics port included, is refused."""
     scraper = {"matchLabels": scraper_label(app)}
     return {
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {"name": app, "labels": labels,
-                     "annotations": {"torchship.io/clients": f"pods labelled {app}-client=true in this namespace",
-                                     "torchship.io/scrapers": f"pods labelled {app}-metrics=true in this namespace "
-                                                              f"or in namespaces labelled "
-                                                              f"{SCRAPER_NAMESPACE_LABEL}=true"}},
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": app,
+            "labels": labels,
+            "annotations": {
+                "torchship.io/clients": f"pods labelled {app}-client=true in this namespace",
+                "torchship.io/scrapers": f"pods labelled {app}-metrics=true in this namespace "
+                f"or in namespaces labelled "
+                f"{SCRAPER_NAMESPACE_LABEL}=true",
+            },
+        },
         "spec": {
             "podSelector": {"matchLabels": labels},
             "policyTypes": ["Ingress"],
             "ingress": [
-                {"from": [{"podSelector": {"matchLabels": client_label(app)}}],
-                 "ports": [{"protocol": "TCP", "port": INFERENCE_PORT}]},
-                {"from": [{"podSelector": scraper},
-                          {"namespaceSelector": {"matchLabels": {SCRAPER_NAMESPACE_LABEL: "true"}},
-                           "podSelector": scraper}],
-                 "ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+                {
+                    "from": [{"podSelector": {"matchLabels": client_label(app)}}],
+                    "ports": [{"protocol": "TCP", "port": INFERENCE_PORT}],
+                },
+                {
+                    "from": [
+                        {"podSelector": scraper},
+                        {
+                            "namespaceSelector": {"matchLabels": {SCRAPER_NAMESPACE_LABEL: "true"}},
+                            "podSelector": scraper,
+                        },
+                    ],
+                    "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
+                },
             ],
         },
     }
@@ -269,28 +327,44 @@ def _network_policy(app: str, labels: dict[str, str]) -> dict[str, Any]:
 
 def _k8s(desired: DesiredState, app: str, image: str, config: str, max_replicas: int) -> list[dict[str, Any]]:
     labels = _labels(app)
-    args = ["torchserve", "--start", "--foreground", "--ncs", "--ts-config", f"{CONFIG_IN_POD}/config.properties",
-            "--model-store", STORE_IN_POD]
+    args = [
+        "torchserve",
+        "--start",
+        "--foreground",
+        "--ncs",
+        "--ts-config",
+        f"{CONFIG_IN_POD}/config.properties",
+        "--model-store",
+        STORE_IN_POD,
+    ]
     writable, writable_mounts = _writable_volumes()
-    mounts = [{"name": "config", "mountPath": CONFIG_IN_POD, "readOnly": True},
-              {"name": "model-store", "mountPath": STORE_IN_POD, "readOnly": True}, *writable_mounts]
+    mounts = [
+        {"name": "config", "mountPath": CONFIG_IN_POD, "readOnly": True},
+        {"name": "model-store", "mountPath": STORE_IN_POD, "readOnly": True},
+        *writable_mounts,
+    ]
     deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": {"name": app, "labels": labels},
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": labels},
             "template": {
-                "metadata": {"labels": labels, "annotations": {"prometheus.io/scrape": "true",
-                                                               "prometheus.io/port": str(METRICS_PORT)}},
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT)},
+                },
                 "spec": {
                     "automountServiceAccountToken": False,
                     "securityContext": _pod_security(),
                     "containers": [_container(desired, image, args, mounts, "torchserve")],
                     "volumes": [
                         {"name": "config", "configMap": {"name": f"{app}-config"}},
-                        {"name": "model-store", "persistentVolumeClaim": {"claimName": f"{app}-model-store",
-                                                                          "readOnly": True}},
+                        {
+                            "name": "model-store",
+                            "persistentVolumeClaim": {"claimName": f"{app}-model-store", "readOnly": True},
+                        },
                         *writable,
                     ],
                 },
@@ -298,44 +372,89 @@ def _k8s(desired: DesiredState, app: str, image: str, config: str, max_replicas:
         },
     }
     return [
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{app}-config", "labels": labels},
-         "data": {"config.properties": config}},
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"{app}-config", "labels": labels},
+            "data": {"config.properties": config},
+        },
         deployment,
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": app, "labels": labels},
-         "spec": {"selector": labels, "ports": [
-             {"name": "inference", "port": INFERENCE_PORT, "targetPort": "inference", "protocol": "TCP"},
-             {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]}},
-        {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": app, "labels": labels},
-         "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": app},
-                  "minReplicas": 1, "maxReplicas": max_replicas,
-                  "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
-                      "type": "Utilization", "averageUtilization": 70}}}]}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": app, "labels": labels},
+            "spec": {
+                "selector": labels,
+                "ports": [
+                    {"name": "inference", "port": INFERENCE_PORT, "targetPort": "inference", "protocol": "TCP"},
+                    {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+                ],
+            },
+        },
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": app, "labels": labels},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": app},
+                "minReplicas": 1,
+                "maxReplicas": max_replicas,
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+                    }
+                ],
+            },
+        },
         _network_policy(app, labels),
     ]
 
 
 def _kserve(desired: DesiredState, app: str, image: str, storage_uri: str, canary: int | None) -> list[dict[str, Any]]:
     runtime = f"{app}-torchserve"
-    args = ["torchserve", "--start", "--foreground", "--ncs", f"--model-store={KSERVE_ROOT}/model-store",
-            f"--ts-config={KSERVE_ROOT}/config/config.properties"]
+    args = [
+        "torchserve",
+        "--start",
+        "--foreground",
+        "--ncs",
+        f"--model-store={KSERVE_ROOT}/model-store",
+        f"--ts-config={KSERVE_ROOT}/config/config.properties",
+    ]
     # KServe mounts the storageUri at /mnt/models itself (read-only for a PVC); the runtime adds the
     # writable emptyDirs. ServingRuntime has no pod securityContext: the InferenceService sets it.
     writable, writable_mounts = _writable_volumes()
     container = _container(desired, image, args, writable_mounts, "kserve-container", metrics_port=False)
     serving_runtime = {
-        "apiVersion": "serving.kserve.io/v1alpha1", "kind": "ServingRuntime",
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "ServingRuntime",
         "metadata": {"name": runtime, "labels": _labels(app)},
-        "spec": {"supportedModelFormats": [{"name": "pytorch", "version": "1", "autoSelect": False}],
-                 "protocolVersions": ["v1", "v2"], "containers": [container], "volumes": writable},
+        "spec": {
+            "supportedModelFormats": [{"name": "pytorch", "version": "1", "autoSelect": False}],
+            "protocolVersions": ["v1", "v2"],
+            "containers": [container],
+            "volumes": writable,
+        },
     }
-    predictor: dict[str, Any] = {"model": {"modelFormat": {"name": "pytorch"}, "runtime": runtime,
-                                           "storageUri": storage_uri, "protocolVersion": "v2"},
-                                 "minReplicas": 1, "automountServiceAccountToken": False,
-                                 "securityContext": _pod_security()}
+    predictor: dict[str, Any] = {
+        "model": {
+            "modelFormat": {"name": "pytorch"},
+            "runtime": runtime,
+            "storageUri": storage_uri,
+            "protocolVersion": "v2",
+        },
+        "minReplicas": 1,
+        "automountServiceAccountToken": False,
+        "securityContext": _pod_security(),
+    }
     if canary is not None:
         predictor["canaryTrafficPercent"] = canary
-    inference_service = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-                         "metadata": {"name": app, "labels": _labels(app)}, "spec": {"predictor": predictor}}
+    inference_service = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": app, "labels": _labels(app)},
+        "spec": {"predictor": predictor},
+    }
     return [serving_runtime, inference_service]
 
 
@@ -346,9 +465,20 @@ class _PlainDumper(yaml.SafeDumper):
         return True
 
 
-def export(target: str, desired: DesiredState, store: Path, out: Path, *, public_key: Path | None,
-           allow_unsigned: bool = False, name: str = "torchship", image: str = IMAGE, max_replicas: int = 4,
-           storage_uri: str | None = None, canary_percent: int | None = None) -> dict[str, list[Path]]:
+def export(
+    target: str,
+    desired: DesiredState,
+    store: Path,
+    out: Path,
+    *,
+    public_key: Path | None,
+    allow_unsigned: bool = False,
+    name: str = "torchship",
+    image: str = IMAGE,
+    max_replicas: int = 4,
+    storage_uri: str | None = None,
+    canary_percent: int | None = None,
+) -> dict[str, list[Path]]:
     """Write the model-store layout and the manifests; returns what was written.
 
     Names, target and options are checked before anything is read or written.

@@ -20,8 +20,19 @@ from archiver.names import check_name_version
 __all__ = ["Registry", "ArchiveRecord", "Event", "EVENT_KINDS"]
 
 EVENT_KINDS = (
-    "packaged", "registered", "unregistered", "scaled", "default_set", "promoted", "rolled_back",
-    "rollout_started", "rollout_passed", "rollout_failed", "apply_started", "apply_finished", "apply_failed",
+    "packaged",
+    "registered",
+    "unregistered",
+    "scaled",
+    "default_set",
+    "promoted",
+    "rolled_back",
+    "rollout_started",
+    "rollout_passed",
+    "rollout_failed",
+    "apply_started",
+    "apply_finished",
+    "apply_failed",
 )
 
 _SCHEMA = """
@@ -114,7 +125,7 @@ class Registry:
         """Close the database connection."""
         self._conn.close()
 
-    def __enter__(self) -> "Registry":
+    def __enter__(self) -> Registry:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -136,18 +147,48 @@ class Registry:
 
     # ------------------------------------------------------------------ archives
 
-    def record_archive(self, *, name: str, version: str, digest: str, path: Path, provenance: dict[str, Any],
-                       signature: Path | None = None) -> ArchiveRecord:
+    def record_archive(
+        self,
+        *,
+        name: str,
+        version: str,
+        digest: str,
+        path: Path,
+        provenance: dict[str, Any],
+        signature: Path | None = None,
+    ) -> ArchiveRecord:
         """Record a built archive (replacing the record of a rebuilt one) and a 'packaged' event."""
         check_name_version(name, version)
         ck = provenance.get("checkpoint") or {}
-        record = ArchiveRecord(name, version, digest, str(signature) if signature else None, str(path),
-                               ck.get("run"), (ck.get("data") or {}).get("fingerprint"), ck.get("git_commit"),
-                               ck.get("metrics") or {}, _now())
+        record = ArchiveRecord(
+            name,
+            version,
+            digest,
+            str(signature) if signature else None,
+            str(path),
+            ck.get("run"),
+            (ck.get("data") or {}).get("fingerprint"),
+            ck.get("git_commit"),
+            ck.get("metrics") or {},
+            _now(),
+        )
         self._transaction(
-            ("INSERT OR REPLACE INTO archives VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-             (name, version, digest, record.signature, record.path, record.checkpoint_run, record.data_fingerprint,
-              record.git_commit, json.dumps(record.metrics), json.dumps(provenance, sort_keys=True), record.created)),
+            (
+                "INSERT OR REPLACE INTO archives VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    name,
+                    version,
+                    digest,
+                    record.signature,
+                    record.path,
+                    record.checkpoint_run,
+                    record.data_fingerprint,
+                    record.git_commit,
+                    json.dumps(record.metrics),
+                    json.dumps(provenance, sort_keys=True),
+                    record.created,
+                ),
+            ),
             (_INSERT_EVENT, (record.created, name, version, "packaged", json.dumps({"digest": digest}))),
         )
         return record
@@ -156,20 +197,25 @@ class Registry:
         """Return the record of one archive, or None when it was never recorded."""
         row = self._conn.execute(
             "SELECT name, version, digest, signature, path, checkpoint_run, data_fingerprint, git_commit, metrics,"
-            " created FROM archives WHERE name=? AND version=?", (name, version)).fetchone()
+            " created FROM archives WHERE name=? AND version=?",
+            (name, version),
+        ).fetchone()
         return _archive(row) if row else None
 
     def archives(self, name: str) -> list[ArchiveRecord]:
         """Return every recorded archive of a model, newest first."""
         rows = self._conn.execute(
             "SELECT name, version, digest, signature, path, checkpoint_run, data_fingerprint, git_commit, metrics,"
-            " created FROM archives WHERE name=? ORDER BY created DESC", (name,)).fetchall()
+            " created FROM archives WHERE name=? ORDER BY created DESC",
+            (name,),
+        ).fetchall()
         return [_archive(r) for r in rows]
 
     def provenance(self, name: str, version: str) -> dict[str, Any] | None:
         """Return the provenance recorded with an archive, or None when it was never recorded."""
-        row = self._conn.execute("SELECT provenance FROM archives WHERE name=? AND version=?",
-                                 (name, version)).fetchone()
+        row = self._conn.execute(
+            "SELECT provenance FROM archives WHERE name=? AND version=?", (name, version)
+        ).fetchone()
         return json.loads(row[0]) if row else None
 
     # ------------------------------------------------------------------ events
@@ -179,8 +225,9 @@ class Registry:
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
         check_name_version(name, version)  # the registry holds only names every command can address
-        return self._transaction((_INSERT_EVENT, (_now(), name, version, kind,
-                                                  json.dumps(detail, default=str, sort_keys=True))))
+        return self._transaction(
+            (_INSERT_EVENT, (_now(), name, version, kind, json.dumps(detail, default=str, sort_keys=True)))
+        )
 
     def events(self, name: str, *, kinds: tuple[str, ...] | None = None, limit: int | None = None) -> list[Event]:
         """Events of a model, newest first."""
@@ -209,5 +256,6 @@ class Registry:
 
 
 def _archive(row: tuple[Any, ...]) -> ArchiveRecord:
-    return ArchiveRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], json.loads(row[8] or "{}"),
-                         row[9])
+    return ArchiveRecord(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], json.loads(row[8] or "{}"), row[9]
+    )

@@ -18,12 +18,13 @@ Every step is recorded in the registry.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from torchship.sdk.errors import ModelNotFound, TorchServeError
 from torchship.perf.load import run_load
+from torchship.sdk.errors import ModelNotFound, TorchServeError
 
 if TYPE_CHECKING:
     from torchship.ops.registry import Registry
@@ -55,7 +56,7 @@ def load_golden(path: str | Path) -> list[GoldenItem]:
             row = json.loads(line)
             items.append(GoldenItem(row["input"], dict(row["expected"])))
         except (ValueError, KeyError, TypeError):
-            raise TorchServeError(f"{path}:{n}: expected {{\"input\": ..., \"expected\": {{...}}}}") from None
+            raise TorchServeError(f'{path}:{n}: expected {{"input": ..., "expected": {{...}}}}') from None
     if not items:
         raise TorchServeError(f"golden set {path} is empty")
     return items
@@ -75,8 +76,9 @@ def _agrees(answer: Any, expected: dict[str, Any]) -> bool:
     return True
 
 
-def evaluate(client: TorchServe, name: str, version: str, golden: list[GoldenItem],
-             concurrency: int = 4) -> tuple[float, list[Any]]:
+def evaluate(
+    client: TorchServe, name: str, version: str, golden: list[GoldenItem], concurrency: int = 4
+) -> tuple[float, list[Any]]:
     """Accuracy of `version` on the golden set, and its answers (errors count as wrong)."""
     answers = client.predict_many(name, [g.input for g in golden], version=version, concurrency=concurrency)
     right = sum(1 for a, g in zip(answers, golden) if _agrees(a, g.expected))
@@ -100,18 +102,30 @@ class RolloutReport:
         return dict(self.__dict__)
 
 
-def rollout(client: TorchServe, store: Path, name: str, version: str, *, golden: list[GoldenItem],
-            min_accuracy: float | None = None, min_agreement: float | None = None, max_p99_ms: float | None = None,
-            warmup: int = 20, load_requests: int = 200, concurrency: int = 4, public_key: Path | None = None,
-            registry: Registry | None = None, timeout: float = 120.0,
-            log: Callable[[str], None] | None = None) -> RolloutReport:
+def rollout(
+    client: TorchServe,
+    store: Path,
+    name: str,
+    version: str,
+    *,
+    golden: list[GoldenItem],
+    min_accuracy: float | None = None,
+    min_agreement: float | None = None,
+    max_p99_ms: float | None = None,
+    warmup: int = 20,
+    load_requests: int = 200,
+    concurrency: int = 4,
+    public_key: Path | None = None,
+    registry: Registry | None = None,
+    timeout: float = 120.0,
+    log: Callable[[str], None] | None = None,
+) -> RolloutReport:
     """Run a guarded rollout of `version` (see the module docstring).
 
     Never raises for a failed gate: the report says what happened. Unset thresholds: accuracy must not fall
     more than 0.02 below the current default's; agreement and p99 are measured and reported only.
     """
     from archiver.names import check_name, check_version
-
     from torchship.ops.deploy import deploy
 
     check_name(name)  # before any request is sent or anything is recorded
@@ -130,10 +144,17 @@ def rollout(client: TorchServe, store: Path, name: str, version: str, *, golden:
     registered_here = False
     try:
         say(f"registering {name} {version} beside {report.previous or 'nothing'} ...")
-        result = deploy(client, store, name, version, public_key=public_key, timeout=timeout,
-                        workers=max(current.min_workers, 1) if current else 1,
-                        batch_size=current.batch_size if current else None,
-                        max_batch_delay=current.max_batch_delay if current else None)
+        result = deploy(
+            client,
+            store,
+            name,
+            version,
+            public_key=public_key,
+            timeout=timeout,
+            workers=max(current.min_workers, 1) if current else 1,
+            batch_size=current.batch_size if current else None,
+            max_batch_delay=current.max_batch_delay if current else None,
+        )
         registered_here = result.action == "registered"
         if registered_here:
             record("registered", via="rollout")
@@ -149,35 +170,57 @@ def rollout(client: TorchServe, store: Path, name: str, version: str, *, golden:
             base_accuracy, base_answers = evaluate(client, name, current.version, golden, concurrency)
             report.figures["previous_accuracy"] = round(base_accuracy, 4)
             keys = list(golden[0].expected)
-            agree = sum(1 for a, b in zip(answers, base_answers)
-                        if isinstance(a, dict) and isinstance(b, dict) and all(a.get(k) == b.get(k) for k in keys))
+            agree = sum(
+                1
+                for a, b in zip(answers, base_answers)
+                if isinstance(a, dict) and isinstance(b, dict) and all(a.get(k) == b.get(k) for k in keys)
+            )
             report.figures["agreement"] = round(agree / len(golden), 4)
-        say(f"golden accuracy {report.figures['accuracy']}" +
-            (f" (default {report.figures['previous_accuracy']}), agreement {report.figures['agreement']}"
-             if current is not None else ""))
+        say(
+            f"golden accuracy {report.figures['accuracy']}"
+            + (
+                f" (default {report.figures['previous_accuracy']}), agreement {report.figures['agreement']}"
+                if current is not None
+                else ""
+            )
+        )
 
         load = run_load(client, name, inputs, version=version, concurrency=concurrency, requests=load_requests)
         report.figures["p50_ms"] = round(load.p(50), 2)
         report.figures["p99_ms"] = round(load.p(99), 2)
         report.figures["load_failed"] = load.failed
-        say(f"latency p50 {report.figures['p50_ms']} ms, p99 {report.figures['p99_ms']} ms "
-            f"({load.sent} requests at concurrency {concurrency})")
+        say(
+            f"latency p50 {report.figures['p50_ms']} ms, p99 {report.figures['p99_ms']} ms "
+            f"({load.sent} requests at concurrency {concurrency})"
+        )
 
         gate_accuracy = min_accuracy
         if gate_accuracy is None and "previous_accuracy" in report.figures:
             gate_accuracy = report.figures["previous_accuracy"] - 0.02
         gates = [
-            ("golden", gate_accuracy is not None and accuracy < gate_accuracy,
-             f"accuracy {accuracy:.4f} < {gate_accuracy if gate_accuracy is None else round(gate_accuracy, 4)}"),
-            ("shadow", min_agreement is not None and report.figures.get("agreement", 1.0) < min_agreement,
-             f"agreement {report.figures.get('agreement')} < {min_agreement}"),
-            ("latency", max_p99_ms is not None and load.p(99) > max_p99_ms,
-             f"p99 {report.figures['p99_ms']} ms > {max_p99_ms} ms"),
+            (
+                "golden",
+                gate_accuracy is not None and accuracy < gate_accuracy,
+                f"accuracy {accuracy:.4f} < {gate_accuracy if gate_accuracy is None else round(gate_accuracy, 4)}",
+            ),
+            (
+                "shadow",
+                min_agreement is not None and report.figures.get("agreement", 1.0) < min_agreement,
+                f"agreement {report.figures.get('agreement')} < {min_agreement}",
+            ),
+            (
+                "latency",
+                max_p99_ms is not None and load.p(99) > max_p99_ms,
+                f"p99 {report.figures['p99_ms']} ms > {max_p99_ms} ms",
+            ),
             ("errors", load.failed > 0, f"{load.failed} of {load.sent} requests failed under load"),
         ]
         failed = next(((g, why) for g, bad, why in gates if bad), None)
-        report.figures["thresholds"] = {"min_accuracy": gate_accuracy, "min_agreement": min_agreement,
-                                        "max_p99_ms": max_p99_ms}
+        report.figures["thresholds"] = {
+            "min_accuracy": gate_accuracy,
+            "min_agreement": min_agreement,
+            "max_p99_ms": max_p99_ms,
+        }
         if failed:
             report.gate, report.reason = failed
             raise _GateFailed()
@@ -200,8 +243,10 @@ def rollout(client: TorchServe, store: Path, name: str, version: str, *, golden:
             except TorchServeError:
                 pass
         record("rollout_failed", gate=report.gate, reason=report.reason, **_flat(report.figures))
-        say(f"rollout of {name} {version} FAILED at the {report.gate} gate: {report.reason}; "
-            f"{report.previous} keeps serving")
+        say(
+            f"rollout of {name} {version} FAILED at the {report.gate} gate: {report.reason}; "
+            f"{report.previous} keeps serving"
+        )
         return report
 
 
@@ -222,11 +267,13 @@ def rollback(client: TorchServe, name: str, registry: Registry) -> tuple[str, st
     live = {d.version: d for d in client.versions(name)}
     target = registry.previous_default(name, current.version)
     if target is None or target not in live:
-        raise TorchServeError(f"no previous good version of {name} is registered to roll back to "
-                              f"(history: torchship history {name})")
+        raise TorchServeError(
+            f"no previous good version of {name} is registered to roll back to (history: torchship history {name})"
+        )
     if live[target].ready_workers < max(current.min_workers, 1):
-        client.scale(name, version=target, min_workers=max(current.min_workers, 1),
-                     max_workers=max(current.max_workers, 1))
+        client.scale(
+            name, version=target, min_workers=max(current.min_workers, 1), max_workers=max(current.max_workers, 1)
+        )
         client.wait_until_ready(name, target)
     client.set_default(name, target)
     registry.record(name, target, "rolled_back", **{"from": current.version})

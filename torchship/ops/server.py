@@ -50,9 +50,13 @@ def free_port_overrides() -> dict[str, str]:
     For a second server beside another (tests, benchmarks).
     """
     inf, man, met, gi, gm = free_ports(5)
-    return {"inference_address": f"http://127.0.0.1:{inf}", "management_address": f"http://127.0.0.1:{man}",
-            "metrics_address": f"http://127.0.0.1:{met}", "grpc_inference_port": str(gi),
-            "grpc_management_port": str(gm)}
+    return {
+        "inference_address": f"http://127.0.0.1:{inf}",
+        "management_address": f"http://127.0.0.1:{man}",
+        "metrics_address": f"http://127.0.0.1:{met}",
+        "grpc_inference_port": str(gi),
+        "grpc_management_port": str(gm),
+    }
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,14 @@ class LocalServer:
     store made absolute and allowed_urls narrowed to it.
     """
 
-    def __init__(self, config_path: str | os.PathLike[str], workdir: str | os.PathLike[str], *,
-                 model_store: str | os.PathLike[str] | None = None, overrides: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config_path: str | os.PathLike[str],
+        workdir: str | os.PathLike[str],
+        *,
+        model_store: str | os.PathLike[str] | None = None,
+        overrides: dict[str, str] | None = None,
+    ) -> None:
         self.config_path = Path(config_path).resolve()
         self.workdir = Path(workdir).resolve()
         self._model_store = Path(model_store).resolve() if model_store else None
@@ -141,8 +151,11 @@ class LocalServer:
         """Write the effective config (overrides applied, store absolute, allowed_urls narrowed) and load it."""
         props = self._effective_properties()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        write_properties(self.effective_config_path, props,
-                         header=f"Written by `torchship serve start` from {self.config_path}; edit that file instead.")
+        write_properties(
+            self.effective_config_path,
+            props,
+            header=f"Written by `torchship serve start` from {self.config_path}; edit that file instead.",
+        )
         return ServerConfig.load(self.effective_config_path)
 
     def client(self, **kwargs: Any) -> TorchServe:
@@ -188,14 +201,28 @@ class LocalServer:
         env.update(TMPDIR=str(self.tmpdir), TEMP=str(self.tmpdir), TMP=str(self.tmpdir))
         venv_bin = str(Path(sys.executable).parent)
         env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
-        cmd = [_torchserve_executable(), "--start", "--ncs", "--ts-config", str(cfg.path),
-               "--model-store", str(cfg.model_store)]
+        cmd = [
+            _torchserve_executable(),
+            "--start",
+            "--ncs",
+            "--ts-config",
+            str(cfg.path),
+            "--model-store",
+            str(cfg.model_store),
+        ]
         log_config = self.config_path.parent / "log4j2.xml"
         if log_config.is_file():  # quiet logging (see the file); TorchServe's own otherwise
             cmd += ["--log-config", str(log_config)]
         with open(self.console_log, "ab") as log:
-            launcher = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+            launcher = subprocess.Popen(
+                cmd,
+                cwd=self.workdir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             launcher.wait(timeout=60)
         try:
             self._wait_healthy(timeout)
@@ -270,8 +297,9 @@ class LocalServer:
                 detail = str(exc)
             finally:
                 client.close()
-        return ServerStatus(pid is not None, healthy, pid, cfg.inference_url, cfg.management_url,
-                            cfg.metrics_url, self.workdir, detail)
+        return ServerStatus(
+            pid is not None, healthy, pid, cfg.inference_url, cfg.management_url, cfg.metrics_url, self.workdir, detail
+        )
 
     def log_tail(self, lines: int = 25) -> str:
         """The last lines of the console log: where start-up errors show."""
@@ -293,10 +321,16 @@ def _torchserve_executable() -> str:
 
 
 def _check_java() -> None:
-    java = shutil.which("java", path=os.path.join(os.environ["JAVA_HOME"], "bin")) if os.environ.get("JAVA_HOME") else shutil.which("java")
+    java = (
+        shutil.which("java", path=os.path.join(os.environ["JAVA_HOME"], "bin"))
+        if os.environ.get("JAVA_HOME")
+        else shutil.which("java")
+    )
     if not java:
-        raise ServerStartError("TorchServe needs Java 11 or newer and none was found: "
-                               "install a JRE (Debian/Ubuntu: apt-get install openjdk-17-jre-headless)")
+        raise ServerStartError(
+            "TorchServe needs Java 11 or newer and none was found: "
+            "install a JRE (Debian/Ubuntu: apt-get install openjdk-17-jre-headless)"
+        )
 
 
 def _check_ports_free(cfg: ServerConfig) -> None:
@@ -307,5 +341,7 @@ def _check_ports_free(cfg: ServerConfig) -> None:
             try:
                 sock.bind((host, port))
             except OSError:
-                raise ServerStartError(f"{name} port {host}:{port} is already in use: another server runs "
-                                       f"there; stop it or change the port in {cfg.path.name}") from None
+                raise ServerStartError(
+                    f"{name} port {host}:{port} is already in use: another server runs "
+                    f"there; stop it or change the port in {cfg.path.name}"
+                ) from None

@@ -24,7 +24,7 @@ def store_versions(store: Path, name: str) -> list[str]:
     """
     check_name(name)
     prefix = f"{name}-"
-    found = [p.name[len(prefix):-len(".mar")] for p in Path(store).glob(f"{name}-*.mar") if p.is_file()]
+    found = [p.name[len(prefix) : -len(".mar")] for p in Path(store).glob(f"{name}-*.mar") if p.is_file()]
     # `name-x.mar` also matches a model called e.g. `name-x`: keep valid versions that start with a digit
     return sorted((v for v in found if v[:1].isascii() and v[:1].isdigit() and _is_version(v)), key=_key)
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-from torchship.sdk.errors import APIError, TorchServeError
 from torchship.perf import wrk
 from torchship.perf.load import LoadResult, percentile, run_load, run_threads
+from torchship.sdk.errors import APIError, TorchServeError
 
 if TYPE_CHECKING:
     from torchship.sdk.client import TorchServe
@@ -21,20 +22,47 @@ __all__ = ["bench", "bench_stream", "plot_latencies", "wrk_load"]
 
 
 @overload
-def bench(client: TorchServe, name: str, payloads: Sequence[Any], *, version: str | None = ...,
-          concurrency: int = ..., duration: float | None = ..., requests: int | None = ...,
-          keep: Literal[False] = ..., engine: str = ...) -> dict[str, Any]: ...
+def bench(
+    client: TorchServe,
+    name: str,
+    payloads: Sequence[Any],
+    *,
+    version: str | None = ...,
+    concurrency: int = ...,
+    duration: float | None = ...,
+    requests: int | None = ...,
+    keep: Literal[False] = ...,
+    engine: str = ...,
+) -> dict[str, Any]: ...
 
 
 @overload
-def bench(client: TorchServe, name: str, payloads: Sequence[Any], *, version: str | None = ...,
-          concurrency: int = ..., duration: float | None = ..., requests: int | None = ...,
-          keep: Literal[True], engine: str = ...) -> tuple[dict[str, Any], LoadResult | None]: ...
+def bench(
+    client: TorchServe,
+    name: str,
+    payloads: Sequence[Any],
+    *,
+    version: str | None = ...,
+    concurrency: int = ...,
+    duration: float | None = ...,
+    requests: int | None = ...,
+    keep: Literal[True],
+    engine: str = ...,
+) -> tuple[dict[str, Any], LoadResult | None]: ...
 
 
-def bench(client: TorchServe, name: str, payloads: Sequence[Any], *, version: str | None = None,
-          concurrency: int = 4, duration: float | None = 10.0, requests: int | None = None, keep: bool = False,
-          engine: str = "python") -> dict[str, Any] | tuple[dict[str, Any], LoadResult | None]:
+def bench(
+    client: TorchServe,
+    name: str,
+    payloads: Sequence[Any],
+    *,
+    version: str | None = None,
+    concurrency: int = 4,
+    duration: float | None = 10.0,
+    requests: int | None = None,
+    keep: bool = False,
+    engine: str = "python",
+) -> dict[str, Any] | tuple[dict[str, Any], LoadResult | None]:
     """Figures of a load test (and, with keep, the LoadResult for plotting; python engine only).
 
     engine "wrk" sends the first payload with wrk for `duration` seconds (see torchship.perf.wrk);
@@ -44,18 +72,30 @@ def bench(client: TorchServe, name: str, payloads: Sequence[Any], *, version: st
     if engine == "auto":
         engine = "wrk" if wrk.available() and not requests else "python"
     if engine == "wrk":
-        figures = {"model": name, "version": version, "concurrency": concurrency, "engine": "wrk",
-                   **wrk_load(client, name, payloads[0], version=version, concurrency=concurrency,
-                              seconds=duration or 10.0)}
+        figures = {
+            "model": name,
+            "version": version,
+            "concurrency": concurrency,
+            "engine": "wrk",
+            **wrk_load(client, name, payloads[0], version=version, concurrency=concurrency, seconds=duration or 10.0),
+        }
         return (figures, None) if keep else figures
-    result = run_load(client, name, payloads, version=version, concurrency=concurrency, requests=requests,
-                      duration=None if requests else duration)
+    result = run_load(
+        client,
+        name,
+        payloads,
+        version=version,
+        concurrency=concurrency,
+        requests=requests,
+        duration=None if requests else duration,
+    )
     figures = {"model": name, "version": version, "concurrency": concurrency, "engine": "python", **result.to_dict()}
     return (figures, result) if keep else figures
 
 
-def wrk_load(client: TorchServe, name: str, payload: Any, *, version: str | None, concurrency: int,
-             seconds: float) -> dict[str, Any]:
+def wrk_load(
+    client: TorchServe, name: str, payload: Any, *, version: str | None, concurrency: int, seconds: float
+) -> dict[str, Any]:
     """One wrk run against a model through the client's address and inference key."""
     body, headers = client.encode_body(payload)  # as the client sends it (gzipped if it compresses)
     content_type = headers.pop("Content-Type")
@@ -91,9 +131,16 @@ def plot_latencies(result: LoadResult, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def bench_stream(client: TorchServe, name: str, payloads: Sequence[Any], *, version: str | None = None,
-                 concurrency: int = 1,
-                 duration: float | None = 10.0, requests: int | None = None) -> dict[str, Any]:
+def bench_stream(
+    client: TorchServe,
+    name: str,
+    payloads: Sequence[Any],
+    *,
+    version: str | None = None,
+    concurrency: int = 1,
+    duration: float | None = 10.0,
+    requests: int | None = None,
+) -> dict[str, Any]:
     """Load-test a streaming model: per stream, time to first chunk, total time and characters received."""
     lock = threading.Lock()
     counter = iter(range(10**12))
@@ -132,9 +179,15 @@ def bench_stream(client: TorchServe, name: str, payloads: Sequence[Any], *, vers
 
     seconds = run_threads(worker, concurrency)
     return {
-        "model": name, "version": version, "concurrency": concurrency, "streams": len(totals), "errors": errors,
-        "ttft_p50_ms": round(percentile(first, 50), 2), "ttft_p99_ms": round(percentile(first, 99), 2),
-        "total_p50_ms": round(percentile(totals, 50), 2), "total_p99_ms": round(percentile(totals, 99), 2),
+        "model": name,
+        "version": version,
+        "concurrency": concurrency,
+        "streams": len(totals),
+        "errors": errors,
+        "ttft_p50_ms": round(percentile(first, 50), 2),
+        "ttft_p99_ms": round(percentile(first, 99), 2),
+        "total_p50_ms": round(percentile(totals, 50), 2),
+        "total_p99_ms": round(percentile(totals, 99), 2),
         "tokens_per_s_per_stream": round(percentile(rates, 50), 1) if rates else None,
         "tokens_per_s_total": round(sum(chars) / seconds, 1) if seconds else None,
         "seconds": round(seconds, 2),

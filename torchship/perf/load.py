@@ -10,8 +10,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from torchship.sdk.errors import APIError, BadInput, TorchServeError
 
@@ -63,18 +64,32 @@ class LoadResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the figures as plain data: counts, percentiles, throughput and the first errors."""
-        return {"sent": self.sent, "ok": self.statuses.get(200, 0), "failed": self.failed,
-                "statuses": {str(k): v for k, v in sorted(self.statuses.items(), key=str)},
-                "p50_ms": round(self.p(50), 3), "p90_ms": round(self.p(90), 3), "p99_ms": round(self.p(99), 3),
-                "max_ms": round(max(self.latencies_ms), 3) if self.latencies_ms else None,
-                "throughput_rps": round(self.throughput, 1), "seconds": round(self.seconds, 2),
-                "first_errors": self.errors[:5]}
+        return {
+            "sent": self.sent,
+            "ok": self.statuses.get(200, 0),
+            "failed": self.failed,
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items(), key=str)},
+            "p50_ms": round(self.p(50), 3),
+            "p90_ms": round(self.p(90), 3),
+            "p99_ms": round(self.p(99), 3),
+            "max_ms": round(max(self.latencies_ms), 3) if self.latencies_ms else None,
+            "throughput_rps": round(self.throughput, 1),
+            "seconds": round(self.seconds, 2),
+            "first_errors": self.errors[:5],
+        }
 
 
-def run_load(client: TorchServe, name: str, payloads: Sequence[Any], *, version: str | None = None,
-             concurrency: int = 4,
-             requests: int | None = None, duration: float | None = None, stop: threading.Event | None = None
-             ) -> LoadResult:
+def run_load(
+    client: TorchServe,
+    name: str,
+    payloads: Sequence[Any],
+    *,
+    version: str | None = None,
+    concurrency: int = 4,
+    requests: int | None = None,
+    duration: float | None = None,
+    stop: threading.Event | None = None,
+) -> LoadResult:
     """Send payloads (cycled) until `requests` are sent, `duration` seconds pass, or `stop` is set."""
     if not payloads:
         raise BadInput("run_load needs at least one payload")

@@ -28,18 +28,18 @@ import json
 import os
 import time
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from torchship.sdk.errors import ModelNotFound, ServerError
 from torchship.perf.load import run_load
+from torchship.sdk.errors import ModelNotFound, ServerError
 
 if TYPE_CHECKING:
     from torchship.sdk.client import TorchServe
 
-__all__ = ["Trial", "tune", "best_trial", "packaged_threads", "threads_copy", "thread_splits",
-           "unregister_after_load"]
+__all__ = ["Trial", "tune", "best_trial", "packaged_threads", "threads_copy", "thread_splits", "unregister_after_load"]
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,20 @@ class Trial:
         """Return the trial as plain data."""
         return dict(self.__dict__)
 
-    def again(self, other: "Trial") -> "Trial":
+    def again(self, other: Trial) -> Trial:
         """This trial measured once more: mean throughput and p50, the worse p99, all failures."""
         n = self.runs + 1
-        return Trial(self.workers, self.batch_size, self.max_batch_delay, self.threads,
-                     round((self.throughput * self.runs + other.throughput) / n, 1),
-                     round((self.p50_ms * self.runs + other.p50_ms) / n, 2), max(self.p99_ms, other.p99_ms),
-                     self.failed + other.failed, n)
+        return Trial(
+            self.workers,
+            self.batch_size,
+            self.max_batch_delay,
+            self.threads,
+            round((self.throughput * self.runs + other.throughput) / n, 1),
+            round((self.p50_ms * self.runs + other.p50_ms) / n, 2),
+            max(self.p99_ms, other.p99_ms),
+            self.failed + other.failed,
+            n,
+        )
 
 
 def best_trial(trials: Sequence[Trial], slo_p99_ms: float) -> Trial:
@@ -109,8 +116,9 @@ def packaged_threads(archive: Path) -> int:
     return int(((config or {}).get("handler") or {}).get("threads", 1))
 
 
-def threads_copy(archive: Path, threads: int, store: Path, key_dir: Path, *, name: str, version: str,
-                 public_key: Path | None = None) -> Path:
+def threads_copy(
+    archive: Path, threads: int, store: Path, key_dir: Path, *, name: str, version: str, public_key: Path | None = None
+) -> Path:
     """Build `store/<name>-<version>.mar`: `archive` with a model-config asking for `threads` per worker.
 
     It is built and signed with the project's key like any archive (the source is verified first), so it
@@ -118,8 +126,15 @@ def threads_copy(archive: Path, threads: int, store: Path, key_dir: Path, *, nam
     """
     from archiver.derive import derive
 
-    return derive(archive, store, key_dir, name=name, version=version, config={"handler": {"threads": threads}},
-                  public_key=public_key).path
+    return derive(
+        archive,
+        store,
+        key_dir,
+        name=name,
+        version=version,
+        config={"handler": {"threads": threads}},
+        public_key=public_key,
+    ).path
 
 
 def thread_splits(best_workers: int, cores: int, packaged: int) -> list[tuple[int, int]]:
@@ -132,10 +147,24 @@ def thread_splits(best_workers: int, cores: int, packaged: int) -> list[tuple[in
     return sorted(splits)
 
 
-def tune(client: TorchServe, store: Path, name: str, version: str, payloads: Sequence[Any], *, slo_p99_ms: float,
-         concurrency: int = 16, seconds: float = 5.0, warmup: float = 1.0, max_workers: int = 2,
-         cores: int | None = None, public_key: Path | None = None, key_dir: Path | None = None,
-         log: Callable[[str], None] = print, engine: str = "python") -> tuple[list[Trial], Trial]:
+def tune(
+    client: TorchServe,
+    store: Path,
+    name: str,
+    version: str,
+    payloads: Sequence[Any],
+    *,
+    slo_p99_ms: float,
+    concurrency: int = 16,
+    seconds: float = 5.0,
+    warmup: float = 1.0,
+    max_workers: int = 2,
+    cores: int | None = None,
+    public_key: Path | None = None,
+    key_dir: Path | None = None,
+    log: Callable[[str], None] = print,
+    engine: str = "python",
+) -> tuple[list[Trial], Trial]:
     """Search for the fastest settings of `name` `version` within `slo_p99_ms`; every trial and the best.
 
     `engine`: how each trial is loaded: "python" (the client's threads) or "wrk" (the first payload, by wrk:
@@ -146,7 +175,6 @@ def tune(client: TorchServe, store: Path, name: str, version: str, payloads: Seq
     """
     from archiver import archive_path, ensure_verified, public_key_path, signature_path
     from archiver.names import MAX_NAME_LENGTH
-
     from torchship.perf.bench import wrk_load
 
     archive = archive_path(store, name, version)
@@ -163,12 +191,18 @@ def tune(client: TorchServe, store: Path, name: str, version: str, payloads: Seq
         copy = None
         if threads != packaged:
             assert key_dir is not None, "step 4 needs the signing keys"
-            copy = threads_copy(archive, threads, Path(store), key_dir, name=temp, version=f"threads{threads}",
-                                public_key=public_key)
+            copy = threads_copy(
+                archive, threads, Path(store), key_dir, name=temp, version=f"threads{threads}", public_key=public_key
+            )
             ensure_verified(copy, public_key=public_key_path(key_dir))
         try:
-            client.register((copy or archive).name, model_name=temp, initial_workers=workers, batch_size=batch,
-                            max_batch_delay=delay)
+            client.register(
+                (copy or archive).name,
+                model_name=temp,
+                initial_workers=workers,
+                batch_size=batch,
+                max_batch_delay=delay,
+            )
             try:
                 client.wait_until_ready(temp, timeout=120)
                 if warmup:
@@ -185,31 +219,44 @@ def tune(client: TorchServe, store: Path, name: str, version: str, payloads: Seq
             if copy is not None:
                 copy.unlink(missing_ok=True)
                 signature_path(copy).unlink(missing_ok=True)
-        result = Trial(workers, batch, delay, threads, round(figures[0], 1), round(figures[1], 2),
-                       round(figures[2], 2), figures[3])
+        result = Trial(
+            workers, batch, delay, threads, round(figures[0], 1), round(figures[1], 2), round(figures[2], 2), figures[3]
+        )
         if again:
             result = trials[key].again(result)
         trials[key] = result
-        log((f"again, mean of {result.runs} runs: " if again else "") + f"workers {workers}  threads {threads}  batch {batch:>2}  "
+        log(
+            (f"again, mean of {result.runs} runs: " if again else "")
+            + f"workers {workers}  threads {threads}  batch {batch:>2}  "
             f"delay {delay:>2} ms  ->  "
             f"{result.throughput:8.1f} req/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
-            + (f"  {result.failed} failed" if result.failed else ""))
+            + (f"  {result.failed} failed" if result.failed else "")
+        )
         return result
 
     best = best_trial([trial(1, b, 5 if b > 1 else 0) for b in (1, 4, 8, 16)], slo_p99_ms)
     if best.batch_size > 1:
         best = best_trial([best] + [trial(1, best.batch_size, d) for d in (1, 5, 10, 20)], slo_p99_ms)
     batch, delay = best.batch_size, best.max_batch_delay
-    best = best_trial([best] + [trial(w, b, delay) for w in range(1, max_workers + 1)
-                                for b in sorted({batch, max(1, batch // w)})], slo_p99_ms)
+    best = best_trial(
+        [best] + [trial(w, b, delay) for w in range(1, max_workers + 1) for b in sorted({batch, max(1, batch // w)})],
+        slo_p99_ms,
+    )
     if key_dir is None:
         log("threads step skipped: no signing keys to sign its trial archives with (pass key_dir)")
     else:
-        best = best_trial([best] + [trial(w, best.batch_size, best.max_batch_delay, t)
-                                    for w, t in thread_splits(best.workers, cores, packaged)], slo_p99_ms)
+        best = best_trial(
+            [best]
+            + [
+                trial(w, best.batch_size, best.max_batch_delay, t)
+                for w, t in thread_splits(best.workers, cores, packaged)
+            ],
+            slo_p99_ms,
+        )
     # one short run can be lucky: measure the two leaders again and decide on the mean
     leaders = sorted((t for t in trials.values() if t.meets(slo_p99_ms)), key=lambda t: -t.throughput)[:2]
     if len(leaders) == 2:
-        best = best_trial([trial(t.workers, t.batch_size, t.max_batch_delay, t.threads, again=True)
-                           for t in leaders], slo_p99_ms)
+        best = best_trial(
+            [trial(t.workers, t.batch_size, t.max_batch_delay, t.threads, again=True) for t in leaders], slo_p99_ms
+        )
     return list(trials.values()), best

@@ -24,23 +24,45 @@ def available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def run(url: str, body: bytes, *, seconds: float, concurrency: int, headers: dict[str, str] | None = None,
-        content_type: str = "application/json") -> dict[str, Any]:
+def run(
+    url: str,
+    body: bytes,
+    *,
+    seconds: float,
+    concurrency: int,
+    headers: dict[str, str] | None = None,
+    content_type: str = "application/json",
+) -> dict[str, Any]:
     """POST `body` to `url` from `concurrency` connections for `seconds`; wrk's figures."""
     with tempfile.TemporaryDirectory(prefix="torchship-wrk-") as folder:
         payload = Path(folder) / "body"
         payload.write_bytes(body)
-        lines = ['wrk.method = "POST"', f'local f = io.open("{payload}", "rb")', 'wrk.body = f:read("*a")',
-                 "f:close()", f'wrk.headers["Content-Type"] = "{content_type}"']
+        lines = [
+            'wrk.method = "POST"',
+            f'local f = io.open("{payload}", "rb")',
+            'wrk.body = f:read("*a")',
+            "f:close()",
+            f'wrk.headers["Content-Type"] = "{content_type}"',
+        ]
         lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items()]
         script = Path(folder) / "post.lua"
         script.write_text("\n".join(lines) + "\n")
-        cmd = ["wrk", f"-t{min(2, concurrency)}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency",
-               "-s", str(script), url]
+        cmd = [
+            "wrk",
+            f"-t{min(2, concurrency)}",
+            f"-c{concurrency}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
         except FileNotFoundError:
-            raise LoadGeneratorError("wrk is not installed (Debian: apt-get install wrk), or use --engine python")
+            raise LoadGeneratorError(
+                "wrk is not installed (Debian: apt-get install wrk), or use --engine python"
+            ) from None
         except subprocess.TimeoutExpired:
             raise LoadGeneratorError(f"wrk did not finish within {seconds + 60:.0f} s") from None
     if "Requests/sec" not in done.stdout:
@@ -70,7 +92,13 @@ def parse(out: str) -> dict[str, Any]:
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     failed = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
     max_ms = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out)
-    return {"sent": sent, "ok": sent - (int(non2xx.group(1)) if non2xx else 0), "failed": failed,
-            "p50_ms": pct.get(50), "p90_ms": pct.get(90), "p99_ms": pct.get(99),
-            "max_ms": _ms(max_ms.group(1)) if max_ms else None,
-            "throughput_rps": float(_found(re.search(r"Requests/sec:\s+([\d.]+)", out), "Requests/sec").group(1))}
+    return {
+        "sent": sent,
+        "ok": sent - (int(non2xx.group(1)) if non2xx else 0),
+        "failed": failed,
+        "p50_ms": pct.get(50),
+        "p90_ms": pct.get(90),
+        "p99_ms": pct.get(99),
+        "max_ms": _ms(max_ms.group(1)) if max_ms else None,
+        "throughput_rps": float(_found(re.search(r"Requests/sec:\s+([\d.]+)", out), "Requests/sec").group(1)),
+    }

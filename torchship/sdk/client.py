@@ -13,23 +13,22 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, overload
+from typing import Any, Literal, overload
 from urllib.parse import quote
 
 import numpy as np
 import requests
 
 from archiver.names import check_name, check_name_version, check_version
-
 from torchship.sdk.auth import KeyFile, StaticKeys
 from torchship.sdk.config import DEFAULT_INFERENCE_URL, DEFAULT_MANAGEMENT_URL, DEFAULT_METRICS_URL, ServerConfig
-from torchship.sdk.metrics import Metrics
 from torchship.sdk.errors import (
     BadInput,
-    PayloadTooLarge,
     ModelNotFound,
+    PayloadTooLarge,
     ReadinessTimeout,
     ServerUnreachable,
     ServiceUnavailable,
@@ -38,6 +37,7 @@ from torchship.sdk.errors import (
     WorkerDied,
     error_from_response,
 )
+from torchship.sdk.metrics import Metrics
 from torchship.sdk.types import ModelDescription, ModelSummary
 
 __all__ = ["TorchServe"]
@@ -109,8 +109,9 @@ class TorchServe:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_config(cls, path: str | os.PathLike[str], *, key_file: str | os.PathLike[str] | None = None,
-                    **kwargs: Any) -> "TorchServe":
+    def from_config(
+        cls, path: str | os.PathLike[str], *, key_file: str | os.PathLike[str] | None = None, **kwargs: Any
+    ) -> TorchServe:
         """A client for the server that runs from this config file.
 
         The key file is found beside the config (a server's working folder) or in
@@ -127,7 +128,7 @@ class TorchServe:
         return cls(config.management_url, config.inference_url, config.metrics_url, key_file, **kwargs)
 
     @classmethod
-    def from_env(cls, **kwargs: Any) -> "TorchServe":
+    def from_env(cls, **kwargs: Any) -> TorchServe:
         """A client from TS_MANAGEMENT_URL, TS_INFERENCE_URL, TS_METRICS_URL and TS_KEY_FILE."""
         env = os.environ
         return cls(
@@ -139,7 +140,10 @@ class TorchServe:
         )
 
     def __repr__(self) -> str:
-        return f"TorchServe(management={self.urls[_MANAGEMENT]!r}, inference={self.urls[_INFERENCE]!r}, keys={self.keys!r})"
+        return (
+            f"TorchServe(management={self.urls[_MANAGEMENT]!r}, inference={self.urls[_INFERENCE]!r}, "
+            f"keys={self.keys!r})"
+        )
 
     def close(self) -> None:
         """Close this thread's pooled connections (a session given to the constructor stays open)."""
@@ -148,7 +152,7 @@ class TorchServe:
             session.close()
             self._local.session = None
 
-    def __enter__(self) -> "TorchServe":
+    def __enter__(self) -> TorchServe:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -170,14 +174,24 @@ class TorchServe:
             self._local.session = session
         return session
 
-    def _send(self, api: str, method: str, path: str, *, params: dict[str, Any] | None = None,
-              data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float | None = None,
-              stream: bool = False) -> requests.Response:
+    def _send(
+        self,
+        api: str,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        stream: bool = False,
+    ) -> requests.Response:
         url = self.urls[api] + path
         size = len(data) if isinstance(data, (bytes, bytearray)) else None
         if size is not None and self.max_request_size is not None and size > self.max_request_size:
-            raise PayloadTooLarge(413, "PayloadTooLarge", _too_large(size, self.max_request_size) + " (not sent)",
-                                  _strip_query(url))
+            raise PayloadTooLarge(
+                413, "PayloadTooLarge", _too_large(size, self.max_request_size) + " (not sent)", _strip_query(url)
+            )
         headers = dict(headers or {})
         key_kind = _MANAGEMENT if api == _MANAGEMENT else _INFERENCE
         if api != _METRICS:
@@ -185,24 +199,35 @@ class TorchServe:
             if key:
                 headers["Authorization"] = f"Bearer {key}"
         try:
-            resp = self.session.request(method, url, params=_clean(params), data=data, headers=headers,
-                                        timeout=timeout or self.timeout, stream=stream)
+            resp = self.session.request(
+                method,
+                url,
+                params=_clean(params),
+                data=data,
+                headers=headers,
+                timeout=timeout or self.timeout,
+                stream=stream,
+            )
         except requests.exceptions.ConnectionError as exc:
-            raise ServerUnreachable(f"no TorchServe answers at {self.urls[api]}: is it running? "
-                                    f"(torchship serve start) [{type(exc).__name__}]") from None
+            raise ServerUnreachable(
+                f"no TorchServe answers at {self.urls[api]}: is it running? "
+                f"(torchship serve start) [{type(exc).__name__}]"
+            ) from None
         except requests.exceptions.Timeout:
             raise ServerUnreachable(f"{method} {url} got no answer within {timeout or self.timeout:.0f} s") from None
         if resp.status_code >= 400:
             body = resp.content
             resp.close()
             if resp.status_code == 413 and not body.strip():  # the frontend's own 413 has no body
-                raise PayloadTooLarge(413, "PayloadTooLarge", _too_large(size, self.max_request_size),
-                                      _strip_query(url))
+                raise PayloadTooLarge(
+                    413, "PayloadTooLarge", _too_large(size, self.max_request_size), _strip_query(url)
+                )
             raise error_from_response(resp.status_code, body, _strip_query(url))
         return resp
 
-    def _call(self, api: str, method: str, path: str, *, safe: bool, retry_worker_died: bool = False,
-              **kwargs: Any) -> requests.Response:
+    def _call(
+        self, api: str, method: str, path: str, *, safe: bool, retry_worker_died: bool = False, **kwargs: Any
+    ) -> requests.Response:
         """_send with a token refresh and, where `safe`, bounded retries with back-off.
 
         `safe` means repeating the request cannot do harm: reads and predictions. Register and
@@ -222,7 +247,7 @@ class TorchServe:
                 retriable = safe and (not isinstance(exc, WorkerDied) or retry_worker_died)
                 if not retriable or attempt >= self.retries:
                     raise
-                time.sleep(self.backoff * (2 ** attempt))
+                time.sleep(self.backoff * (2**attempt))
                 attempt += 1
 
     def _refresh_key(self, kind: str) -> None:
@@ -234,8 +259,9 @@ class TorchServe:
             return
         url = self.urls[_MANAGEMENT] + "/token"
         try:
-            resp = self.session.get(url, params={"type": kind}, timeout=self.timeout,
-                                    headers={"Authorization": f"Bearer {api_key}"})
+            resp = self.session.get(
+                url, params={"type": kind}, timeout=self.timeout, headers={"Authorization": f"Bearer {api_key}"}
+            )
         except requests.exceptions.RequestException:
             return
         if resp.status_code == 200:
@@ -257,10 +283,19 @@ class TorchServe:
 
     # ------------------------------------------------------------------ management
 
-    def register(self, archive: str | os.PathLike[str], *, model_name: str | None = None, initial_workers: int = 1,
-                 batch_size: int | None = None, max_batch_delay: int | None = None,
-                 response_timeout: int | None = None, startup_timeout: int | None = None,
-                 synchronous: bool = True, timeout: float | None = None) -> str:
+    def register(
+        self,
+        archive: str | os.PathLike[str],
+        *,
+        model_name: str | None = None,
+        initial_workers: int = 1,
+        batch_size: int | None = None,
+        max_batch_delay: int | None = None,
+        response_timeout: int | None = None,
+        startup_timeout: int | None = None,
+        synchronous: bool = True,
+        timeout: float | None = None,
+    ) -> str:
         """Register an archive of the server's model store by its file name.
 
         Only a bare file name is passed to TorchServe: never a URL or a path (CVE-2023-43654).
@@ -271,31 +306,54 @@ class TorchServe:
         if model_name is not None:
             check_name(model_name)
         params = {
-            "url": name, "model_name": model_name, "initial_workers": initial_workers,
-            "batch_size": batch_size, "max_batch_delay": max_batch_delay,
-            "response_timeout": response_timeout, "startup_timeout": startup_timeout,
+            "url": name,
+            "model_name": model_name,
+            "initial_workers": initial_workers,
+            "batch_size": batch_size,
+            "max_batch_delay": max_batch_delay,
+            "response_timeout": response_timeout,
+            "startup_timeout": startup_timeout,
             "synchronous": _bool(synchronous),
         }
-        resp = self._call(_MANAGEMENT, "POST", "/models", safe=False, params=params,
-                          timeout=timeout or max(self.timeout, 120))
+        resp = self._call(
+            _MANAGEMENT, "POST", "/models", safe=False, params=params, timeout=timeout or max(self.timeout, 120)
+        )
         return str(_json(resp).get("status", ""))
 
     def unregister(self, name: str, version: str | None = None, *, timeout: float | None = None) -> str:
         """Remove a model version from the server (default: the default version); the archive stays."""
-        resp = self._call(_MANAGEMENT, "DELETE", _model_path(name, version), safe=False,
-                          timeout=timeout or max(self.timeout, 120))
+        resp = self._call(
+            _MANAGEMENT, "DELETE", _model_path(name, version), safe=False, timeout=timeout or max(self.timeout, 120)
+        )
         return str(_json(resp).get("status", ""))
 
-    def scale(self, name: str, *, min_workers: int, max_workers: int | None = None, version: str | None = None,
-              synchronous: bool = True, timeout: float | None = None) -> str:
+    def scale(
+        self,
+        name: str,
+        *,
+        min_workers: int,
+        max_workers: int | None = None,
+        version: str | None = None,
+        synchronous: bool = True,
+        timeout: float | None = None,
+    ) -> str:
         """Set the workers of a model version (default: the default version).
 
         With `synchronous`, the answer comes once they run.
         """
-        params = {"min_worker": min_workers, "max_worker": max_workers if max_workers is not None else min_workers,
-                  "synchronous": _bool(synchronous)}
-        resp = self._call(_MANAGEMENT, "PUT", _model_path(name, version), safe=True, params=params,
-                          timeout=timeout or max(self.timeout, 120))
+        params = {
+            "min_worker": min_workers,
+            "max_worker": max_workers if max_workers is not None else min_workers,
+            "synchronous": _bool(synchronous),
+        }
+        resp = self._call(
+            _MANAGEMENT,
+            "PUT",
+            _model_path(name, version),
+            safe=True,
+            params=params,
+            timeout=timeout or max(self.timeout, 120),
+        )
         return str(_json(resp).get("status", ""))
 
     def set_default(self, name: str, version: str) -> str:
@@ -330,15 +388,19 @@ class TorchServe:
         out: list[ModelSummary] = []
         token: str | None = None
         while True:
-            raw = _json(self._call(_MANAGEMENT, "GET", "/models", safe=True,
-                                   params={"limit": page_size, "next_page_token": token}))
+            raw = _json(
+                self._call(
+                    _MANAGEMENT, "GET", "/models", safe=True, params={"limit": page_size, "next_page_token": token}
+                )
+            )
             out += [ModelSummary(m["modelName"], m.get("modelUrl", "")) for m in raw.get("models", [])]
             token = raw.get("nextPageToken")
             if not token:
                 return out
 
-    def wait_until_ready(self, name: str, version: str | None = None, *, timeout: float = 120.0,
-                         poll: float = 0.25) -> ModelDescription:
+    def wait_until_ready(
+        self, name: str, version: str | None = None, *, timeout: float = 120.0, poll: float = 0.25
+    ) -> ModelDescription:
         """Wait until the model (or version) has at least min_workers (and one) READY workers."""
         check_name_version(name, version)  # one version, not describe's "all"
         deadline = time.monotonic() + timeout
@@ -353,8 +415,9 @@ class TorchServe:
                 last = "not registered"
             if time.monotonic() >= deadline:
                 label = f"{name}/{version}" if version else name
-                raise ReadinessTimeout(f"{label} not ready after {timeout:.0f} s ({last}); "
-                                       "see the server's model_log.log")
+                raise ReadinessTimeout(
+                    f"{label} not ready after {timeout:.0f} s ({last}); see the server's model_log.log"
+                )
             time.sleep(poll)
 
     # ------------------------------------------------------------------ inference
@@ -375,10 +438,18 @@ class TorchServe:
 
     def prediction_url(self, name: str, version: str | None = None) -> str:
         """The URL `predict` posts to for `name` (and `version`), both checked by the name rule."""
-        return f"{self.urls[_INFERENCE]}/predictions/{_model_path(name, version)[len('/models/'):]}"
+        return f"{self.urls[_INFERENCE]}/predictions/{_model_path(name, version)[len('/models/') :]}"
 
-    def predict(self, name: str, data: Any, *, version: str | None = None, headers: dict[str, str] | None = None,
-                timeout: float | None = None, raw: bool = False) -> Any:
+    def predict(
+        self,
+        name: str,
+        data: Any,
+        *,
+        version: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        raw: bool = False,
+    ) -> Any:
         """Send one prediction request and return the answer.
 
         `data`: a JSON-able object, a numpy array (sent as .npy bytes), raw bytes, or a pathlib.Path to send
@@ -387,21 +458,41 @@ class TorchServe:
         JSON answers are decoded; anything else comes back as bytes (or the Response when raw).
         """
         body, hdrs = self.encode_body(data)
-        resp = self._call(_INFERENCE, "POST", f"/predictions/{_model_path(name, version)[len('/models/'):]}",
-                          safe=True, retry_worker_died=True, data=body, headers={**hdrs, **(headers or {})},
-                          timeout=timeout)
+        resp = self._call(
+            _INFERENCE,
+            "POST",
+            f"/predictions/{_model_path(name, version)[len('/models/') :]}",
+            safe=True,
+            retry_worker_died=True,
+            data=body,
+            headers={**hdrs, **(headers or {})},
+            timeout=timeout,
+        )
         return resp if raw else _decode(resp)
 
     def explain(self, name: str, data: Any, *, version: str | None = None, timeout: float | None = None) -> Any:
         """An explanation of one prediction (POST /explanations/...), if the handler offers one."""
         body, hdrs = self.encode_body(data)
-        resp = self._call(_INFERENCE, "POST", f"/explanations/{_model_path(name, version)[len('/models/'):]}",
-                          safe=True, data=body, headers=hdrs, timeout=timeout)
+        resp = self._call(
+            _INFERENCE,
+            "POST",
+            f"/explanations/{_model_path(name, version)[len('/models/') :]}",
+            safe=True,
+            data=body,
+            headers=hdrs,
+            timeout=timeout,
+        )
         return _decode(resp)
 
-    def infer_v2(self, name: str, inputs: dict[str, Any] | list[dict[str, Any]], *,
-                 outputs: list[str] | None = None, request_id: str | None = None,
-                 timeout: float | None = None) -> dict[str, Any]:
+    def infer_v2(
+        self,
+        name: str,
+        inputs: dict[str, Any] | list[dict[str, Any]],
+        *,
+        outputs: list[str] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         """Open Inference Protocol (KServe v2) inference: POST /v2/models/{name}/infer.
 
         `inputs` maps input names to arrays (their shape and datatype are taken from numpy), or is
@@ -420,16 +511,24 @@ class TorchServe:
         if outputs:
             request["outputs"] = [{"name": n} for n in outputs]
         body, hdrs = self.encode_body(request)
-        resp = self._call(_INFERENCE, "POST", f"/v2/models/{quote(name, safe='')}/infer", safe=True,
-                          data=body, headers=hdrs, timeout=timeout)
+        resp = self._call(
+            _INFERENCE,
+            "POST",
+            f"/v2/models/{quote(name, safe='')}/infer",
+            safe=True,
+            data=body,
+            headers=hdrs,
+            timeout=timeout,
+        )
         answer = _json(resp)
         for out in answer.get("outputs", []):
             dtype = _V2_TO_NUMPY.get(out.get("datatype"), object)
             out["data"] = np.asarray(out.get("data", []), dtype=dtype).reshape(out.get("shape", [-1]))
         return answer
 
-    def predict_many(self, name: str, items: Iterable[Any], *, version: str | None = None,
-                     concurrency: int = 8) -> list[Any]:
+    def predict_many(
+        self, name: str, items: Iterable[Any], *, version: str | None = None, concurrency: int = 8
+    ) -> list[Any]:
         """Predict every item concurrently over pooled keep-alive connections.
 
         The result list is in the order of `items`; an item that failed holds its APIError (or
@@ -450,21 +549,24 @@ class TorchServe:
             return list(pool.map(one, items))
 
     @overload
-    def stream(self, name: str, data: Any, *, version: str | None = ..., timeout: float | None = ...,
-               raw: Literal[False] = ...) -> Iterator[str]: ...
+    def stream(
+        self, name: str, data: Any, *, version: str | None = ..., timeout: float | None = ..., raw: Literal[False] = ...
+    ) -> Iterator[str]: ...
 
     @overload
-    def stream(self, name: str, data: Any, *, version: str | None = ..., timeout: float | None = ...,
-               raw: Literal[True]) -> Iterator[bytes]: ...
+    def stream(
+        self, name: str, data: Any, *, version: str | None = ..., timeout: float | None = ..., raw: Literal[True]
+    ) -> Iterator[bytes]: ...
 
-    def stream(self, name: str, data: Any, *, version: str | None = None, timeout: float | None = None,
-               raw: bool = False) -> Iterator[str] | Iterator[bytes]:
+    def stream(
+        self, name: str, data: Any, *, version: str | None = None, timeout: float | None = None, raw: bool = False
+    ) -> Iterator[str] | Iterator[bytes]:
         """Yield the chunks of a streaming handler's answer as they arrive.
 
         Text is decoded as UTF-8, never splitting a character; with `raw`, bytes. The name and version are
         checked when this is called, not when the first chunk is asked for.
         """
-        path = f"/predictions/{_model_path(name, version)[len('/models/'):]}"
+        path = f"/predictions/{_model_path(name, version)[len('/models/') :]}"
         return self._stream(path, data, timeout=timeout, raw=raw)
 
     def _stream(self, path: str, data: Any, *, timeout: float | None, raw: bool) -> Iterator[Any]:
@@ -494,9 +596,20 @@ class TorchServe:
         return Metrics.from_text(self.metrics_text())
 
 
-_V2_TO_NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-                "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-                "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+_V2_TO_NUMPY = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
 _NUMPY_TO_V2 = {np.dtype(v).name: k for k, v in _V2_TO_NUMPY.items()}
 
 
@@ -506,15 +619,21 @@ def _v2_tensor(name: str, value: Any) -> dict[str, Any]:
         array = array.astype(np.float32) if array.dtype.kind == "f" else array
     if array.dtype.name not in _NUMPY_TO_V2:
         raise BadInput(f"input {name!r}: cannot send numpy {array.dtype} as an Open Inference Protocol tensor")
-    return {"name": name, "shape": list(array.shape), "datatype": _NUMPY_TO_V2[array.dtype.name],
-            "data": array.reshape(-1).tolist()}
+    return {
+        "name": name,
+        "shape": list(array.shape),
+        "datatype": _NUMPY_TO_V2[array.dtype.name],
+        "data": array.reshape(-1).tolist(),
+    }
 
 
 def _too_large(size: int | None, limit: int | None) -> str:
     body = f"the request body ({size:,} bytes)" if size is not None else "the request body"
     over = f"the server's max_request_size ({limit:,} bytes)" if limit else "the server's max_request_size"
-    return (f"{body} is over {over}: send less, compress it (compress_min_bytes), or raise max_request_size "
-            "in config.properties")
+    return (
+        f"{body} is over {over}: send less, compress it (compress_min_bytes), or raise max_request_size "
+        "in config.properties"
+    )
 
 
 def _model_path(name: str, version: str | None, *, every: bool = False) -> str:

@@ -10,8 +10,16 @@ from urllib.parse import urlsplit
 
 from torchship.sdk.errors import ConfigError
 
-__all__ = ["ServerConfig", "ProjectPaths", "read_properties", "write_properties", "java_regex_literal",
-           "DEFAULT_INFERENCE_URL", "DEFAULT_MANAGEMENT_URL", "DEFAULT_METRICS_URL"]
+__all__ = [
+    "ServerConfig",
+    "ProjectPaths",
+    "read_properties",
+    "write_properties",
+    "java_regex_literal",
+    "DEFAULT_INFERENCE_URL",
+    "DEFAULT_MANAGEMENT_URL",
+    "DEFAULT_METRICS_URL",
+]
 
 # TorchServe's own defaults when a config names no address (and the client's when given none)
 DEFAULT_INFERENCE_URL = "http://127.0.0.1:8080"
@@ -86,7 +94,7 @@ class ServerConfig:
     properties: dict[str, str]
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "ServerConfig":
+    def load(cls, path: str | os.PathLike[str]) -> ServerConfig:
         """Read a config file; ConfigError when it is missing."""
         path = Path(path).resolve()
         if not path.is_file():

@@ -56,7 +56,7 @@ class Metrics:
         self.samples = samples
 
     @classmethod
-    def from_text(cls, text: str) -> "Metrics":
+    def from_text(cls, text: str) -> Metrics:
         """Parse the Prometheus text of the metrics port."""
         return cls(parse_prometheus(text))
 

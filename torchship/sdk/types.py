@@ -20,7 +20,7 @@ class Worker:
     gpu: bool = False
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Worker":
+    def from_json(cls, data: dict[str, Any]) -> Worker:
         """Build a worker from its entry in TorchServe's description."""
         return cls(
             id=str(data.get("id", "")),
@@ -56,7 +56,7 @@ class ModelDescription:
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], *, is_default: bool = False) -> "ModelDescription":
+    def from_json(cls, data: dict[str, Any], *, is_default: bool = False) -> ModelDescription:
         """Build a description from TorchServe's JSON (`is_default`: whether this is the default version)."""
         queue = data.get("jobQueueStatus") or {}
         return cls(
@@ -104,8 +104,7 @@ class ModelDescription:
             "max_batch_delay": self.max_batch_delay,
             "response_timeout": self.response_timeout,
             "workers": [
-                {"id": w.id, "status": w.status, "pid": w.pid, "memory_usage": w.memory_usage}
-                for w in self.workers
+                {"id": w.id, "status": w.status, "pid": w.pid, "memory_usage": w.memory_usage} for w in self.workers
             ],
         }
 
