@@ -327,7 +327,8 @@ def _run(
     deploy: Callable[..., DeployResult],
 ) -> None:
     p = action.params
-    if action.kind == "register":
+
+    def register() -> None:  # verified, registered with its batching, ready (a worker at least)
         deploy(
             client,
             store,
@@ -339,6 +340,9 @@ def _run(
             timeout=timeout,
             public_key=public_key,
         )
+
+    if action.kind == "register":
+        register()
         if p["workers"] != max(p["workers"], 1) or p["max_workers"] != max(p["workers"], 1):
             client.scale(action.model, version=action.version, min_workers=p["workers"], max_workers=p["max_workers"])
     elif action.kind == "recreate":
@@ -349,17 +353,7 @@ def _run(
                 "a new version with the new batching, list it, and make it the default"
             )
         client.unregister(action.model, action.version)
-        deploy(
-            client,
-            store,
-            action.model,
-            action.version,
-            workers=max(p["workers"], 1),
-            batch_size=p["batch_size"],
-            max_batch_delay=p["max_batch_delay"],
-            timeout=timeout,
-            public_key=public_key,
-        )
+        register()
     elif action.kind == "scale":
         client.scale(action.model, version=action.version, min_workers=p["workers"], max_workers=p["max_workers"])
         if p["workers"]:
