@@ -92,10 +92,44 @@ def test_status_of_a_stopped_server_exits_non_zero(project, capsys):
         (E.ReadinessTimeout("x"), 9),
         (E.WorkerDied(500, "InternalServerException", "Worker died."), 10),
         (E.ConfigError("x"), 1),
+        (E.BadInput("x"), 7),
+        (E.RolloutFailed("x"), 11),
+        (E.LoadGeneratorError("x"), 1),
+        (PermissionError(13, "Permission denied"), 1),
+        (ValueError("x"), 70),  # not the user's input: a bug
+        (KeyError("x"), 70),
     ],
 )
 def test_exit_code_per_kind_of_failure(exc, code):
     assert exit_code_for(exc) == code
+
+
+def test_a_bug_is_one_line_that_says_so_not_bad_input(project, capsys, monkeypatch):
+    from torchship.project import Project
+
+    def broken(self, name):
+        raise ValueError("an index went wrong")
+
+    monkeypatch.setattr(Project, "history", broken)
+    assert main(["history", "mlp"]) == 70
+    err = capsys.readouterr().err
+    assert err.startswith("internal error: ValueError: an index went wrong (a bug in torchship;")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    monkeypatch.setenv("TORCHSHIP_DEBUG", "1")
+    assert main(["history", "mlp"]) == 70
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_wrk_failing_is_one_line(project, capsys, monkeypatch):
+    from torchship.project import Project
+
+    def failing(self, *args, **kwargs):
+        raise E.LoadGeneratorError("wrk failed: unable to connect")
+
+    monkeypatch.setattr(Project, "bench", failing)
+    assert main(["bench", "mlp", "--data", "{}"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: wrk failed: unable to connect\n"
 
 
 # ---------------------------------------------------------------- names and versions: one rule, checked first

@@ -38,6 +38,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (E.ServerError, 10),
     (E.RolloutFailed, 11),
     (E.TorchServeError, 1),
+    (OSError, 1),  # the machine said no (a file, a permission, a disk): not a bug
 ]
 INTERNAL_ERROR = 70  # sysexits' EX_SOFTWARE: not the user's fault
 
