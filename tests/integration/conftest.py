@@ -60,20 +60,26 @@ def mlp_archive(mlp_run, store, key_dir) -> Path:
     return archiver.package(archiver.example_spec("mlp", mlp_run, "1.0"), store, key_dir).path
 
 
-@pytest.fixture(scope="session")
-def mlp_deployed(client, store, mlp_archive, public_key):
-    """mlp 1.0 verified and registered with dynamic batching, as `torchship deploy` does."""
-    serving = archiver.EXAMPLES["mlp"].serving
+def deploy_example(client, store, name: str, public_key):
+    """Example model `name` 1.0 verified and registered with its serving defaults (one worker, its
+    batching), as `torchship deploy` does."""
+    serving = archiver.EXAMPLES[name].serving
     return deploy(
         client,
         store,
-        "mlp",
+        name,
         "1.0",
         workers=1,
         batch_size=serving["batch_size"],
         max_batch_delay=serving["max_batch_delay"],
         public_key=public_key,
     )
+
+
+@pytest.fixture(scope="session")
+def mlp_deployed(client, store, mlp_archive, public_key):
+    """mlp 1.0 verified and registered with dynamic batching, as `torchship deploy` does."""
+    return deploy_example(client, store, "mlp", public_key)
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,10 @@ import pytest
 import requests
 from PIL import Image
 
-import archiver
 from torchship import errors as E
-from torchship.ops.deploy import deploy
 from torchship.ops.rollout import evaluate, load_golden
 
-from .conftest import ROOT
+from .conftest import ROOT, deploy_example
 
 pytestmark = pytest.mark.integration
 
@@ -23,17 +21,7 @@ pytestmark = pytest.mark.integration
 def deployed(client, store, public_key, example_archives, sentiment_run, fashion_run, recommender_run):
     runs = {"sentiment": sentiment_run, "fashion": fashion_run, "recommender": recommender_run}
     for name in runs:
-        serving = archiver.EXAMPLES[name].serving
-        deploy(
-            client,
-            store,
-            name,
-            "1.0",
-            workers=1,
-            batch_size=serving["batch_size"],
-            max_batch_delay=serving["max_batch_delay"],
-            public_key=public_key,
-        )
+        deploy_example(client, store, name, public_key)
     yield runs
     for name in runs:
         client.unregister(name, "1.0")

@@ -12,8 +12,9 @@ import pytest
 
 import archiver
 from torchship import errors as E
-from torchship.ops.deploy import deploy
 from torchship.perf.bench import bench_stream
+
+from .conftest import deploy_example
 
 pytestmark = pytest.mark.integration
 TORCHSHIP = str(Path(sys.executable).parent / "torchship")
@@ -23,17 +24,7 @@ TORCHSHIP = str(Path(sys.executable).parent / "torchship")
 def large(client, store, key_dir, public_key, embedder_run, textgen_run):
     for name, run in (("embedder", embedder_run), ("textgen", textgen_run)):
         archiver.package(archiver.example_spec(name, run, "1.0"), store, key_dir, force=True)
-        serving = archiver.EXAMPLES[name].serving
-        deploy(
-            client,
-            store,
-            name,
-            "1.0",
-            workers=1,
-            batch_size=serving["batch_size"],
-            max_batch_delay=serving["max_batch_delay"],
-            public_key=public_key,
-        )
+        deploy_example(client, store, name, public_key)
     yield
     for name in ("embedder", "textgen"):
         client.unregister(name, "1.0")
