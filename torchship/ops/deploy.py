@@ -122,8 +122,9 @@ def _refuse_shared_writes(archive: Path) -> None:
     """Verification speaks for the bytes TorchServe reads only while no one else can change them:
     refuse an archive, or a model store, that every account on the machine may write."""
     for path in (archive, archive.parent):
-        mode = path.stat().st_mode
-        if mode & stat.S_IWOTH and not (path.is_dir() and mode & stat.S_ISVTX and path.stat().st_uid == os.getuid()):
+        st = path.stat()
+        sticky_own_folder = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and st.st_uid == os.getuid()
+        if st.st_mode & stat.S_IWOTH and not sticky_own_folder:
             raise ArchiveError(
                 f"{path} is writable by every account on this machine: anyone could swap the archive "
                 f"between verification and loading (chmod o-w {path})"

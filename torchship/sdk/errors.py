@@ -136,12 +136,15 @@ class ModelAlreadyExists(APIError):
         return "Use another version, or unregister this one first"
 
 
+_EMPTY_413 = "request body too large"  # what an empty 413 (the frontend's own) is said to mean
+
+
 class PayloadTooLarge(APIError):
     """413: the request body is over the server's max_request_size."""
 
     def hint(self) -> str:
         """Say what to do when the server gave no reason (torchship's own messages do)."""
-        if self.message == "request body too large":  # nothing more was said (an empty 413)
+        if self.message == _EMPTY_413:  # nothing more was said
             return "The body is over the server's max_request_size: send less, or raise it"
         return ""  # torchship's messages (the client's, each handler's) say what the limit is
 
@@ -240,7 +243,7 @@ def error_from_response(status: int, body: bytes | str | None, url: str = "") ->
     elif parsed is None and text.strip():
         message = _first_line_of(text)
     if not message:
-        message = {413: "request body too large"}.get(status, "no details in the answer")
+        message = {413: _EMPTY_413}.get(status, "no details in the answer")
 
     if err_type in _BY_TYPE:
         cls: type[APIError] = _BY_TYPE[err_type]
