@@ -7,8 +7,20 @@ architecture, hyper-parameters, data fingerprint, metrics, seed, torch version, 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from .common import RunResult
+if TYPE_CHECKING:
+    from .common import RunResult
+
+
+def __getattr__(name: str) -> Any:
+    # RunResult lives beside torch (train.common): imported when asked for, so that importing
+    # `train` (its errors, for every torchship command) does not import torch
+    if name == "RunResult":
+        from .common import RunResult
+
+        return RunResult
+    raise AttributeError(f"module 'train' has no attribute {name!r}")
 
 
 def trainers() -> dict[str, Callable[..., RunResult]]:

@@ -59,3 +59,10 @@ def test_torchship_reexports_the_lower_layers_errors():
     assert errors.VerificationError is archiver.errors.VerificationError
     assert errors.TrainingError is train.errors.TrainingError
     assert all(issubclass(e, errors.TorchServeError) for e in (errors.ArchiveError, errors.TrainingError))
+
+
+def test_the_cli_starts_without_importing_torch():
+    # every command pays for what `import torchship.cli` loads: torch alone took ~1.2 s of it
+    code = "import sys, torchship.cli; print(sorted(m for m in ('torch', 'safetensors') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
