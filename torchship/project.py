@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `torchship --help` stays quick
     from torchship.ops.autoscale import Decision
     from torchship.ops.deploy import DeployResult
     from torchship.ops.desired import Action, ApplyReport, DesiredState
+    from torchship.ops.doctor import DoctorReport
     from torchship.ops.registry import Event, Registry
     from torchship.ops.rollout import GoldenItem, RolloutReport
     from torchship.ops.server import LocalServer
@@ -198,6 +199,16 @@ class Project:
     def golden(self, name: str) -> Path:
         """Where the golden set of `name` is looked for by default (tests/golden/NAME.jsonl)."""
         return self.root / "tests" / "golden" / f"{name}.jsonl"
+
+    def doctor(self) -> DoctorReport:
+        """Check what this machine needs to run the project and what it has, with the fix of each gap.
+
+        Python, Java, the pinned packages, the worker's Python, ports, the server's health, key and store
+        modes, disk and data: one `Check` row each (`torchship doctor`; docs/doctor.md).
+        """
+        from torchship.ops.doctor import diagnose
+
+        return diagnose(self)
 
     def _key(self, public_key: str | os.PathLike[str] | None) -> Path:
         return Path(public_key) if public_key else self.public_key

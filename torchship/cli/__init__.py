@@ -11,7 +11,8 @@ import click
 
 from . import build, fleet, infer, models, perf
 from .base import Ctx, exit_code_for, report
-from .serve import serve
+from .doctor import doctor
+from .serve import logs, serve
 
 __all__ = ["cli", "main", "exit_code_for"]
 
@@ -45,6 +46,7 @@ for command in (
     infer.predict,
     infer.explain,
     infer.ping,
+    logs,
     infer.metrics,
     fleet.plan,
     fleet.apply_cmd,
@@ -55,6 +57,7 @@ for command in (
     perf.bench_cmd,
     perf.tune,
     perf.autoscale,
+    doctor,
 ):
     cli.add_command(command)
 

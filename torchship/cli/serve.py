@@ -1,4 +1,4 @@
-"""`torchship serve start|stop|status`: the project's local TorchServe."""
+"""`torchship serve start|stop|status` and `torchship logs`: the project's local TorchServe."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import sys
 
 import click
 
-from .base import Ctx, emit, json_option, pass_ctx
+from torchship import errors as E
+
+from .base import Ctx, emit, json_option, model_version_option, name_argument, pass_ctx
 from .models import model_rows, models_table
 from .table import render
 
@@ -70,3 +72,41 @@ def serve_status(c: Ctx, as_json: bool) -> None:
             click.echo(models_table(models))
     if not st.healthy:
         sys.exit(3)
+
+
+@click.command()
+@name_argument(required=False)
+@model_version_option("Only this version's lines.")
+@click.option("--lines", "-n", "count", type=click.IntRange(min=1), default=50, show_default=True, help="How many.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines as they are written (Ctrl-C stops).")
+@pass_ctx
+def logs(c: Ctx, name: str | None, version: str | None, count: int, follow: bool) -> None:
+    """The server's and its workers' log lines: all, or model NAME's (keys never shown)."""
+    if version and not name:
+        raise click.UsageError("--version needs a model NAME")
+    server_logs = c.project.client.logs
+    if server_logs is None:
+        raise E.ConfigError("the server's logs are not on this machine (TS_MANAGEMENT_URL names another server)")
+    if not server_logs.exists():
+        raise E.ConfigError(f"no server logs in {server_logs.log_dir}: start the server first (torchship serve start)")
+    versions = _known_versions(c, name) if name and not version else []
+    lines = server_logs.lines(name, version, last=count, versions=versions)
+    for line in lines:
+        click.echo(line.text)
+    if not lines and not follow:
+        what = f"{name} {version}" if version else name or "the server"
+        click.echo(f"no log lines of {what} in {server_logs.log_dir}", err=True)
+    if follow:
+        for line in server_logs.follow(name, version, versions=versions):
+            click.echo(line.text)
+
+
+def _known_versions(c: Ctx, name: str) -> list[str]:
+    """The versions of `name` the server serves and the project has packaged (to read worker names)."""
+    registry_exists = (c.project.paths.state_dir / "registry.db").is_file()  # reading must not create it
+    found = [r.version for r in c.project.registry.archives(name)] if registry_exists else []
+    try:
+        found += [d.version for d in c.project.client.versions(name)]
+    except E.TorchServeError:
+        pass  # not running, or not registered: the lines are still in the files
+    return found

@@ -98,13 +98,9 @@ def deploy(
     except ServerError as exc:
         # A failed synchronous register leaves the version registered with no worker: remove it.
         _remove(client, name, version)
-        raise ServerError(
-            exc.status,
-            exc.type,
-            f"{name} {version} failed to load and was removed again: "
-            f"{exc.message}; see model_log.log in the server's logs folder",
-            exc.url,
-        ) from None
+        why = "" if exc.cause else f": {exc.message}; see model_log.log in the server's logs folder"
+        failed = ServerError(exc.status, exc.type, f"{name} {version} failed to load and was removed again{why}")
+        raise failed.with_cause(exc.cause) from None
     desc = client.wait_until_ready(name, version, timeout=timeout)
     if make_default and not desc.is_default:
         client.set_default(name, version)

@@ -21,6 +21,7 @@ import psutil
 from torchship.sdk.client import TorchServe
 from torchship.sdk.config import ServerConfig, java_regex_literal, read_properties, write_properties
 from torchship.sdk.errors import ConfigError, ServerStartError, TorchServeError
+from torchship.sdk.logs import ServerLogs
 
 __all__ = ["LocalServer", "ServerStatus", "free_ports", "free_port_overrides"]
 
@@ -126,6 +127,11 @@ class LocalServer:
         return self.workdir / "logs"
 
     @property
+    def logs(self) -> ServerLogs:
+        """The server's log files, read (`torchship logs`; why a worker failed)."""
+        return ServerLogs(self.log_dir, key_file=self.key_file)
+
+    @property
     def console_log(self) -> Path:
         """The file the server's console output goes to."""
         return self.log_dir / "console.log"
@@ -162,6 +168,7 @@ class LocalServer:
         """Return a client for this server (its addresses and key file); keywords go to `TorchServe`."""
         cfg = self.config()
         kwargs.setdefault("max_request_size", cfg.max_request_size)
+        kwargs.setdefault("logs", self.logs)
         return TorchServe(cfg.management_url, cfg.inference_url, cfg.metrics_url, self.key_file, **kwargs)
 
     # ------------------------------------------------------------------ process

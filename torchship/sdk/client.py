@@ -30,6 +30,7 @@ from torchship.sdk.errors import (
     ModelNotFound,
     PayloadTooLarge,
     ReadinessTimeout,
+    ServerError,
     ServerUnreachable,
     ServiceUnavailable,
     TorchServeError,
@@ -37,6 +38,7 @@ from torchship.sdk.errors import (
     WorkerDied,
     error_from_response,
 )
+from torchship.sdk.logs import Cause, ServerLogs
 from torchship.sdk.metrics import Metrics
 from torchship.sdk.types import ModelDescription, ModelSummary
 
@@ -69,6 +71,9 @@ class TorchServe:
             only on slow links (benchmarks/bench_compression.py); torchship's handlers unpack them.
         max_request_size: the server's max_request_size in bytes, when known (`from_config` reads
             it): a larger body is refused before it is sent, with a message that says what to do.
+        logs: the server's log files (`ServerLogs`), when this machine can read them (`from_config`
+            finds them beside the key file): a register or scale whose worker fails then raises a
+            `ServerError` whose `cause` names the worker's exception and the log line to read.
     """
 
     def __init__(
@@ -85,6 +90,7 @@ class TorchServe:
         session: requests.Session | None = None,
         compress_min_bytes: int | None = None,
         max_request_size: int | None = None,
+        logs: ServerLogs | None = None,
     ) -> None:
         self.urls = {
             _MANAGEMENT: management_url.rstrip("/"),
@@ -105,6 +111,7 @@ class TorchServe:
         # the server's max_request_size, when known (from_config): larger bodies are refused here,
         # before sending, with a message that says what to do (TorchServe answers an empty 413)
         self.max_request_size = max_request_size
+        self.logs = logs
 
     # ------------------------------------------------------------------ construction
 
@@ -115,16 +122,19 @@ class TorchServe:
         """A client for the server that runs from this config file.
 
         The key file is found beside the config (a server's working folder) or in
-        ``.torchship/server/`` next to it (a project's config.properties).
+        ``.torchship/server/`` next to it (a project's config.properties); the server's logs in
+        the `logs/` folder beside that key file.
         """
         config = ServerConfig.load(path)
+        here = config.path.parent
+        beside = here / "key_file.json"
+        workdir = here if beside.exists() else here / ".torchship" / "server"
         if key_file is None:
-            here = config.path.parent
-            beside = here / "key_file.json"
-            key_file = beside if beside.exists() else here / ".torchship" / "server" / "key_file.json"
+            key_file = workdir / "key_file.json"
             if (config.get("disable_token_authorization") or "").lower() == "true":
                 key_file = None
         kwargs.setdefault("max_request_size", config.max_request_size)
+        kwargs.setdefault("logs", ServerLogs(workdir / "logs", key_file=workdir / "key_file.json"))
         return cls(config.management_url, config.inference_url, config.metrics_url, key_file, **kwargs)
 
     @classmethod
@@ -250,6 +260,18 @@ class TorchServe:
                 time.sleep(self.backoff * (2**attempt))
                 attempt += 1
 
+    def _log_mark(self) -> dict[str, int] | None:
+        return self.logs.mark() if self.logs is not None and self.logs.exists() else None
+
+    def _worker_cause(self, name: str | None, version: str | None, mark: dict[str, int] | None) -> Cause | None:
+        """Why a worker of `name` failed since `mark`, from the server's logs (None when unknown)."""
+        if self.logs is None or mark is None:
+            return None
+        try:
+            return self.logs.wait_for_cause(name, version, since=mark)
+        except OSError:
+            return None
+
     def _refresh_key(self, kind: str) -> None:
         """Re-read the key file; if nothing changed the key expired, so rotate it with the API key."""
         if self.keys.reload():
@@ -315,9 +337,13 @@ class TorchServe:
             "startup_timeout": startup_timeout,
             "synchronous": _bool(synchronous),
         }
-        resp = self._call(
-            _MANAGEMENT, "POST", "/models", safe=False, params=params, timeout=timeout or max(self.timeout, 120)
-        )
+        mark = self._log_mark()
+        try:
+            resp = self._call(
+                _MANAGEMENT, "POST", "/models", safe=False, params=params, timeout=timeout or max(self.timeout, 120)
+            )
+        except ServerError as exc:
+            raise exc.with_cause(self._worker_cause(model_name, None, mark)) from None
         return str(_json(resp).get("status", ""))
 
     def unregister(self, name: str, version: str | None = None, *, timeout: float | None = None) -> str:
@@ -346,14 +372,18 @@ class TorchServe:
             "max_worker": max_workers if max_workers is not None else min_workers,
             "synchronous": _bool(synchronous),
         }
-        resp = self._call(
-            _MANAGEMENT,
-            "PUT",
-            _model_path(name, version),
-            safe=True,
-            params=params,
-            timeout=timeout or max(self.timeout, 120),
-        )
+        mark = self._log_mark()
+        try:
+            resp = self._call(
+                _MANAGEMENT,
+                "PUT",
+                _model_path(name, version),
+                safe=True,
+                params=params,
+                timeout=timeout or max(self.timeout, 120),
+            )
+        except ServerError as exc:
+            raise exc.with_cause(self._worker_cause(name, version, mark)) from None
         return str(_json(resp).get("status", ""))
 
     def set_default(self, name: str, version: str) -> str:
@@ -403,6 +433,7 @@ class TorchServe:
     ) -> ModelDescription:
         """Wait until the model (or version) has at least min_workers (and one) READY workers."""
         check_name_version(name, version)  # one version, not describe's "all"
+        mark = self._log_mark()
         deadline = time.monotonic() + timeout
         last = "not registered"
         while True:
@@ -415,9 +446,9 @@ class TorchServe:
                 last = "not registered"
             if time.monotonic() >= deadline:
                 label = f"{name}/{version}" if version else name
-                raise ReadinessTimeout(
-                    f"{label} not ready after {timeout:.0f} s ({last}); see the server's model_log.log"
-                )
+                cause = self._worker_cause(name, version, mark)
+                why = f"the worker failed with {cause}" if cause else "see the server's model_log.log"
+                raise ReadinessTimeout(f"{label} not ready after {timeout:.0f} s ({last}); {why}")
             time.sleep(poll)
 
     # ------------------------------------------------------------------ inference

@@ -33,12 +33,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # the root and the errors of the layers below torchship live with those layers (they never import
 # torchship); they are re-exported here, so this module names every error
 from archiver.errors import ArchiveError, BadInput, TorchServeError, VerificationError
 from train.errors import TrainingError
+
+if TYPE_CHECKING:
+    from torchship.sdk.logs import Cause
 
 __all__ = [
     "TorchServeError",
@@ -150,7 +153,28 @@ class PayloadTooLarge(APIError):
 
 
 class ServerError(APIError):
-    """5xx: the server failed."""
+    """5xx: the server failed.
+
+    `cause`: why the worker failed (its exception line, the log file and line), when the client
+    can read the server's logs (a local server) and found it; else None.
+    """
+
+    cause: Cause | None = None
+
+    def with_cause(self, cause: Cause | None) -> ServerError:
+        """This error again with the worker's failure attached: its message then ends with it."""
+        if cause is None:
+            return self
+        again = type(self)(self.status, self.type, self.message, self.url)
+        again.cause = cause
+        again.args = (again._text(),)
+        return again
+
+    def _text(self) -> str:
+        if self.cause is None:
+            return super()._text()
+        where = f" ({self.url})" if self.url else ""
+        return f"{self.status} {self.type}: {self.message}{where}: the worker failed with {self.cause}"
 
 
 class WorkerDied(ServerError):
