@@ -189,3 +189,39 @@ def test_a_server_error_carries_the_cause_in_its_one_line(logs):
     assert "the worker failed with ModuleNotFoundError: No module named 'torchvision'" in text
     assert "model_log.log, line 7" in text
     assert exc.with_cause(None) is exc
+
+
+def test_the_workers_own_dying_traceback_does_not_hide_the_handlers(logs):
+    # a handler's initialize fails; then the worker dies with a traceback of TorchServe's own code
+    write(
+        logs.log_dir,
+        "model_log.log",
+        [
+            worker("m_1.0", t)
+            for t in [
+                "Failed to load model m, exception weights missing",
+                "Traceback (most recent call last):",
+                '  File "/venv/lib/python3.11/site-packages/ts/model_loader.py", line 143, in load',
+                "    initialize_fn(service.context)",
+                '  File "/tmp/models/abc/my_handler.py", line 9, in initialize',
+                '    raise FileNotFoundError("weights missing")',
+                "FileNotFoundError: weights missing",
+                "Backend worker process died.",
+                "Traceback (most recent call last):",
+                '  File "/venv/site-packages/ts/model_service_worker.py", line 201, in handle_connection',
+                '    raise RuntimeError("{} - {}".format(code, result))',
+                "RuntimeError: 500 - Unknown exception",
+            ]
+        ],
+    )
+    cause = logs.cause("m", "1.0")
+    assert cause is not None and cause.line == "FileNotFoundError: weights missing" and cause.number == 7
+    # alone, TorchServe's own traceback is still better than nothing
+    own = [
+        "Traceback (most recent call last):",
+        '  File "/venv/ts/model_service_worker.py", line 201, in x',
+        "OSError: 9",
+    ]
+    write(logs.log_dir, "model_log.log", [worker("n_1.0", t) for t in own])
+    cause = logs.cause("n", "1.0")
+    assert cause is not None and cause.line == "OSError: 9"

@@ -37,6 +37,7 @@ _LINE = re.compile(r"^(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[,.]\d+) \[(?P<leve
 _WORKER = re.compile(r"W-\d+-(?P<model>.+?)(?:-stdout|-stderr)?$")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=\-]{8,}")
 _KEY_FIELD = re.compile(r'(?i)("?(?:key|token|authorization)"?\s*[:=]\s*"?)[A-Za-z0-9._~+/=\-]{8,}')
+_FRAME = re.compile(r'  File "(?P<path>[^"]*)", line \d+')
 _CHAIN = ("During handling of the above exception", "The above exception was the direct cause")
 
 
@@ -272,18 +273,39 @@ def _belongs(line: LogLine, name: str | None, version: str | None, known: frozen
 
 
 def _last_exception(lines: list[LogLine]) -> LogLine | None:
-    """The exception line that caused the last traceback chain in `lines` (see the module docstring)."""
-    cause: LogLine | None = None
+    """The exception line that caused the last traceback chain in `lines` (see the module docstring).
+
+    Chains that run only through TorchServe's own code (the worker's "RuntimeError: 500 - Unknown
+    exception" as it dies, after the handler's traceback) count only when no other chain is there.
+    """
+    chains: list[tuple[LogLine, bool]] = []  # (first exception, whether a frame is outside TorchServe)
+    first: LogLine | None = None
+    outside = False
     in_frames = False  # between "Traceback ..." and its exception line
     continues = False  # the next traceback continues the chain of the one before
     for line in lines:
         text = _message(line)
         if text.startswith("Traceback (most recent call last)"):
             in_frames = True
-        elif text.startswith(_CHAIN):
-            continues = cause is not None
-        elif in_frames and text.strip() and not text[0].isspace():
             if not continues:
-                cause = line  # a new chain: its first exception is the cause
+                first, outside = None, False
+        elif text.startswith(_CHAIN):
+            continues = first is not None
+        elif in_frames and text.startswith("  File "):
+            frame = _FRAME.match(text)
+            outside = outside or (frame is not None and not _is_torchserve(frame["path"]))
+        elif in_frames and text.strip() and not text[0].isspace():
+            if first is None:
+                first = line  # a new chain: its first exception is the cause
+            if continues and chains:
+                chains.pop()  # the chain goes on: it replaces its shorter self
+            chains.append((first, outside))
             in_frames = continues = False
-    return cause
+    own = [line for line, outside in chains if outside]
+    if own:
+        return own[-1]
+    return chains[-1][0] if chains else None
+
+
+def _is_torchserve(path: str) -> bool:
+    return path.startswith("<frozen") or "/ts/" in path.replace("\\", "/")
