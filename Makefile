@@ -12,8 +12,14 @@ VERSION ?= 1.0
 # the models `make demo` trains, packages and deploys (deploy.yaml lists the same)
 MODELS  ?= mlp sentiment fashion recommender embedder textgen
 PYTEST_ARGS ?=
+# The OS packages the goals need (scripts/setup-os.sh installs what is missing): Python's venv
+# until .venv exists, Java for TorchServe (not for `make data` or `make unit`), Debian's
+# Fashion-MNIST for the data (not for `make serve`), and wrk for the goals that load-test.
+OS_NEEDS ?= $(if $(wildcard $(BIN)/python),,venv) $(if $(filter-out data unit,$(MAKECMDGOALS)),java) \
+            $(if $(filter-out serve,$(MAKECMDGOALS)),fashion-mnist) \
+            $(if $(filter test integration bench,$(MAKECMDGOALS)),wrk)
 
-.PHONY: help setup java data train package serve deploy apply predict demo test lint types unit integration bench stop status clean
+.PHONY: help setup os java data train package serve deploy apply predict demo test lint types unit integration bench stop status clean
 
 help:
 	@echo "make demo      set up, quick-train, package, serve, deploy and predict ($(MODEL))"
@@ -22,19 +28,23 @@ help:
 
 # The virtual environment, made and filled on first use; redone when pyproject.toml changes.
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || { PYTHON=$(PYTHON) scripts/setup-os.sh venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $@
 
 setup: $(STAMP)
 
+# OS packages: silent when all are there; as root apt-get, else sudo -n, else one line saying how.
+os:
+	@PYTHON=$(PYTHON) scripts/setup-os.sh $(OS_NEEDS)
+
 java:
-	@scripts/check-java.sh
+	@scripts/setup-os.sh java
 
 # The example data (fetched and checked by sha256) and the golden sets built from it.
-data: setup
-	$(BIN)/python scripts/fetch_data.py
+data: os setup
+	$(BIN)/python scripts/fetch_data.py$(if $(FASHION_MNIST_DIR), --fashion-dir $(FASHION_MNIST_DIR))
 	$(BIN)/python scripts/make_golden.py all
 
 train: data
@@ -43,7 +53,7 @@ train: data
 package: setup
 	$(TS) package $(MODEL) --version $(VERSION)
 
-serve: setup java
+serve: os setup
 	$(TS) serve start
 
 deploy: setup
@@ -63,7 +73,7 @@ stop: setup
 
 # The demo reuses what a previous run left (checkpoint, archive, running server, registration),
 # so running it twice in a row just works. deploy.yaml says what the server should run.
-demo: data java
+demo: os data
 	@set -e; start=$$(date +%s); \
 	for m in $(MODELS); do \
 	  if [ -z "$$(ls -d checkpoints/$$m/*/meta.json 2>/dev/null)" ]; then $(TS) train $$m --quick; \
@@ -78,7 +88,7 @@ demo: data java
 	echo; echo "demo done in $$(( $$(date +%s) - start )) s (after set-up). The server keeps running: make stop"
 
 # Lint and types first (seconds), then every test.
-test: lint types data java
+test: os lint types data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
@@ -91,13 +101,12 @@ types: setup
 unit: data
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: data java
+integration: os data
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
-# The serving benchmark: five ways to serve the same models, side by side (needs wrk).
-bench: data java
+# The serving benchmark: five ways to serve the same models, side by side (under wrk).
+bench: os data
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
-	@command -v wrk >/dev/null || { echo "error: the serving benchmark needs wrk (Debian: apt-get install wrk)" >&2; exit 1; }
 	$(BIN)/python benchmarks/bench_serving.py
 
 clean:
