@@ -12,6 +12,8 @@ from pathlib import Path
 from .build import BuildResult, archive_path, build
 from .examples import EXAMPLES, example_spec
 from .model_config import validate_model_config
+from .preflight import PreflightReport, check_imports
+from .requirements import ensure_requirements_met
 from .signing import ensure_keys, sign, signature_path
 from .spec import ArchiveSpec
 from .verify import VerifyReport, ensure_verified, verify_archive
@@ -32,6 +34,9 @@ __all__ = [
     "ensure_verified",
     "VerifyReport",
     "public_key_path",
+    "check_imports",
+    "PreflightReport",
+    "ensure_requirements_met",
 ]
 
 
@@ -42,13 +47,23 @@ def public_key_path(key_dir: Path) -> Path:
 
 
 def package(
-    spec: ArchiveSpec, store: Path, key_dir: Path, *, force: bool = False, meta: dict | None = None, progress=None
+    spec: ArchiveSpec,
+    store: Path,
+    key_dir: Path,
+    *,
+    force: bool = False,
+    meta: dict | None = None,
+    progress=None,
+    check_imports: bool = False,
 ) -> BuildResult:
-    """Build and sign. The checkpoint's meta.json is read from the spec's extra files when not given."""
+    """Build and sign. The checkpoint's meta.json is read from the spec's extra files when not given.
+
+    `check_imports`: first make sure the handler and model file import in the server's Python
+    (`preflight.check_imports`), as `torchship package --handler` does."""
     if meta is None:
         meta_file = next((p for p in spec.extra_files if Path(p).name == "meta.json"), None)
         meta = json.loads(Path(meta_file).read_text(encoding="utf-8")) if meta_file else None
-    result = build(spec, store, force=force, meta=meta, progress=progress)
+    result = build(spec, store, force=force, meta=meta, progress=progress, check_imports=check_imports)
     try:
         sign(result.path, key_dir)
     except Exception:

@@ -24,10 +24,12 @@ from pathlib import Path
 
 import yaml
 
+from . import preflight
 from .digests import recorded_digest
 from .errors import ArchiveError
 from .model_config import validate_model_config
 from .provenance import PROVENANCE_NAME, build_time, provenance_document
+from .requirements import read_requirements_file
 from .spec import ArchiveSpec
 from .verify import weights_problem
 
@@ -45,6 +47,7 @@ class BuildResult:
     path: Path
     provenance: dict
     digest: str  # sha256 of the provenance member: identifies the build (it pins every member)
+    notes: tuple[str, ...] = ()  # what the import check found worth saying that did not stop it
 
 
 def archive_path(store: Path, name: str, version: str) -> Path:
@@ -58,11 +61,14 @@ def build(
     force: bool = False,
     meta: dict | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    check_imports: bool = False,
 ) -> BuildResult:
     """Build `store/<name>-<version>.mar` from `spec`.
 
     `meta` is the checkpoint's meta.json (lineage for the provenance). An existing archive is
-    replaced only with `force`. The archive appears whole or not at all: it is written to a
+    replaced only with `force`. The spec's requirements file must hold requirements only (see
+    `requirements`). With `check_imports`, the handler and model file must import in the server's
+    Python first (see `preflight`). The archive appears whole or not at all: it is written to a
     hidden temp file in the store, flushed to disk, and renamed into place.
     """
     validate_model_config(spec.model_config)
@@ -70,10 +76,14 @@ def build(
         problem = weights_problem(path)
         if problem:
             raise ArchiveError(f"refusing to package {path}: {problem}")
+    requirements = read_requirements_file(spec.requirements) if spec.requirements else None
     store = Path(store)
     target = store / spec.file_name
     if target.exists() and not force:
         raise ArchiveError(f"{target} exists: package another --version, or pass --force to replace it")
+    notes: tuple[str, ...] = ()
+    if check_imports:
+        notes = preflight.check_imports(spec, requirements=requirements).notes
     if progress is None:
         progress = _stderr_progress
     members = _members(spec)
@@ -91,7 +101,7 @@ def build(
                 for arcname, source in members:
                     digests[arcname] = _write_member(zf, arcname, source, progress)
                 digests[MANIFEST_NAME] = _write_member(zf, MANIFEST_NAME, manifest, progress)
-                prov = provenance_document(spec, digests, meta)
+                prov = provenance_document(spec, digests, meta, requirements=requirements)
                 prov_bytes = (json.dumps(prov, indent=2, sort_keys=True) + "\n").encode()
                 _write_member(zf, PROVENANCE_NAME, prov_bytes, progress)
             raw.flush()
@@ -102,7 +112,7 @@ def build(
         raise ArchiveError(f"packaging {spec.file_name} failed: {exc.strerror or exc}; nothing was written") from None
     finally:
         tmp.unlink(missing_ok=True)
-    return BuildResult(target, prov, "sha256:" + hashlib.sha256(prov_bytes).hexdigest())
+    return BuildResult(target, prov, "sha256:" + hashlib.sha256(prov_bytes).hexdigest(), notes)
 
 
 def _members(spec: ArchiveSpec) -> list[tuple[str, Path | bytes]]:

@@ -43,8 +43,12 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def provenance_document(spec: ArchiveSpec, members: dict[str, dict], meta: dict | None) -> dict[str, Any]:
-    return {
+def provenance_document(
+    spec: ArchiveSpec, members: dict[str, dict], meta: dict | None, *, requirements: list[str] | None = None
+) -> dict[str, Any]:
+    """The document; `requirements` (the parsed requirements file) is recorded only when the archive has one,
+    so archives without one stay byte-identical to those built before the field existed."""
+    doc: dict[str, Any] = {
         "format": FORMAT,
         "model": {"name": spec.name, "version": spec.version},
         "handler": spec.handler.name,
@@ -59,3 +63,6 @@ def provenance_document(spec: ArchiveSpec, members: dict[str, dict], meta: dict 
             "python": platform.python_version(),
         },
     }
+    if requirements is not None:
+        doc["requirements"] = list(requirements)
+    return doc

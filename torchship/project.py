@@ -249,13 +249,19 @@ class Project:
         extra_files: Iterable[str | os.PathLike[str]] = (),
         model_config: str | os.PathLike[str] | dict[str, Any] | None = None,
         threads: int | None = None,
+        requirements: str | os.PathLike[str] | None = None,
+        import_check: bool = True,
     ) -> BuildResult:
         """Build and sign `store/NAME-VERSION.mar`, and record it in the registry.
 
         An example model: `package("mlp")` takes the newest checkpoint (or `checkpoint`). Your own
         handler: `package("my-model", handler="h.py", weights="w.safetensors", ...)`. Without
         `version`, the next free major version. `threads`: torch threads per worker (tune finds it).
-        Returns archiver's `BuildResult` (path, provenance, digest).
+        With a handler, `requirements` is a requirements file packed into the archive (deploy checks
+        it against the server's Python), and the handler and model file must first import in the
+        server's Python (ArchiveError naming each missing module otherwise); `import_check=False`
+        skips that, for an archive built on another machine than the server's.
+        Returns archiver's `BuildResult` (path, provenance, digest, notes).
         """
         import archiver
         from archiver.names import check_name, check_version
@@ -279,10 +285,13 @@ class Project:
                 Path(model_file) if model_file else None,
                 tuple(Path(p) for p in extra_files),
                 config,
+                Path(requirements) if requirements else None,
             )
         else:
-            if weights or model_file or model_config or tuple(extra_files):
-                raise ArchiveError("weights, model_file, extra_files and model_config go with a handler of your own")
+            if weights or model_file or model_config or requirements or tuple(extra_files):
+                raise ArchiveError(
+                    "weights, model_file, extra_files, model_config and requirements go with a handler of your own"
+                )
             from train.common import latest_run
 
             run = Path(checkpoint) if checkpoint else latest_run(self.paths.checkpoints, name)
@@ -295,7 +304,9 @@ class Project:
         if threads is not None:
             handler_config = {**(spec.model_config.get("handler") or {}), "threads": threads}
             spec = dataclasses.replace(spec, model_config={**spec.model_config, "handler": handler_config})
-        result = archiver.package(spec, self.store, self.paths.key_dir, force=force)
+        result = archiver.package(
+            spec, self.store, self.paths.key_dir, force=force, check_imports=handler is not None and import_check
+        )
         self.registry.record_archive(
             name=spec.name,
             version=spec.version,

@@ -78,6 +78,21 @@ def train(c: Ctx, name: str, seed: int, epochs: int | None, quick: bool, shuffle
     default=None,
     help="Torch threads per worker (model-config handler.threads; `torchship tune` finds it).",
 )
+@click.option(
+    "--requirements",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="A requirements file (names and version specifiers only), with --handler: packed and recorded; "
+    "deploy refuses the archive when the server's Python does not meet it (never installs it).",
+)
+@click.option(
+    "--no-import-check",
+    "import_check",
+    flag_value=False,
+    default=True,
+    help="With --handler: skip checking that the handler and model file import in the server's Python "
+    "(for an archive built on another machine than the server's).",
+)
 @pass_ctx
 def package(
     c: Ctx,
@@ -92,8 +107,14 @@ def package(
     extra_files: tuple[str, ...],
     model_config: str | None,
     threads: int | None,
+    requirements: str | None,
+    import_check: bool,
 ) -> None:
-    """Build and sign model_store/NAME-VERSION.mar from a checkpoint (or from your own handler)."""
+    """Build and sign model_store/NAME-VERSION.mar from a checkpoint (or from your own handler).
+
+    With --handler, the handler and model file are first imported in the server's Python, as TorchServe
+    will import them; each module it lacks is named with how to add it, and nothing is built.
+    """
     import archiver
 
     if handler:
@@ -103,6 +124,8 @@ def package(
             raise click.UsageError("--handler needs --name")
     elif not name:
         raise click.UsageError("give the NAME of an example model, or --handler with --name")
+    elif requirements or not import_check:
+        raise click.UsageError("--requirements and --no-import-check go with --handler")
     result = c.project.package(
         model_name if handler else name,
         version=version,
@@ -114,7 +137,11 @@ def package(
         extra_files=extra_files,
         model_config=model_config,
         threads=threads,
+        requirements=requirements,
+        import_check=import_check,
     )
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     prov = result.provenance
     run = (prov.get("checkpoint") or {}).get("run")
     source = handler or checkpoint or (c.project.paths.checkpoints / str(name) / str(run))
@@ -146,6 +173,9 @@ def verify(c: Ctx, archive: str, public_key: str | None, allow_unsigned: bool, a
         if report.provenance and report.provenance.get("checkpoint"):
             ck = report.provenance["checkpoint"]
             click.echo(f"\nbuilt from run {ck.get('run')} (git {ck.get('git_commit')}), metrics {ck.get('metrics')}")
+        if report.provenance and report.provenance.get("requirements") is not None:
+            listed = ", ".join(report.provenance["requirements"]) or "none"
+            click.echo(f"requirements (checked against the server's Python at deploy): {listed}")
     if not report.ok:
         bad = report.failure
         why = f"({bad.name}): {bad.detail}" if bad is not None else ": no check ran"

@@ -54,7 +54,7 @@ def deploy(
     It is registered by file name. Nothing reaches TorchServe unless verification passes; `allow_unsigned`
     skips only the signature and provenance checks (third-party archives), never the safety ones.
     """
-    from archiver import archive_path, ensure_verified
+    from archiver import archive_path, ensure_requirements_met, ensure_verified
     from archiver.names import check_name_version
 
     check_name_version(name, version)  # before any file is read or any request is sent
@@ -70,6 +70,8 @@ def deploy(
     _refuse_shared_writes(archive)
     before = _identity(archive)
     ensure_verified(archive, public_key=public_key, allow_unsigned=allow_unsigned)
+    # its requirements file (read from the verified archive) against the server's Python; never installed
+    ensure_requirements_met(archive)
 
     action = "registered"
     try:
