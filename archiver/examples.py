@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from handlers import HANDLER_DIR
+from torchship.handlers import HANDLER_DIR
 
 from .errors import ArchiveError
 from .spec import ArchiveSpec

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from handlers import HANDLER_DIR
+from torchship.handlers import HANDLER_DIR
 
 from .errors import ArchiveError
 from .interpreter import run_probe, server_python

@@ -28,7 +28,7 @@ def request_bodies() -> dict[str, bytes]:
     import numpy as np
     from PIL import Image
 
-    from train.data import load_fashion
+    from torchship.train.data import load_fashion
 
     out = {}
     for model in ("mlp", "sentiment", "recommender", "embedder", "textgen"):
@@ -39,7 +39,7 @@ def request_bodies() -> dict[str, bytes]:
     png = io.BytesIO()
     Image.fromarray(images[0]).save(png, format="PNG")
     out["fashion PNG"] = png.getvalue()
-    from train.mlp import make_data
+    from torchship.train.mlp import make_data
 
     for name, array in (
         ("fashion .npy x16", images[:16]),

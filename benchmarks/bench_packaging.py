@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-import archiver  # noqa: E402
-from train.common import save_weights  # noqa: E402
+from torchship import archiver  # noqa: E402
+from torchship.train.common import save_weights  # noqa: E402
 
 
 def timed(fn, repeat: int, cleanup=None) -> list[float]:

@@ -43,15 +43,14 @@ sys.path.insert(0, str(ROOT / "handlers"))
 import psutil  # noqa: E402
 import requests  # noqa: E402
 
-import archiver  # noqa: E402
-from handlers import HANDLER_DIR  # noqa: E402
-from torchship import LocalServer  # noqa: E402
+from torchship import LocalServer, archiver  # noqa: E402
+from torchship.handlers import HANDLER_DIR  # noqa: E402
 from torchship.ops.server import free_port_overrides, free_ports  # noqa: E402
 from torchship.perf import wrk as wrk_engine  # noqa: E402
 from torchship.perf.tune import threads_copy, tune  # noqa: E402
 from torchship.perf.tune import unregister_after_load as unregister  # noqa: E402
-from train import trainers  # noqa: E402
-from train.common import latest_run  # noqa: E402
+from torchship.train import trainers  # noqa: E402
+from torchship.train.common import latest_run  # noqa: E402
 
 STOCK = {
     "mlp": "stock_mlp_handler.py",
@@ -76,7 +75,7 @@ def wrk(url: str, key: str | None, body: bytes, seconds: float, concurrency: int
 def bodies(model: str) -> tuple[bytes, bytes, str]:
     """(stock JSON body, torchship body, torchship content type) for a real held-out input."""
     if model == "mlp":
-        from train.mlp import make_data
+        from torchship.train.mlp import make_data
 
         x, _ = make_data(0, 10000)
         body = json.dumps({"data": [round(v, 6) for v in x[-1].tolist()]}).encode()
@@ -90,7 +89,7 @@ def bodies(model: str) -> tuple[bytes, bytes, str]:
 
     from PIL import Image
 
-    from train.data import load_fashion
+    from torchship.train.data import load_fashion
 
     _, _, images, _ = load_fashion()
     png = io.BytesIO()
@@ -109,15 +108,15 @@ def multi_body(model: str) -> tuple[bytes, str] | None:
     import numpy as np
 
     if model == "mlp":
-        from train.mlp import make_data
+        from torchship.train.mlp import make_data
 
         x = make_data(0, 10000)[0][-MULTI:].numpy().astype(np.float32)
     elif model == "fashion":
-        from train.data import load_fashion
+        from torchship.train.data import load_fashion
 
         x = load_fashion()[2][:MULTI]
     elif model == "sentiment":
-        from train.sentiment import corpus
+        from torchship.train.sentiment import corpus
 
         _, texts, _, _, held_out = corpus()
         return json.dumps({"texts": [texts[i] for i in held_out[:MULTI]]}).encode(), "application/json"

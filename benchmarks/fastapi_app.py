@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from fastapi import FastAPI, Request, Response  # noqa: E402
 from ts.context import Context, RequestProcessor  # noqa: E402
 
-import archiver  # noqa: E402
+from torchship import archiver  # noqa: E402
 
 torch.set_num_threads(1)
 KIND = os.environ.get("MODEL_KIND", "mlp")

@@ -36,14 +36,13 @@ import psutil  # noqa: E402
 import requests  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
-import archiver  # noqa: E402
 from tests.strategies import GOOD  # noqa: E402
-from torchship import LocalServer  # noqa: E402
+from torchship import LocalServer, archiver  # noqa: E402
 from torchship.ops.desired import apply, parse_desired  # noqa: E402
 from torchship.ops.server import free_port_overrides  # noqa: E402
 from torchship.perf.load import run_load  # noqa: E402
-from train import trainers  # noqa: E402
-from train.common import latest_run  # noqa: E402
+from torchship.train import trainers  # noqa: E402
+from torchship.train.common import latest_run  # noqa: E402
 
 MODELS = ["mlp", "sentiment", "fashion", "recommender"]  # the desired state of sections 2 and 3
 ALL_MODELS = ["mlp", "sentiment", "fashion", "recommender", "embedder", "textgen"]

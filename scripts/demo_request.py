@@ -18,15 +18,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def mlp_request() -> dict:
-    from train.mlp import make_data
+    from torchship.train.mlp import make_data
 
     x, _ = make_data(seed=0, samples=10000)
     return {"data": [round(v, 6) for v in x[-1].tolist()]}
 
 
 def sentiment_request() -> dict:
-    from train.data import load_rotten_tomatoes
-    from train.sentiment import split
+    from torchship.train.data import load_rotten_tomatoes
+    from torchship.train.sentiment import split
 
     texts, _ = load_rotten_tomatoes()
     _, held_out = split(len(texts))
@@ -36,7 +36,7 @@ def sentiment_request() -> dict:
 def fashion_png(path: Path) -> None:
     from PIL import Image
 
-    from train.data import load_fashion
+    from torchship.train.data import load_fashion
 
     _, _, x_test, _ = load_fashion()
     Image.fromarray(x_test[0]).save(path)

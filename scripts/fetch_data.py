@@ -71,7 +71,7 @@ SCHEMAS = (
 
 
 sys.path.insert(0, str(ROOT))
-from archiver.digests import sha256_file as sha256  # noqa: E402
+from torchship.archiver.digests import sha256_file as sha256  # noqa: E402
 
 
 def present(folder: Path, files: dict[str, str]) -> bool:

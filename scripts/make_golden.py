@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def mlp_rows(rows: int) -> list[dict]:
     # the seed-0 data set's validation split (the last 20%), which training never sees
-    from train.mlp import make_data
+    from torchship.train.mlp import make_data
 
     x, y = make_data(seed=0, samples=10000)
     return [
@@ -31,8 +31,8 @@ def mlp_rows(rows: int) -> list[dict]:
 
 
 def sentiment_rows(rows: int) -> list[dict]:
-    from train.data import load_rotten_tomatoes
-    from train.sentiment import LABELS, split
+    from torchship.train.data import load_rotten_tomatoes
+    from torchship.train.sentiment import LABELS, split
 
     texts, labels = load_rotten_tomatoes()
     _, held_out = split(len(texts))
@@ -40,7 +40,7 @@ def sentiment_rows(rows: int) -> list[dict]:
 
 
 def fashion_rows(rows: int) -> list[dict]:
-    from train.data import FASHION_LABELS, load_fashion
+    from torchship.train.data import FASHION_LABELS, load_fashion
 
     _, _, x_test, y_test = load_fashion()
     return [
@@ -51,8 +51,8 @@ def fashion_rows(rows: int) -> list[dict]:
 
 def recommender_rows(rows: int) -> list[dict]:
     # each user's held-out (last) interaction must be among the top 10 of all unseen items
-    from train.data import load_movielens
-    from train.recommender import leave_one_out
+    from torchship.train.data import load_movielens
+    from torchship.train.recommender import leave_one_out
 
     ml = load_movielens()
     split = leave_one_out(ml)

@@ -18,7 +18,7 @@ if str(HANDLERS) not in sys.path:
 @pytest.fixture(scope="session")
 def mlp_run(tmp_path_factory) -> Path:
     """A quick-trained mlp checkpoint folder, shared by every test of the session."""
-    from train import mlp
+    from torchship.train import mlp
 
     return mlp.train(tmp_path_factory.mktemp("checkpoints"), quick=True, progress=False).run_dir
 
@@ -38,7 +38,7 @@ def mlp_reference(mlp_run):
 
 
 def _quick_run(tmp_path_factory, name):
-    from train import trainers
+    from torchship.train import trainers
 
     return trainers()[name](tmp_path_factory.mktemp(f"ck-{name}"), quick=True, progress=False).run_dir
 
@@ -68,7 +68,7 @@ def embedder_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def textgen_run(tmp_path_factory) -> Path:
     """A briefly trained text generator: enough to stream text, not to read well."""
-    from train import textgen
+    from torchship.train import textgen
 
     return textgen.train(tmp_path_factory.mktemp("ck-textgen"), epochs=1, steps_per_epoch=30, progress=False).run_dir
 
@@ -78,8 +78,8 @@ def load_handler(run_dir, module_name, class_name, tmp_path_factory):
     import importlib
     import shutil
 
-    from archiver import EXAMPLES
     from tests.unit.handler_context import make_context
+    from torchship.archiver import EXAMPLES
 
     name = json.loads((run_dir / "meta.json").read_text())["name"]
     model_dir = tmp_path_factory.mktemp(f"{name}-model")

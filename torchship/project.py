@@ -30,7 +30,7 @@ from torchship.sdk.config import ProjectPaths, ServerConfig
 from torchship.sdk.errors import ArchiveError, BadInput, TorchServeError, TrainingError
 
 if TYPE_CHECKING:  # imported lazily at run time: `torchship --help` stays quick
-    from archiver import BuildResult, VerifyReport
+    from torchship.archiver import BuildResult, VerifyReport
     from torchship.ops.autoscale import Decision
     from torchship.ops.deploy import DeployResult
     from torchship.ops.desired import Action, ApplyReport, DesiredState
@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `torchship --help` stays quick
     from torchship.ops.server import LocalServer
     from torchship.perf.tune import Trial
     from torchship.sdk.client import TorchServe
-    from train.common import RunResult
+    from torchship.train.common import RunResult
 
 __all__ = ["Project", "History", "TuneResult"]
 
@@ -164,7 +164,7 @@ class Project:
     @property
     def public_key(self) -> Path:
         """The project's signing public key (`.torchship/keys/signing-key.pub.pem`)."""
-        from archiver import public_key_path
+        from torchship.archiver import public_key_path
 
         return public_key_path(self.paths.key_dir)
 
@@ -226,8 +226,8 @@ class Project:
         progress: bool = True,
     ) -> RunResult:
         """Train example model `name` into `checkpoints/NAME/<run>/`; returns the run (`RunResult`)."""
-        import train as training
-        from archiver.names import check_name
+        from torchship import train as training
+        from torchship.archiver.names import check_name
 
         check_name(name)
         trainers = training.trainers()
@@ -263,8 +263,8 @@ class Project:
         skips that, for an archive built on another machine than the server's.
         Returns archiver's `BuildResult` (path, provenance, digest, notes).
         """
-        import archiver
-        from archiver.names import check_name, check_version
+        from torchship import archiver
+        from torchship.archiver.names import check_name, check_version
         from torchship.ops.versions import next_version
 
         if name is None:
@@ -292,7 +292,7 @@ class Project:
                 raise ArchiveError(
                     "weights, model_file, extra_files, model_config and requirements go with a handler of your own"
                 )
-            from train.common import latest_run
+            from torchship.train.common import latest_run
 
             run = Path(checkpoint) if checkpoint else latest_run(self.paths.checkpoints, name)
             if run is None:
@@ -325,7 +325,7 @@ class Project:
         allow_unsigned: bool = False,
     ) -> VerifyReport:
         """Every check of `archive` (a `VerifyReport`; `.ok`, `.failure`); never raises for a bad one."""
-        import archiver
+        from torchship import archiver
 
         return archiver.verify_archive(Path(archive), public_key=self._key(public_key), allow_unsigned=allow_unsigned)
 
@@ -349,7 +349,7 @@ class Project:
         Example models take their serving defaults (workers, batching) unless told otherwise. Returns a
         `DeployResult` (action, description, seconds_to_ready).
         """
-        from archiver import EXAMPLES
+        from torchship.archiver import EXAMPLES
         from torchship.ops.deploy import deploy
 
         serving = EXAMPLES[name].serving if name in EXAMPLES else {}
@@ -479,7 +479,7 @@ class Project:
 
     def history(self, name: str) -> History:
         """Versions with lineage and server state, and the deployment events, newest first."""
-        from archiver.names import check_name
+        from torchship.archiver.names import check_name
 
         check_name(name)
         archives = self.registry.archives(name)
@@ -603,7 +603,7 @@ class Project:
         See `torchship.perf.tune`. `bodies` default to the golden set's inputs; `write` merges the winner into
         that desired-state file (never writing one `apply` would refuse).
         """
-        from archiver import archive_path
+        from torchship.archiver import archive_path
         from torchship.ops.desired import merge_settings
         from torchship.ops.versions import latest_version
         from torchship.perf import wrk

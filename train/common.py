@@ -217,7 +217,7 @@ def plot_history(history: list[dict[str, float]], path: Path, title: str) -> Non
 
 def save_weights(run_dir: Path, model_or_state) -> dict[str, Any]:
     """Write model.safetensors and record its sha256 (packaging then need not hash it again)."""
-    from archiver.digests import record_digest
+    from torchship.archiver.digests import record_digest
 
     state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
     state = {k: v.detach().contiguous() for k, v in state.items()}

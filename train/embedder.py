@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from handlers.torchship_models import SentenceEncoder
+from torchship.handlers.torchship_models import SentenceEncoder
 
 from .common import RunResult, fingerprint_files, new_run_dir, save_weights, write_checkpoint
 from .data import DATA, _need

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from archiver.errors import TorchServeError
+from torchship.archiver.errors import TorchServeError
 
 __all__ = ["TrainingError"]
 

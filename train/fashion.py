@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from handlers.torchship_models import FashionCNN
+from torchship.handlers.torchship_models import FashionCNN
 
 from .common import (
     Progress,

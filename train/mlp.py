@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from handlers.torchship_models import MLP
+from torchship.handlers.torchship_models import MLP
 
 from .common import (
     Progress,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from handlers.torchship_models import MatrixFactorization
+from torchship.handlers.torchship_models import MatrixFactorization
 
 from .common import (
     Progress,

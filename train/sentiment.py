@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from handlers.torchship_models import SentimentClassifier
-from handlers.torchship_text import encode, tokenize
+from torchship.handlers.torchship_models import SentimentClassifier
+from torchship.handlers.torchship_text import encode, tokenize
 
 from .common import (
     Progress,

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from handlers.torchship_models import CharTransformer
+from torchship.handlers.torchship_models import CharTransformer
 
 from .common import Progress, RunResult, fingerprint_files, new_run_dir, seed_everything, train_epoch, write_checkpoint
 from .sentiment import corpus

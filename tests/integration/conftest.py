@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import archiver
-from torchship import LocalServer
+from torchship import LocalServer, archiver
 from torchship.ops.deploy import deploy
 from torchship.ops.server import free_port_overrides
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-import archiver
-from archiver import ArchiveSpec, example_spec
 from tests.fixtures import zipcraft
+from torchship import archiver
 from torchship import errors as E
+from torchship.archiver import ArchiveSpec, example_spec
 from torchship.ops.deploy import deploy
 
 pytestmark = pytest.mark.integration

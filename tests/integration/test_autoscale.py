@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-import archiver
-from archiver import ArchiveSpec
+from torchship import archiver
+from torchship.archiver import ArchiveSpec
 from torchship.ops.autoscale import Autoscaler
 from torchship.perf.load import run_load
 

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import requests
 
-import archiver
-from archiver import ArchiveSpec
 from tests.helpers import assert_same_answers, rows
-from torchship import TorchServe
+from torchship import TorchServe, archiver
 from torchship import errors as E
+from torchship.archiver import ArchiveSpec
 
 from .conftest import ROOT, start_server
 

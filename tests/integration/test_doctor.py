@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import archiver
+from torchship import archiver
 from torchship.ops.server import free_port_overrides
 from torchship.sdk.config import read_properties, write_properties
 

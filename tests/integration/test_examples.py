@@ -111,7 +111,7 @@ def test_mixed_concurrent_traffic_gets_per_item_answers(server, client, deployed
 def test_fashion_v2_and_bad_k(client, deployed):
     import numpy as np
 
-    from train.data import load_fashion
+    from torchship.train.data import load_fashion
 
     _, _, x, y = load_fashion()
     answer = client.infer_v2("fashion", {"images": x[:4].astype(np.float32)})

@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-import archiver
 from tests.strategies import GOOD
-from torchship import TorchServe
+from torchship import TorchServe, archiver
 from torchship.ops.desired import parse_desired
 from torchship.ops.export import export
 from torchship.ops.server import _FORBIDDEN_ENV, _torchserve_executable, free_port_overrides

@@ -13,11 +13,10 @@ import psutil
 import pytest
 import requests
 
-import archiver
-from archiver import ArchiveSpec
 from tests.strategies import GOOD
-from torchship import TorchServe
+from torchship import TorchServe, archiver
 from torchship import errors as E
+from torchship.archiver import ArchiveSpec
 from torchship.ops.desired import apply, parse_desired, plan
 from torchship.ops.registry import Registry
 from torchship.perf.load import run_load

@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import archiver
 from tests.conftest import load_handler
 from tests.strategies import GOOD, as_body, malformed
 from tests.unit.handler_context import run_batch, run_stream
+from torchship import archiver
 from torchship import errors as E
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]  # setup trains six models

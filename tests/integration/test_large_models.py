@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import archiver
+from torchship import archiver
 from torchship import errors as E
 from torchship.perf.bench import bench_stream
 

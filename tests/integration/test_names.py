@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import archiver
-from archiver import ArchiveSpec, example_spec
+from torchship import archiver
+from torchship.archiver import ArchiveSpec, example_spec
 
 pytestmark = pytest.mark.integration
 TORCHSHIP = str(Path(sys.executable).parent / "torchship")

@@ -21,11 +21,11 @@ import pytest
 import requests
 import torch
 
-import archiver
-from archiver import ArchiveSpec, example_spec
 from tests.fixtures import tamper
 from tests.helpers import rows
+from torchship import archiver
 from torchship import errors as E
+from torchship.archiver import ArchiveSpec, example_spec
 from torchship.ops.deploy import deploy
 from torchship.ops.server import free_port_overrides
 from torchship.sdk.config import read_properties, write_properties

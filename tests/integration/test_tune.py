@@ -56,9 +56,9 @@ def test_tune_finds_the_fastest_settings_within_the_budget(
 
 def test_tune_refuses_an_archive_that_fails_verification(client, store, key_dir, public_key, mlp_run):
     """tune registers nothing that has not passed the same check as deploy."""
-    import archiver
-    from archiver import ArchiveSpec, example_spec
     from tests.fixtures import zipcraft
+    from torchship import archiver
+    from torchship.archiver import ArchiveSpec, example_spec
     from torchship.sdk.errors import VerificationError
 
     spec = example_spec("mlp", mlp_run, "1.0")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import archiver
-from archiver import ArchiveSpec, example_spec
 from tests.fixtures import tamper
+from torchship import archiver
 from torchship import errors as E
+from torchship.archiver import ArchiveSpec, example_spec
 from torchship.ops.deploy import deploy
 
 from .conftest import ROOT

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-import archiver
-from archiver import ArchiveSpec, example_spec
+from torchship import archiver
+from torchship.archiver import ArchiveSpec, example_spec
 from torchship.ops.desired import apply, parse_desired, plan
 from torchship.ops.registry import Registry
 from torchship.ops.rollout import load_golden, rollback, rollout
 from torchship.perf.load import run_load
-from train import mlp
+from torchship.train import mlp
 
 from .conftest import ROOT, start_server
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import archiver
-from archiver import ArchiveSpec
+from torchship import archiver
 from torchship import errors as E
+from torchship.archiver import ArchiveSpec
 
 from .conftest import ROOT, start_server
 

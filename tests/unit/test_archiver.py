@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import archiver
-from archiver import ArchiveSpec, example_spec, validate_model_config
+from torchship import archiver
+from torchship.archiver import ArchiveSpec, example_spec, validate_model_config
 from torchship.sdk.errors import ArchiveError
 
 
@@ -144,7 +144,7 @@ def test_disk_full_while_packaging_leaves_no_partial_archive(mlp_run, tmp_path):
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
-        import archiver
+        from torchship import archiver
         from torchship.sdk.errors import ArchiveError
         try:
             archiver.build(archiver.example_spec("mlp", {str(mlp_run)!r}, "1.0"), {str(tmp_path / "store")!r})

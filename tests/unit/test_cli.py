@@ -140,8 +140,8 @@ from .test_names import short_id  # noqa: E402
 @pytest.fixture
 def nothing_may_happen(project, monkeypatch):
     """`project`, with every way to read an archive or reach a server turned into a test failure."""
-    import archiver
     import torchship.ops.deploy
+    from torchship import archiver
     from torchship.sdk.client import TorchServe
 
     def forbidden(what):

@@ -17,8 +17,7 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-import archiver
-from torchship import Project
+from torchship import Project, archiver
 from torchship.cli import cli
 from torchship.ops import doctor as D
 from torchship.ops.deploy import _refuse_shared_writes

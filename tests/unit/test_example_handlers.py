@@ -11,7 +11,7 @@ import torchship_models
 from PIL import Image
 
 from tests.conftest import load_handler
-from train.data import load_fashion
+from torchship.train.data import load_fashion
 
 from .handler_context import make_context, statuses
 

@@ -5,10 +5,10 @@ import json
 import pytest
 import yaml
 
-import archiver
-from archiver import ArchiveSpec, example_spec
-from archiver.names import InvalidName
 from tests.schema import validate
+from torchship import archiver
+from torchship.archiver import ArchiveSpec, example_spec
+from torchship.archiver.names import InvalidName
 from torchship.ops.desired import DesiredState, ModelState, parse_desired
 from torchship.ops.export import SCRAPER_NAMESPACE_LABEL, cluster_config, export
 from torchship.sdk.errors import VerificationError

@@ -2,7 +2,7 @@
 
 import pytest
 
-from archiver.names import (
+from torchship.archiver.names import (
     MAX_NAME_LENGTH,
     MAX_VERSION_LENGTH,
     InvalidName,

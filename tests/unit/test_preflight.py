@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from archiver import ArchiveSpec
-from archiver.errors import ArchiveError
-from archiver.preflight import check_imports, scan_imports
+from torchship.archiver import ArchiveSpec
+from torchship.archiver.errors import ArchiveError
+from torchship.archiver.preflight import check_imports, scan_imports
 from torchship.cli import main
 
 HANDLE = "def handle(data, context):\n    return data\n"

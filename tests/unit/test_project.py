@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import archiver
-from archiver import example_spec
-from torchship import Project
+from torchship import Project, archiver
+from torchship.archiver import example_spec
 
 from .test_client import make
 

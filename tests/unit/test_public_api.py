@@ -16,10 +16,15 @@ import torchship
 EXPORTED = {"Project", "History", "TuneResult", "TorchServe", "LocalServer", "TorchServeError", "errors", "__version__"}
 
 
+LOWER_LAYERS = ("torchship.archiver", "torchship.train", "torchship.handlers")  # their own surface, not this one
+
+
 def modules() -> list[ModuleType]:
-    """torchship and every module under it, imported."""
+    """torchship and every module under it, imported (not the layers below it)."""
     found = [torchship]
     for info in pkgutil.walk_packages(torchship.__path__, prefix="torchship."):
+        if info.name.startswith(LOWER_LAYERS):
+            continue
         found.append(importlib.import_module(info.name))
     return found
 

@@ -125,7 +125,7 @@ def test_desired_state_defaults():
 
 # ---------------------------------------------------------------- names and versions: the one rule
 
-from archiver.names import InvalidName  # noqa: E402
+from torchship.archiver.names import InvalidName  # noqa: E402
 
 from .test_names import BAD_NAMES, BAD_VERSIONS, short_id  # noqa: E402
 

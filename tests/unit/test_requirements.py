@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import archiver
-from archiver import ArchiveSpec
-from archiver.errors import ArchiveError
-from archiver.requirements import Environment, ensure_requirements_met, installed, parse_requirements, unmet
+from torchship import archiver
+from torchship.archiver import ArchiveSpec
+from torchship.archiver.errors import ArchiveError
+from torchship.archiver.requirements import Environment, ensure_requirements_met, installed, parse_requirements, unmet
 from torchship.cli import main
 
 HANDLER = "def handle(data, context):\n    return data\n"
@@ -120,9 +120,9 @@ def test_deploy_time_check_refuses_with_the_list(tmp_path):
 
 
 def test_an_archive_without_requirements_runs_nothing(tmp_path, monkeypatch):
-    import archiver.requirements
+    from torchship.archiver import requirements
 
-    monkeypatch.setattr(archiver.requirements, "run_probe", lambda *a, **k: pytest.fail("probe ran"))
+    monkeypatch.setattr(requirements, "run_probe", lambda *a, **k: pytest.fail("probe ran"))
     assert ensure_requirements_met(build(tmp_path, "1.0", None)) == []
 
 

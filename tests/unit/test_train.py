@@ -3,8 +3,8 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from train import mlp
-from train.common import latest_run, shuffled_batches, train_epoch
+from torchship.train import mlp
+from torchship.train.common import latest_run, shuffled_batches, train_epoch
 
 
 def test_mlp_quick_training_writes_weights_and_lineage(mlp_run):

@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-import archiver
-from archiver import example_spec
+from torchship import archiver
+from torchship.archiver import example_spec
 from torchship.perf.tune import packaged_threads, thread_splits, threads_copy
 
 from .handler_context import make_context

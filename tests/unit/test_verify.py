@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import archiver
-from archiver import ArchiveSpec, example_spec, verify_archive
-from archiver.provenance import PROVENANCE_NAME
 from tests.fixtures import tamper, zipcraft
+from torchship import archiver
+from torchship.archiver import ArchiveSpec, example_spec, verify_archive
+from torchship.archiver.provenance import PROVENANCE_NAME
 from torchship.sdk.errors import ArchiveError, VerificationError
 
 
@@ -312,7 +312,7 @@ def test_digest_recorded_by_training_is_reused_only_while_the_file_is_unchanged(
     import hashlib
     import os
 
-    from archiver.digests import recorded_digest
+    from torchship.archiver.digests import recorded_digest
 
     weights = mlp_run / "model.safetensors"
     real = hashlib.sha256(weights.read_bytes()).hexdigest()
@@ -325,7 +325,7 @@ def test_digest_recorded_by_training_is_reused_only_while_the_file_is_unchanged(
     assert built.provenance["members"]["model.safetensors"]["sha256"] == real
 
     # a file changed behind the cache's back (same size and inode, mtime put back): refused later
-    from archiver.digests import record_digest
+    from torchship.archiver.digests import record_digest
 
     target = run / "model.safetensors"
     record_digest(target)
@@ -417,7 +417,7 @@ def test_what_the_server_would_unpack_is_what_verify_checked(built, keys, case, 
 def test_a_hidden_entry_would_otherwise_be_extracted_by_a_streaming_reader(built):
     """What the attack does to a reader that walks local headers (as TorchServe's does): the hidden
     handler is the one written last, over the signed one."""
-    from archiver.layout import LOCAL_SIG
+    from torchship.archiver.layout import LOCAL_SIG
 
     zipcraft.hide_entry(built.path, "mlp_handler.py", HIDDEN_HANDLER)
     data = built.path.read_bytes()
@@ -433,7 +433,7 @@ def test_a_hidden_entry_would_otherwise_be_extracted_by_a_streaming_reader(built
 
 def test_zip64_archives_as_python_writes_them_are_accepted(tmp_path, monkeypatch):
     """Large weights need Zip64: its end records and extra fields are parsed, not refused."""
-    from archiver.layout import read_members, scan
+    from torchship.archiver.layout import read_members, scan
 
     monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 64)  # force Zip64 records on a small archive
     path = tmp_path / "big.zip"
@@ -467,7 +467,7 @@ def test_member_names_outside_printable_ascii_are_refused(tmp_path, keys, name):
 def test_a_member_whose_size_lies_is_refused_without_inflating_a_bomb(tmp_path):
     """The declared size bounds what is inflated: a member claiming 10 bytes that inflates to 100 MiB
     stops after 11."""
-    from archiver.layout import LayoutError, read_members, scan
+    from torchship.archiver.layout import LayoutError, read_members, scan
 
     path = tmp_path / "liar.zip"
     packer = zlib.compressobj(9, zlib.DEFLATED, -15)
@@ -573,7 +573,7 @@ def test_inflating_a_member_holds_one_block_at_a_time(tmp_path):
     """Memory stays bounded by the read block whatever the member's ratio (64 MiB of zeros here)."""
     import tracemalloc
 
-    from archiver.layout import read_members, scan
+    from torchship.archiver.layout import read_members, scan
 
     path = tmp_path / "z.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:

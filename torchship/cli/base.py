@@ -106,14 +106,14 @@ def say(as_json: bool, status: str, **fields: Any) -> None:
 def _checked_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A model NAME (or --name) must pass the one rule (archiver.names). Checked while the command
     line is parsed, so a bad name fails before any file is read or any request is sent (exit 7)."""
-    from archiver.names import check_name
+    from torchship.archiver.names import check_name
 
     return None if value is None else check_name(value)
 
 
 def _checked_version(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A model VERSION (or --version) must pass the one rule (archiver.names)."""
-    from archiver.names import check_version
+    from torchship.archiver.names import check_version
 
     return None if value is None else check_version(value)
 

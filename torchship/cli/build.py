@@ -115,7 +115,7 @@ def package(
     With --handler, the handler and model file are first imported in the server's Python, as TorchServe
     will import them; each module it lacks is named with how to add it, and nothing is built.
     """
-    import archiver
+    from torchship import archiver
 
     if handler:
         if name or checkpoint:

@@ -54,8 +54,8 @@ def deploy(
     It is registered by file name. Nothing reaches TorchServe unless verification passes; `allow_unsigned`
     skips only the signature and provenance checks (third-party archives), never the safety ones.
     """
-    from archiver import archive_path, ensure_requirements_met, ensure_verified
-    from archiver.names import check_name_version
+    from torchship.archiver import archive_path, ensure_requirements_met, ensure_verified
+    from torchship.archiver.names import check_name_version
 
     check_name_version(name, version)  # before any file is read or any request is sent
     started = time.monotonic()

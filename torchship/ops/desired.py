@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from archiver.names import InvalidName, check_name, check_version
+from torchship.archiver.names import InvalidName, check_name, check_version
 from torchship.sdk.errors import ConfigError, ModelNotFound, TorchServeError
 from torchship.sdk.types import ModelDescription
 

@@ -33,7 +33,9 @@ import psutil
 from torchship.ops.server import LocalServer, free_ports
 from torchship.sdk.config import ProjectPaths, ServerConfig
 from torchship.sdk.errors import TorchServeError
-from train.data import ROOT as CHECKOUT  # the checkout: its data/ is what training reads, as fetch_data fills it
+from torchship.train.data import (
+    ROOT as CHECKOUT,
+)  # the checkout: its data/ is what training reads, as fetch_data fills it
 
 if TYPE_CHECKING:
     from torchship.project import Project
@@ -561,9 +563,11 @@ def check_private_file(row: str, path: Path, *, missing: str, fix_missing: str, 
 
 def check_signing_key(key_dir: Path) -> Check:
     """The project's signing private key: 0600 when present; absent is a warning (the first package makes it)."""
-    from archiver.signing import PRIVATE_NAME
+    from torchship.archiver.signing import PRIVATE_NAME
 
-    make = f"{_show(Path(sys.executable))} -c \"import archiver; archiver.ensure_keys('{_show(key_dir)}')\""
+    make = (
+        f"{_show(Path(sys.executable))} -c \"from torchship import archiver; archiver.ensure_keys('{_show(key_dir)}')\""
+    )
     return check_private_file(
         "signing key",
         key_dir / PRIVATE_NAME,

@@ -54,8 +54,8 @@ from typing import Any
 
 import yaml
 
-from archiver import archive_path
-from archiver.names import InvalidName, check_name, check_version
+from torchship.archiver import archive_path
+from torchship.archiver.names import InvalidName, check_name, check_version
 from torchship.ops.desired import DesiredState
 from torchship.sdk.errors import BadInput, VerificationError
 
@@ -178,7 +178,7 @@ def _copy_archives(
     """Copy each archive (and its signature), then verify the COPY: the bytes the cluster gets are
     the bytes that were verified, whatever happens to the store meanwhile. On a refusal, every copy
     made here is removed again."""
-    from archiver import ensure_verified, signature_path
+    from torchship.archiver import ensure_verified, signature_path
 
     out_store.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

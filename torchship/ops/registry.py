@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from archiver.names import check_name_version
+from torchship.archiver.names import check_name_version
 
 __all__ = ["Registry", "ArchiveRecord", "Event", "EVENT_KINDS"]
 

@@ -125,7 +125,7 @@ def rollout(
     Never raises for a failed gate: the report says what happened. Unset thresholds: accuracy must not fall
     more than 0.02 below the current default's; agreement and p99 are measured and reported only.
     """
-    from archiver.names import check_name, check_version
+    from torchship.archiver.names import check_name, check_version
     from torchship.ops.deploy import deploy
 
     check_name(name)  # before any request is sent or anything is recorded
@@ -260,7 +260,7 @@ def _flat(figures: dict[str, Any]) -> dict[str, Any]:
 
 def rollback(client: TorchServe, name: str, registry: Registry) -> tuple[str, str]:
     """Make the previous good version the default again; returns (from, to)."""
-    from archiver.names import check_name
+    from torchship.archiver.names import check_name
 
     check_name(name)
     current = client.describe(name)[0]

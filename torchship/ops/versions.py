@@ -6,7 +6,7 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from archiver.names import InvalidName, check_name, check_version
+from torchship.archiver.names import InvalidName, check_name, check_version
 
 
 def _key(version: str) -> tuple:

@@ -124,7 +124,7 @@ def threads_copy(
     It is built and signed with the project's key like any archive (the source is verified first), so it
     passes the same verification before TorchServe sees it.
     """
-    from archiver.derive import derive
+    from torchship.archiver.derive import derive
 
     return derive(
         archive,
@@ -173,8 +173,8 @@ def tune(
     sign the trial archives of step 4 (without it, step 4 is skipped): every archive a trial registers passes
     verification first.
     """
-    from archiver import archive_path, ensure_verified, public_key_path, signature_path
-    from archiver.names import MAX_NAME_LENGTH
+    from torchship.archiver import archive_path, ensure_verified, public_key_path, signature_path
+    from torchship.archiver.names import MAX_NAME_LENGTH
     from torchship.perf.bench import wrk_load
 
     archive = archive_path(store, name, version)

@@ -22,7 +22,7 @@ from urllib.parse import quote
 import numpy as np
 import requests
 
-from archiver.names import check_name, check_name_version, check_version
+from torchship.archiver.names import check_name, check_name_version, check_version
 from torchship.sdk.auth import KeyFile, StaticKeys
 from torchship.sdk.config import DEFAULT_INFERENCE_URL, DEFAULT_MANAGEMENT_URL, DEFAULT_METRICS_URL, ServerConfig
 from torchship.sdk.errors import (

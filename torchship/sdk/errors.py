@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 # the root and the errors of the layers below torchship live with those layers (they never import
 # torchship); they are re-exported here, so this module names every error
-from archiver.errors import ArchiveError, BadInput, TorchServeError, VerificationError
-from train.errors import TrainingError
+from torchship.archiver.errors import ArchiveError, BadInput, TorchServeError, VerificationError
+from torchship.train.errors import TrainingError
 
 if TYPE_CHECKING:
     from torchship.sdk.logs import Cause
