@@ -23,7 +23,7 @@ from torchship.sdk.errors import (
 )
 from torchship.sdk.types import ModelDescription
 
-__all__ = ["DeployResult", "deploy"]
+__all__ = ["DeployResult", "deploy", "shared_writable"]
 
 
 @dataclass(frozen=True)
@@ -116,13 +116,17 @@ def _identity(path: Path) -> tuple[int, ...]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+def shared_writable(st: os.stat_result) -> bool:
+    """Whether every account on the machine may write it (a sticky folder of one's own, as /tmp, does not count)."""
+    sticky_own_folder = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and st.st_uid == os.getuid()
+    return bool(st.st_mode & stat.S_IWOTH) and not sticky_own_folder
+
+
 def _refuse_shared_writes(archive: Path) -> None:
     """Verification speaks for the bytes TorchServe reads only while no one else can change them:
     refuse an archive, or a model store, that every account on the machine may write."""
     for path in (archive, archive.parent):
-        st = path.stat()
-        sticky_own_folder = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and st.st_uid == os.getuid()
-        if st.st_mode & stat.S_IWOTH and not sticky_own_folder:
+        if shared_writable(path.stat()):
             raise ArchiveError(
                 f"{path} is writable by every account on this machine: anyone could swap the archive "
                 f"between verification and loading (chmod o-w {path})"

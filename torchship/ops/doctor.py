@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import psutil
 
+from torchship.ops.deploy import shared_writable  # the rule deploy applies before it registers
 from torchship.ops.server import LocalServer, free_ports
 from torchship.sdk.config import ProjectPaths, ServerConfig
 from torchship.sdk.errors import TorchServeError
@@ -594,15 +595,6 @@ def check_key_folder(key_dir: Path) -> Check:
             f"chmod 700 {_show(key_dir)}",
         )
     return Check(row, OK, f"{_show(key_dir)} {_mode(st)}")
-
-
-def shared_writable(st: os.stat_result) -> bool:
-    """Whether every account may write it: the rule deploy applies before it registers (torchship.ops.deploy).
-
-    A sticky folder of one's own (as /tmp) does not count.
-    """
-    sticky_own = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and st.st_uid == os.getuid()
-    return bool(st.st_mode & stat.S_IWOTH) and not sticky_own
 
 
 def check_store(store: Path) -> Check:
