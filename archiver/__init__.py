@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from .build import BuildResult, archive_path, build
-from .examples import EXAMPLES, example_spec
+from .examples import EXAMPLES, checkpoint_files, example_spec
+from .handler_base import with_handler_base
 from .model_config import validate_model_config
 from .preflight import PreflightReport, check_imports
 from .requirements import ensure_requirements_met
@@ -25,6 +26,7 @@ __all__ = [
     "package",
     "archive_path",
     "example_spec",
+    "checkpoint_files",
     "EXAMPLES",
     "validate_model_config",
     "sign",
@@ -37,6 +39,7 @@ __all__ = [
     "check_imports",
     "PreflightReport",
     "ensure_requirements_met",
+    "with_handler_base",
 ]
 
 

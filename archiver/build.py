@@ -48,6 +48,8 @@ class BuildResult:
     provenance: dict
     digest: str  # sha256 of the provenance member: identifies the build (it pins every member)
     notes: tuple[str, ...] = ()  # what the import check found worth saying that did not stop it
+    checkpoint: Path | None = None  # the training run packaged, when there is one (set by the caller)
+    handler_base: tuple[str, ...] = ()  # torchship's handler base files packed because the code imports them
 
 
 def archive_path(store: Path, name: str, version: str) -> Path:

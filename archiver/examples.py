@@ -62,16 +62,25 @@ def example_spec(name: str, run_dir: Path, version: str) -> ArchiveSpec:
     example = EXAMPLES.get(name)
     if example is None:
         raise ArchiveError(f"no example model called {name!r}; known: {', '.join(sorted(EXAMPLES))}")
-    run_dir = Path(run_dir)
-    if not (run_dir / "meta.json").is_file() or not (run_dir / "model.safetensors").is_file():
-        raise ArchiveError(f"{run_dir} is not a complete checkpoint (needs meta.json and model.safetensors)")
+    weights, meta = checkpoint_files(run_dir)
     return ArchiveSpec(
         name=name,
         version=version,
         handler=HANDLER_DIR / example.handler,
-        weights=run_dir / "model.safetensors",
+        weights=weights,
         extra_files=tuple(HANDLER_DIR / f for f in example.extra_files)
-        + (run_dir / "meta.json",)
-        + tuple(run_dir / f for f in example.run_files),
+        + (meta,)
+        + tuple(Path(run_dir) / f for f in example.run_files),
         model_config=example.model_config,
     )
+
+
+def checkpoint_files(run_dir: Path) -> tuple[Path, Path]:
+    """(weights, meta.json) of a training run folder; ArchiveError unless both are there."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ArchiveError(f"checkpoint folder not found: {run_dir}")
+    weights, meta = run_dir / "model.safetensors", run_dir / "meta.json"
+    if not meta.is_file() or not weights.is_file():
+        raise ArchiveError(f"{run_dir} is not a complete checkpoint (needs meta.json and model.safetensors)")
+    return weights, meta

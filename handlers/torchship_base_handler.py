@@ -120,15 +120,36 @@ class BatchHandler:
         # the bytes sent, so the body-size and nesting bounds below see every request.
         os.environ["TS_DECODE_INPUT_REQUEST"] = "false"
         self.model_dir = Path(context.system_properties["model_dir"])
-        self.meta = json.loads((self.model_dir / "meta.json").read_text(encoding="utf-8"))
+        meta_file = self.model_dir / "meta.json"
+        # the checkpoint's lineage (torchship.checkpoint.save, the example trainers); an archive
+        # packaged from bare weights has none
+        self.meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
         self.model = self.load_model(self.model_dir, context)
         self.model.eval()
         self.initialized = True
 
     def load_model(self, model_dir: Path, context: Any) -> torch.nn.Module:
-        spec = self.meta["model"]
-        model = torchship_models.build(spec["kind"], spec["architecture"])
-        weights = context.manifest["model"]["serializedFile"]
+        """The module to run. This default builds torchship's example architectures from meta.json;
+        a model of your own overrides it: build the module (from your model file, with
+        `self.meta["model"]["architecture"]` or `self.meta["hyper_parameters"]`), then
+        `return self.load_weights(module, model_dir, context)`."""
+        spec = self.meta.get("model") or {}
+        kind = spec.get("kind")
+        if kind not in torchship_models.ARCHITECTURES:
+            what = f"model kind {kind!r} in meta.json" if self.meta else "no meta.json in the archive"
+            raise ValueError(
+                f"{what}: the base handler builds only torchship's example architectures "
+                f"({', '.join(sorted(torchship_models.ARCHITECTURES))}). Override load_model(self, "
+                "model_dir, context) in your handler: build your model, then return "
+                "self.load_weights(model, model_dir, context)"
+            )
+        return self.load_weights(torchship_models.build(kind, spec["architecture"]), model_dir, context)
+
+    def load_weights(self, model: torch.nn.Module, model_dir: Path, context: Any) -> torch.nn.Module:
+        """`model` with the archive's safetensors weights loaded (strictly: every name must match); returns it."""
+        weights = context.manifest["model"].get("serializedFile")
+        if not weights:
+            raise ValueError("the archive has no weights file (package it with --checkpoint or --weights)")
         if not weights.endswith(".safetensors"):
             raise ValueError(f"refusing to load {weights}: torchship handlers load safetensors only")
         model.load_state_dict(load_file(str(model_dir / weights)))

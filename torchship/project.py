@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `torchship --help` stays quick
     from torchship.ops.rollout import GoldenItem, RolloutReport
     from torchship.ops.server import LocalServer
     from torchship.perf.tune import Trial
+    from torchship.projectfile import ModelRecord
     from torchship.sdk.client import TorchServe
     from torchship.train.common import RunResult
 
@@ -254,47 +255,78 @@ class Project:
     ) -> BuildResult:
         """Build and sign `store/NAME-VERSION.mar`, and record it in the registry.
 
-        An example model: `package("mlp")` takes the newest checkpoint (or `checkpoint`). Your own
-        handler: `package("my-model", handler="h.py", weights="w.safetensors", ...)`. Without
-        `version`, the next free major version. `threads`: torch threads per worker (tune finds it).
-        With a handler, `requirements` is a requirements file packed into the archive (deploy checks
-        it against the server's Python), and the handler and model file must first import in the
-        server's Python (ArchiveError naming each missing module otherwise); `import_check=False`
-        skips that, for an archive built on another machine than the server's.
-        Returns archiver's `BuildResult` (path, provenance, digest, notes).
+        An example model: `package("mlp")` takes the newest checkpoint (or `checkpoint`). A model of
+        your own: `package("my-model", checkpoint=RUN, handler="handler.py", model_file="model.py")`
+        packs RUN's weights and meta.json (its lineage goes into the provenance), or `weights=` alone;
+        a model recorded in torchship.yaml needs only its name (the newest complete run of its
+        checkpoints folder; any argument given overrides the record). torchship's handler base is
+        packed when the code imports it. Without `version`, the next free major version. `threads`:
+        torch threads per worker (tune finds it). With a handler, `requirements` is a requirements
+        file packed into the archive (deploy checks it against the server's Python), and the handler
+        and model file must first import in the server's Python (ArchiveError naming each missing
+        module otherwise); `import_check=False` skips that, for an archive built on another machine
+        than the server's. Returns archiver's `BuildResult` (path, provenance, digest, notes,
+        checkpoint, handler_base).
         """
         from torchship import archiver
         from torchship.archiver.names import check_name, check_version
         from torchship.ops.versions import next_version
+        from torchship.train.common import latest_run
 
         if name is None:
             raise ArchiveError("package needs the model's name")
         check_name(name)
         if version is not None:
             check_version(version)
+        record = self.recorded_models().get(name)
+        extra = tuple(Path(p) for p in extra_files)
+        run = Path(checkpoint) if checkpoint is not None else None
+        added: tuple[Path, ...] = ()
+        if record is not None:  # the project file's record; what is given overrides it
+            handler = handler if handler is not None else record.handler
+            model_file = model_file if model_file is not None else record.model_file
+            extra = extra or record.extra_files
+            requirements = requirements if requirements is not None else record.requirements
+            if run is None and weights is None and record.checkpoints is not None:
+                run = latest_run(record.checkpoints)
+                if run is None:
+                    shown = _relative(record.checkpoints, self.root)
+                    raise ArchiveError(
+                        f"no checkpoint of {name} in {shown} (torchship.yaml models.{name}.checkpoints): train it "
+                        "first (torchship.checkpoint.save writes a run there), or give --checkpoint DIR"
+                    )
         if handler is not None:
-            if checkpoint is not None:
-                raise ArchiveError("give either a checkpoint (an example model) or a handler of your own, not both")
             config = model_config if isinstance(model_config, dict) else _read_yaml(model_config)
+            if run is not None:
+                if weights is not None:
+                    raise ArchiveError("give the weights as a checkpoint folder or as a file (--weights), not both")
+                weights_file, meta_file = archiver.checkpoint_files(run)
+                weights, extra = weights_file, (meta_file, *extra)
             version = version or next_version(self.store, name)
-            spec = archiver.ArchiveSpec(
-                name,
-                version,
-                Path(handler),
-                Path(weights) if weights else None,
-                Path(model_file) if model_file else None,
-                tuple(Path(p) for p in extra_files),
-                config,
-                Path(requirements) if requirements else None,
+            spec, added = archiver.with_handler_base(
+                archiver.ArchiveSpec(
+                    name,
+                    version,
+                    Path(handler),
+                    Path(weights) if weights else None,
+                    Path(model_file) if model_file else None,
+                    extra,
+                    config,
+                    Path(requirements) if requirements else None,
+                )
             )
         else:
-            if weights or model_file or model_config or requirements or tuple(extra_files):
+            if weights or model_file or model_config or requirements or extra:
                 raise ArchiveError(
                     "weights, model_file, extra_files, model_config and requirements go with a handler of your own"
                 )
-            from torchship.train.common import latest_run
-
-            run = Path(checkpoint) if checkpoint else latest_run(self.paths.checkpoints, name)
+            if name not in archiver.EXAMPLES:
+                raise ArchiveError(
+                    f"{name} is neither an example model ({', '.join(sorted(archiver.EXAMPLES))}) nor recorded in "
+                    f"{self.paths.project_file.name}: give its handler (--handler, with --checkpoint or --weights), "
+                    f"or record it in {self.paths.project_file}"
+                )
+            run = run or latest_run(self.paths.checkpoints, name)
             if run is None:
                 raise ArchiveError(
                     f"no checkpoint of {name} in {self.paths.checkpoints}: run `torchship train {name}` first"
@@ -307,6 +339,7 @@ class Project:
         result = archiver.package(
             spec, self.store, self.paths.key_dir, force=force, check_imports=handler is not None and import_check
         )
+        result = dataclasses.replace(result, checkpoint=run, handler_base=tuple(p.name for p in added))
         self.registry.record_archive(
             name=spec.name,
             version=spec.version,
@@ -316,6 +349,15 @@ class Project:
             signature=archiver.signature_path(result.path),
         )
         return result
+
+    def recorded_models(self) -> dict[str, ModelRecord]:
+        """The project's own models as torchship.yaml records them (none without the file).
+
+        ConfigError naming the file and key when the file is not valid.
+        """
+        from torchship.projectfile import load_project_file
+
+        return load_project_file(self.paths.project_file, self.root).models
 
     def verify(
         self,
@@ -700,6 +742,13 @@ class Project:
         from torchship.ops.desired import load_desired
 
         return load_desired(desired) if isinstance(desired, (str, os.PathLike)) else desired
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def _read_yaml(path: str | os.PathLike[str] | None) -> dict[str, Any]:

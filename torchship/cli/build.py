@@ -37,21 +37,23 @@ def train(c: Ctx, name: str, seed: int, epochs: int | None, quick: bool, shuffle
     "--checkpoint",
     type=click.Path(file_okay=False, exists=True),
     default=None,
-    help="Checkpoint folder (default: the newest run of NAME).",
+    help="Checkpoint folder: a training run (model.safetensors + meta.json). Default: the newest run of "
+    "NAME (an example's, or the checkpoints folder torchship.yaml records for it).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing archive of this version.")
 @click.option(
     "--handler",
     type=click.Path(dir_okay=False, exists=True),
     default=None,
-    help="A handler file of your own (packages a third-party model; needs --name).",
+    help="A handler file of your own (default: the one torchship.yaml records for NAME). torchship's "
+    "handler base is packed when it imports it.",
 )
-@name_option("Model name, with --handler.")
+@name_option("Model name, with --handler (or give NAME).")
 @click.option(
     "--weights",
     type=click.Path(dir_okay=False, exists=True),
     default=None,
-    help="Weights file, with --handler (safetensors, or a .pt that loads with weights_only).",
+    help="Weights file, with --handler and no --checkpoint (safetensors, or a .pt that loads with weights_only).",
 )
 @click.option(
     "--model-file",
@@ -112,22 +114,25 @@ def package(
 ) -> None:
     """Build and sign model_store/NAME-VERSION.mar from a checkpoint (or from your own handler).
 
-    With --handler, the handler and model file are first imported in the server's Python, as TorchServe
+    An example model needs only NAME. A model of your own: NAME --checkpoint DIR --handler handler.py
+    --model-file model.py, or only NAME when torchship.yaml records it (its newest run is packaged).
+    With a handler, the handler and model file are first imported in the server's Python, as TorchServe
     will import them; each module it lacks is named with how to add it, and nothing is built.
     """
     from torchship import archiver
 
-    if handler:
-        if name or checkpoint:
-            raise click.UsageError("give either an example NAME (with --checkpoint) or --handler with --name")
-        if not model_name:
-            raise click.UsageError("--handler needs --name")
-    elif not name:
-        raise click.UsageError("give the NAME of an example model, or --handler with --name")
-    elif requirements or not import_check:
-        raise click.UsageError("--requirements and --no-import-check go with --handler")
+    if name and model_name and name != model_name:
+        raise click.UsageError(f"two names given: {name} and --name {model_name}")
+    name = name or model_name
+    if not name:
+        raise click.UsageError("give the NAME of the model (or --handler with --name)")
+    own = handler is not None or name in c.project.recorded_models()
+    if not own and (requirements or not import_check):
+        raise click.UsageError(
+            "--requirements and --no-import-check go with --handler (or a model recorded in torchship.yaml)"
+        )
     result = c.project.package(
-        model_name if handler else name,
+        name,
         version=version,
         checkpoint=checkpoint,
         force=force,
@@ -143,13 +148,23 @@ def package(
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     prov = result.provenance
-    run = (prov.get("checkpoint") or {}).get("run")
-    source = handler or checkpoint or (c.project.paths.checkpoints / str(name) / str(run))
+    source = _shown(result.checkpoint) if result.checkpoint else prov["handler"]
+    using = f" with {prov['handler']}" if own and result.checkpoint else ""
     click.echo(
-        f"packaged {prov['model']['name']} {prov['model']['version']} from {source} -> {result.path} "
-        f"({result.path.stat().st_size / 1e6:.2f} MB)\n"
-        f"build digest {result.digest}; signed: {archiver.signature_path(result.path).name}"
+        f"packaged {prov['model']['name']} {prov['model']['version']} from {source}{using} -> {result.path} "
+        f"({result.path.stat().st_size / 1e6:.2f} MB)"
     )
+    if result.handler_base:
+        click.echo(f"packed torchship's handler base, which the code imports: {', '.join(result.handler_base)}")
+    click.echo(f"build digest {result.digest}; signed: {archiver.signature_path(result.path).name}")
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the current folder when it is inside it (as the user typed it), else in full."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 @click.command()
@@ -172,7 +187,8 @@ def verify(c: Ctx, archive: str, public_key: str | None, allow_unsigned: bool, a
         click.echo(render(["check", "result", "detail"], [[ch.name, marks[ch.ok], ch.detail] for ch in report.checks]))
         if report.provenance and report.provenance.get("checkpoint"):
             ck = report.provenance["checkpoint"]
-            click.echo(f"\nbuilt from run {ck.get('run')} (git {ck.get('git_commit')}), metrics {ck.get('metrics')}")
+            git = f"git {ck['git_commit']}" if ck.get("git_commit") else "no git commit recorded"
+            click.echo(f"\nbuilt from run {ck.get('run')} ({git}), metrics {ck.get('metrics')}")
         if report.provenance and report.provenance.get("requirements") is not None:
             listed = ", ".join(report.provenance["requirements"]) or "none"
             click.echo(f"requirements (checked against the server's Python at deploy): {listed}")

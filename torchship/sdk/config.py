@@ -98,7 +98,7 @@ class ServerConfig:
         """Read a config file; ConfigError when it is missing."""
         path = Path(path).resolve()
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            raise ConfigError(missing_config_message(path))
         return cls(path, read_properties(path))
 
     def get(self, key: str, default: str | None = None) -> str | None:
@@ -143,6 +143,13 @@ class ServerConfig:
         return out
 
 
+def missing_config_message(path: Path) -> str:
+    """The error message for a missing config file (a project's config.properties comes from `torchship init`)."""
+    if path.name == "config.properties":
+        return f"no config.properties in {path.parent}: run `torchship init` to make a project here, or cd into one"
+    return f"config file not found: {path}"
+
+
 def _normalise_url(url: str | None) -> str:
     if not url:
         raise ConfigError("an address in the config is empty")
@@ -180,6 +187,11 @@ class ProjectPaths:
     def config_path(self) -> Path:
         """The project's TorchServe config (`config.properties`)."""
         return self.root / "config.properties"
+
+    @property
+    def project_file(self) -> Path:
+        """The project file that records the project's own models (`torchship.yaml`; see torchship.projectfile)."""
+        return self.root / "torchship.yaml"
 
     @property
     def state_dir(self) -> Path:
