@@ -1,6 +1,7 @@
 """The local server torchship owns: secure listeners, token auth, start/stop/status behaviour."""
 
 import json
+import shutil
 
 import psutil
 import pytest
@@ -77,3 +78,29 @@ def test_lifecycle_start_status_stop_and_port_clash(tmp_path, store, server):
     )
     with pytest.raises(E.ServerStartError, match="already in use"):
         clash.start()
+
+
+def test_a_project_deep_in_the_file_system_serves(tmp_path, store, mlp_archive):
+    # TorchServe puts each worker's unix socket in TMPDIR; in .torchship/server/tmp of a deep folder
+    # its path would pass the 107 bytes a socket address holds, and every register would fail
+    workdir = tmp_path / ("deep-" * 12) / ("er-" * 12) / ".torchship" / "server"
+    assert len(str(workdir / "tmp" / ".ts.sock.9000")) > 107
+    server = start_server(workdir, store)
+    try:
+        tmpdir = server.tmpdir
+        assert tmpdir.parent != workdir and len(str(tmpdir / ".ts.sock.65535")) <= 107
+        assert tmpdir.stat().st_mode & 0o777 == 0o700
+        with server.client() as c:
+            c.register(mlp_archive.name, model_name="deep", initial_workers=1)
+            assert c.predict("deep", {"data": [0.0] * 100})["class_id"] in range(10)
+            assert any(tmpdir.glob(".ts.sock.*"))
+    finally:
+        server.stop()
+    # a folder of that name that is not this account's private one is refused, not used
+    tmpdir.chmod(0o777)
+    try:
+        with pytest.raises(E.ServerStartError, match="not a private folder of this account"):
+            server.start(timeout=60)
+    finally:
+        tmpdir.chmod(0o700)
+        shutil.rmtree(tmpdir)  # outside tmp_path: the test removes what it made

@@ -12,6 +12,7 @@ import click
 from . import build, fleet, infer, models, perf
 from .base import Ctx, exit_code_for, report
 from .doctor import doctor
+from .init import init
 from .serve import logs, serve
 
 __all__ = ["cli", "main", "exit_code_for"]
@@ -33,6 +34,7 @@ def cli(ctx: click.Context, config: str | None) -> None:
 
 
 for command in (
+    init,
     serve,
     build.train,
     build.package,

@@ -6,9 +6,11 @@ Each server runs in its own working folder (key file, logs, effective config) wi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -19,7 +21,13 @@ from typing import Any
 import psutil
 
 from torchship.sdk.client import TorchServe
-from torchship.sdk.config import ServerConfig, java_regex_literal, read_properties, write_properties
+from torchship.sdk.config import (
+    ServerConfig,
+    java_regex_literal,
+    missing_config_message,
+    read_properties,
+    write_properties,
+)
 from torchship.sdk.errors import ConfigError, ServerStartError, TorchServeError
 from torchship.sdk.logs import ServerLogs
 
@@ -29,6 +37,11 @@ _JAVA_MAIN = "org.pytorch.serve.ModelServer"
 # Environment variables that must never reach a worker: this one silently re-enables
 # pickle code execution in torch.load.
 _FORBIDDEN_ENV = ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD",)
+# a unix socket's path holds 107 bytes; TorchServe puts each worker's at TMPDIR/.ts.sock.<port>
+SOCKET_PATH_MAX = 107
+WORKER_SOCKET_LONGEST = ".ts.sock.65535"
+# TorchServe's logging when no log4j2.xml sits beside the config (torchship/templates/)
+_PACKAGED_LOG_CONFIG = Path(__file__).resolve().parents[1] / "templates" / "log4j2.xml"
 
 
 def free_ports(n: int) -> list[int]:
@@ -103,8 +116,35 @@ class LocalServer:
 
     @property
     def tmpdir(self) -> Path:
-        """The server's TMPDIR (pid file, worker sockets, unpacked archives)."""
-        return self.workdir / "tmp"
+        """The server's TMPDIR (pid file, worker sockets, unpacked archives).
+
+        `tmp/` in the working folder, unless a worker's socket path there (`.ts.sock.<port>`) would
+        not fit in a unix socket address (107 bytes): a project deep in the file system would fail
+        every register with "AF_UNIX path too long". Then it is a private folder (0700, this
+        account's) in /tmp, named after the working folder, so every command finds the same one.
+        """
+        here = self.workdir / "tmp"
+        if len(os.fsencode(here / WORKER_SOCKET_LONGEST)) <= SOCKET_PATH_MAX:
+            return here
+        digest = hashlib.sha256(os.fsencode(self.workdir)).hexdigest()[:16]
+        return Path("/tmp") / f"torchship-{os.getuid()}-{digest}"
+
+    def _make_tmpdir(self) -> None:
+        """Create TMPDIR; one outside the working folder must be a private folder of this account."""
+        if self.tmpdir.parent == self.workdir:
+            self.tmpdir.mkdir(parents=True, exist_ok=True)
+            return
+        try:
+            self.tmpdir.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        st = self.tmpdir.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise ServerStartError(
+                f"{self.tmpdir} (the server's TMPDIR: the working folder's path is too long for its "
+                "worker sockets) is not a private folder of this account: remove it, or move the project "
+                "to a shorter path"
+            )
 
     @property
     def pid_file(self) -> Path:
@@ -144,7 +184,7 @@ class LocalServer:
 
     def _effective_properties(self) -> dict[str, str]:
         if not self.config_path.is_file():
-            raise ConfigError(f"config file not found: {self.config_path}")
+            raise ConfigError(missing_config_message(self.config_path))
         props = read_properties(self.config_path)
         props.update(self.overrides)
         store = self._model_store or ServerConfig(self.config_path, props).model_store
@@ -199,7 +239,7 @@ class LocalServer:
         _check_java()
         cfg = self.write_config()
         cfg.model_store.mkdir(parents=True, exist_ok=True)
-        self.tmpdir.mkdir(parents=True, exist_ok=True)
+        self._make_tmpdir()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         _check_ports_free(cfg)
         self.key_file.unlink(missing_ok=True)
@@ -217,9 +257,12 @@ class LocalServer:
             "--model-store",
             str(cfg.model_store),
         ]
+        # quiet logging that keeps worker tracebacks (see the file): the project's own, beside its
+        # config, else the one torchship ships (the template `torchship init` copies)
         log_config = self.config_path.parent / "log4j2.xml"
-        if log_config.is_file():  # quiet logging (see the file); TorchServe's own otherwise
-            cmd += ["--log-config", str(log_config)]
+        if not log_config.is_file():
+            log_config = _PACKAGED_LOG_CONFIG
+        cmd += ["--log-config", str(log_config)]
         with open(self.console_log, "ab") as log:
             launcher = subprocess.Popen(
                 cmd,
