@@ -19,7 +19,7 @@ OS_NEEDS ?= $(if $(wildcard $(BIN)/python),,venv) $(if $(filter-out data unit,$(
             $(if $(filter-out serve,$(MAKECMDGOALS)),fashion-mnist) \
             $(if $(filter test integration bench,$(MAKECMDGOALS)),wrk)
 
-.PHONY: help setup os java data train package serve deploy apply predict demo test lint types unit integration bench stop status clean
+.PHONY: help setup os java data train package serve deploy apply predict demo test lint types unit integration bench dist stop status clean
 
 help:
 	@echo "make demo      set up, quick-train, package, serve, deploy and predict ($(MODEL))"
@@ -108,6 +108,14 @@ integration: os data
 bench: os data
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python benchmarks/bench_serving.py
+
+# The sdist and the wheel (built from the sdist, so the wheel holds only what the sdist ships):
+# `pip install dist/torchship-*.whl` gives a working `torchship` anywhere (docs/your-own-model.md).
+dist: setup
+	rm -rf dist
+	$(BIN)/python -c "from setuptools import build_meta as b; b.build_sdist('dist')"
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation -w dist dist/torchship-*.tar.gz
+	@ls dist
 
 clean:
 	-@test -x $(TS) && $(TS) serve stop
