@@ -440,11 +440,34 @@ def test_unregister_with_the_model_api_off_is_refused_and_the_model_stays(tmp_pa
         server.stop()
 
 
+VERBOSE_LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
+<Configuration>
+  <Appenders>
+    <File name="access_log" fileName="${env:LOG_LOCATION:-logs}/access_log.log">
+      <PatternLayout pattern="%d{ISO8601} - %m%n"/>
+    </File>
+    <File name="model_log" fileName="${env:LOG_LOCATION:-logs}/model_log.log">
+      <PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/>
+    </File>
+    <File name="ts_log" fileName="${env:LOG_LOCATION:-logs}/ts_log.log">
+      <PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/>
+    </File>
+  </Appenders>
+  <Loggers>
+    <Logger name="ACCESS_LOG" level="info" additivity="false"><AppenderRef ref="access_log"/></Logger>
+    <Logger name="MODEL_LOG" level="info" additivity="false"><AppenderRef ref="model_log"/></Logger>
+    <Root level="info"><AppenderRef ref="ts_log"/></Root>
+  </Loggers>
+</Configuration>
+"""
+
+
 def test_keys_never_appear_in_cli_output_or_server_logs(tmp_path, mlp_run):
-    """A project of its own, driven only by the CLI; TorchServe's own (verbose) logging, so that
-    the access log and every per-request line are written and searched too."""
+    """A project of its own, driven only by the CLI; verbose logging (every logger at INFO, the
+    access log on), so that every per-request line is written and searched too."""
     props = {**read_properties(ROOT / "config.properties"), **free_port_overrides()}
     write_properties(tmp_path / "config.properties", props)
+    (tmp_path / "log4j2.xml").write_text(VERBOSE_LOG4J2)  # beside the config: the server uses it
     env = {**os.environ, "TORCHSHIP_HOME": str(tmp_path)}
     server_dir = tmp_path / ".torchship" / "server"
     outputs: dict[str, str] = {}
