@@ -2,6 +2,8 @@
 
 result = archiver.package(spec, store, key_dir)     # build + sign
 archiver.ensure_verified(result.path, public_key=key_dir / "signing-key.pub.pem")
+
+result = archiver.package(spec, store, key_dir, model_key=archiver.load_keyring(path))   # weights encrypted
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from .build import BuildResult, archive_path, build
 from .examples import EXAMPLES, checkpoint_files, example_spec
 from .handler_base import with_handler_base
 from .model_config import validate_model_config
+from .model_keys import Keyring, ensure_keyring, keyring_path, load_keyring
 from .preflight import PreflightReport, check_imports
 from .requirements import ensure_requirements_met
 from .signing import ensure_keys, sign, signature_path
@@ -40,6 +43,10 @@ __all__ = [
     "PreflightReport",
     "ensure_requirements_met",
     "with_handler_base",
+    "Keyring",
+    "ensure_keyring",
+    "keyring_path",
+    "load_keyring",
 ]
 
 
@@ -58,15 +65,28 @@ def package(
     meta: dict | None = None,
     progress=None,
     check_imports: bool = False,
+    model_key: Keyring | None = None,
+    encrypted: dict | None = None,
 ) -> BuildResult:
     """Build and sign. The checkpoint's meta.json is read from the spec's extra files when not given.
 
     `check_imports`: first make sure the handler and model file import in the server's Python
-    (`preflight.check_imports`), as `torchship package --handler` does."""
+    (`preflight.check_imports`), as `torchship package --handler` does. `model_key`: encrypt the
+    weights under the keyring's current key (`load_keyring`); `encrypted`: members already
+    encrypted, copied as they are (see `build`)."""
     if meta is None:
         meta_file = next((p for p in spec.extra_files if Path(p).name == "meta.json"), None)
         meta = json.loads(Path(meta_file).read_text(encoding="utf-8")) if meta_file else None
-    result = build(spec, store, force=force, meta=meta, progress=progress, check_imports=check_imports)
+    result = build(
+        spec,
+        store,
+        force=force,
+        meta=meta,
+        progress=progress,
+        check_imports=check_imports,
+        model_key=model_key,
+        encrypted=encrypted,
+    )
     try:
         sign(result.path, key_dir)
     except Exception:

@@ -3,7 +3,9 @@
 Settings such as torch threads per worker live in the archive's model-config, so trying them means
 serving another archive. That archive is built like any other: the members of the verified source
 are unpacked, the model-config is changed, and the result is packaged and signed with the project's
-key, so it passes the same verification as everything else TorchServe is given.
+key, so it passes the same verification as everything else TorchServe is given. A variant of an
+archive with encrypted weights stays encrypted: the ciphertext and the keys member are copied as
+they are, and the provenance keeps saying how they are encrypted.
 """
 
 from __future__ import annotations
@@ -76,4 +78,7 @@ def derive(
                 model_config=merged,
                 extra_files=tuple(folder / m for m in members if m not in roles),
             )
-            return package(spec, store, key_dir, force=True, meta=prov.get("checkpoint"))
+            # encrypted weights and their keys member are copied as they are: the variant opens with the same key
+            return package(
+                spec, store, key_dir, force=True, meta=prov.get("checkpoint"), encrypted=prov.get("encryption")
+            )

@@ -60,6 +60,8 @@ _DISTRIBUTIONS = {
     "fitz": "pymupdf",
 }
 _IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
+# (file, module): the handler base's import that runs for encrypted weights only (see check_imports)
+_ENCRYPTED_ONLY = ("torchship_base_handler.py", "torchship_crypto")
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,10 @@ def check_imports(
                 problems.append(f"{name} is not UTF-8 text")
             except ArchiveError as exc:
                 problems.append(str(exc))
+    if _ENCRYPTED_ONLY[1] + ".py" not in {name for name, _ in files}:
+        # the handler base imports torchship_crypto only to open encrypted weights, and torchship packs it
+        # into every archive that has them: an archive without it never runs that import
+        sites = [s for s in sites if (s.file, s.name) != _ENCRYPTED_ONLY]
     notes: list[str] = []
     for site in sites:
         if site.relative:

@@ -2,8 +2,10 @@
 
 `torchship-provenance.json` lists the sha256 and size of every other member (the MANIFEST
 included), the checkpoint's meta.json (training run, data fingerprint, hyper-parameters, metrics,
-git commit) and the tool versions. TorchServe and the handlers ignore it; `torchship verify`
-reads it. Its own sha256 identifies the build, since it pins every other byte of the archive.
+git commit), the tool versions and, for an archive with encrypted weights, which members are
+encrypted and how (cipher, chunks, key id, and the plaintext's name, size and sha256). TorchServe
+and the handlers ignore it; `torchship verify` reads it. Its own sha256 identifies the build, since
+it pins every other byte of the archive.
 """
 
 from __future__ import annotations
@@ -44,15 +46,23 @@ def _version(dist: str) -> str | None:
 
 
 def provenance_document(
-    spec: ArchiveSpec, members: dict[str, dict], meta: dict | None, *, requirements: list[str] | None = None
+    spec: ArchiveSpec,
+    members: dict[str, dict],
+    meta: dict | None,
+    *,
+    requirements: list[str] | None = None,
+    encryption: dict[str, Any] | None = None,
+    weights: str | None = None,
 ) -> dict[str, Any]:
     """The document; `requirements` (the parsed requirements file) is recorded only when the archive has one,
-    so archives without one stay byte-identical to those built before the field existed."""
+    and `encryption` (which members are encrypted, and how: see `encryption`) only when it has encrypted
+    members, so other archives stay byte-identical to those built before the fields existed. `weights`
+    names the weights member when it is not the weights file's own name (the encrypted member)."""
     doc: dict[str, Any] = {
         "format": FORMAT,
         "model": {"name": spec.name, "version": spec.version},
         "handler": spec.handler.name,
-        "weights": spec.weights.name if spec.weights else None,
+        "weights": weights or (spec.weights.name if spec.weights else None),
         "members": dict(sorted(members.items())),
         "checkpoint": meta,
         "built": datetime.fromtimestamp(build_time(meta), timezone.utc).isoformat(timespec="seconds"),
@@ -65,4 +75,6 @@ def provenance_document(
     }
     if requirements is not None:
         doc["requirements"] = list(requirements)
+    if encryption is not None:
+        doc["encryption"] = encryption
     return doc

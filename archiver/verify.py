@@ -4,10 +4,17 @@ An archive is code (the handler runs in the worker), and TorchServe's MANIFEST h
 Every check runs in order and is reported; the first failure makes the archive refused. The
 layout check (see `layout`) comes first: it proves that the members Python reads are the bytes
 TorchServe's streaming unzip will extract, so every later check speaks for what the server runs.
+
+An archive with encrypted weights (see `encryption`) gets one more check, `encryption`, which needs
+no key: the keys member's shape, each encrypted member's header and size, and their agreement with
+the signed provenance. With a model keyring the `weights` check also opens the weights: it unwraps
+the data key, authenticates every chunk as it streams by (one chunk held at a time), compares the
+plaintext's sha256 with the provenance's, and checks the safetensors header it decrypts to.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import posixpath
@@ -18,8 +25,12 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import VerificationError
+from torchship.handlers import torchship_crypto
+
+from . import encryption
+from .errors import ArchiveError, VerificationError
 from .layout import MAX_MEMBERS, Entry, LayoutError, read_members, scan
+from .model_keys import load_keyring
 from .provenance import FORMAT, PROVENANCE_NAME
 from .signing import signature_path, verify_signature
 
@@ -60,8 +71,13 @@ class VerifyReport:
         }
 
 
-def verify_archive(archive: str | Path, *, public_key: Path | None, allow_unsigned: bool = False) -> VerifyReport:
-    """Run every check; never raises for a bad archive (see `ensure_verified`)."""
+def verify_archive(
+    archive: str | Path, *, public_key: Path | None, allow_unsigned: bool = False, model_keys: Path | None = None
+) -> VerifyReport:
+    """Run every check; never raises for a bad archive (see `ensure_verified`).
+
+    `model_keys`: a model keyring that opens encrypted weights (without it they are checked as
+    ciphertext, and the report says they were not decrypted)."""
     archive = Path(archive)
     report = VerifyReport(archive)
     steps = [
@@ -72,13 +88,14 @@ def verify_archive(archive: str | Path, *, public_key: Path | None, allow_unsign
         _check_signature,
         _check_provenance,
         _check_identity,
+        _check_encryption,
         _check_weights,
     ]
-    ctx = {"public_key": public_key, "allow_unsigned": allow_unsigned}
+    ctx = {"public_key": public_key, "allow_unsigned": allow_unsigned, "model_keys": model_keys}
     try:
         for step in steps:
             try:
-                check = step(archive, ctx, report)
+                check: Check | None = step(archive, ctx, report)
             except (zipfile.BadZipFile, zlib.error, OSError, EOFError, struct.error) as exc:
                 check = Check(step.__name__.removeprefix("_check_"), False, f"the archive is corrupt: {exc}")
             except MemoryError:
@@ -89,6 +106,8 @@ def verify_archive(archive: str | Path, *, public_key: Path | None, allow_unsign
                     False,
                     f"unreadable: {type(exc).__name__}: {str(exc)[:200] or 'no detail'}",
                 )
+            if check is None:  # a check that does not apply to this archive (encryption)
+                continue
             report.checks.append(check)
             if check.ok is False:
                 break
@@ -99,8 +118,10 @@ def verify_archive(archive: str | Path, *, public_key: Path | None, allow_unsign
     return report
 
 
-def ensure_verified(archive: Path, *, public_key: Path | None, allow_unsigned: bool = False) -> VerifyReport:
-    report = verify_archive(archive, public_key=public_key, allow_unsigned=allow_unsigned)
+def ensure_verified(
+    archive: Path, *, public_key: Path | None, allow_unsigned: bool = False, model_keys: Path | None = None
+) -> VerifyReport:
+    report = verify_archive(archive, public_key=public_key, allow_unsigned=allow_unsigned, model_keys=model_keys)
     if not report.ok:
         bad = report.failure
         raise VerificationError(f"{archive.name} failed verification ({bad.name}): {bad.detail}")
@@ -271,11 +292,155 @@ def _check_identity(archive: Path, ctx: dict, report: VerifyReport) -> Check:
     return Check("identity", True, f"{name} {version}, as the file name says")
 
 
+def _check_encryption(archive: Path, ctx: dict, report: VerifyReport) -> Check | None:
+    """Encrypted members, checked without a key: None for an archive that has none."""
+    zf: zipfile.ZipFile = ctx["zip"]
+    infos = {i.filename: i for i in ctx["infos"]}
+    sealed = sorted(n for n in infos if n.endswith(encryption.SUFFIX))
+    prov = report.provenance
+    recorded = (prov or {}).get("encryption")
+    if not sealed and encryption.KEYS_MEMBER not in infos and recorded is None:
+        return None
+    fail = lambda detail: Check("encryption", False, detail)  # noqa: E731
+    if encryption.KEYS_MEMBER not in infos:
+        return fail(
+            f"{', '.join(sealed) or 'the provenance says the archive'} is encrypted but the archive has no "
+            f"{encryption.KEYS_MEMBER}: no key could open it"
+        )
+    try:
+        keys = encryption.parse_keys_member(zf.read(encryption.KEYS_MEMBER))
+    except ArchiveError as exc:
+        return fail(str(exc))
+    if not sealed:
+        return fail(f"{encryption.KEYS_MEMBER} is there but no member is encrypted")
+    for member in sealed:
+        if member not in keys:
+            return fail(f"{member} is encrypted but {encryption.KEYS_MEMBER} has no key for it (missing keys entry)")
+    stray = sorted(set(keys) - set(sealed))
+    if stray:
+        return fail(f"{encryption.KEYS_MEMBER} holds keys for members that are not in the archive: {stray}")
+    if prov is not None:
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("members"), dict):
+            return fail("the archive has encrypted members but its provenance does not record them")
+        if (
+            recorded.get("format") != encryption.ENCRYPTION_FORMAT
+            or recorded.get("keys_member") != encryption.KEYS_MEMBER
+        ):
+            return fail("the provenance's encryption record is of an unknown format")
+        if sorted(recorded["members"]) != sealed:
+            return fail(f"encrypted members {sealed} differ from the provenance's {sorted(recorded['members'])}")
+    found: dict[str, dict] = {}
+    for member in sealed:
+        with zf.open(member) as f:
+            try:
+                _, header = torchship_crypto.read_header(f.read)
+            except torchship_crypto.ModelKeyError as exc:
+                return fail(f"{member}: {exc}")
+        size, chunk, plain = header["size"], header["chunk_size"], header["plaintext"]
+        if encryption.encrypted_name(plain) != member:
+            return fail(f"{member} says it holds {plain!r}: an encrypted member is named after its plaintext")
+        expected = torchship_crypto.encrypted_size(size, chunk, plain)
+        if infos[member].file_size != expected:
+            return fail(
+                f"{member} is {infos[member].file_size} bytes; {size} bytes in {chunk}-byte chunks encrypt to "
+                f"{expected}: cut short or padded"
+            )
+        entry = {
+            "cipher": header["cipher"],
+            "chunk_size": chunk,
+            "chunks": torchship_crypto.chunk_count(size, chunk),
+            "key_id": keys[member].key_id,
+            "plaintext": {"name": plain, "size": size},
+        }
+        if prov is not None:
+            want = recorded["members"][member]
+            got = {**entry, "key_wrap": encryption.KEY_WRAP}
+            have = {k: want.get(k) for k in got} if isinstance(want, dict) else {}
+            if isinstance(have.get("plaintext"), dict):
+                have["plaintext"] = {k: have["plaintext"].get(k) for k in ("name", "size")}
+            if have != got:
+                differ = sorted(k for k in got if have.get(k) != got[k])
+                return fail(f"{member}: the archive and its provenance disagree on {', '.join(differ)}")
+            entry["plaintext"] = {**entry["plaintext"], "sha256": want["plaintext"].get("sha256")}
+        found[member] = entry
+    ctx["encrypted"] = found
+    shown = "; ".join(
+        f"{m}: {e['cipher']}, key {e['key_id']}, {_chunks(e['chunks'], e['chunk_size'])}" for m, e in found.items()
+    )
+    agree = "as the provenance records" if prov is not None else "no provenance to compare with"
+    return Check("encryption", True, f"{shown}; keys member, headers and sizes {agree}")
+
+
+def _chunks(n: int, size: int) -> str:
+    return f"{n} chunk{'s' if n != 1 else ''} of {size / 2**20:g} MiB"
+
+
+def _open_encrypted(zf: zipfile.ZipFile, member: str, entry: dict, model_keys: Path) -> str | None:
+    """Decrypt `member` as it streams by (one chunk held at a time): every chunk authenticated, the
+    plaintext's sha256 and safetensors header checked. The problem, or None."""
+    try:
+        ring = load_keyring(model_keys)
+    except ArchiveError as exc:
+        return f"cannot use the model keyring: {exc}"
+    kid = entry["key_id"]
+    if kid not in ring.keys:
+        return f"encrypted under model key {kid}, which the keyring {model_keys} does not hold (wrong keyring?)"
+    wrapped = encryption.parse_keys_member(zf.read(encryption.KEYS_MEMBER))[member].wrapped_key
+    try:
+        data_key = torchship_crypto.unwrap(ring.keys[kid], wrapped)
+    except torchship_crypto.ModelKeyError:
+        return f"model key {kid} of {model_keys} does not open this archive's data key: a wrong key under that id"
+    size = entry["plaintext"]["size"]
+    digest = hashlib.sha256()
+    head = bytearray()  # the plaintext's first bytes: the safetensors header (at most 8 bytes + 100 MiB)
+    need, pos = 8, 0
+    with zf.open(member) as f:
+        try:
+            for block in torchship_crypto.decrypt_chunks(f.read, data_key, member=member):
+                digest.update(block)
+                offset, pos = pos, pos + len(block)
+                while len(head) < min(need, pos):
+                    head += block[len(head) - offset : need - offset]
+                    if need == 8 and len(head) >= 8:
+                        (length,) = struct.unpack("<Q", head[:8])
+                        need = 8 + min(length, max(size - 8, 0), 100 << 20)
+        except torchship_crypto.ModelKeyError as exc:
+            return str(exc)
+    want = entry["plaintext"].get("sha256")
+    if want is not None and digest.hexdigest() != want:
+        return "decrypts to other weights than the provenance records (plaintext sha256 differs)"
+    problem = _safetensors_header_problem(io.BytesIO(bytes(head)), size)
+    return f"decrypted {entry['plaintext']['name']}: {problem}" if problem else None
+
+
 def _check_weights(archive: Path, ctx: dict, report: VerifyReport) -> Check:
     zf: zipfile.ZipFile = ctx["zip"]
     checked = []
+    notes = []
+    encrypted: dict[str, dict] = ctx.get("encrypted") or {}
     for info in ctx["infos"]:
         lower = info.filename.lower()
+        if info.filename in encrypted:
+            entry = encrypted[info.filename]
+            plain = entry["plaintext"]["name"]
+            if not plain.endswith(".safetensors"):
+                return Check(
+                    "weights", False, f"{info.filename} decrypts to {plain}: torchship encrypts safetensors only"
+                )
+            n = entry["chunks"]
+            how = f"{entry['cipher']}, key {entry['key_id']}, {n} chunk{'s' if n != 1 else ''}"
+            if ctx.get("model_keys") is None:
+                notes.append(f"{info.filename}: encrypted ({how}); not decrypted: no model key")
+            else:
+                problem = _open_encrypted(zf, info.filename, entry, Path(ctx["model_keys"]))
+                if problem:
+                    return Check("weights", False, f"{info.filename}: {problem}")
+                notes.append(
+                    f"{info.filename}: decrypted and authenticated ({how}); {plain}: sha256 as the provenance "
+                    "records, tensors only"
+                )
+            checked.append(info.filename)
+            continue
         if lower.endswith(PICKLE_SUFFIXES):
             return Check("weights", False, f"{info.filename} is a pickle: it could run code when loaded")
         if lower.endswith(".safetensors"):
@@ -294,7 +459,11 @@ def _check_weights(archive: Path, ctx: dict, report: VerifyReport) -> Check:
             False,
             f"serialized file {serialized} is neither safetensors nor a torch file that loads with weights_only",
         )
-    return Check("weights", True, ", ".join(checked) + " hold tensors only" if checked else "no weight files")
+    plain = [c for c in checked if c not in encrypted]
+    said = [", ".join(plain) + " hold tensors only"] if plain else []
+    if not checked:
+        said = ["no weight files"]
+    return Check("weights", True, "; ".join(said + notes))
 
 
 def weights_problem(path: Path) -> str | None:

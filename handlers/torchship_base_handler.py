@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import torchship_models
 import torchship_oip as oip
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 
 logger = logging.getLogger(__name__)
@@ -146,13 +147,27 @@ class BatchHandler:
         return self.load_weights(torchship_models.build(kind, spec["architecture"]), model_dir, context)
 
     def load_weights(self, model: torch.nn.Module, model_dir: Path, context: Any) -> torch.nn.Module:
-        """`model` with the archive's safetensors weights loaded (strictly: every name must match); returns it."""
+        """`model` with the archive's safetensors weights loaded (strictly: every name must match); returns it.
+
+        Encrypted weights (`<name>.safetensors.tsenc`, `torchship package --encrypt`) are decrypted in
+        memory with the model key the server hands its workers ($TORCHSHIP_MODEL_KEYS): the plaintext
+        never touches the disk. A missing or wrong key, or an altered chunk, fails the load with one
+        line that says which (torchship_crypto.ModelKeyError).
+        """
         weights = context.manifest["model"].get("serializedFile")
         if not weights:
             raise ValueError("the archive has no weights file (package it with --checkpoint or --weights)")
-        if not weights.endswith(".safetensors"):
+        if weights.endswith(".safetensors.tsenc"):
+            import torchship_crypto  # packed beside the handler in encrypted archives only
+
+            plain = torchship_crypto.open_member(model_dir, weights, os.environ.get(torchship_crypto.KEYRING_ENV))
+            state = load_safetensors(bytes(plain))  # safetensors reads bytes only: one more copy, dropped below
+            del plain
+        elif weights.endswith(".safetensors"):
+            state = load_file(str(model_dir / weights))
+        else:
             raise ValueError(f"refusing to load {weights}: torchship handlers load safetensors only")
-        model.load_state_dict(load_file(str(model_dir / weights)))
+        model.load_state_dict(state)
         return model
 
     # -------------------------------------------------------------- requests

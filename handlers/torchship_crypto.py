@@ -33,7 +33,7 @@ import hmac
 import json
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,26 +197,33 @@ def read_header(read: Callable[[int], bytes]) -> tuple[bytes, dict[str, Any]]:
     return raw, header
 
 
-def decrypt_stream(read: Callable[[int], bytes], key: bytes, *, member: str = "the weights") -> bytearray:
-    """The plaintext, in memory (never on disk), every chunk authenticated; ModelKeyError on damage."""
+def decrypt_chunks(read: Callable[[int], bytes], key: bytes, *, member: str = "the weights") -> Iterator[bytes]:
+    """The plaintext chunk by chunk (one held at a time), each authenticated before it is given out;
+    ModelKeyError on damage. Only a consumer that reaches the end has seen every check pass."""
     raw, header = read_header(read)
     size, chunk = header["size"], header["chunk_size"]
     n = chunk_count(size, chunk)
     aead = AESGCM(key)
-    out = bytearray()
     for i in range(n):
         want = min(chunk, size - i * chunk) + TAG
         sealed = read(want)
         if len(sealed) != want:
             raise ModelKeyError(f"{member} is cut short at chunk {i} of {n}")
         try:
-            out += aead.decrypt(_nonce(i), sealed, _aad(raw, i, i == n - 1))
+            yield aead.decrypt(_nonce(i), sealed, _aad(raw, i, i == n - 1))
         except InvalidTag:
             raise ModelKeyError(
                 f"chunk {i} of {n} of {member} fails authentication: the archive was altered or damaged"
             ) from None
     if read(1):
         raise ModelKeyError(f"{member} has bytes after its last chunk")
+
+
+def decrypt_stream(read: Callable[[int], bytes], key: bytes, *, member: str = "the weights") -> bytearray:
+    """The plaintext, in memory (never on disk), every chunk authenticated; ModelKeyError on damage."""
+    out = bytearray()
+    for block in decrypt_chunks(read, key, member=member):
+        out += block
     return out
 
 

@@ -48,6 +48,7 @@ KINDS = {
     ("v1", "ConfigMap"): "V1ConfigMap",
     ("apps/v1", "Deployment"): "V1Deployment",
     ("v1", "Service"): "V1Service",
+    ("v1", "Secret"): "V1Secret",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "V2HorizontalPodAutoscaler",
     ("networking.k8s.io/v1", "NetworkPolicy"): "V1NetworkPolicy",
     ("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService",
@@ -61,6 +62,7 @@ _PRIMITIVES = {
     "object": object,
     "datetime": str,
     "date": str,
+    "bytes": str,  # a Secret's data: base64 text in the manifest
 }
 
 

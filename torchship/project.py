@@ -31,6 +31,7 @@ from torchship.sdk.errors import ArchiveError, BadInput, TorchServeError, Traini
 
 if TYPE_CHECKING:  # imported lazily at run time: `torchship --help` stays quick
     from torchship.archiver import BuildResult, VerifyReport
+    from torchship.archiver.rekey import Rewrapped
     from torchship.ops.autoscale import Decision
     from torchship.ops.deploy import DeployResult
     from torchship.ops.desired import Action, ApplyReport, DesiredState
@@ -186,7 +187,7 @@ class Project:
         """The project's local TorchServe (`LocalServer`), started or not."""
         from torchship.ops.server import LocalServer
 
-        return LocalServer(self.config_path, self.paths.server_dir)
+        return LocalServer(self.config_path, self.paths.server_dir, model_keys=self.paths.key_dir / "model-keys.json")
 
     @property
     def registry(self) -> Registry:
@@ -252,6 +253,8 @@ class Project:
         threads: int | None = None,
         requirements: str | os.PathLike[str] | None = None,
         import_check: bool = True,
+        encrypt: bool = False,
+        model_key: str | os.PathLike[str] | None = None,
     ) -> BuildResult:
         """Build and sign `store/NAME-VERSION.mar`, and record it in the registry.
 
@@ -265,8 +268,10 @@ class Project:
         file packed into the archive (deploy checks it against the server's Python), and the handler
         and model file must first import in the server's Python (ArchiveError naming each missing
         module otherwise); `import_check=False` skips that, for an archive built on another machine
-        than the server's. Returns archiver's `BuildResult` (path, provenance, digest, notes,
-        checkpoint, handler_base).
+        than the server's. `encrypt` (or `encrypt: true` in torchship.yaml): the safetensors weights are
+        encrypted at rest under the project's model key (`.torchship/keys/model-keys.json`, made on first
+        use) or the keyring file `model_key` (docs/packaging.md#encrypted-weights). Returns archiver's
+        `BuildResult` (path, provenance, digest, notes, checkpoint, handler_base).
         """
         from torchship import archiver
         from torchship.archiver.names import check_name, check_version
@@ -279,6 +284,9 @@ class Project:
         if version is not None:
             check_version(version)
         record = self.recorded_models().get(name)
+        encrypt = encrypt or (record is not None and record.encrypt)
+        if model_key is not None and not encrypt:
+            raise BadInput("a model key goes with encryption: add --encrypt (encrypt=True)")
         extra = tuple(Path(p) for p in extra_files)
         run = Path(checkpoint) if checkpoint is not None else None
         added: tuple[Path, ...] = ()
@@ -336,10 +344,30 @@ class Project:
         if threads is not None:
             handler_config = {**(spec.model_config.get("handler") or {}), "threads": threads}
             spec = dataclasses.replace(spec, model_config={**spec.model_config, "handler": handler_config})
+        ring: archiver.Keyring | None = None
+        notes: tuple[str, ...] = ()
+        if encrypt:
+            from torchship.archiver.encryption import check_encryptable
+
+            check_encryptable(spec.weights)  # before a keyring is made for nothing
+            keyring, made = (Path(model_key), False) if model_key else archiver.ensure_keyring(self.key_dir)
+            ring = archiver.load_keyring(keyring)
+            if made:
+                notes = (
+                    f"made the project's model keyring {_relative(keyring, self.root)} (mode 0600): keep a copy "
+                    "somewhere safe, as weights encrypted under a lost key cannot be opened again",
+                )
         result = archiver.package(
-            spec, self.store, self.paths.key_dir, force=force, check_imports=handler is not None and import_check
+            spec,
+            self.store,
+            self.paths.key_dir,
+            force=force,
+            check_imports=handler is not None and import_check,
+            model_key=ring,
         )
-        result = dataclasses.replace(result, checkpoint=run, handler_base=tuple(p.name for p in added))
+        result = dataclasses.replace(
+            result, checkpoint=run, handler_base=tuple(p.name for p in added), notes=notes + result.notes
+        )
         self.registry.record_archive(
             name=spec.name,
             version=spec.version,
@@ -365,11 +393,120 @@ class Project:
         *,
         public_key: str | os.PathLike[str] | None = None,
         allow_unsigned: bool = False,
+        model_key: str | os.PathLike[str] | None = None,
     ) -> VerifyReport:
-        """Every check of `archive` (a `VerifyReport`; `.ok`, `.failure`); never raises for a bad one."""
+        """Every check of `archive` (a `VerifyReport`; `.ok`, `.failure`); never raises for a bad one.
+
+        Encrypted weights are decrypted and checked with the keyring `model_key`, else with the project's
+        when it has one; without a keyring they are checked as ciphertext and the report says so.
+        """
         from torchship import archiver
 
-        return archiver.verify_archive(Path(archive), public_key=self._key(public_key), allow_unsigned=allow_unsigned)
+        keyring = Path(model_key) if model_key else archiver.keyring_path(self.key_dir)
+        return archiver.verify_archive(
+            Path(archive),
+            public_key=self._key(public_key),
+            allow_unsigned=allow_unsigned,
+            model_keys=keyring if model_key or keyring.exists() else None,
+        )
+
+    # ------------------------------------------------------------------ model keys
+
+    def model_keys(self, *, model_key: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+        """The model keys and the archives of the store that use each: `key_id`, `current`, `in_keyring`, `archives`.
+
+        The keyring is `model_key`, else the project's. Never the keys themselves. A key that an archive
+        uses but the keyring lacks is listed with `in_keyring` False: that archive cannot be opened here.
+        """
+        from torchship.archiver.model_keys import load_keyring
+        from torchship.archiver.rekey import encrypted_archives
+
+        path = self._model_keyring(model_key)
+        ring = load_keyring(path) if path.exists() or model_key else None
+        using: dict[str, list[str]] = {}
+        for archive, ids in encrypted_archives(self.store):
+            for kid in ids:
+                using.setdefault(kid, []).append(archive.name)
+        known = sorted(ring.keys) if ring else []
+        return [
+            {
+                "key_id": kid,
+                "current": bool(ring and kid == ring.current),
+                "in_keyring": kid in known,
+                "archives": using.get(kid, []),
+            }
+            for kid in [*known, *sorted(set(using) - set(known))]
+        ]
+
+    def rotate_model_key(
+        self, *, model_key: str | os.PathLike[str] | None = None
+    ) -> tuple[str, str, list[Rewrapped], list[tuple[Path, str]]]:
+        """Make a new current model key and rewrap every encrypted archive of the store under it.
+
+        The old keys stay in the keyring (`model_key`, else the project's), so copies of old archives keep
+        opening. Each archive is verified, gets a new torchship-keys.json and provenance (its weights' bytes
+        untouched), is re-signed and replaced atomically, and its registry record takes the new digest.
+        Returns (old current id, new current id, the rewrapped archives, (archive, reason) of those that
+        could not be).
+        """
+        from torchship.archiver.model_keys import load_keyring, rotate_keyring
+        from torchship.archiver.names import InvalidName, check_name_version
+        from torchship.archiver.rekey import encrypted_archives, rewrap
+
+        path = self._model_keyring(model_key)
+        if not path.exists():
+            raise ArchiveError(
+                f"no model keyring at {path}: nothing to rotate (`torchship package NAME --encrypt` makes it)"
+            )
+        old, new = rotate_keyring(path)
+        ring = load_keyring(path)
+        done: list[Rewrapped] = []
+        failed: list[tuple[Path, str]] = []
+        for archive, _ in encrypted_archives(self.store):
+            try:
+                result = rewrap(archive, ring, self.key_dir, public_key=self.public_key)
+            except TorchServeError as exc:
+                failed.append((archive, str(exc)))
+                continue
+            done.append(result)
+            model = result.provenance["model"]
+            try:
+                check_name_version(model["name"], model["version"])
+            except InvalidName:
+                continue
+            if result.changed and self.registry.archive(model["name"], model["version"]) is not None:
+                self.registry.record_rekey(
+                    model["name"],
+                    model["version"],
+                    digest=result.digest,
+                    provenance=result.provenance,
+                    from_keys=list(result.old_keys),
+                    to_key=result.new_key,
+                )
+        return old, new, done, failed
+
+    def retire_model_key(self, key_id: str, *, model_key: str | os.PathLike[str] | None = None) -> None:
+        """Remove `key_id` from the keyring, only when no archive of the store is wrapped under it.
+
+        Archives elsewhere (copies, exports, backups) that still use it can no longer be opened with this
+        keyring: rotate, redeploy and replace those copies first. ArchiveError when an archive of the store
+        uses it, or when it is the current key.
+        """
+        from torchship.archiver.model_keys import retire_key
+        from torchship.archiver.rekey import encrypted_archives
+
+        users = [a.name for a, ids in encrypted_archives(self.store) if key_id in ids]
+        if users:
+            raise ArchiveError(
+                f"model key {key_id} still wraps {len(users)} archive(s) of the store ({', '.join(users)}): "
+                "not retired; rewrap them first (torchship keys rotate-model-key)"
+            )
+        retire_key(self._model_keyring(model_key), key_id)
+
+    def _model_keyring(self, model_key: str | os.PathLike[str] | None) -> Path:
+        from torchship.archiver import keyring_path
+
+        return Path(model_key) if model_key else keyring_path(self.key_dir)
 
     # ------------------------------------------------------------------ serve
 
@@ -552,11 +689,14 @@ class Project:
         storage_uri: str | None = None,
         canary_percent: int | None = None,
         public_key: str | os.PathLike[str] | None = None,
+        model_key: str | os.PathLike[str] | None = None,
     ) -> dict[str, list[Path]]:
         """Write Kubernetes (`k8s`) or KServe (`kserve`) manifests and the model-store layout of the desired state.
 
-        Its archives are verified; returns what was written.
+        Its archives are verified; returns what was written. Encrypted archives also get a Secret with
+        the model keys that open them (under "secrets"), from the keyring `model_key` or the project's.
         """
+        from torchship import archiver
         from torchship.ops.export import IMAGE, export
 
         return export(
@@ -570,6 +710,7 @@ class Project:
             max_replicas=max_replicas,
             storage_uri=storage_uri,
             canary_percent=canary_percent,
+            model_keys=Path(model_key) if model_key else archiver.keyring_path(self.key_dir),
         )
 
     # ------------------------------------------------------------------ performance

@@ -10,6 +10,7 @@ It sits at the project's root (`ProjectPaths.project_file`); `torchship init` wr
         checkpoints: checkpoints/my-model   # runs live under it; the newest complete run is packaged
         extra_files: []
         requirements: null
+        encrypt: false                      # true: the weights are encrypted at rest (package --encrypt)
 
 Only `handler` is required. Paths are relative to the project root and stay inside it; the files
 must exist (the checkpoints folder may not yet: it appears with the first training run). Anything
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 PROJECT_FILE = "torchship.yaml"
-_KEYS = ("handler", "model_file", "checkpoints", "extra_files", "requirements")
+_KEYS = ("handler", "model_file", "checkpoints", "extra_files", "requirements", "encrypt")
 
 
 class InvalidProjectFileName(ConfigError, InvalidName):
@@ -56,6 +57,7 @@ class ModelRecord:
     checkpoints: Path | None = None
     extra_files: tuple[Path, ...] = ()
     requirements: Path | None = None
+    encrypt: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,9 @@ def _record(name: str, entry: Any, root: Path, here: str) -> ModelRecord:
     checkpoints = None if written is None else _path(written, root, f"{here}.checkpoints")
     if checkpoints is not None and checkpoints.exists() and not checkpoints.is_dir():
         raise ConfigError(f"{here}.checkpoints: {entry['checkpoints']} is not a folder")
+    encrypt = entry.get("encrypt")
+    if encrypt is not None and not isinstance(encrypt, bool):
+        raise ConfigError(f"{here}.encrypt: expected true or false, not {_kind(encrypt)}")
     return ModelRecord(
         name=name,
         handler=_file(entry["handler"], root, f"{here}.handler"),
@@ -135,6 +140,7 @@ def _record(name: str, entry: Any, root: Path, here: str) -> ModelRecord:
         checkpoints=checkpoints,
         extra_files=tuple(_file(item, root, f"{here}.extra_files[{i}]") for i, item in enumerate(extra)),
         requirements=_optional_file(entry.get("requirements"), root, f"{here}.requirements"),
+        encrypt=bool(encrypt),
     )
 
 

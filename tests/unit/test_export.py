@@ -1,17 +1,28 @@
 """Exported manifests validate against the official schemas, and carry the desired state."""
 
+import base64
 import json
+import shutil
+import stat
+import zipfile
 
 import pytest
 import yaml
 
 from tests.schema import validate
 from torchship import archiver
-from torchship.archiver import ArchiveSpec, example_spec
+from torchship.archiver import ArchiveSpec, example_spec, load_keyring
 from torchship.archiver.names import InvalidName
+from torchship.handlers import torchship_crypto
 from torchship.ops.desired import DesiredState, ModelState, parse_desired
-from torchship.ops.export import SCRAPER_NAMESPACE_LABEL, cluster_config, export
-from torchship.sdk.errors import VerificationError
+from torchship.ops.export import (
+    MODEL_KEYS_FILE,
+    MODEL_KEYS_IN_POD,
+    SCRAPER_NAMESPACE_LABEL,
+    cluster_config,
+    export,
+)
+from torchship.sdk.errors import BadInput, VerificationError
 
 pytest.importorskip("kubernetes")
 
@@ -323,3 +334,216 @@ def test_export_accepts_a_valid_kubernetes_name(exported, tmp_path):
     assert validate(policy) == []
     assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {"matchLabels": {"fraud-scorer-2-client": "true"}}}]
     assert len(written["manifests"]) == 5
+
+
+# ------------------------------------------------------------------ encrypted archives: the key from a Secret
+
+
+def _keyring(path, keys, current):
+    path.write_text(torchship_crypto.keyring_text(current, keys))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sealed(mlp_run, exported, tmp_path_factory):
+    """mlp 1.0 plain, mlp 2.0 encrypted under model key `used`; the project's keyring also holds
+    `unused`, a key no exported archive needs."""
+    store, work = tmp_path_factory.mktemp("sealed-store"), tmp_path_factory.mktemp("sealed-work")
+    used, unused = torchship_crypto.new_key(), torchship_crypto.new_key()
+    for f in exported["store"].glob("mlp-1.0.mar*"):
+        (store / f.name).write_bytes(f.read_bytes())
+    packed_with = _keyring(work / "packed-with.json", {"mk-used": used}, "mk-used")
+    archiver.package(example_spec("mlp", mlp_run, "2.0"), store, exported["keys"], model_key=load_keyring(packed_with))
+    keyring = _keyring(work / "model-keys.json", {"mk-used": used, "mk-unused": unused}, "mk-unused")
+    desired = parse_desired({"models": {"mlp": {"versions": ["1.0", "2.0"], "default": "2.0"}}})
+    out = tmp_path_factory.mktemp("sealed-export")
+    pub = archiver.public_key_path(exported["keys"])
+    return {
+        target: export(target, desired, store, out, public_key=pub, model_keys=keyring, canary_percent=10)
+        for target in ("k8s", "kserve")
+    } | {
+        "out": out,
+        "store": store,
+        "desired": desired,
+        "keyring": keyring,
+        "used": used,
+        "unused": unused,
+        "pub": pub,
+    }
+
+
+def _key_dir(out):
+    """The keyring the pod would read, and its Secret's manifest, for `out`'s k8s export."""
+    secret = yaml.safe_load((out / "k8s" / "secret.yaml").read_text())
+    return secret, base64.b64decode(secret["data"][MODEL_KEYS_FILE])
+
+
+@pytest.mark.parametrize("target", ["k8s", "kserve"])
+def test_encrypted_archives_bring_a_secret_that_validates(sealed, target):
+    kinds = []
+    for path in sealed[target]["manifests"]:
+        doc = yaml.safe_load(path.read_text())
+        assert validate(doc) == [], path.name
+        kinds.append(doc["kind"])
+    expected = {
+        "k8s": ["ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy"],
+        "kserve": ["Secret", "ServingRuntime", "InferenceService"],
+    }[target]
+    assert kinds == expected
+    assert sealed[target]["secrets"] == [sealed["out"] / target / "secret.yaml"]
+    secret = yaml.safe_load((sealed["out"] / target / "secret.yaml").read_text())
+    assert secret["type"] == "Opaque" and secret["metadata"]["name"] == "torchship-model-keys"
+    assert list(secret["data"]) == [MODEL_KEYS_FILE] and "stringData" not in secret
+    base64.b64decode(secret["data"][MODEL_KEYS_FILE], validate=True)
+    broken = {**secret, "data": {MODEL_KEYS_FILE: 7}, "strngData": {}}  # the validator sees this Secret
+    assert any("strngData: unknown field of V1Secret" in p for p in validate(broken))
+    assert any("expected bytes" in p for p in validate(broken))
+    assert "annotations" not in secret["metadata"]
+
+
+@pytest.mark.parametrize("target", ["k8s", "kserve"])
+def test_the_secret_file_is_readable_by_its_owner_only(sealed, target):
+    assert stat.S_IMODE((sealed["out"] / target / "secret.yaml").stat().st_mode) == 0o600
+
+
+def test_the_secret_holds_only_the_keys_the_archives_need(sealed):
+    _, keyring = _key_dir(sealed["out"])
+    path = sealed["out"].parent / "pod-keyring.json"
+    path.write_bytes(keyring)
+    current, keys = torchship_crypto.read_keyring(path)
+    assert keys == {"mk-used": sealed["used"]} and current == "mk-used"  # not mk-unused, the project's current
+    kserve = yaml.safe_load((sealed["out"] / "kserve" / "secret.yaml").read_text())
+    assert base64.b64decode(kserve["data"][MODEL_KEYS_FILE]) == keyring
+
+
+@pytest.mark.parametrize("target", ["k8s", "kserve"])
+def test_the_pod_mounts_the_secret_read_only_and_names_it_to_the_workers(sealed, target):
+    pod, container, volumes, _ = _pods(sealed, target)
+    volume = next(v for v in volumes if v["name"] == "model-keys")
+    assert volume == {
+        "name": "model-keys",
+        "secret": {
+            "secretName": "torchship-model-keys",
+            "items": [{"key": MODEL_KEYS_FILE, "path": MODEL_KEYS_FILE}],
+            "defaultMode": 0o400,
+        },
+    }
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "model-keys")
+    assert mount == {"name": "model-keys", "mountPath": MODEL_KEYS_IN_POD, "readOnly": True}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env[torchship_crypto.KEYRING_ENV] == f"{MODEL_KEYS_IN_POD}/{MODEL_KEYS_FILE}"
+    assert not any(_under(MODEL_KEYS_IN_POD, m["mountPath"]) for m in container["volumeMounts"] if m is not mount)
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]  # 0400 + fsGroup: readable by it
+
+
+@pytest.mark.parametrize("target", ["k8s", "kserve"])
+def test_the_encrypted_pod_is_as_hardened_as_the_plain_one(sealed, target):
+    test_pod_is_hardened(sealed, target)
+    test_torchserve_writes_only_to_empty_dirs(sealed, target)
+
+
+def test_no_key_bytes_outside_the_secret(sealed):
+    _, keyring = _key_dir(sealed["out"])
+    model_key = sealed["used"]
+    needles = [
+        model_key,
+        base64.b64encode(model_key),
+        model_key.hex().encode(),
+        keyring,
+        base64.b64encode(keyring),
+        sealed["unused"],
+        base64.b64encode(sealed["unused"]),
+    ]
+    files = [p for p in sealed["out"].rglob("*") if p.is_file()]
+    secrets = {sealed["out"] / t / "secret.yaml" for t in ("k8s", "kserve")}
+    assert secrets <= set(files) and len(files) > len(secrets) + 5
+    for path in files:
+        data = path.read_bytes()
+        if path in secrets:
+            assert base64.b64encode(sealed["unused"]) not in data and sealed["unused"] not in data
+            continue
+        for needle in needles:
+            assert needle not in data, path
+    for path in sealed["out"].rglob("*.mar"):  # what went to the cluster's volume: the weights sealed
+        with zipfile.ZipFile(path) as zf:
+            assert (torchship_crypto.KEYS_MEMBER in zf.namelist()) == (path.name == "mlp-2.0.mar")
+            assert not (path.name == "mlp-2.0.mar" and "model.safetensors" in zf.namelist())
+
+
+def test_without_encrypted_archives_nothing_changes(exported, sealed, tmp_path):
+    """The plain export names no key, needs no keyring, and removes a Secret an earlier export of
+    encrypted archives left in the same folder: the manifests are those of an export without it."""
+    for target in ("k8s", "kserve"):
+        assert exported[target]["secrets"] == []
+        for path in exported[target]["manifests"]:
+            text = path.read_text()
+            assert "model-keys" not in text and torchship_crypto.KEYRING_ENV not in text and "Secret" not in text
+    out = tmp_path / "out"
+    shutil.copytree(sealed["out"], out)
+    desired = parse_desired({"models": {"mlp": {"versions": ["1.0"]}}})
+    for target in ("k8s", "kserve"):
+        written = export(target, desired, sealed["store"], out, public_key=sealed["pub"], model_keys=None)
+        assert not (out / target / "secret.yaml").exists() and written["secrets"] == []
+        again = tmp_path / f"fresh-{target}"
+        export(target, desired, sealed["store"], again, public_key=sealed["pub"])
+        for path in written["manifests"]:
+            assert path.read_bytes() == (again / target / path.name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "keyring,match",
+    [
+        (None, "encrypted, and no model keyring to export with them: name it \\(--model-key FILE\\)"),
+        ("missing", "no model keyring at"),
+        (
+            "other-id",
+            "mlp-2.0.mar: model.safetensors.tsenc is encrypted under model key mk-used, which .* does not hold",
+        ),
+        ("wrong-key", "mlp-2.0.mar: model.safetensors.tsenc: the model key does not open"),
+    ],
+)
+def test_a_keyring_that_cannot_open_the_archives_fails_the_export_before_writing(sealed, tmp_path, keyring, match):
+    path = tmp_path / "model-keys.json"
+    if keyring == "other-id":
+        _keyring(path, {"mk-other": sealed["used"]}, "mk-other")
+    elif keyring == "wrong-key":
+        _keyring(path, {"mk-used": torchship_crypto.new_key()}, "mk-used")
+    out = tmp_path / "out"
+    with pytest.raises(BadInput, match=match):
+        export(
+            "k8s",
+            sealed["desired"],
+            sealed["store"],
+            out,
+            public_key=sealed["pub"],
+            model_keys=None if keyring is None else path,
+        )
+    assert not [p for p in out.rglob("*") if p.is_file()], "a refused export leaves no copies and no manifests"
+
+
+def test_the_cli_exports_the_projects_model_key_and_says_what_the_secret_holds(sealed, tmp_path, monkeypatch, capsys):
+    from torchship.cli import main
+
+    project = tmp_path / "project"
+    shutil.copytree(sealed["store"], project / "model_store")
+    shutil.copytree(sealed["pub"].parent, project / ".torchship" / "keys")
+    shutil.copyfile(sealed["keyring"], project / ".torchship" / "keys" / MODEL_KEYS_FILE)
+    (project / "deploy.yaml").write_text('models:\n  mlp:\n    versions: ["1.0", "2.0"]\n    default: "2.0"\n')
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("TORCHSHIP_HOME", raising=False)
+
+    assert main(["export", "k8s", "--out", "out"]) == 0
+    said = capsys.readouterr().out
+    secret = project / "out" / "k8s" / "secret.yaml"
+    assert f"wrote {secret.relative_to(project)} (mode 0600)" in said
+    assert "holds key material" in said and "Never commit it" in said
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert _key_dir(project / "out")[1] == _key_dir(sealed["out"])[1]
+
+    other = tmp_path / "other-keys.json"
+    _keyring(other, {"mk-other": torchship_crypto.new_key()}, "mk-other")
+    assert main(["export", "kserve", "--out", "out2", "--model-key", str(other)]) == 7
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "encrypted under model key mk-used, which" in err and str(other) in err
+    assert not (project / "out2" / "kserve").exists()

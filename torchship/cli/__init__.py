@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from . import build, fleet, infer, models, perf
+from . import build, fleet, infer, keys, models, perf
 from .base import Ctx, exit_code_for, report
 from .doctor import doctor
 from .init import init
@@ -39,6 +39,7 @@ for command in (
     build.train,
     build.package,
     build.verify,
+    keys.keys,
     models.deploy,
     models.models,
     models.describe,

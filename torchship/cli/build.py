@@ -11,6 +11,13 @@ from torchship import errors as E
 from .base import Ctx, emit, json_option, model_version_option, name_argument, name_option, pass_ctx, public_key_option
 from .table import render
 
+model_key_option = click.option(
+    "--model-key",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="A model keyring file (default: the project's, .torchship/keys/model-keys.json).",
+)
+
 
 @click.command()
 @name_argument()
@@ -95,6 +102,13 @@ def train(c: Ctx, name: str, seed: int, epochs: int | None, quick: bool, shuffle
     help="With --handler: skip checking that the handler and model file import in the server's Python "
     "(for an archive built on another machine than the server's).",
 )
+@click.option(
+    "--encrypt",
+    is_flag=True,
+    help="Encrypt the safetensors weights at rest (AES-256-GCM) under the project's model key, made on first "
+    "use (also `encrypt: true` in torchship.yaml).",
+)
+@model_key_option
 @pass_ctx
 def package(
     c: Ctx,
@@ -111,6 +125,8 @@ def package(
     threads: int | None,
     requirements: str | None,
     import_check: bool,
+    encrypt: bool,
+    model_key: str | None,
 ) -> None:
     """Build and sign model_store/NAME-VERSION.mar from a checkpoint (or from your own handler).
 
@@ -118,6 +134,7 @@ def package(
     --model-file model.py, or only NAME when torchship.yaml records it (its newest run is packaged).
     With a handler, the handler and model file are first imported in the server's Python, as TorchServe
     will import them; each module it lacks is named with how to add it, and nothing is built.
+    With --encrypt the weights are encrypted at rest; the server torchship starts hands its workers the key.
     """
     from torchship import archiver
 
@@ -131,6 +148,9 @@ def package(
         raise click.UsageError(
             "--requirements and --no-import-check go with --handler (or a model recorded in torchship.yaml)"
         )
+    recorded = c.project.recorded_models().get(name)
+    if model_key and not (encrypt or (recorded is not None and recorded.encrypt)):
+        raise click.UsageError("--model-key goes with --encrypt")
     result = c.project.package(
         name,
         version=version,
@@ -144,6 +164,8 @@ def package(
         threads=threads,
         requirements=requirements,
         import_check=import_check,
+        encrypt=encrypt,
+        model_key=model_key,
     )
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
@@ -156,6 +178,12 @@ def package(
     )
     if result.handler_base:
         click.echo(f"packed torchship's handler base, which the code imports: {', '.join(result.handler_base)}")
+    for member, how in (prov.get("encryption") or {}).get("members", {}).items():
+        n = how["chunks"]
+        click.echo(
+            f"encrypted {how['plaintext']['name']} -> {member} ({how['cipher']}, {n} chunk{'s' if n != 1 else ''} "
+            f"of {how['chunk_size'] / 2**20:g} MiB) under model key {how['key_id']}"
+        )
     click.echo(f"build digest {result.digest}; signed: {archiver.signature_path(result.path).name}")
 
 
@@ -175,11 +203,18 @@ def _shown(path: Path) -> str:
     is_flag=True,
     help="Accept an archive without signature/provenance (third-party); safety checks still run.",
 )
+@model_key_option
 @json_option()
 @pass_ctx
-def verify(c: Ctx, archive: str, public_key: str | None, allow_unsigned: bool, as_json: bool) -> None:
-    """Check an archive's layout, safety, signature, every member's digest, and its weights."""
-    report = c.project.verify(archive, public_key=public_key, allow_unsigned=allow_unsigned)
+def verify(
+    c: Ctx, archive: str, public_key: str | None, allow_unsigned: bool, model_key: str | None, as_json: bool
+) -> None:
+    """Check an archive's layout, safety, signature, every member's digest, and its weights.
+
+    Encrypted weights are checked without a key (keys member, headers, sizes, provenance), and decrypted
+    and checked too with the project's model keyring when it has one, or --model-key FILE.
+    """
+    report = c.project.verify(archive, public_key=public_key, allow_unsigned=allow_unsigned, model_key=model_key)
     if as_json:
         emit(report.to_dict())
     else:

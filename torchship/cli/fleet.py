@@ -211,6 +211,14 @@ def rollback(c: Ctx, name: str, as_json: bool) -> None:
 )
 @click.option("--canary-percent", type=click.IntRange(0, 100), default=None, help="kserve: canaryTrafficPercent.")
 @public_key_option
+@click.option(
+    "--model-key",
+    "model_key",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Model keyring that opens the encrypted archives, for the Secret the export then writes "
+    "(default: the project's .torchship/keys/model-keys.json).",
+)
 @pass_ctx
 def export_cmd(
     c: Ctx,
@@ -223,6 +231,7 @@ def export_cmd(
     storage_uri: str | None,
     canary_percent: int | None,
     public_key: str | None,
+    model_key: str | None,
 ) -> None:
     """Write Kubernetes or KServe manifests and the model-store layout (verified archives)."""
     written = c.project.export(
@@ -235,7 +244,14 @@ def export_cmd(
         storage_uri=storage_uri,
         canary_percent=canary_percent,
         public_key=public_key,
+        model_key=model_key,
     )
     click.echo(f"{len(written['archives'])} verified archive(s) -> {Path(out) / 'model-store' / 'model-store'}")
+    secrets = written.get("secrets", [])
     for path in written["config"] + written["manifests"]:
-        click.echo(f"wrote {path}")
+        click.echo(f"wrote {path}" + (" (mode 0600)" if path in secrets else ""))
+    for path in secrets:
+        click.echo(
+            f"{path} holds key material: the model key of the encrypted archives. Never commit it or copy it "
+            "into an image: kubectl apply it (or keep it in your secret store), then delete the file."
+        )

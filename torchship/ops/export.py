@@ -30,6 +30,18 @@ only to two emptyDir volumes, named by explicit settings rather than by defaults
 
 The config and the archives are mounted read-only.
 
+Encrypted archives (`torchship package --encrypt`: the zip holds `torchship-keys.json`) need the
+model key in the pod, and only there: the export then also writes `secret.yaml`, a Secret
+(`<name>-model-keys`, type Opaque) whose one key `model-keys.json` is a keyring holding only the
+model keys those archives are wrapped under (taken from the project's
+`.torchship/keys/model-keys.json` or the keyring named), written mode 0600. The TorchServe
+container mounts it read-only at MODEL_KEYS_IN_POD (defaultMode 0400; with the pod's fsGroup the
+kubelet makes it 0440, group model-server) and finds it through $TORCHSHIP_MODEL_KEYS, as the
+workers of a local server do. The key is in no other manifest, in no ConfigMap, annotation or
+image; without encrypted archives nothing of this is written and the manifests are unchanged.
+Each encrypted archive's data key is unwrapped with the keyring before anything is written
+there, so a wrong or missing key fails the export, not the pod.
+
 Who reaches what: inference (8080) and metrics (8082) bind all interfaces of the pod and
 management stays on the pod's loopback. The metrics port answers anyone who reaches it (model
 names, versions, the pod's hostname), so in the k8s export the NetworkPolicy is its only way in:
@@ -46,9 +58,12 @@ snapshot of the desired state (versions, default, workers, batching), so the pod
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +71,7 @@ import yaml
 
 from torchship.archiver import archive_path
 from torchship.archiver.names import InvalidName, check_name, check_version
+from torchship.handlers import torchship_crypto
 from torchship.ops.desired import DesiredState
 from torchship.sdk.errors import BadInput, VerificationError
 
@@ -65,8 +81,11 @@ __all__ = [
     "check_export_names",
     "client_label",
     "scraper_label",
+    "encrypted_archives",
     "IMAGE",
     "SCRAPER_NAMESPACE_LABEL",
+    "MODEL_KEYS_IN_POD",
+    "MODEL_KEYS_FILE",
 ]
 
 IMAGE = "pytorch/torchserve:0.12.0-cpu"
@@ -77,6 +96,8 @@ WORK_IN_POD = f"{HOME_IN_POD}/work"  # emptyDir: workingDir, key file, logs, sna
 LOGS_IN_POD = f"{WORK_IN_POD}/logs"
 TMP_IN_POD = "/tmp"  # emptyDir: TMPDIR/TEMP/TMP (pid file, java.io.tmpdir: sockets, unpacked archives)
 KSERVE_ROOT = "/mnt/models"
+MODEL_KEYS_IN_POD = "/var/run/torchship/model-keys"  # the Secret's read-only mount (encrypted archives only)
+MODEL_KEYS_FILE = "model-keys.json"  # the Secret's key, and the file's name in the mount
 INFERENCE_PORT, MANAGEMENT_PORT, METRICS_PORT = 8080, 8081, 8082
 SCRAPER_NAMESPACE_LABEL = "torchship.io/metrics-scraper"
 # --name becomes object names, with suffixes up to "-model-store" (the PVC), and label keys.
@@ -202,6 +223,82 @@ def _copy_archives(
     return [p for p in written if p.suffix == ".mar"]
 
 
+def encrypted_archives(archives: list[Path]) -> list[Path]:
+    """The archives whose weights are encrypted: their zip holds torchship-keys.json."""
+    out = []
+    for archive in archives:
+        with zipfile.ZipFile(archive) as zf:
+            if torchship_crypto.KEYS_MEMBER in zf.namelist():
+                out.append(archive)
+    return out
+
+
+def _pod_keyring(encrypted: list[Path], model_keys: Path | None) -> str:
+    """The keyring the pod gets: the model keys `encrypted` are wrapped under, and no other, each
+    checked to open its archives' data keys (BadInput naming the archive and key otherwise)."""
+    names = ", ".join(a.name for a in encrypted)
+    if model_keys is None:
+        raise BadInput(f"{names}: encrypted, and no model keyring to export with them: name it (--model-key FILE)")
+    try:
+        current, keys = torchship_crypto.read_keyring(model_keys)
+    except torchship_crypto.ModelKeyError as exc:
+        raise BadInput(f"{names}: encrypted, and {exc}: name the keyring that opens them (--model-key FILE)") from None
+    needed: dict[str, bytes] = {}
+    for archive in encrypted:
+        with zipfile.ZipFile(archive) as zf:
+            try:
+                entries = json.loads(zf.read(torchship_crypto.KEYS_MEMBER))["members"]
+                wrapped = [(member, e["key_id"], e["wrapped_key"]) for member, e in sorted(entries.items())]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                wrapped = []
+        if not wrapped:
+            raise BadInput(f"{archive.name}: its {torchship_crypto.KEYS_MEMBER} names no wrapped data key")
+        for member, kid, blob in wrapped:
+            if kid not in keys:
+                raise BadInput(
+                    f"{archive.name}: {member} is encrypted under model key {kid}, which {model_keys} does not hold"
+                )
+            try:
+                torchship_crypto.unwrap(keys[kid], blob)
+            except torchship_crypto.ModelKeyError as exc:
+                raise BadInput(f"{archive.name}: {member}: {exc} (model key {kid} of {model_keys})") from None
+            needed[kid] = keys[kid]
+    return torchship_crypto.keyring_text(current if current in needed else min(needed), needed)
+
+
+def _secret(app: str, keyring: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"{app}-model-keys", "labels": _labels(app)},
+        "type": "Opaque",
+        "data": {MODEL_KEYS_FILE: base64.b64encode(keyring.encode()).decode()},
+    }
+
+
+def _model_keys_volume(app: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """The Secret's volume, its read-only mount in the TorchServe container, and the env entry that
+    names the keyring file to the workers."""
+    volume = {
+        "name": "model-keys",
+        "secret": {
+            "secretName": f"{app}-model-keys",
+            "items": [{"key": MODEL_KEYS_FILE, "path": MODEL_KEYS_FILE}],
+            "defaultMode": 0o400,
+        },
+    }
+    mount = {"name": "model-keys", "mountPath": MODEL_KEYS_IN_POD, "readOnly": True}
+    env = {"name": torchship_crypto.KEYRING_ENV, "value": f"{MODEL_KEYS_IN_POD}/{MODEL_KEYS_FILE}"}
+    return volume, mount, env
+
+
+def _with_model_keys(container: dict[str, Any], volumes: list[dict[str, Any]], app: str) -> None:
+    volume, mount, env = _model_keys_volume(app)
+    container["env"].append(env)
+    container["volumeMounts"].append(mount)
+    volumes.append(volume)
+
+
 def _labels(app: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": app, "app.kubernetes.io/managed-by": "torchship"}
 
@@ -325,7 +422,9 @@ def _network_policy(app: str, labels: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _k8s(desired: DesiredState, app: str, image: str, config: str, max_replicas: int) -> list[dict[str, Any]]:
+def _k8s(
+    desired: DesiredState, app: str, image: str, config: str, max_replicas: int, keyring: str | None
+) -> list[dict[str, Any]]:
     labels = _labels(app)
     args = [
         "torchserve",
@@ -343,6 +442,17 @@ def _k8s(desired: DesiredState, app: str, image: str, config: str, max_replicas:
         {"name": "model-store", "mountPath": STORE_IN_POD, "readOnly": True},
         *writable_mounts,
     ]
+    container = _container(desired, image, args, mounts, "torchserve")
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": f"{app}-config"}},
+        {
+            "name": "model-store",
+            "persistentVolumeClaim": {"claimName": f"{app}-model-store", "readOnly": True},
+        },
+        *writable,
+    ]
+    if keyring is not None:
+        _with_model_keys(container, volumes, app)
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -358,15 +468,8 @@ def _k8s(desired: DesiredState, app: str, image: str, config: str, max_replicas:
                 "spec": {
                     "automountServiceAccountToken": False,
                     "securityContext": _pod_security(),
-                    "containers": [_container(desired, image, args, mounts, "torchserve")],
-                    "volumes": [
-                        {"name": "config", "configMap": {"name": f"{app}-config"}},
-                        {
-                            "name": "model-store",
-                            "persistentVolumeClaim": {"claimName": f"{app}-model-store", "readOnly": True},
-                        },
-                        *writable,
-                    ],
+                    "containers": [container],
+                    "volumes": volumes,
                 },
             },
         },
@@ -378,6 +481,7 @@ def _k8s(desired: DesiredState, app: str, image: str, config: str, max_replicas:
             "metadata": {"name": f"{app}-config", "labels": labels},
             "data": {"config.properties": config},
         },
+        *([_secret(app, keyring)] if keyring is not None else []),
         deployment,
         {
             "apiVersion": "v1",
@@ -411,7 +515,9 @@ def _k8s(desired: DesiredState, app: str, image: str, config: str, max_replicas:
     ]
 
 
-def _kserve(desired: DesiredState, app: str, image: str, storage_uri: str, canary: int | None) -> list[dict[str, Any]]:
+def _kserve(
+    desired: DesiredState, app: str, image: str, storage_uri: str, canary: int | None, keyring: str | None
+) -> list[dict[str, Any]]:
     runtime = f"{app}-torchserve"
     args = [
         "torchserve",
@@ -423,8 +529,10 @@ def _kserve(desired: DesiredState, app: str, image: str, storage_uri: str, canar
     ]
     # KServe mounts the storageUri at /mnt/models itself (read-only for a PVC); the runtime adds the
     # writable emptyDirs. ServingRuntime has no pod securityContext: the InferenceService sets it.
-    writable, writable_mounts = _writable_volumes()
+    volumes, writable_mounts = _writable_volumes()
     container = _container(desired, image, args, writable_mounts, "kserve-container", metrics_port=False)
+    if keyring is not None:
+        _with_model_keys(container, volumes, app)
     serving_runtime = {
         "apiVersion": "serving.kserve.io/v1alpha1",
         "kind": "ServingRuntime",
@@ -433,7 +541,7 @@ def _kserve(desired: DesiredState, app: str, image: str, storage_uri: str, canar
             "supportedModelFormats": [{"name": "pytorch", "version": "1", "autoSelect": False}],
             "protocolVersions": ["v1", "v2"],
             "containers": [container],
-            "volumes": writable,
+            "volumes": volumes,
         },
     }
     predictor: dict[str, Any] = {
@@ -455,7 +563,7 @@ def _kserve(desired: DesiredState, app: str, image: str, storage_uri: str, canar
         "metadata": {"name": app, "labels": _labels(app)},
         "spec": {"predictor": predictor},
     }
-    return [serving_runtime, inference_service]
+    return [*([_secret(app, keyring)] if keyring is not None else []), serving_runtime, inference_service]
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -463,6 +571,14 @@ class _PlainDumper(yaml.SafeDumper):
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
+
+
+def _write_secret(path: Path, doc: dict[str, Any]) -> None:
+    """The Secret's manifest, readable by this account only from its first byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), 0o600)  # an older file keeps its mode through O_CREAT
+        f.write(yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False))
 
 
 def export(
@@ -478,10 +594,13 @@ def export(
     max_replicas: int = 4,
     storage_uri: str | None = None,
     canary_percent: int | None = None,
+    model_keys: Path | None = None,
 ) -> dict[str, list[Path]]:
     """Write the model-store layout and the manifests; returns what was written.
 
-    Names, target and options are checked before anything is read or written.
+    Names, target and options are checked before anything is read or written. `model_keys`: the
+    keyring that opens the encrypted archives (read only when there are some); their keys go into
+    a Secret manifest, also listed under "secrets".
     """
     if target not in ("k8s", "kserve"):
         raise BadInput(f"export target must be k8s or kserve, not {target!r}")
@@ -491,19 +610,40 @@ def export(
     out = Path(out)
     layout = out / "model-store"
     archives = _copy_archives(desired, store, layout / "model-store", public_key, allow_unsigned)
+    try:
+        encrypted = encrypted_archives(archives)
+        keyring = _pod_keyring(encrypted, Path(model_keys) if model_keys else None) if encrypted else None
+    except BaseException:
+        from torchship.archiver import signature_path
+
+        for archive in archives:  # refused: leave no copies, as a failed verification does
+            archive.unlink(missing_ok=True)
+            signature_path(archive).unlink(missing_ok=True)
+        raise
     in_pod_store = STORE_IN_POD if target == "k8s" else f"{KSERVE_ROOT}/model-store"
     config = cluster_config(desired, in_pod_store, metrics_host="0.0.0.0" if target == "k8s" else "127.0.0.1")
     (layout / "config").mkdir(parents=True, exist_ok=True)
     (layout / "config" / "config.properties").write_text(config)
     if target == "k8s":
-        docs = _k8s(desired, name, image, config, max_replicas)
+        docs = _k8s(desired, name, image, config, max_replicas, keyring)
     else:
-        docs = _kserve(desired, name, image, storage_uri or f"pvc://{name}-model-store", canary_percent)
+        docs = _kserve(desired, name, image, storage_uri or f"pvc://{name}-model-store", canary_percent, keyring)
     folder = out / target
     folder.mkdir(parents=True, exist_ok=True)
-    manifests = []
+    manifests, secrets = [], []
     for doc in docs:
         path = folder / f"{doc['kind'].lower()}.yaml"
-        path.write_text(yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False))
+        if doc["kind"] == "Secret":
+            _write_secret(path, doc)
+            secrets.append(path)
+        else:
+            path.write_text(yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False))
         manifests.append(path)
-    return {"archives": archives, "manifests": manifests, "config": [layout / "config" / "config.properties"]}
+    if keyring is None:  # a Secret left by an earlier export: no key material where none is needed
+        (folder / "secret.yaml").unlink(missing_ok=True)
+    return {
+        "archives": archives,
+        "manifests": manifests,
+        "config": [layout / "config" / "config.properties"],
+        "secrets": secrets,
+    }

@@ -21,6 +21,7 @@ __all__ = ["Registry", "ArchiveRecord", "Event", "EVENT_KINDS"]
 
 EVENT_KINDS = (
     "packaged",
+    "rekeyed",
     "registered",
     "unregistered",
     "scaled",
@@ -192,6 +193,31 @@ class Registry:
             (_INSERT_EVENT, (record.created, name, version, "packaged", json.dumps({"digest": digest}))),
         )
         return record
+
+    def record_rekey(
+        self,
+        name: str,
+        version: str,
+        *,
+        digest: str,
+        provenance: dict[str, Any],
+        from_keys: list[str],
+        to_key: str,
+    ) -> None:
+        """Record a recorded archive rewrapped under another model key, and a 'rekeyed' event.
+
+        Its new build digest and provenance replace the old ones; lineage and creation time stay.
+        """
+        check_name_version(name, version)
+        now = _now()
+        detail = {"digest": digest, "from_keys": from_keys, "to_key": to_key}
+        self._transaction(
+            (
+                "UPDATE archives SET digest=?, provenance=? WHERE name=? AND version=?",
+                (digest, json.dumps(provenance, sort_keys=True), name, version),
+            ),
+            (_INSERT_EVENT, (now, name, version, "rekeyed", json.dumps(detail, sort_keys=True))),
+        )
 
     def archive(self, name: str, version: str) -> ArchiveRecord | None:
         """Return the record of one archive, or None when it was never recorded."""

@@ -37,6 +37,8 @@ _JAVA_MAIN = "org.pytorch.serve.ModelServer"
 # Environment variables that must never reach a worker: this one silently re-enables
 # pickle code execution in torch.load.
 _FORBIDDEN_ENV = ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD",)
+# where the workers find the model keyring (handlers/torchship_crypto.py KEYRING_ENV)
+MODEL_KEYS_ENV = "TORCHSHIP_MODEL_KEYS"
 # a unix socket's path holds 107 bytes; TorchServe puts each worker's at TMPDIR/.ts.sock.<port>
 SOCKET_PATH_MAX = 107
 WORKER_SOCKET_LONGEST = ".ts.sock.65535"
@@ -56,6 +58,19 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def _refuse_shared_keyring(path: Path) -> None:
+    """Hand the workers a keyring only while no other account can read or swap it."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return  # made at the first `torchship package --encrypt`; the workers read it at load
+    if st.st_mode & 0o077 or st.st_uid != os.getuid():
+        raise ServerStartError(
+            f"{path} (the model keys of encrypted archives) is readable or writable by other accounts, or "
+            f"not this account's: chmod 600 {path} (and chown it), then start again"
+        )
 
 
 def free_port_overrides() -> dict[str, str]:
@@ -96,7 +111,9 @@ class LocalServer:
 
     `overrides` replace properties of the config (tests use them for free ports and short token
     lifetimes). The effective config is written to `workdir/config.properties`, with the model
-    store made absolute and allowed_urls narrowed to it.
+    store made absolute and allowed_urls narrowed to it. `model_keys`: the keyring of encrypted
+    archives' model keys (the project's `.torchship/keys/model-keys.json`); its path reaches the
+    workers as $TORCHSHIP_MODEL_KEYS (a path, never a key), and the file may be made later.
     """
 
     def __init__(
@@ -106,11 +123,13 @@ class LocalServer:
         *,
         model_store: str | os.PathLike[str] | None = None,
         overrides: dict[str, str] | None = None,
+        model_keys: str | os.PathLike[str] | None = None,
     ) -> None:
         self.config_path = Path(config_path).resolve()
         self.workdir = Path(workdir).resolve()
         self._model_store = Path(model_store).resolve() if model_store else None
         self.overrides = dict(overrides or {})
+        self.model_keys = Path(model_keys).resolve() if model_keys else None
 
     # ------------------------------------------------------------------ paths
 
@@ -246,6 +265,9 @@ class LocalServer:
 
         env = {k: v for k, v in os.environ.items() if k not in _FORBIDDEN_ENV}
         env.update(TMPDIR=str(self.tmpdir), TEMP=str(self.tmpdir), TMP=str(self.tmpdir))
+        if self.model_keys is not None:
+            _refuse_shared_keyring(self.model_keys)
+            env[MODEL_KEYS_ENV] = str(self.model_keys)  # the workers inherit the frontend's environment
         venv_bin = str(Path(sys.executable).parent)
         env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
         cmd = [
