@@ -13,7 +13,8 @@ in the same run: encrypt and decrypt throughput (GiB/s) of the same weights' byt
 beside a plain copy and the sha256 of those bytes, with ratios (a shared machine is noisy: the
 ratios hold better than the absolute figures); and the load of the embedder's real weights as a
 worker does it at initialize, plain (safetensors `load_file` + `load_state_dict`) against
-encrypted (read + `decrypt_stream` into memory + safetensors `load` + `load_state_dict`).
+encrypted (read + `decrypt_stream` into one buffer + the base handler's `tensors_in`, views of
+that buffer, + `load_state_dict`), exactly as `torchship_base_handler.load_weights` does it.
 """
 
 from __future__ import annotations
@@ -236,10 +237,13 @@ def encryption_throughput(weights: Path, args) -> None:
 
 def embedder_load(work: Path, args) -> None:
     """What a worker does at initialize with the embedder's real weights, plain and encrypted."""
-    import safetensors.torch
     from safetensors.torch import load_file
 
-    from torchship.handlers import torchship_models
+    from torchship.handlers import HANDLER_DIR, torchship_models
+
+    sys.path.insert(0, str(HANDLER_DIR))  # the base handler imports its helpers flat, as in a worker
+    from torchship_base_handler import tensors_in
+
     from torchship.train import embedder
 
     if not (args.embedder / "model.safetensors").is_file():
@@ -261,9 +265,7 @@ def embedder_load(work: Path, args) -> None:
     def encrypted() -> None:  # torchship_base_handler.load_weights on an encrypted member
         with open(sealed_file, "rb") as f:
             data = torchship_crypto.decrypt_stream(f.read, key, member=sealed_file.name)
-        state = safetensors.torch.load(bytes(data))
-        del data
-        model.load_state_dict(state)
+        model.load_state_dict(tensors_in(data))
 
     def decrypt_only() -> None:
         with open(sealed_file, "rb") as f:
@@ -274,7 +276,7 @@ def embedder_load(work: Path, args) -> None:
     times = interleaved(
         {
             "plain: load_file + load_state_dict": plain,
-            "encrypted: decrypt + load + load_state_dict": encrypted,
+            "encrypted: decrypt + tensors_in + load_state_dict": encrypted,
             "  of which read + decrypt_stream": decrypt_only,
         },
         args.load_repeat,
@@ -289,7 +291,7 @@ def embedder_load(work: Path, args) -> None:
     for name, runs in times.items():
         med = statistics.median(runs)
         print(f"{name:46} {med * 1e3:9.1f} {med / base:6.2f}x   " + " ".join(f"{t * 1e3:.1f}" for t in runs))
-    extra = statistics.median(times["encrypted: decrypt + load + load_state_dict"]) - base
+    extra = statistics.median(times["encrypted: decrypt + tensors_in + load_state_dict"]) - base
     print(f"encrypted - plain = {extra * 1e3:+.1f} ms per worker load")
 
 

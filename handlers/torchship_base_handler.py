@@ -39,7 +39,6 @@ from typing import Any
 import torch
 import torchship_models
 import torchship_oip as oip
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 
 logger = logging.getLogger(__name__)
@@ -161,8 +160,7 @@ class BatchHandler:
             import torchship_crypto  # packed beside the handler in encrypted archives only
 
             plain = torchship_crypto.open_member(model_dir, weights, os.environ.get(torchship_crypto.KEYRING_ENV))
-            state = load_safetensors(bytes(plain))  # safetensors reads bytes only: one more copy, dropped below
-            del plain
+            state = tensors_in(plain)  # views of the decrypted buffer: no further copy before load_state_dict
         elif weights.endswith(".safetensors"):
             state = load_file(str(model_dir / weights))
         else:
@@ -357,6 +355,57 @@ class BatchHandler:
 NPY_MAGIC = b"\x93NUMPY"
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_INFLATED = 64 * 1024 * 1024  # the most any gzip body may unpack to (each handler's max_body_bytes is lower)
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def tensors_in(buffer: bytearray) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file held in memory, as views of `buffer` (no copy).
+
+    The layout: an 8-byte little-endian header length, a JSON header {name: {dtype, shape,
+    data_offsets}}, then the data. Every entry is checked against the buffer before it is viewed.
+    """
+    if len(buffer) < 8:
+        raise ValueError("the weights are not a safetensors file (shorter than its header)")
+    length = int.from_bytes(buffer[:8], "little")
+    if not 2 <= length <= min(len(buffer) - 8, 100 << 20):
+        raise ValueError(f"the weights are not a safetensors file (header of {length} bytes)")
+    header = json.loads(bytes(buffer[8 : 8 + length]))
+    if not isinstance(header, dict):
+        raise ValueError("the weights' safetensors header is not a JSON object")
+    base, data_size = 8 + length, len(buffer) - 8 - length
+    out = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype")) if isinstance(entry, dict) else None
+        shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if isinstance(entry, dict) else (None, None)
+        ok_shape = isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+        ok_offsets = isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+        if dtype is None or not ok_shape or not ok_offsets:
+            raise ValueError(f"the weights' safetensors entry {name!r} is malformed")
+        begin, end = offsets
+        count = math.prod(shape)
+        if not 0 <= begin <= end <= data_size or end - begin != count * dtype.itemsize:
+            raise ValueError(f"the weights' safetensors entry {name!r} lies outside its data")
+        if count == 0:
+            out[name] = torch.empty(shape, dtype=dtype)
+            continue
+        flat = torch.frombuffer(buffer, dtype=dtype, count=count, offset=base + begin)
+        out[name] = flat.reshape(shape)
+    return out
 
 
 def _body_of(request: Any) -> Any:

@@ -470,3 +470,44 @@ def test_the_worker_hands_every_body_over_undecoded(mlp):
         for part in (b"body", b"application/json", body):
             a.sendall(struct.pack("!i", len(part)) + part)
         assert _retrieve_input_data(b)["value"] == body
+
+
+def test_decrypted_weights_are_read_as_views_exactly_as_safetensors_reads_them():
+    import ctypes
+    import struct
+
+    import torch
+    from safetensors.torch import load, save
+    from torchship_base_handler import tensors_in
+
+    state = {
+        "w": torch.randn(5, 3),
+        "i": torch.arange(7, dtype=torch.int64),
+        "h": torch.randn(4, dtype=torch.bfloat16),
+        "empty": torch.zeros(0, 2),
+        "flag": torch.tensor([True, False]),
+    }
+    buffer = bytearray(save(state))
+    got, want = tensors_in(buffer), load(bytes(buffer))
+    assert set(got) == set(want)
+    assert all(got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]) for k in want)
+    start = ctypes.addressof((ctypes.c_char * len(buffer)).from_buffer(buffer))
+    assert all(start <= t.data_ptr() < start + len(buffer) for t in got.values() if t.numel())  # views, no copy
+
+    def crafted(header: dict, data: bytes = b"\0" * 16) -> bytearray:
+        raw = json.dumps(header).encode()
+        return bytearray(struct.pack("<Q", len(raw)) + raw + data)
+
+    bad = [
+        bytearray(b"\x01\x02"),  # shorter than its header length
+        bytearray(struct.pack("<Q", 1 << 40) + b"{}"),  # a header longer than the buffer
+        crafted({"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 32]}}),  # past the data
+        crafted({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 16]}}),  # size disagrees
+        crafted({"x": {"dtype": "C64", "shape": [2], "data_offsets": [0, 16]}}),  # unknown dtype
+        crafted({"x": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}),  # negative shape
+        crafted({"x": {"dtype": "F32", "shape": [4], "data_offsets": [16, 0]}}),  # reversed
+        crafted(["not", "an", "object"]),
+    ]
+    for buf in bad:
+        with pytest.raises(ValueError):
+            tensors_in(buf)
