@@ -185,9 +185,10 @@ class Project:
     @property
     def server(self) -> LocalServer:
         """The project's local TorchServe (`LocalServer`), started or not."""
+        from torchship.archiver import keyring_path
         from torchship.ops.server import LocalServer
 
-        return LocalServer(self.config_path, self.paths.server_dir, model_keys=self.paths.key_dir / "model-keys.json")
+        return LocalServer(self.config_path, self.paths.server_dir, model_keys=keyring_path(self.paths.key_dir))
 
     @property
     def registry(self) -> Registry:

@@ -392,7 +392,7 @@ def test_the_real_tables_make_one_row_per_data_set():
 def expected_rows(pins: dict[str, str]) -> list[str]:
     ports = [f"port {n}" for n in D.PORT_KEYS]
     head = ["python", "java", *pins, "worker python", "wrk", "config", *ports, "server", "server key file"]
-    tail = ["model store", "disk", "key folder", "signing key"]
+    tail = ["model store", "disk", "key folder", "signing key", "model keys"]
     data = ["data sentiment", "data fashion", "data recommender", "data embedder", "data schemas"]
     return head + tail + data
 
@@ -455,3 +455,16 @@ def test_the_report_passes_only_without_a_fail_row():
     failed = D.DoctorReport([*rows, D.Check("d", "FAIL", "w", "fix it")], 0.25)
     assert not failed.ok and failed.failures == [D.Check("d", "FAIL", "w", "fix it")]
     assert failed.summary().startswith("1 of 4 checks FAIL")
+
+
+def test_the_model_keyring_must_be_private_when_there_is_one(tmp_path):
+    from torchship.ops.doctor import check_model_keys
+
+    assert check_model_keys(tmp_path).status == "skip"
+    keyring = tmp_path / "model-keys.json"
+    keyring.write_text("{}")
+    keyring.chmod(0o644)
+    row = check_model_keys(tmp_path)
+    assert row.status == "FAIL" and row.fix.startswith("chmod 600 ") and row.fix.endswith("model-keys.json")
+    keyring.chmod(0o600)
+    assert check_model_keys(tmp_path).status == "ok"

@@ -136,6 +136,7 @@ def diagnose(project: Project, *, timeout: float = CHECK_TIMEOUT) -> DoctorRepor
         ("disk", lambda: [check_disk(project.store)]),
         ("key folder", lambda: [check_key_folder(project.key_dir)]),
         ("signing key", lambda: [check_signing_key(project.key_dir)]),
+        ("model keys", lambda: [check_model_keys(project.key_dir)]),
         ("data", lambda: check_data(_fetch_data())),
     ]
     pool = ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="doctor")
@@ -576,6 +577,16 @@ def check_signing_key(key_dir: Path) -> Check:
         fix_missing=make,
         missing_status=WARN,
     )
+
+
+def check_model_keys(key_dir: Path) -> Check:
+    """The model keyring of encrypted archives: 0600 when present; absent is fine (made by `package --encrypt`)."""
+    from torchship.archiver import keyring_path
+
+    path = keyring_path(key_dir)
+    if not path.exists():
+        return Check("model keys", SKIP, f"{_show(path)}: none (made by the first `torchship package --encrypt`)")
+    return check_private_file("model keys", path, missing="gone", fix_missing="")
 
 
 def check_key_folder(key_dir: Path) -> Check:
