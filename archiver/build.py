@@ -35,6 +35,7 @@ from torchship.handlers import HANDLER_DIR, torchship_crypto
 
 from . import encryption, preflight
 from .digests import recorded_digest, sha256_file
+from .durable import fsync_dir
 from .errors import ArchiveError
 from .model_config import validate_model_config
 from .model_keys import Keyring
@@ -152,7 +153,7 @@ def build(
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, target)
-        _fsync_dir(store)
+        fsync_dir(store)
     except OSError as exc:
         raise ArchiveError(f"packaging {spec.file_name} failed: {exc.strerror or exc}; nothing was written") from None
     finally:
@@ -244,7 +245,7 @@ def _manifest(spec: ArchiveSpec, meta: dict | None, *, serialized: str | None = 
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _zipinfo(arcname: str, size: int) -> zipfile.ZipInfo:
+def zipinfo(arcname: str, size: int) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(arcname, date_time=ZIP_TIME)
     info.compress_type = zipfile.ZIP_STORED
     info.create_system = 3  # Unix, so the mode below is read
@@ -259,7 +260,7 @@ def _write_member(
     digest = hashlib.sha256()
     if isinstance(source, (bytes, bytearray)):
         digest.update(source)
-        zf.writestr(_zipinfo(arcname, len(source)), bytes(source))
+        zf.writestr(zipinfo(arcname, len(source)), bytes(source))
         return {"sha256": digest.hexdigest(), "size": len(source)}
     size = source.stat().st_size
     known = recorded_digest(source)  # recorded when training wrote the file, if still unchanged
@@ -268,7 +269,7 @@ def _write_member(
     # writes: hashlib, zlib and file writes release the GIL on large blocks.
     with (
         open(source, "rb") as src,
-        zf.open(_zipinfo(arcname, size), "w", force_zip64=size >= 0xFFFFFFFF) as dst,
+        zf.open(zipinfo(arcname, size), "w", force_zip64=size >= 0xFFFFFFFF) as dst,
         ThreadPoolExecutor(max_workers=1) as hasher,
     ):
         while True:
@@ -297,7 +298,7 @@ def _write_encrypted(
     done = 0
     with (
         open(source.source, "rb") as src,
-        zf.open(_zipinfo(arcname, size), "w", force_zip64=size >= 0xFFFFFFFF) as dst,
+        zf.open(zipinfo(arcname, size), "w", force_zip64=size >= 0xFFFFFFFF) as dst,
         ThreadPoolExecutor(max_workers=1) as hasher,
     ):
 
@@ -325,19 +326,6 @@ def _write_encrypted(
     if done != size or (source.rehash and plain.hexdigest() != source.sha256):
         raise ArchiveError(f"{source.source} changed while it was encrypted")
     return {"sha256": digest.hexdigest(), "size": size}
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _stderr_progress(name: str, done: int, total: int) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from torchship.handlers import torchship_crypto
 
+from .durable import fsync_dir
 from .errors import ArchiveError
 
 __all__ = [
@@ -131,20 +132,7 @@ def _write(path: Path, text: str, *, replace: bool) -> bool:
                 os.link(tmp, path)  # fails when the file exists: no clobbering a keyring made meanwhile
             except FileExistsError:
                 return False
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return True
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -24,7 +24,8 @@ from typing import Any
 from torchship.handlers import torchship_crypto
 
 from . import encryption
-from .build import CHUNK, _fsync_dir, _zipinfo
+from .build import CHUNK, zipinfo
+from .durable import fsync_dir
 from .errors import ArchiveError, VerificationError
 from .model_keys import Keyring
 from .provenance import PROVENANCE_NAME
@@ -131,9 +132,9 @@ def _replace(archive: Path, new: dict[str, bytes], key_dir: Path, public_key: Pa
                     for info in src.infolist():
                         if info.filename in new:
                             data = new[info.filename]
-                            dst.writestr(_zipinfo(info.filename, len(data)), data)
+                            dst.writestr(zipinfo(info.filename, len(data)), data)
                             continue
-                        entry = _zipinfo(info.filename, info.file_size)
+                        entry = zipinfo(info.filename, info.file_size)
                         entry.date_time, entry.external_attr = info.date_time, info.external_attr
                         with (
                             src.open(info) as f,
@@ -151,6 +152,6 @@ def _replace(archive: Path, new: dict[str, bytes], key_dir: Path, public_key: Pa
         # the archive first, then its signature: between the two a reader sees a mismatch and refuses
         os.replace(copy_path, archive)
         os.replace(signature_path(copy_path), signature_path(archive))
-        _fsync_dir(archive.parent)
+        fsync_dir(archive.parent)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -7,7 +7,6 @@ import importlib
 import json
 import math
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.helpers import git
 from tests.unit.handler_context import decoded, make_context, run_batch, statuses
 from torchship import checkpoint
 from torchship import errors as E
@@ -33,16 +33,6 @@ def own_net(seed: int = 0) -> torch.nn.Module:
     spec.loader.exec_module(module)
     torch.manual_seed(seed)
     return module.Net(**ARCHITECTURE)
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
 
 
 @pytest.fixture
