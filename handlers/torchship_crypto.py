@@ -219,14 +219,20 @@ def decrypt_chunks(read: Callable[[int], bytes], key: bytes, *, member: str = "t
         raise ModelKeyError(f"{member} has bytes after its last chunk")
 
 
-def decrypt_stream(read: Callable[[int], bytes], key: bytes, *, member: str = "the weights") -> bytearray:
+def decrypt_stream(
+    read: Callable[[int], bytes], key: bytes, *, member: str = "the weights", total: int | None = None
+) -> bytearray:
     """The plaintext, in memory (never on disk), every chunk authenticated; ModelKeyError on damage.
 
     Each chunk is decrypted straight into its place in one buffer of the plaintext's size (no
-    growing, no second copy): a worker's load costs little more than reading the file.
+    growing, no second copy): a worker's load costs little more than reading the file. `total`:
+    the member's size in bytes, when known; the header's plaintext size must agree with it before
+    anything is allocated (a forged header cannot make the worker reserve memory it never fills).
     """
     raw, header = read_header(read)
     size, chunk = header["size"], header["chunk_size"]
+    if total is not None and encrypted_size(size, chunk, header["plaintext"]) != total:
+        raise ModelKeyError(f"{member}: its header's sizes do not match the member's {total} bytes")
     n = chunk_count(size, chunk)
     aead = AESGCM(key)
     out = bytearray(size)
@@ -270,5 +276,6 @@ def open_member(model_dir: str | os.PathLike[str], member: str, keyring: str | o
             f"{member} is encrypted under model key {wanted}, which this server's keyring ({keyring}) does not hold"
         )
     key = unwrap(keys[wanted], wrapped)
-    with open(model_dir / member, "rb") as f:
-        return decrypt_stream(f.read, key, member=member)
+    path = model_dir / member
+    with open(path, "rb") as f:
+        return decrypt_stream(f.read, key, member=member, total=os.fstat(f.fileno()).st_size)

@@ -500,3 +500,24 @@ def test_no_command_prints_a_model_key(project, mlp_run, capsys, tmp_path):
     assert "mk-" in text and "chmod 600" in text and "no key mk-nosuchkey" in text
     assert not [s for s in secrets if s in text]
     assert keyring_of(project).read_text() not in text
+
+
+def test_a_forged_header_cannot_make_the_worker_reserve_memory(tmp_path):
+    """The header names the plaintext's size before any chunk is authenticated: the worker checks
+    it against the member's real size before it allocates the buffer."""
+    import io
+    import struct
+
+    key = torchship_crypto.new_key()
+    sealed = io.BytesIO()
+    torchship_crypto.encrypt_stream(io.BytesIO(b"w" * 1000).read, sealed.write, key, size=1000, plaintext_name="m")
+    fields = {"cipher": "AES-256-GCM", "chunk_size": 4 << 20, "format": 1, "plaintext": "m", "size": 1 << 40}
+    header = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    forged = torchship_crypto.MAGIC + struct.pack(">I", len(header)) + header + sealed.getvalue()[-1016:]
+    (tmp_path / "model.safetensors.tsenc").write_bytes(forged)
+    entry = {"key_id": "mk-00000001", "wrapped_key": torchship_crypto.wrap(key, key)}
+    (tmp_path / torchship_crypto.KEYS_MEMBER).write_text(json.dumps({"members": {"model.safetensors.tsenc": entry}}))
+    keyring = tmp_path / "keys.json"
+    keyring.write_text(torchship_crypto.keyring_text("mk-00000001", {"mk-00000001": key}))
+    with pytest.raises(torchship_crypto.ModelKeyError, match="sizes do not match the member's"):
+        torchship_crypto.open_member(tmp_path, "model.safetensors.tsenc", keyring)
