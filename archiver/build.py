@@ -9,8 +9,10 @@ inputs give a byte-identical archive.
 
 With a model key the weights are encrypted on the way in (`encryption`, `torchship_crypto`): streamed
 chunk by chunk into `<weights>.tsenc`, one chunk in memory at a time, under a data key derived from the
-model key, the archive's name and version and the weights' sha256, so an encrypted build is as
-reproducible as a plain one for the same key.
+model key, the archive's name and version, the member's header and the weights' sha256, so an encrypted
+build is as reproducible as a plain one for the same key. The bytes encrypted are always hashed as they
+are read: if they are not the ones whose sha256 the key was derived from (a sidecar digest gone stale,
+a file changed meanwhile), nothing is written.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import yaml
 from torchship.handlers import HANDLER_DIR, torchship_crypto
 
 from . import encryption, preflight
-from .digests import recorded_digest, sha256_file
+from .digests import SIDECAR, recorded_digest, sha256_file
 from .durable import fsync_dir
 from .errors import ArchiveError
 from .model_config import validate_model_config
@@ -69,13 +71,14 @@ def archive_path(store: Path, name: str, version: str) -> Path:
 
 @dataclass(frozen=True)
 class _Encrypt:
-    """A weights file to encrypt into its member: the data key, and the plaintext's size and sha256."""
+    """A weights file to encrypt into its member: the data key, and the plaintext's size and the
+    sha256 the key was derived from (the bytes encrypted are hashed again and must match it)."""
 
     source: Path
     key: bytes
     size: int
     sha256: str
-    rehash: bool  # the sha256 came from a first read: check the bytes encrypted are those bytes
+    recorded: bool  # the sha256 came from the digests sidecar, not from reading the file
 
 
 def build(
@@ -200,10 +203,16 @@ def _encrypted_members(
     known = recorded_digest(spec.weights)
     sha = known or sha256_file(spec.weights)
     size = spec.weights.stat().st_size
-    data_key = torchship_crypto.data_key(model_key.current_key, encryption.archive_id(spec.name, spec.version), sha)
+    data_key = torchship_crypto.data_key(
+        model_key.current_key,
+        name=spec.name,
+        version=spec.version,
+        header=torchship_crypto.member_header(plain, size),
+        plaintext_sha256=sha,
+    )
     wrapped = torchship_crypto.wrap(model_key.current_key, data_key)
     out: list[tuple[str, Path | bytes | _Encrypt]] = [(n, s) for n, s in members if n != plain]
-    out.append((member, _Encrypt(spec.weights, data_key, size, sha, rehash=known is None)))
+    out.append((member, _Encrypt(spec.weights, data_key, size, sha, recorded=known is not None)))
     keys = {member: encryption.KeysEntry(model_key.current, wrapped)}
     out.append((encryption.KEYS_MEMBER, encryption.keys_member_bytes(keys)))
     record = encryption.member_record(key_id=model_key.current, plaintext_name=plain, size=size, sha256=sha)
@@ -304,8 +313,7 @@ def _write_encrypted(
 
         def read(n: int) -> bytes:
             block = src.read(n)
-            if source.rehash:  # in order before this chunk's ciphertext hash, which write() waits for
-                hasher.submit(plain.update, block)
+            hasher.submit(plain.update, block)  # always: in order before this chunk's ciphertext hash
             return block
 
         def write(block: bytes) -> None:
@@ -323,8 +331,15 @@ def _write_encrypted(
             )
         except torchship_crypto.ModelKeyError:
             raise ArchiveError(f"{source.source} changed size while it was encrypted") from None
-    if done != size or (source.rehash and plain.hexdigest() != source.sha256):
+    if done != size:
         raise ArchiveError(f"{source.source} changed while it was encrypted")
+    if plain.hexdigest() != source.sha256:  # its data key is for other bytes: never publish this ciphertext
+        why = (
+            f"its sha256 recorded in {SIDECAR} is stale (delete that file and package again)"
+            if source.recorded
+            else "it changed while it was encrypted"
+        )
+        raise ArchiveError(f"{source.source} is not the file its data key was derived for: {why}; nothing was written")
     return {"sha256": digest.hexdigest(), "size": size}
 
 

@@ -4,7 +4,9 @@ Training already reads its weights once when it writes them; it records their sh
 sidecar `.torchship-digests.json` keyed by file name with the size, modification time, inode
 and device (as git's index does). Packaging reuses a recorded digest only while size and mtime still match, and hashes
 otherwise. Nothing trusts this cache for security: `torchship verify` always hashes every member,
-so a file changed behind the cache's back yields an archive that is refused.
+so a file changed behind the cache's back yields an archive that is refused; and encrypting packaging
+hashes the weights as it encrypts them and writes nothing when they are not the bytes whose recorded
+sha256 their data key was derived from (a stale record never reuses a data key for other bytes).
 """
 
 from __future__ import annotations

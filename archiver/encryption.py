@@ -34,7 +34,6 @@ __all__ = [
     "CRYPTO_MODULE",
     "KEY_WRAP",
     "KeysEntry",
-    "archive_id",
     "encrypted_name",
     "keys_member_bytes",
     "parse_keys_member",
@@ -58,11 +57,6 @@ class KeysEntry:
 
     key_id: str
     wrapped_key: str
-
-
-def archive_id(name: str, version: str) -> str:
-    """What the data key is derived for, beside the model key and the plaintext's sha256."""
-    return f"{name}-{version}"
 
 
 def encrypted_name(plaintext_name: str) -> str:

@@ -34,6 +34,8 @@ from .verify import ensure_verified
 
 __all__ = ["Rewrapped", "encrypted_archives", "key_ids", "rewrap"]
 
+KEEP = "KEEP"  # in a .rekey- folder: it holds the old archive that could not be put back
+
 
 @dataclass(frozen=True)
 class Rewrapped:
@@ -49,7 +51,8 @@ class Rewrapped:
 
 def key_ids(archive: Path) -> tuple[str, ...] | None:
     """The model key ids an archive's keys member names (sorted), or None when it has no encrypted weights.
-    An archive that cannot be read is `()`: it uses no key that anyone can tell."""
+    An archive that cannot be read is `()`: which key it uses cannot be told (it may be any), so nothing
+    may be retired while one is in the store."""
     try:
         with zipfile.ZipFile(archive) as zf:
             if encryption.KEYS_MEMBER not in zf.namelist():
@@ -149,9 +152,67 @@ def _replace(archive: Path, new: dict[str, bytes], key_dir: Path, public_key: Pa
             raise ArchiveError(f"the rewrapped {archive.name} does not verify, so it was not kept: {exc}") from None
         except OSError as exc:
             raise ArchiveError(f"rewrapping {archive.name} failed: {exc.strerror or exc}; nothing changed") from None
+        _swap_in(archive, copy_path, folder)
+    finally:
+        if not (folder / KEEP).exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _swap_in(archive: Path, copy_path: Path, folder: Path) -> None:
+    """Rename the signed copy and its signature over `archive` and its signature, or change nothing.
+
+    The old archive and signature are kept aside first (hard links in `folder`, the same file system):
+    on any exception between or during the two renames (an OSError, a KeyboardInterrupt) both are put
+    back, so the store never holds an archive whose signature is another's. An OSError becomes an
+    ArchiveError for this archive alone; anything else is raised again once the old pair is back."""
+    sig, new_sig = signature_path(archive), signature_path(copy_path)
+    old_archive, old_sig = folder / "old.mar", folder / "old.mar.sig"
+    try:
+        os.link(archive, old_archive)
+        had_sig = os.path.lexists(sig)
+        if had_sig:
+            os.link(sig, old_sig)
+    except OSError as exc:
+        raise ArchiveError(f"rewrapping {archive.name} failed: {exc.strerror or exc}; nothing changed") from None
+    try:
         # the archive first, then its signature: between the two a reader sees a mismatch and refuses
         os.replace(copy_path, archive)
-        os.replace(signature_path(copy_path), signature_path(archive))
+        os.replace(new_sig, sig)
         fsync_dir(archive.parent)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    except BaseException as exc:
+        try:
+            _put_back(old_archive, archive)
+            if had_sig:
+                _put_back(old_sig, sig)
+            else:
+                sig.unlink(missing_ok=True)
+            fsync_dir(archive.parent)
+        except OSError as undo:
+            (folder / KEEP).touch()  # the only copy of the old pair: not removed
+            raise ArchiveError(
+                f"replacing {archive.name} failed ({_why(exc)}) and putting the old one back failed too "
+                f"({undo.strerror or undo}): the old archive and its signature are kept in {folder} "
+                f"(old.mar, old.mar.sig): move them back to {archive} and {sig}"
+            ) from None
+        if isinstance(exc, OSError):
+            raise ArchiveError(
+                f"replacing {archive.name} failed: {exc.strerror or exc}; the old archive and signature were "
+                "put back: nothing changed"
+            ) from None
+        raise
+
+
+def _put_back(kept: Path, path: Path) -> None:
+    """Rename the kept old file back over `path`, unless `path` is that file still (never replaced)."""
+    try:
+        if os.path.samefile(kept, path):
+            return
+    except OSError:
+        pass
+    os.replace(kept, path)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return str(exc.strerror or exc)
+    return type(exc).__name__

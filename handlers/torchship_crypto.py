@@ -11,11 +11,19 @@ key, so drawing nothing keeps builds reproducible. Its associated data is the he
 whether it is the last chunk, so chunks cannot be moved, dropped, added or cut short, and the
 header cannot change without every chunk failing.
 
-The data key is derived from the project's model key, the archive's name and version and the
-plaintext's sha256 (HMAC-SHA256): fresh for every archive and every checkpoint, the same for the
-same key and checkpoint (a rebuild is byte-identical). It travels in the archive wrapped by the
-model key (AES key wrap, RFC 3394) in `torchship-keys.json`, beside the key's id: rotating the
-model key rewraps it there and leaves the encrypted weights as they are.
+The data key is HMAC-SHA256 under the project's model key of one unambiguous (length-prefixed)
+encoding of: the archive's name, its version, the member's exact header bytes (which hold the
+plaintext's name and size and the chunk size) and the plaintext's sha256. Two members get the same
+data key only when all of these are the same, and then they are the same bytes under the same
+header: the same ciphertext (a rebuild is byte-identical), never two messages under one (key,
+nonce). Packaging hashes the plaintext as it encrypts it and refuses to write the member if those
+bytes are not the ones whose sha256 the key was derived from. The data key travels in the archive
+wrapped by the model key (AES key wrap, RFC 3394) in `torchship-keys.json`, beside the key's id:
+rotating the model key rewraps it there and leaves the encrypted weights as they are.
+
+The plaintext is a safetensors file; `safetensors_header` is the one strict check of its layout
+(safetensors' own rules), shared by the worker (`tensors_in`) and by package and verify, so that
+neither accepts weights the other refuses.
 
 Model keys live in a keyring file (mode 0600, never in an archive, never in a log):
     {"current": "<id>", "keys": {"<id>": "<32 bytes, base64>", ...}}
@@ -50,6 +58,8 @@ CHUNK = 4 << 20
 TAG = 16
 KEY_BYTES = 32
 MAX_HEADER = 4096
+MIN_CHUNK = 64 << 10  # chunk sizes a member may declare: a tiny one multiplies decryption's cost
+MAX_CHUNK = 64 << 20
 
 
 class ModelKeyError(Exception):
@@ -106,9 +116,15 @@ def keyring_text(current: str, keys: dict[str, bytes]) -> str:
     )
 
 
-def data_key(model_key: bytes, archive_id: str, plaintext_sha256: str) -> bytes:
-    """The data key of one archive's member: fresh per archive and checkpoint, reproducible."""
-    message = b"torchship data key v1\0" + archive_id.encode() + b"\0" + plaintext_sha256.encode()
+def data_key(model_key: bytes, *, name: str, version: str, header: bytes, plaintext_sha256: str) -> bytes:
+    """The data key of one archive's member (`header`: its exact header bytes, `member_header`).
+
+    HMAC-SHA256 over length-prefixed fields, so no two different inputs encode alike: the key is
+    the same only for the same archive name, version, header and plaintext, i.e. for the same
+    ciphertext (reproducible builds), and differs whenever any of them does.
+    """
+    fields = (b"torchship data key v2", name.encode(), version.encode(), bytes(header), plaintext_sha256.encode())
+    message = b"".join(struct.pack(">Q", len(f)) + f for f in fields)
     return hmac.new(model_key, message, hashlib.sha256).digest()
 
 
@@ -126,9 +142,13 @@ def unwrap(model_key: bytes, wrapped: str) -> bytes:
 # ------------------------------------------------------------------ the format
 
 
-def _header_bytes(plaintext_name: str, size: int, chunk: int) -> bytes:
+def member_header(plaintext_name: str, size: int, chunk: int = CHUNK) -> bytes:
+    """The exact header bytes of an encrypted member (what its data key and every chunk are bound to)."""
     header = {"cipher": CIPHER, "chunk_size": chunk, "format": 1, "plaintext": plaintext_name, "size": size}
     return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+
+
+_header_bytes = member_header
 
 
 def _aad(header: bytes, index: int, last: bool) -> bytes:
@@ -158,6 +178,8 @@ def encrypt_stream(
     chunk: int = CHUNK,
 ) -> None:
     """Encrypt `size` bytes from `read` into `write`, chunk by chunk (one chunk held at a time)."""
+    if not MIN_CHUNK <= chunk <= MAX_CHUNK:
+        raise ValueError(f"chunk size {chunk} is not between {MIN_CHUNK} and {MAX_CHUNK} bytes")
     header = _header_bytes(plaintext_name, size, chunk)
     write(MAGIC + struct.pack(">I", len(header)) + header)
     aead = AESGCM(key)
@@ -185,10 +207,10 @@ def read_header(read: Callable[[int], bytes]) -> tuple[bytes, dict[str, Any]]:
         isinstance(header, dict)
         and header.get("format") == 1
         and header.get("cipher") == CIPHER
-        and isinstance(header.get("size"), int)
+        and type(header.get("size")) is int
         and header["size"] >= 0
-        and isinstance(header.get("chunk_size"), int)
-        and 0 < header["chunk_size"] <= 64 << 20
+        and type(header.get("chunk_size")) is int
+        and MIN_CHUNK <= header["chunk_size"] <= MAX_CHUNK
         and isinstance(header.get("plaintext"), str)
         and raw == _header_bytes(header["plaintext"], header["size"], header["chunk_size"])
     )
@@ -279,3 +301,130 @@ def open_member(model_dir: str | os.PathLike[str], member: str, keyring: str | o
     path = model_dir / member
     with open(path, "rb") as f:
         return decrypt_stream(f.read, key, member=member, total=os.fstat(f.fileno()).st_size)
+
+
+# ------------------------------------------------------------------ the plaintext: safetensors
+
+SAFETENSORS_MAX_HEADER = 100 << 20
+# safetensors' dtypes and their sizes in bytes (the worker views those torch has)
+SAFETENSORS_ITEMSIZE = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
+}
+_ENTRY_KEYS = {"dtype", "shape", "data_offsets"}
+_MAX_ELEMENTS = 1 << 64  # safetensors counts in usize
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Refused(f"safetensors header names {key[:80]!r} twice")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"safetensors header holds {name}, which is not JSON")
+
+
+def _natural(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def safetensors_header(
+    head: bytes | bytearray | memoryview, file_size: int
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(header, None) when a file of `file_size` bytes whose first bytes are `head` (at least its
+    8-byte length and its header) is a safetensors file as safetensors itself would load it, with
+    every tensor's layout checked (`safetensors_layout_problem`); (None, the problem) otherwise.
+
+    The header must be UTF-8 JSON: an object, no name twice, nested no deeper than Python parses."""
+    if file_size < 8 or len(head) < 8:
+        return None, "too short for safetensors"
+    length = int.from_bytes(bytes(head[:8]), "little")
+    if not 2 <= length <= min(file_size - 8, SAFETENSORS_MAX_HEADER):
+        return None, f"safetensors header length ({length} bytes) is out of range"
+    raw = bytes(head[8 : 8 + length])
+    if len(raw) != length:
+        return None, "safetensors header is cut short"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "safetensors header is not UTF-8"
+    try:
+        header = json.loads(text, object_pairs_hook=_unique, parse_constant=_no_constant)
+    except RecursionError:
+        return None, "safetensors header is JSON nested too deeply"
+    except _Refused as exc:
+        return None, str(exc)
+    except ValueError:
+        return None, "safetensors header is not JSON"
+    if not isinstance(header, dict):
+        return None, "safetensors header is not a JSON object"
+    problem = safetensors_layout_problem(header, file_size - 8 - length, data_start=8 + length)
+    return (None, problem) if problem else (header, None)
+
+
+def safetensors_layout_problem(header: dict[str, Any], data_size: int, *, data_start: int = 8) -> str | None:
+    """Why a parsed safetensors header does not describe its `data_size` bytes of data exactly, or None.
+
+    safetensors' own rules: `__metadata__`, when there, maps strings to strings; every other entry is
+    exactly {dtype: a known dtype, shape: [non-negative ints], data_offsets: [begin, end]} with
+    end - begin = the shape's elements times the dtype's size; sorted by offsets, the tensors tile
+    the data from 0 to its last byte (no gap, no overlap, nothing after); and each non-empty tensor
+    starts (at `data_start` + begin in the file) on a multiple of its dtype's size."""
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                return "safetensors __metadata__ is not a mapping of strings to strings"
+            continue
+        if not isinstance(entry, dict) or set(entry) != _ENTRY_KEYS:
+            return f"safetensors entry {name!r} is malformed (not {{dtype, shape, data_offsets}})"
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        itemsize = SAFETENSORS_ITEMSIZE.get(dtype) if isinstance(dtype, str) else None
+        if itemsize is None:
+            return f"safetensors entry {name!r} has an unknown dtype"
+        if not isinstance(shape, list) or not all(_natural(d) for d in shape):
+            return f"safetensors entry {name!r} has a malformed shape"
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_natural(o) for o in offsets):
+            return f"safetensors entry {name!r} has malformed data_offsets"
+        count = 0 if 0 in shape else 1
+        for d in shape if count else ():
+            count *= d
+            if count > _MAX_ELEMENTS:
+                return f"safetensors entry {name!r} has a shape too large"
+        begin, end = offsets
+        if end - begin != count * itemsize:
+            return f"safetensors entry {name!r}: its data_offsets do not hold its shape of {dtype}"
+        if count and (data_start + begin) % itemsize:
+            return f"safetensors entry {name!r} is not aligned to its dtype's {itemsize} bytes"
+        spans.append((begin, end, name))
+    at = 0
+    for begin, end, name in sorted(spans):
+        if begin != at:
+            return f"safetensors entry {name!r} overlaps another or leaves a gap before it"
+        at = end
+    if at > data_size:
+        return "safetensors offsets point past the end of the file (truncated?)"
+    if at != data_size:
+        return f"safetensors data has {data_size - at} bytes after its last tensor"
+    return None

@@ -403,12 +403,11 @@ class Project:
         """
         from torchship import archiver
 
-        keyring = Path(model_key) if model_key else archiver.keyring_path(self.key_dir)
         return archiver.verify_archive(
             Path(archive),
             public_key=self._key(public_key),
             allow_unsigned=allow_unsigned,
-            model_keys=keyring if model_key or keyring.exists() else None,
+            model_keys=self._keyring_in_use(model_key),
         )
 
     # ------------------------------------------------------------------ model keys
@@ -423,7 +422,7 @@ class Project:
         from torchship.archiver.rekey import encrypted_archives
 
         path = self._model_keyring(model_key)
-        ring = load_keyring(path) if path.exists() or model_key else None
+        ring = load_keyring(path) if os.path.lexists(path) or model_key else None
         using: dict[str, list[str]] = {}
         for archive, ids in encrypted_archives(self.store):
             for kid in ids:
@@ -455,7 +454,7 @@ class Project:
         from torchship.archiver.rekey import encrypted_archives, rewrap
 
         path = self._model_keyring(model_key)
-        if not path.exists():
+        if not os.path.lexists(path):  # a dangling link is load_keyring's to refuse, with its reason
             raise ArchiveError(
                 f"no model keyring at {path}: nothing to rotate (`torchship package NAME --encrypt` makes it)"
             )
@@ -468,6 +467,9 @@ class Project:
                 result = rewrap(archive, ring, self.key_dir, public_key=self.public_key)
             except TorchServeError as exc:
                 failed.append((archive, str(exc)))
+                continue
+            except OSError as exc:  # reading it: this archive alone, the others are still rewrapped
+                failed.append((archive, f"{exc.strerror or exc}"))
                 continue
             done.append(result)
             model = result.provenance["model"]
@@ -487,22 +489,81 @@ class Project:
         return old, new, done, failed
 
     def retire_model_key(self, key_id: str, *, model_key: str | os.PathLike[str] | None = None) -> None:
-        """Remove `key_id` from the keyring, only when no archive of the store is wrapped under it.
+        """Remove `key_id` from the keyring, only when nothing here may still need it.
 
         Archives elsewhere (copies, exports, backups) that still use it can no longer be opened with this
         keyring: rotate, redeploy and replace those copies first. ArchiveError when an archive of the store
-        uses it, or when it is the current key.
+        uses it, when an archive of the store cannot be read (which key it uses cannot be told), when the
+        running local server has loaded an archive wrapped under it (its workers reopen the unpacked copy
+        on every start: a scale, a crash), or when it is the current key.
         """
-        from torchship.archiver.model_keys import retire_key
+        from torchship.archiver.model_keys import retire_key, shown_key_id
         from torchship.archiver.rekey import encrypted_archives
 
-        users = [a.name for a, ids in encrypted_archives(self.store) if key_id in ids]
+        shown = shown_key_id(key_id)
+        found = list(encrypted_archives(self.store))
+        unreadable = [a.name for a, ids in found if not ids]
+        if unreadable:
+            raise ArchiveError(
+                f"{len(unreadable)} archive(s) of the store cannot be read ({', '.join(unreadable)}), so which "
+                f"model key they use cannot be told: {shown} not retired; repair or remove them first"
+            )
+        users = [a.name for a, ids in found if key_id in ids]
         if users:
             raise ArchiveError(
-                f"model key {key_id} still wraps {len(users)} archive(s) of the store ({', '.join(users)}): "
+                f"model key {shown} still wraps {len(users)} archive(s) of the store ({', '.join(users)}): "
                 "not retired; rewrap them first (torchship keys rotate-model-key)"
             )
+        loaded = self._loaded_under(key_id)
+        if loaded:
+            redeploy = "; ".join(
+                f"torchship unregister {n} --version {v} && torchship deploy {n} --version {v}"
+                for n, v, _ in loaded
+                if n and v
+            )
+            raise ArchiveError(
+                f"model key {shown} is still needed by the running local server: "
+                + ", ".join(f"{n or '?'} {v or '?'} (unpacked in {folder})" for n, v, folder in loaded)
+                + " was loaded from an archive wrapped under it, and its workers reopen that unpacked copy on "
+                "every start (a scale, a crash): not retired. Redeploy first (unregister and deploy again, so "
+                "the rewrapped archive is unpacked" + (f": {redeploy}" if redeploy else "") + "), then retire it"
+            )
         retire_key(self._model_keyring(model_key), key_id)
+
+    def _loaded_under(self, key_id: str) -> list[tuple[str | None, str | None, Path]]:
+        """(model, version, unpacked folder) of what the running local server unpacked from an archive
+        whose keys member names `key_id`, or whose keys member cannot be read. Nothing when it is not running."""
+        import json
+
+        from torchship.archiver.encryption import KEYS_MEMBER, parse_keys_member
+
+        server = self.server
+        if not server.is_running():
+            return []
+        out: list[tuple[str | None, str | None, Path]] = []
+        for keys_file in sorted((server.tmpdir / "models").glob(f"*/{KEYS_MEMBER}")):
+            folder = keys_file.parent
+            try:
+                ids = {e.key_id for e in parse_keys_member(keys_file.read_bytes()).values()}
+            except (OSError, ValueError, TorchServeError):
+                ids = {key_id}  # cannot tell: it may be
+            if key_id not in ids:
+                continue
+            name: str | None = None
+            version: str | None = None
+            try:
+                model = json.loads((folder / "MAR-INF" / "MANIFEST.json").read_text())["model"]
+                name, version = str(model["modelName"]), str(model["modelVersion"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            out.append((name, version, folder))
+        return out
+
+    def _keyring_in_use(self, model_key: str | os.PathLike[str] | None) -> Path | None:
+        """The keyring `model_key`, else the project's when there is one (a link, even a dangling one,
+        counts: verification then refuses it by name rather than skipping the keyed checks)."""
+        path = self._model_keyring(model_key)
+        return path if model_key or os.path.lexists(path) else None
 
     def _model_keyring(self, model_key: str | os.PathLike[str] | None) -> Path:
         from torchship.archiver import keyring_path
@@ -545,6 +606,7 @@ class Project:
             timeout=timeout,
             public_key=self._key(public_key),
             allow_unsigned=allow_unsigned,
+            model_keys=self._keyring_in_use(None),
         )
         d = result.description
         if result.action == "registered":
@@ -600,6 +662,7 @@ class Project:
             registry=self.registry,
             progress=progress,
             timeout=timeout,
+            model_keys=self._keyring_in_use(None),
         )
 
     def rollout(
@@ -646,6 +709,7 @@ class Project:
             load_requests=load_requests,
             concurrency=concurrency,
             public_key=self._key(public_key),
+            model_keys=self._keyring_in_use(None),
             registry=self.registry,
             timeout=timeout,
             log=log,

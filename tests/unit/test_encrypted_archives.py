@@ -113,7 +113,13 @@ def test_encrypted_archive_layout_manifest_keys_member_and_provenance(project, s
     assert prov["members"][KEYS]["sha256"] == hashlib.sha256(m[KEYS]).hexdigest()
     # the data key is the one derived from the model key, the archive and the plaintext
     data_key = torchship_crypto.unwrap(ring.current_key, entry["wrapped_key"])
-    assert data_key == torchship_crypto.data_key(ring.current_key, "mlp-1.0", record["plaintext"]["sha256"])
+    assert data_key == torchship_crypto.data_key(
+        ring.current_key,
+        name="mlp",
+        version="1.0",
+        header=torchship_crypto.member_header("model.safetensors", len(plaintext)),
+        plaintext_sha256=record["plaintext"]["sha256"],
+    )
     assert project.registry.archive("mlp", "1.0").digest == sealed.digest
 
 
@@ -521,3 +527,174 @@ def test_a_forged_header_cannot_make_the_worker_reserve_memory(tmp_path):
     keyring.write_text(torchship_crypto.keyring_text("mk-00000001", {"mk-00000001": key}))
     with pytest.raises(torchship_crypto.ModelKeyError, match="sizes do not match the member's"):
         torchship_crypto.open_member(tmp_path, "model.safetensors.tsenc", keyring)
+
+
+# ------------------------------------------------------------------ review: nonce reuse, stale digests, layout
+
+
+def test_the_data_key_differs_with_every_field_and_never_repeats_a_nonce(project, mlp_run, tmp_path):
+    """A data key is shared only by members with the same name, version, header and plaintext, so a
+    (key, nonce) pair never seals two messages (GCM nonce reuse would leak the tag key)."""
+    key = torchship_crypto.new_key()
+    base = {"name": "mlp", "version": "a-1.0", "header": torchship_crypto.member_header("m.safetensors", 10)}
+    sha = "0" * 64
+    same = torchship_crypto.data_key(key, **base, plaintext_sha256=sha)
+    assert same == torchship_crypto.data_key(key, **base, plaintext_sha256=sha)  # reproducible
+    others = [
+        {**base, "name": "mlp-a", "version": "1.0"},  # the old "name-version" encoding made these equal
+        {**base, "name": "mlp", "version": "a-1.0\0"},
+        {**base, "header": torchship_crypto.member_header("n.safetensors", 10)},
+        {**base, "header": torchship_crypto.member_header("m.safetensors", 11)},
+        {**base, "header": torchship_crypto.member_header("m.safetensors", 10, 1 << 20)},
+    ]
+    keys = {same, torchship_crypto.data_key(key, **base, plaintext_sha256="1" * 64)}
+    keys |= {torchship_crypto.data_key(key, **o, plaintext_sha256=sha) for o in others}
+    assert len(keys) == len(others) + 2
+    # r04: the same bytes and name-version under two file names (the AAD differs): two data keys
+    weights = (mlp_run / "model.safetensors").read_bytes()
+    ring = None
+    wrapped = []
+    for stem in ("wa", "wb"):
+        folder = tmp_path / stem
+        folder.mkdir()
+        (folder / f"{stem}.safetensors").write_bytes(weights)
+        result = project.package(
+            "own",
+            version="1.0",
+            handler=OWN_MODEL / "handler.py",
+            model_file=OWN_MODEL / "model.py",
+            weights=folder / f"{stem}.safetensors",
+            encrypt=True,
+            force=True,
+        )
+        ring = ring or load_keyring(keyring_of(project))
+        entry = json.loads(members(result.path)[KEYS])["members"][f"{stem}.safetensors.tsenc"]
+        wrapped.append(torchship_crypto.unwrap(ring.current_key, entry["wrapped_key"]))
+    assert wrapped[0] != wrapped[1]
+
+
+def test_a_stale_recorded_digest_is_refused_and_nothing_is_written(project, mlp_run, tmp_path):
+    """r13: weights rewritten in place (same size, mtime put back) keep their sidecar record; the
+    bytes encrypted are hashed anyway, and packaging refuses rather than reuse the old data key."""
+    import io
+
+    from safetensors.torch import load_file
+
+    from torchship.archiver.digests import record_digest
+
+    def members_from(data: bytes) -> dict[str, bytes]:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            return {i.filename: z.read(i) for i in z.infolist()}
+
+    ring = load_keyring(keyring_of(project)) if keyring_of(project).exists() else None
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(mlp_run, ckpt)
+    weights = ckpt / "model.safetensors"
+    record_digest(weights)
+    first = project.package("mlp", version="1.0", checkpoint=ckpt, encrypt=True)
+    before = first.path.read_bytes()
+    ring = ring or load_keyring(keyring_of(project))
+    st = weights.stat()
+    changed = tmp_path / "changed.safetensors"
+    save_file({k: v + 0.01 for k, v in load_file(str(weights)).items()}, str(changed))
+    with open(weights, "r+b") as f:  # same inode, same size
+        f.write(changed.read_bytes())
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert weights.stat().st_size == st.st_size and weights.stat().st_ino == st.st_ino
+    with pytest.raises(E.ArchiveError, match=r"not the file its data key was derived for: its sha256 recorded in"):
+        project.package("mlp", version="1.0", checkpoint=ckpt, encrypt=True, force=True)
+    assert first.path.read_bytes() == before  # nothing written, no temporary left
+    assert sorted(x.name for x in project.store.iterdir() if x.name.endswith(".tmp")) == []
+    # without the stale record the new bytes package (under a data key of their own)
+    (ckpt / ".torchship-digests.json").unlink()
+    again = project.package("mlp", version="1.0", checkpoint=ckpt, encrypt=True, force=True)
+    assert project.verify(again.path).ok
+    old_key, new_key = (
+        torchship_crypto.unwrap(ring.current_key, json.loads(members_of[KEYS])["members"][SEALED]["wrapped_key"])
+        for members_of in (members_from(before), members(again.path))
+    )
+    assert old_key != new_key
+
+
+def _aliased(raw: bytes) -> bytes:
+    """r03: fc2.bias's offsets point into fc1.bias's bytes (its own become a gap), data in place."""
+    import struct
+
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    header["fc2.bias"]["data_offsets"] = [
+        0,
+        header["fc2.bias"]["data_offsets"][1] - header["fc2.bias"]["data_offsets"][0],
+    ]
+    h = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack("<Q", n) + h + b" " * (n - len(h)) + raw[8 + n :]
+
+
+def test_one_safetensors_layout_check_for_the_worker_package_and_verify(project, sealed, mlp_run, tmp_path):
+    """r03: weights whose tensors alias each other are refused by package (plain and encrypted), by
+    verify once decrypted (a key holder's forgery), and by the worker, all with the same check."""
+    import io
+    import struct
+
+    bad = tmp_path / "bad"
+    shutil.copytree(mlp_run, bad)
+    (bad / ".torchship-digests.json").unlink(missing_ok=True)
+    plaintext = _aliased((mlp_run / "model.safetensors").read_bytes())
+    (bad / "model.safetensors").write_bytes(plaintext)
+    for encrypt in (False, True):
+        with pytest.raises(E.ArchiveError, match="overlaps another or leaves a gap"):
+            project.package("mlp", version="3.0", checkpoint=bad, encrypt=encrypt)
+    # a key holder re-encrypts the aliased weights under the archive's own data key and re-signs
+    ring = load_keyring(keyring_of(project))
+    entry = json.loads(members(sealed.path)[KEYS])["members"][SEALED]
+    key = torchship_crypto.unwrap(ring.current_key, entry["wrapped_key"])
+    out = io.BytesIO()
+    torchship_crypto.encrypt_stream(
+        io.BytesIO(plaintext).read, out.write, key, size=len(plaintext), plaintext_name="model.safetensors"
+    )
+
+    def swap(m):
+        prov = json.loads(m[PROVENANCE_NAME])
+        prov["encryption"]["members"][SEALED]["plaintext"]["sha256"] = hashlib.sha256(plaintext).hexdigest()
+        return {**m, SEALED: out.getvalue(), PROVENANCE_NAME: json.dumps(prov).encode()}
+
+    resign(project, sealed.path, swap)
+    name, detail = refusal(project, sealed.path)
+    assert name == "weights" and "decrypted model.safetensors: safetensors entry" in detail
+    assert "overlaps another or leaves a gap" in detail
+    # the worker's own parser refuses the same bytes
+    header, problem = torchship_crypto.safetensors_header(plaintext, len(plaintext))
+    assert header is None and problem and "overlaps" in problem
+    n = struct.unpack("<Q", plaintext[:8])[0]
+    assert torchship_crypto.safetensors_layout_problem(json.loads(plaintext[8 : 8 + n]), len(plaintext) - 8 - n)
+
+
+def test_deep_headers_and_tiny_chunks_are_clear_refusals(project, tmp_path):
+    """r10: a 2 KB safetensors nested 1000 deep is a refusal, not an internal error; an encrypted
+    member's chunk size must be 64 KiB..64 MiB (a tiny one would multiply decryption's cost)."""
+    import io
+    import struct
+
+    from torchship.archiver.verify import weights_problem
+
+    deep = tmp_path / "deep.safetensors"
+    header = b"[" * 1000 + b"]" * 1000
+    deep.write_bytes(struct.pack("<Q", len(header)) + header)
+    assert weights_problem(deep) == "safetensors header is JSON nested too deeply"
+    with pytest.raises(E.ArchiveError, match="nested too deeply"):
+        project.package("deep", version="1.0", handler=OWN_MODEL / "handler.py", weights=deep)
+
+    key = torchship_crypto.new_key()
+    with pytest.raises(ValueError, match="chunk size 1 is not between"):
+        torchship_crypto.encrypt_stream(
+            io.BytesIO(b"x").read, io.BytesIO().write, key, size=1, plaintext_name="m", chunk=1
+        )
+    for chunk, ok in ((64 << 10, True), ((64 << 10) - 1, False), (64 << 20, True), ((64 << 20) + 1, False)):
+        raw = torchship_crypto.member_header("m", 10, chunk)
+        sealed = torchship_crypto.MAGIC + struct.pack(">I", len(raw)) + raw
+        if ok:
+            assert torchship_crypto.read_header(io.BytesIO(sealed).read)[1]["chunk_size"] == chunk
+        else:
+            with pytest.raises(torchship_crypto.ModelKeyError, match="not one torchship writes"):
+                torchship_crypto.read_header(io.BytesIO(sealed).read)

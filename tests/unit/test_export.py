@@ -4,6 +4,7 @@ import base64
 import json
 import shutil
 import stat
+import subprocess
 import zipfile
 
 import pytest
@@ -529,6 +530,7 @@ def test_the_cli_exports_the_projects_model_key_and_says_what_the_secret_holds(s
     shutil.copytree(sealed["store"], project / "model_store")
     shutil.copytree(sealed["pub"].parent, project / ".torchship" / "keys")
     shutil.copyfile(sealed["keyring"], project / ".torchship" / "keys" / MODEL_KEYS_FILE)
+    (project / ".torchship" / "keys" / MODEL_KEYS_FILE).chmod(0o600)  # as the project makes it (load_keyring's rule)
     (project / "deploy.yaml").write_text('models:\n  mlp:\n    versions: ["1.0", "2.0"]\n    default: "2.0"\n')
     monkeypatch.chdir(project)
     monkeypatch.delenv("TORCHSHIP_HOME", raising=False)
@@ -547,3 +549,31 @@ def test_the_cli_exports_the_projects_model_key_and_says_what_the_secret_holds(s
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "encrypted under model key mk-used, which" in err and str(other) in err
     assert not (project / "out2" / "kserve").exists()
+    ignore = project / "out" / "k8s" / ".gitignore"
+    assert f"wrote {ignore.relative_to(project)} (keeps secret.yaml out of git)" in said
+
+
+@pytest.mark.parametrize("target", ["k8s", "kserve"])
+def test_the_secret_is_kept_out_of_git_and_a_plain_export_writes_no_gitignore(exported, sealed, target, tmp_path):
+    ignore = sealed["out"] / target / ".gitignore"
+    assert sealed[target]["ignores"] == [ignore]
+    assert "secret.yaml" in ignore.read_text().splitlines()
+    assert not (exported["out"] / target / ".gitignore").exists() and exported[target]["ignores"] == []
+    if shutil.which("git"):
+        repo = tmp_path / "repo"
+        shutil.copytree(sealed["out"], repo)
+        subprocess.run(["git", "init", "-q", str(repo)], check=True)
+        r = subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", f"{target}/secret.yaml"], check=False)
+        assert r.returncode == 0, "git ignores the Secret"
+        r = subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", f"{target}/deployment.yaml"], check=False)
+        assert r.returncode == 1, "and only the Secret"
+
+
+def test_an_existing_gitignore_gets_the_secret_once_and_keeps_its_lines(sealed, tmp_path):
+    out = tmp_path / "out"
+    (out / "k8s").mkdir(parents=True)
+    (out / "k8s" / ".gitignore").write_text("notes.txt")  # no newline at its end
+    for _ in range(2):
+        export("k8s", sealed["desired"], sealed["store"], out, public_key=sealed["pub"], model_keys=sealed["keyring"])
+    lines = (out / "k8s" / ".gitignore").read_text().splitlines()
+    assert lines[0] == "notes.txt" and lines.count("secret.yaml") == 1

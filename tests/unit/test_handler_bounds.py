@@ -511,3 +511,73 @@ def test_decrypted_weights_are_read_as_views_exactly_as_safetensors_reads_them()
     for buf in bad:
         with pytest.raises(ValueError):
             tensors_in(buf)
+
+
+def test_tensors_in_refuses_what_safetensors_and_verify_refuse():
+    """r02: overlap, gaps, trailing bytes, unaligned tensors, a name twice, odd types and deep nesting
+    are each a ValueError before anything is viewed, as safetensors itself refuses them; verify's
+    weights check (what package runs too) gives the same answer for every case."""
+    import io
+    import struct
+
+    from safetensors.torch import load, save
+    from torchship_base_handler import tensors_in
+
+    from torchship.archiver.verify import _safetensors_header_problem
+
+    def st(header: dict | list | str, data: bytes) -> bytearray:
+        raw = header.encode() if isinstance(header, str) else json.dumps(header).encode()
+        return bytearray(struct.pack("<Q", len(raw)) + raw + data)
+
+    def f32(*v: float) -> bytes:
+        return struct.pack(f"<{len(v)}f", *v)
+
+    a4 = {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}
+    bad = {
+        "overlap": st({"a": a4, "b": a4}, f32(1, 2, 3, 4)),
+        "partial overlap": st({"a": a4, "b": {**a4, "data_offsets": [8, 24]}}, f32(1, 2, 3, 4, 5, 6)),
+        "gap": st({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}, f32(9, 9, 1, 2)),
+        "trailing": st({"a": a4}, f32(1, 2, 3, 4) + b"garbage!"),
+        "duplicate": st(
+            '{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}',
+            f32(1, 2),
+        ),
+        "dtype a list": st({"a": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}, f32(1)),
+        "shape of bools": st({"a": {"dtype": "F32", "shape": [True, 2], "data_offsets": [0, 8]}}, f32(1, 2)),
+        "float offsets": st({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0.0, 4.0]}}, f32(1)),
+        "metadata a list": st({"__metadata__": [1, 2], "a": {**a4, "shape": [1], "data_offsets": [0, 4]}}, f32(1)),
+        "metadata not strings": st({"__metadata__": {"k": 1}}, b""),
+        "extra key": st({"a": {**a4, "extra": 1}}, f32(1, 2, 3, 4)),
+        "not UTF-8": bytearray(struct.pack("<Q", 4) + b"\xff\xfe{}"),
+        "NaN": st('{"__metadata__":{},"a":NaN}', b""),
+        "nested 1000 deep": bytearray(struct.pack("<Q", 2000) + b"[" * 1000 + b"]" * 1000),
+        "nested 100000 deep": bytearray(struct.pack("<Q", 200000) + b"[" * 100000 + b"]" * 100000),
+    }
+    # an F32 tensor at an odd absolute offset: a header of odd length, the tensor right after it
+    odd = json.dumps({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    odd += b" " * (1 - len(odd) % 2)
+    bad["unaligned"] = bytearray(struct.pack("<Q", len(odd)) + odd + f32(1))
+    for name, buf in bad.items():
+        with pytest.raises(ValueError, match="not a safetensors file torchship loads"):
+            tensors_in(bytearray(buf))
+        problem = _safetensors_header_problem(io.BytesIO(bytes(buf)), len(buf))
+        assert problem, name
+        if name not in ("unaligned", "NaN", "metadata not strings", "extra key"):  # safetensors copies, so
+            with pytest.raises(Exception):  # noqa: B017  it lets unaligned data and extra keys by
+                load(bytes(buf))
+    assert "nested too deeply" in _safetensors_header_problem(io.BytesIO(bytes(bad["nested 1000 deep"])), 2008)
+    # what safetensors writes passes all three: tensors of every size and order, empty ones, metadata
+    import torch
+
+    state = {
+        "b": torch.tensor([True, False, True]),
+        "w": torch.randn(5, 3),
+        "h": torch.randn(3, dtype=torch.float16),
+        "i": torch.arange(7, dtype=torch.int64),
+        "e": torch.zeros(0, 2),
+        "s": torch.tensor(2.5),
+    }
+    good = bytearray(save(state, metadata={"format": "pt"}))
+    assert _safetensors_header_problem(io.BytesIO(bytes(good)), len(good)) is None
+    got = tensors_in(good)
+    assert all(torch.equal(got[k], v) for k, v in load(bytes(good)).items())

@@ -85,7 +85,7 @@ def test_init_writes_a_project(tmp_path, capsys):
     desired = load_desired(folder / "deploy.yaml").models["iris"]
     assert (desired.versions, desired.default, desired.batch_size) == (("1.0",), "1.0", 8)
     ignored = (folder / ".gitignore").read_text().splitlines()
-    assert {"checkpoints/", "model_store/", ".torchship/", ".venv/"} <= set(ignored)
+    assert {"checkpoints/", "model_store/", ".torchship/", ".venv/", "secret.yaml"} <= set(ignored)
 
 
 def test_the_server_files_are_the_repositorys(tmp_path):

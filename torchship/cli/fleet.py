@@ -250,8 +250,11 @@ def export_cmd(
     secrets = written.get("secrets", [])
     for path in written["config"] + written["manifests"]:
         click.echo(f"wrote {path}" + (" (mode 0600)" if path in secrets else ""))
+    for path in written.get("ignores", []):
+        click.echo(f"wrote {path} (keeps secret.yaml out of git)")
     for path in secrets:
         click.echo(
             f"{path} holds key material: the model key of the encrypted archives. Never commit it or copy it "
-            "into an image: kubectl apply it (or keep it in your secret store), then delete the file."
+            "into an image (the .gitignore beside it keeps it out of git): kubectl apply it (or keep it in your "
+            "secret store), then delete the file."
         )

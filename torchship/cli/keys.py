@@ -54,7 +54,8 @@ def list_keys(c: Ctx, model_key: str | None, as_json: bool) -> None:
     "retire",
     multiple=True,
     metavar="KEY_ID",
-    help="After rotating, remove this key from the keyring, when no archive of the store still uses it "
+    help="After rotating, remove this key from the keyring, when no archive of the store still uses it, every "
+    "archive was rewrapped, and the running local server has loaded nothing wrapped under it (redeploy first) "
     "(repeatable). Copies of archives elsewhere that use it will no longer open.",
 )
 @json_option()
@@ -66,8 +67,16 @@ def rotate_model_key(c: Ctx, model_key: str | None, retire: tuple[str, ...], as_
     replaced atomically. Old keys stay in the keyring (archives copied elsewhere keep opening) until retired.
     """
     old, new, done, failed = c.project.rotate_model_key(model_key=model_key)
+    from torchship.archiver.model_keys import shown_key_id
+
     retired, refused = [], []
     for kid in retire:
+        if failed:  # an archive that was not rewrapped may still be under it, and may be unreadable
+            refused.append(
+                f"{shown_key_id(kid)} not retired: {len(failed)} archive(s) of the store were not rewrapped "
+                "(see above); fix them and rotate again before retiring"
+            )
+            continue
         try:
             c.project.retire_model_key(kid, model_key=model_key)
             retired.append(kid)

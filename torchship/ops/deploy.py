@@ -48,11 +48,15 @@ def deploy(
     timeout: float = 120.0,
     public_key: Path | None = None,
     allow_unsigned: bool = False,
+    model_keys: Path | None = None,
 ) -> DeployResult:
     """Verify an archive of the store, register it, wait until it serves, and make it the default if asked.
 
     It is registered by file name. Nothing reaches TorchServe unless verification passes; `allow_unsigned`
     skips only the signature and provenance checks (third-party archives), never the safety ones.
+    `model_keys`: the keyring (the project's, when it has one) that opens encrypted weights, so they are
+    decrypted and checked against the provenance's plaintext digest before TorchServe loads them (other
+    weights' ciphertext swapped in is refused here); without it encrypted weights are checked as ciphertext.
     """
     from torchship.archiver import archive_path, ensure_requirements_met, ensure_verified
     from torchship.archiver.names import check_name_version
@@ -69,7 +73,7 @@ def deploy(
         raise BadInput("deploy needs at least one worker")
     _refuse_shared_writes(archive)
     before = _identity(archive)
-    ensure_verified(archive, public_key=public_key, allow_unsigned=allow_unsigned)
+    ensure_verified(archive, public_key=public_key, allow_unsigned=allow_unsigned, model_keys=model_keys)
     # its requirements file (read from the verified archive) against the server's Python; never installed
     ensure_requirements_met(archive)
 

@@ -285,6 +285,7 @@ def apply(
     registry: Registry | None = None,
     timeout: float = 120.0,
     progress: Callable[[Action], None] | None = None,
+    model_keys: Path | None = None,
 ) -> ApplyReport:
     """Run the plan, stopping at the first failure; the report says what was and was not applied.
 
@@ -298,7 +299,7 @@ def apply(
         if progress:
             progress(action)
         try:
-            _run(client, store, action, public_key=public_key, timeout=timeout, deploy=deploy)
+            _run(client, store, action, public_key=public_key, timeout=timeout, deploy=deploy, model_keys=model_keys)
         except (TorchServeError, ValueError) as exc:
             report.failed, report.error, report.not_done = action, str(exc), actions[i + 1 :]
             if registry:
@@ -325,6 +326,7 @@ def _run(
     public_key: Path | None,
     timeout: float,
     deploy: Callable[..., DeployResult],
+    model_keys: Path | None = None,
 ) -> None:
     p = action.params
 
@@ -339,6 +341,7 @@ def _run(
             max_batch_delay=p["max_batch_delay"],
             timeout=timeout,
             public_key=public_key,
+            model_keys=model_keys,
         )
 
     if action.kind == "register":

@@ -73,7 +73,7 @@ from torchship.archiver import archive_path
 from torchship.archiver.names import InvalidName, check_name, check_version
 from torchship.handlers import torchship_crypto
 from torchship.ops.desired import DesiredState
-from torchship.sdk.errors import BadInput, VerificationError
+from torchship.sdk.errors import ArchiveError, BadInput, VerificationError
 
 __all__ = [
     "export",
@@ -239,10 +239,13 @@ def _pod_keyring(encrypted: list[Path], model_keys: Path | None) -> str:
     names = ", ".join(a.name for a in encrypted)
     if model_keys is None:
         raise BadInput(f"{names}: encrypted, and no model keyring to export with them: name it (--model-key FILE)")
-    try:
-        current, keys = torchship_crypto.read_keyring(model_keys)
-    except torchship_crypto.ModelKeyError as exc:
+    from torchship.archiver.model_keys import load_keyring
+
+    try:  # never through a link, no duplicate ids or zero keys, no value of it in a message
+        ring = load_keyring(model_keys)
+    except ArchiveError as exc:
         raise BadInput(f"{names}: encrypted, and {exc}: name the keyring that opens them (--model-key FILE)") from None
+    current, keys = ring.current, ring.keys
     needed: dict[str, bytes] = {}
     for archive in encrypted:
         with zipfile.ZipFile(archive) as zf:
@@ -573,6 +576,23 @@ class _PlainDumper(yaml.SafeDumper):
         return True
 
 
+SECRET_FILE = "secret.yaml"
+
+
+def _ignore_secret(folder: Path) -> Path:
+    """A `.gitignore` in the Secret's folder naming it, so that `git add -A` of committed manifests
+    leaves the key material out (a line added to one that is there already, when it lacks it)."""
+    path = folder / ".gitignore"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    if SECRET_FILE not in {line.strip() for line in text.splitlines()}:
+        comment = "# the Secret of the model keys that open the encrypted archives: never in git\n"
+        path.write_text(text + ("" if not text or text.endswith("\n") else "\n") + comment + SECRET_FILE + "\n")
+    return path
+
+
 def _write_secret(path: Path, doc: dict[str, Any]) -> None:
     """The Secret's manifest, readable by this account only from its first byte."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -600,7 +620,8 @@ def export(
 
     Names, target and options are checked before anything is read or written. `model_keys`: the
     keyring that opens the encrypted archives (read only when there are some); their keys go into
-    a Secret manifest, also listed under "secrets".
+    a Secret manifest, also listed under "secrets", with a `.gitignore` beside it that names it
+    (under "ignores"; none without a Secret).
     """
     if target not in ("k8s", "kserve"):
         raise BadInput(f"export target must be k8s or kserve, not {target!r}")
@@ -639,11 +660,13 @@ def export(
         else:
             path.write_text(yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False))
         manifests.append(path)
+    ignores = [_ignore_secret(folder)] if secrets else []
     if keyring is None:  # a Secret left by an earlier export: no key material where none is needed
-        (folder / "secret.yaml").unlink(missing_ok=True)
+        (folder / SECRET_FILE).unlink(missing_ok=True)
     return {
         "archives": archives,
         "manifests": manifests,
         "config": [layout / "config" / "config.properties"],
         "secrets": secrets,
+        "ignores": ignores,
     }
