@@ -855,7 +855,7 @@ class Project:
         from torchship.ops.desired import merge_settings
         from torchship.ops.versions import latest_version
         from torchship.perf import wrk
-        from torchship.perf.tune import packaged_threads, tune
+        from torchship.perf.tune import tune
 
         version = version or latest_version(self.store, name)
         if version is None:
@@ -891,10 +891,7 @@ class Project:
             "batch_size": best.batch_size,
             "max_batch_delay_ms": best.max_batch_delay,
         }
-        repackage = None
-        if best.threads != packaged_threads(archive_path(self.store, name, version)):
-            # threads live in the archive's model-config, not in anything TorchServe's API can set
-            repackage = f"torchship package {name} --threads {best.threads}"
+        repackage = repackage_hint(archive_path(self.store, name, version), name, best.threads)
         if write:
             merge_settings(Path(write), name, settings)
         return TuneResult(name, list(trials), best, slo_p99_ms, settings, repackage)
@@ -955,6 +952,21 @@ def _relative(path: Path, root: Path) -> str:
         return str(path.relative_to(root))
     except ValueError:
         return str(path)
+
+
+def repackage_hint(archive: Path, name: str, threads: int) -> str | None:
+    """The command that repackages `archive` with `threads` torch threads, or None when it has them.
+
+    Threads live in the archive's model-config, not in anything TorchServe's API can set; an
+    encrypted archive is repackaged encrypted.
+    """
+    from torchship.archiver.rekey import key_ids
+    from torchship.perf.tune import packaged_threads
+
+    if threads == packaged_threads(archive):
+        return None
+    encrypt = " --encrypt" if key_ids(archive) is not None else ""
+    return f"torchship package {name} --threads {threads}{encrypt}"
 
 
 def _read_yaml(path: str | os.PathLike[str] | None) -> dict[str, Any]:

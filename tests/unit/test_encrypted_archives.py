@@ -698,3 +698,12 @@ def test_deep_headers_and_tiny_chunks_are_clear_refusals(project, tmp_path):
         else:
             with pytest.raises(torchship_crypto.ModelKeyError, match="not one torchship writes"):
                 torchship_crypto.read_header(io.BytesIO(sealed).read)
+
+
+def test_tunes_repackage_hint_keeps_an_archive_encrypted(project, sealed, mlp_run):
+    from torchship.project import repackage_hint
+
+    plain = project.package("mlp", version="2.0", checkpoint=mlp_run)
+    assert repackage_hint(sealed.path, "mlp", 1) is None  # already one thread: nothing to do
+    assert repackage_hint(sealed.path, "mlp", 2) == "torchship package mlp --threads 2 --encrypt"
+    assert repackage_hint(plain.path, "mlp", 2) == "torchship package mlp --threads 2"
