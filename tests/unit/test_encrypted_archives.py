@@ -55,7 +55,7 @@ def members(path: Path) -> dict[str, bytes]:
 
 
 def keyring_of(project: Project) -> Path:
-    return project.key_dir / "model-keys.json"
+    return archiver.keyring_path(project.key_dir)
 
 
 def refusal(project: Project, path: Path, **kw) -> tuple[str, str]:

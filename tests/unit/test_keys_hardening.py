@@ -25,8 +25,7 @@ from torchship.cli import main
 from torchship.handlers import torchship_crypto
 from torchship.ops.server import LocalServer
 
-SEALED = "model.safetensors.tsenc"
-KEYS = "torchship-keys.json"
+from .test_encrypted_archives import KEYS, SEALED, keyring_of, members
 
 
 @pytest.fixture
@@ -38,15 +37,6 @@ def project(tmp_path, monkeypatch) -> Project:
     monkeypatch.chdir(root)
     with Project(root) as p:
         yield p
-
-
-def ring_of(project: Project) -> Path:
-    return project.key_dir / "model-keys.json"
-
-
-def members(path: Path) -> dict[str, bytes]:
-    with zipfile.ZipFile(path) as z:
-        return {i.filename: z.read(i) for i in z.infolist()}
 
 
 def write_ring(path: Path, text: str) -> Path:
@@ -71,13 +61,13 @@ def test_retire_refuses_while_the_running_server_has_loaded_an_archive_under_the
     project, mlp_run, monkeypatch, capsys
 ):
     archive = project.package("mlp", version="1.0", checkpoint=mlp_run, encrypt=True).path
-    old = load_keyring(ring_of(project)).current
+    old = load_keyring(keyring_of(project)).current
     unpacked = unpack_as_the_server_does(project, archive)  # deployed before the rotation
     monkeypatch.setattr(LocalServer, "is_running", lambda self: True)
 
     assert main(["keys", "rotate-model-key", "--retire", old]) != 0
     out = capsys.readouterr()
-    assert old in load_keyring(ring_of(project)).keys, "the key the server's workers reopen must stay"
+    assert old in load_keyring(keyring_of(project)).keys, "the key the server's workers reopen must stay"
     said = " ".join(out.err.split())
     assert "still needed by the running local server" in said and "mlp 1.0" in said
     assert "torchship unregister mlp --version 1.0 && torchship deploy mlp --version 1.0" in said
@@ -87,22 +77,22 @@ def test_retire_refuses_while_the_running_server_has_loaded_an_archive_under_the
     shutil.rmtree(unpacked)
     unpack_as_the_server_does(project, archive, "4567ef01")
     project.retire_model_key(old)
-    assert old not in load_keyring(ring_of(project)).keys
+    assert old not in load_keyring(keyring_of(project)).keys
 
 
 def test_a_stopped_server_has_nothing_loaded(project, mlp_run, monkeypatch):
     archive = project.package("mlp", version="1.0", checkpoint=mlp_run, encrypt=True).path
-    old = load_keyring(ring_of(project)).current
+    old = load_keyring(keyring_of(project)).current
     unpack_as_the_server_does(project, archive)  # stale folders of a server that is not running
     project.rotate_model_key()
     monkeypatch.setattr(LocalServer, "is_running", lambda self: False)
     project.retire_model_key(old)
-    assert old not in load_keyring(ring_of(project)).keys
+    assert old not in load_keyring(keyring_of(project)).keys
 
 
 def test_an_unreadable_keys_member_in_the_servers_folder_counts_as_using_the_key(project, mlp_run, monkeypatch):
     archive = project.package("mlp", version="1.0", checkpoint=mlp_run, encrypt=True).path
-    old = load_keyring(ring_of(project)).current
+    old = load_keyring(keyring_of(project)).current
     project.rotate_model_key()
     (unpack_as_the_server_does(project, archive) / KEYS).write_text("{not json")
     monkeypatch.setattr(LocalServer, "is_running", lambda self: True)
@@ -115,12 +105,12 @@ def test_retire_refuses_while_an_archive_of_the_store_cannot_be_read(project, ml
     cut = project.package("mlp", version="6.0", checkpoint=mlp_run, encrypt=True).path
     whole = cut.read_bytes()
     cut.write_bytes(whole[: len(whole) // 2])  # a copy in progress, a bad block
-    old = load_keyring(ring_of(project)).current
+    old = load_keyring(keyring_of(project)).current
 
     assert main(["keys", "rotate-model-key", "--retire", old]) != 0
     err = " ".join(capsys.readouterr().err.split())
     assert "mlp-6.0.mar not rewrapped" in err and "not retired" in err
-    assert old in load_keyring(ring_of(project)).keys
+    assert old in load_keyring(keyring_of(project)).keys
     cut.write_bytes(whole)
     assert project.verify(cut).ok, "the archive, once whole, still opens with the keyring"
 
@@ -134,7 +124,7 @@ def test_retire_refuses_while_an_archive_of_the_store_cannot_be_read(project, ml
 
 def test_a_symlinked_keyring_is_refused_on_read_and_never_replaced(project, mlp_run, tmp_path):
     archive = project.package("mlp", version="1.0", checkpoint=mlp_run, encrypt=True).path
-    ring = ring_of(project)
+    ring = keyring_of(project)
     real = tmp_path / "secrets" / "model-keys.json"
     real.parent.mkdir()
     ring.rename(real)
@@ -157,7 +147,7 @@ def test_a_symlinked_keyring_is_refused_on_read_and_never_replaced(project, mlp_
 
 def test_a_dangling_keyring_link_is_an_error_never_a_skipped_check(project, mlp_run, tmp_path):
     archive = project.package("mlp", version="1.0", checkpoint=mlp_run, encrypt=True).path
-    ring = ring_of(project)
+    ring = keyring_of(project)
     ring.unlink()
     ring.symlink_to(tmp_path / "nowhere.json")
 
@@ -316,7 +306,7 @@ def test_deploy_decrypts_and_refuses_other_weights_swapped_in(project, mlp_run, 
 
     swapped(project, mlp_run, tmp_path)
     with pytest.raises(E.VerificationError, match="other weights than the provenance records"):
-        deploy(NoServer(), project.store, "mlp", "1.0", public_key=project.public_key, model_keys=ring_of(project))
+        deploy(NoServer(), project.store, "mlp", "1.0", public_key=project.public_key, model_keys=keyring_of(project))
     monkeypatch.setattr(Project, "client", NoServer())
     with pytest.raises(E.VerificationError, match="other weights than the provenance records"):
         project.deploy("mlp", "1.0")
@@ -345,14 +335,14 @@ def test_deploy_apply_and_rollout_use_the_projects_keyring_when_there_is_one(pro
     project.package("mlp", version="2.0", checkpoint=mlp_run, encrypt=True)
     with pytest.raises(Stop):
         project.deploy("mlp", "2.0")
-    assert seen[-1] == ring_of(project)
+    assert seen[-1] == keyring_of(project)
 
     params = {"workers": 1, "batch_size": 1, "max_batch_delay": 1}
     action = desired.Action("register", "mlp", "2.0", "new", params=params)
     monkeypatch.setattr(desired, "plan", lambda client, d: [action])
     with pytest.raises(Stop):
         project.apply(desired.parse_desired({"models": {"mlp": {"versions": ["2.0"]}}}))
-    assert len(seen) == 3 and seen[-1] == ring_of(project)
+    assert len(seen) == 3 and seen[-1] == keyring_of(project)
 
     class Client:
         def describe(self, name, version=None):
@@ -362,4 +352,4 @@ def test_deploy_apply_and_rollout_use_the_projects_keyring_when_there_is_one(pro
     monkeypatch.setattr(Project, "registry", None)
     with pytest.raises(Stop):
         project.rollout("mlp", "2.0", golden=[])
-    assert len(seen) == 4 and seen[-1] == ring_of(project)
+    assert len(seen) == 4 and seen[-1] == keyring_of(project)
