@@ -168,13 +168,16 @@ def test_follow_sees_new_lines_and_a_rolled_over_file(logs):
     write(logs.log_dir, "model_log.log", [worker("m_1.0", "old line")])
     feed = logs.follow("m", poll=0.01, stop=10)
     write(logs.log_dir, "model_log.log", [worker("m_1.0", "new line")])
-    assert next(feed).text.endswith("new line")
+    line = next(feed)
+    assert line.text.endswith("new line") and line.number == 2
     with open(path, "a") as f:
         f.write(worker("m_1.0", "half a li"))  # not whole yet: read once it is
     write(logs.log_dir, "model_log.log", ["ne"])
-    assert next(feed).text.endswith("half a line")
+    line = next(feed)
+    assert line.text.endswith("half a line") and line.number == 3  # line numbers hold across polls
     path.write_text(worker("m_1.0", "after rollover") + "\n")  # shorter: log4j2 started a new file
-    assert next(feed).text.endswith("after rollover")
+    line = next(feed)
+    assert line.text.endswith("after rollover") and line.number == 1
 
 
 def test_a_server_error_carries_the_cause_in_its_one_line(logs):

@@ -67,6 +67,14 @@ class Cause:
         return f"{self.line} (see {self.file}, line {self.number})"
 
 
+@dataclass
+class _Position:
+    """How far a file has been read: the byte offset, and the lines before it (None: not counted yet)."""
+
+    offset: int
+    lines: int | None = None
+
+
 class ServerLogs:
     """The logs folder of a TorchServe this machine runs (`LocalServer.log_dir`)."""
 
@@ -135,24 +143,22 @@ class ServerLogs:
         versions: Iterable[str] = (),
     ) -> Iterator[LogLine]:
         """The lines written from now on, as they come, until interrupted (or for `stop` seconds)."""
-        position = self.mark()  # now, not at the first next()
+        # per file: [byte offset read up to, lines before it] (now, not at the first next()); the line
+        # count is kept, so each poll reads only what is new
+        position = {file: _Position(size) for file, size in self.mark().items()}
         known = frozenset(versions)
         deadline = None if stop is None else time.monotonic() + stop
 
         def feed() -> Iterator[LogLine]:
             while deadline is None or time.monotonic() < deadline:
                 secrets = self._secrets()
+                sizes = self.mark()
                 fresh: list[LogLine] = []
                 for file in LOG_FILES:
-                    if self.mark()[file] < position[file]:  # rolled over: a new file begins
-                        position[file] = 0
-                    end = [position[file]]
-                    fresh += [
-                        line
-                        for line in self._read(file, position[file], secrets, end)
-                        if _belongs(line, name, version, known)
-                    ]
-                    position[file] = end[0]
+                    at = position[file]
+                    if sizes[file] < at.offset:  # rolled over: a new file begins
+                        at.offset, at.lines = 0, 0
+                    fresh += [line for line in self._read(file, at, secrets) if _belongs(line, name, version, known)]
                 fresh.sort(key=lambda line: line.time)
                 yield from fresh
                 time.sleep(poll)
@@ -196,24 +202,29 @@ class ServerLogs:
 
     # ------------------------------------------------------------------ internals
 
-    def _read(self, file: str, start: int, secrets: list[str], end: list[int] | None = None) -> Iterator[LogLine]:
-        """The whole lines of `file` from byte `start`; `end[0]` follows the last one read."""
+    def _read(self, file: str, at: int | _Position, secrets: list[str]) -> Iterator[LogLine]:
+        """The whole lines of `file` from a byte offset, or from a follower's position, which then
+        follows the last line read."""
+        position = at if isinstance(at, _Position) else _Position(at)
+        start = position.offset
         path = self.log_dir / file
         try:
             handle = path.open("rb")
         except OSError:
             return
         with handle:
-            number = 0
-            if start:
+            number = position.lines
+            if number is None:
                 # line numbers count from the top: count what comes before `start`
-                left = start
+                number, left = 0, start
                 while left > 0:
                     block = handle.read(min(left, 1 << 20))
                     if not block:
                         break
                     number += block.count(b"\n")
                     left -= len(block)
+            else:
+                handle.seek(start)
             stamp, thread = "", ""
             offset = start
             for raw in handle:
@@ -221,8 +232,7 @@ class ServerLogs:
                     break  # a line still being written: it is read whole next time
                 number += 1
                 offset += len(raw)
-                if end is not None:
-                    end[0] = offset
+                position.offset, position.lines = offset, number
                 text = _mask(raw.decode("utf-8", errors="replace").rstrip("\r\n"), secrets)
                 head = _LINE.match(text)
                 if head:
