@@ -2,7 +2,7 @@
 
 A guided search, not a blind grid (users of other tools report days-long sweeps): coordinate
 ascent over the settings that matter most on a small machine, each trial a short load test of
-the model registered under a temporary name:
+the model registered under a temporary name of its own (tune-NAME-1, tune-NAME-2, ...):
 
 1. batch size (1, 4, 8, 16) at one worker and a 5 ms batch delay;
 2. batch delay (1, 5, 10, 20 ms) at the best batch size (skipped for batch 1);
@@ -89,20 +89,30 @@ def best_trial(trials: Sequence[Trial], slo_p99_ms: float) -> Trial:
 
 
 def unregister_after_load(client: TorchServe, name: str, tries: int = 10) -> None:
-    """Unregister a model that was just under heavy load, trying again while the server fails.
+    """Take a model that was just under heavy load off the server: its workers first, then its name.
 
-    TorchServe 0.12 sometimes answers 500 (ConcurrentModificationException) and keeps the model: wait and try
-    again; gone is fine.
+    TorchServe 0.12 can fail a DELETE that meets workers still finishing their last batches (500,
+    ConcurrentModificationException); when it does it has already dropped the version but not the name, and
+    that stale name refuses later registrations under it. Scaling to zero first fails harmlessly when it
+    fails (the version stays; wait and try again), and the DELETE then has no worker left to stop. Gone
+    already is fine.
     """
-    for _ in range(tries - 1):
+    _until_done(lambda: client.scale(name, min_workers=0, max_workers=0, synchronous=True), tries)
+    _until_done(lambda: client.unregister(name), tries)
+
+
+def _until_done(call: Callable[[], object], tries: int) -> None:
+    """Run a management call, trying again a second later while the server fails; not found is done."""
+    for attempt in range(tries):
         try:
-            client.unregister(name)
+            call()
             return
         except ModelNotFound:
             return
         except ServerError:
+            if attempt == tries - 1:
+                raise
             time.sleep(1)
-    client.unregister(name)
 
 
 def packaged_threads(archive: Path) -> int:
@@ -183,6 +193,14 @@ def tune(
     cores = cores or len(os.sched_getaffinity(0))
     temp = f"tune-{name}"[:MAX_NAME_LENGTH]  # a name of its own, within the name rule
     trials: dict[tuple[int, int, int, int], Trial] = {}
+    registrations = 0
+
+    def trial_name() -> str:
+        """A new name for each registration: one that TorchServe failed to take down cannot spoil the next."""
+        nonlocal registrations
+        registrations += 1
+        suffix = f"-{registrations}"
+        return temp[: MAX_NAME_LENGTH - len(suffix)] + suffix
 
     def trial(workers: int, batch: int, delay: int, threads: int = packaged, again: bool = False) -> Trial:
         key = (workers, batch, delay, threads)
@@ -195,26 +213,27 @@ def tune(
                 archive, threads, Path(store), key_dir, name=temp, version=f"threads{threads}", public_key=public_key
             )
             ensure_verified(copy, public_key=public_key_path(key_dir))
+        served = trial_name()
         try:
             client.register(
                 (copy or archive).name,
-                model_name=temp,
+                model_name=served,
                 initial_workers=workers,
                 batch_size=batch,
                 max_batch_delay=delay,
             )
             try:
-                client.wait_until_ready(temp, timeout=120)
+                client.wait_until_ready(served, timeout=120)
                 if warmup:
-                    run_load(client, temp, payloads, concurrency=concurrency, duration=warmup)
+                    run_load(client, served, payloads, concurrency=concurrency, duration=warmup)
                 if engine == "wrk":
-                    w = wrk_load(client, temp, payloads[0], version=None, concurrency=concurrency, seconds=seconds)
+                    w = wrk_load(client, served, payloads[0], version=None, concurrency=concurrency, seconds=seconds)
                     figures = (w["throughput_rps"], w["p50_ms"], w["p99_ms"], w["failed"])
                 else:
-                    load = run_load(client, temp, payloads, concurrency=concurrency, duration=seconds)
+                    load = run_load(client, served, payloads, concurrency=concurrency, duration=seconds)
                     figures = (load.throughput, load.p(50), load.p(99), load.failed)
             finally:
-                unregister_after_load(client, temp)
+                unregister_after_load(client, served)
         finally:
             if copy is not None:
                 copy.unlink(missing_ok=True)
