@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `torchship --help` stays quick
     from torchship.ops.registry import Event, Registry
     from torchship.ops.rollout import GoldenItem, RolloutReport
     from torchship.ops.server import LocalServer
+    from torchship.perf.curve import Point
     from torchship.perf.tune import Trial
     from torchship.projectfile import ModelRecord
     from torchship.sdk.client import TorchServe
@@ -79,6 +80,10 @@ class TuneResult:
     slo_p99_ms: float
     settings: dict[str, Any]
     repackage: str | None
+    profile: dict[int, float] = dataclasses.field(default_factory=dict)
+    # "default" (what a plain deploy gives) and "tuned": points at 1, 4, 16 and 64 callers
+    curves: dict[str, list[Point]] = dataclasses.field(default_factory=dict)
+    plot: str | None = None
 
     @property
     def meets_slo(self) -> bool:
@@ -91,8 +96,11 @@ class TuneResult:
             "trials": [t.to_dict() for t in self.trials],
             "best": self.best.to_dict(),
             "meets_slo": self.meets_slo,
+            "profile": {str(c): share for c, share in self.profile.items()},
             "deploy_yaml": {"models": {self.name: self.settings}},
             "repackage": self.repackage,
+            "curves": {label: [p.to_dict() for p in points] for label, points in self.curves.items()},
+            "plot": self.plot,
         }
 
 
@@ -615,6 +623,18 @@ class Project:
             self.registry.record(name, d.version, "default_set", via="deploy")
         return result
 
+    def deploy_settings(self, name: str) -> dict[str, int]:
+        """The workers and batching a plain `deploy` of `name` registers with: an example model's serving
+        defaults, else one worker and TorchServe's own (batch 1; an archive's model-config may ask for more)."""
+        from torchship.archiver import EXAMPLES
+
+        serving = EXAMPLES[name].serving if name in EXAMPLES else {}
+        return {
+            "workers": serving.get("workers", 1),
+            "batch_size": serving.get("batch_size", 1),
+            "max_batch_delay": serving.get("max_batch_delay", 100),
+        }
+
     def scale(self, name: str, *, min_workers: int, max_workers: int | None = None, version: str | None = None) -> str:
         """Set a version's workers (default: the default version's) and wait until they run."""
         if max_workers is not None and max_workers < min_workers:
@@ -838,24 +858,29 @@ class Project:
         slo_p99_ms: float,
         version: str | None = None,
         concurrency: int = 16,
+        profile: dict[int, float] | None = None,
         seconds: float = 5.0,
         max_workers: int = 2,
         cores: int | None = None,
         engine: str = "auto",
         write: str | os.PathLike[str] | None = None,
         public_key: str | os.PathLike[str] | None = None,
+        curve: bool = True,
+        plot: str | os.PathLike[str] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> TuneResult:
         """Find the fastest batching, workers and threads whose p99 meets `slo_p99_ms`.
 
-        See `torchship.perf.tune`. `bodies` default to the golden set's inputs; `write` merges the winner into
-        that desired-state file (never writing one `apply` would refuse).
+        See `torchship.perf.tune`. The load: `profile` (concurrency -> share of the time), else `concurrency`.
+        `bodies` default to the golden set's inputs; `write` merges the winner into that desired-state file
+        (never writing one `apply` would refuse). With `curve`, the winner and the settings a plain deploy gives
+        are then measured at 1, 4, 16 and 64 callers (`plot`: a PNG of both curves).
         """
         from torchship.archiver import archive_path
         from torchship.ops.desired import merge_settings
         from torchship.ops.versions import latest_version
         from torchship.perf import wrk
-        from torchship.perf.tune import tune
+        from torchship.perf.tune import compare_curves, tune
 
         version = version or latest_version(self.store, name)
         if version is None:
@@ -876,6 +901,7 @@ class Project:
             list(bodies),
             slo_p99_ms=slo_p99_ms,
             concurrency=concurrency,
+            profile=profile,
             seconds=seconds,
             max_workers=max_workers,
             cores=cores,
@@ -894,7 +920,37 @@ class Project:
         repackage = repackage_hint(archive_path(self.store, name, version), name, best.threads)
         if write:
             merge_settings(Path(write), name, settings)
-        return TuneResult(name, list(trials), best, slo_p99_ms, settings, repackage)
+        curves: dict[str, list[Point]] = {}
+        if curve:
+            (log or (lambda line: None))("\nthe winner and a plain deploy's settings, at 1, 4, 16 and 64 callers:")
+            curves = compare_curves(
+                self.client,
+                self.store,
+                name,
+                version,
+                {"default": self.deploy_settings(name), "tuned": best.settings()},
+                list(bodies),
+                seconds=seconds,
+                engine=engine,
+                public_key=self._key(public_key),
+                key_dir=self.paths.key_dir,
+                log=log or (lambda line: None),
+            )
+            if plot:
+                from torchship.perf.curve import plot_curves
+
+                plot_curves(curves, Path(plot), f"{name} {version}: a plain deploy against tuned")
+        return TuneResult(
+            name,
+            list(trials),
+            best,
+            slo_p99_ms,
+            settings,
+            repackage,
+            dict(profile or {concurrency: 1.0}),
+            curves,
+            str(plot) if plot and curves else None,
+        )
 
     def autoscale(
         self,

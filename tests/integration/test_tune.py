@@ -37,7 +37,12 @@ def test_tune_finds_the_fastest_settings_within_the_budget(
         log=lambda line: None,
     )
     # batch sweep (4), delay sweep (when batching wins), workers, threads: guided, not the 4x4x2x2 grid
-    assert 6 <= len(trials) <= 10
+    assert 6 <= len(trials) <= 11
+    # the delay sweep, when it runs, includes 0 ms (no wait for a batch's second request)
+    swept = {t.batch_size for t in trials if (t.workers, t.threads) == (1, 1) and t.max_batch_delay in (1, 10)}
+    assert all((1, b, 0, 1) in {(t.workers, t.batch_size, t.max_batch_delay, t.threads) for t in trials} for b in swept)
+    # one load (8 callers): each trial's figures are its point at that load
+    assert all([p.concurrency for p in t.points] == [8] and t.points[0].p99_ms == t.p99_ms for t in trials)
     # tune's rule: the two fastest single runs within the budget are measured again, and the better
     # of those two on the mean of their runs wins (a lucky single run cannot)
     leaders = [t for t in trials if t.runs == 2]
@@ -106,9 +111,11 @@ def test_tune_cli_writes_the_winner_into_the_desired_state(server, tmp_path, pub
             "--slo-p99-ms",
             "5000",
             "--seconds",
-            "1",
-            "--concurrency",
-            "4",
+            "0.5",
+            "--profile",
+            "1:0.6,4:0.4",
+            "--plot",
+            str(tmp_path / "curves.png"),
             "--version",
             "1.0",
             "--payload",
@@ -135,6 +142,24 @@ def test_tune_cli_writes_the_winner_into_the_desired_state(server, tmp_path, pub
     assert result["repackage"] == (
         None if best["threads"] == 1 else f"torchship package mlp --threads {best['threads']}"
     )
+    # tuned for a mix of loads: every trial measured at 1 and 4 callers, the p99 its worse one
+    assert result["profile"] == {"1": 0.6, "4": 0.4}
+    for t in result["trials"]:
+        assert [p["concurrency"] for p in t["points"]] == [1, 4]
+        assert t["p99_ms"] == max(p["p99_ms"] for p in t["points"])
+    # then the winner and a plain deploy's settings (mlp: its serving defaults), at 1, 4, 16 and 64 callers
+    assert sorted(result["curves"]) == ["default", "tuned"]
+    for points in result["curves"].values():
+        assert [p["concurrency"] for p in points] == [1, 4, 16, 64]
+        assert all(p["failed"] == 0 and p["throughput"] > 0 for p in points)
+    assert result["plot"] == str(tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [m.name for m in ts_models(server)]  # the curves' registrations are gone too
+
+
+def ts_models(server):
+    with server.client() as c:
+        return [m for m in c.list_models() if m.name.startswith("tune-")]
 
 
 def test_bench_and_tune_with_wrk(client, store, public_key, mlp_archive, mlp_deployed):

@@ -7,6 +7,8 @@ import time
 import click
 import yaml
 
+from torchship.perf.curve import curve_table, parse_profile
+
 from .base import (
     Ctx,
     check_range,
@@ -83,8 +85,17 @@ def bench_cmd(
 @click.option("--slo-p99-ms", type=click.FloatRange(min=0.1), required=True, help="The p99 latency budget.")
 @model_version_option("Archive version (default: the newest).")
 @payload_options(" (default: the inputs of tests/golden/NAME.jsonl)")
-@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--seconds", type=click.FloatRange(min=0.5), default=5.0, show_default=True, help="Per trial.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="The load to tune for.")
+@click.option(
+    "--profile",
+    "profile_text",
+    default=None,
+    metavar="C:SHARE,...",
+    help="Tune for a mix of loads instead: concurrency:share of the time, e.g. 1:0.7,16:0.3.",
+)
+@click.option(
+    "--seconds", type=click.FloatRange(min=0.5), default=5.0, show_default=True, help="Per trial and per load."
+)
 @click.option("--max-workers", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option(
     "--cores",
@@ -100,6 +111,13 @@ def bench_cmd(
     default=None,
     help="Write the winner into this desired-state file (e.g. deploy.yaml).",
 )
+@click.option(
+    "--curve/--no-curve",
+    default=True,
+    show_default=True,
+    help="Then measure the winner and a plain deploy's settings at 1, 4, 16 and 64 callers.",
+)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the two curves as a PNG.")
 @public_key_option
 @json_option()
 @pass_ctx
@@ -111,15 +129,21 @@ def tune(
     json_data: str | None,
     payload: str | None,
     concurrency: int,
+    profile_text: str | None,
     seconds: float,
     max_workers: int,
     cores: int | None,
     engine: str,
     write_file: str | None,
+    curve: bool,
+    plot: str | None,
     public_key: str | None,
     as_json: bool,
 ) -> None:
-    """Search batching, workers and threads for the highest throughput whose p99 meets the budget."""
+    """Search batching, workers and threads for the highest throughput whose p99 meets the budget, at a load."""
+    profile = parse_profile(profile_text) if profile_text else None
+    if plot and not curve:
+        raise click.UsageError("--plot draws the curves: drop --no-curve")
     bodies = load_bodies(json_data, payload) if (json_data or payload) else None
     if bodies is None and not c.project.golden(name).is_file():
         raise click.UsageError(
@@ -131,12 +155,15 @@ def tune(
         slo_p99_ms=slo_p99_ms,
         version=version,
         concurrency=concurrency,
+        profile=profile,
         seconds=seconds,
         max_workers=max_workers,
         cores=cores,
         engine=engine,
         write=write_file,
         public_key=public_key,
+        curve=curve,
+        plot=plot,
         log=None if as_json else click.echo,
     )
     if as_json:
@@ -164,11 +191,18 @@ def tune(
         )
     )
     verdict = "fastest within" if result.meets_slo else "NOTHING met; lowest p99 for"
+    load = ", ".join(f"{c} callers {share:g}" for c, share in result.profile.items()) if profile else None
     click.echo(
-        f"\n{verdict} p99 {slo_p99_ms:g} ms: workers {best.workers}, threads {best.threads}, "
+        f"\n{verdict} p99 {slo_p99_ms:g} ms" + (f" over the load profile ({load})" if load else "") + ": "
+        f"workers {best.workers}, threads {best.threads}, "
         f"batch {best.batch_size}, delay {best.max_batch_delay} ms -> {best.throughput} req/s, "
         f"p99 {best.p99_ms} ms"
     )
+    if result.curves:
+        click.echo()
+        click.echo(render(*curve_table(result.curves)))
+        if result.plot:
+            click.echo(f"plot: {result.plot}")
     click.echo(
         ("written into " + write_file)
         if write_file

@@ -1,11 +1,14 @@
-"""`torchship tune`: the fastest serving settings of a model within a p99 latency budget.
+"""`torchship tune`: the fastest serving settings of a model within a p99 latency budget, at a load.
 
 A guided search, not a blind grid (users of other tools report days-long sweeps): coordinate
 ascent over the settings that matter most on a small machine, each trial a short load test of
 the model registered under a temporary name of its own (tune-NAME-1, tune-NAME-2, ...):
 
 1. batch size (1, 4, 8, 16) at one worker and a 5 ms batch delay;
-2. batch delay (1, 5, 10, 20 ms) at the best batch size (skipped for batch 1);
+2. batch delay (0, 1, 5, 10 ms) at the best batch size (skipped for batch 1). TorchServe 0.12
+   waits up to the delay for a batch's second and later requests only while its queue is empty:
+   at 0 ms a batch takes the first request and at most one more that is already queued (its
+   frontend's `Model.pollBatch`), so 0 ms never makes a lone caller wait and batches little;
 3. workers (1 .. max) at the best batching, each with that batch size and with it shared among
    the workers (batch / workers: the same requests in flight, in batches that overlap instead of
    one worker computing while the frontend waits);
@@ -14,12 +17,18 @@ the model registered under a temporary name of its own (tune-NAME-1, tune-NAME-2
 5. the two fastest trials within the budget are measured again, and decided on the mean of
    their runs (with the worse p99): one short run on a shared machine can be lucky.
 
-The best trial is the highest throughput whose p99 meets the budget (when none does, the lowest
-p99). Steps 1-3 run the archive as packaged (its model-config's `handler.threads`, one for the
-examples); threads are part of the archive, so step 4 registers a temporary copy whose
-model-config asks for more, built and signed with the project's key and verified like any archive
-(nothing unverified reaches the server), and a winner with other threads than packaged says how to
-repackage.
+Each trial is measured at the load it is tuned for: one concurrency, or a load profile (how the
+service's time is shared between concurrencies, `torchship.perf.curve`), and scored by its
+time-weighted mean throughput over the profile, which is the same as the lowest mean latency of
+the profile's requests. The best trial is the highest such throughput whose p99 meets the budget
+at every load of the profile (when none does, the lowest p99). Steps 1-3 run the archive as
+packaged (its model-config's `handler.threads`, one for the examples); threads are part of the
+archive, so step 4 registers a temporary copy whose model-config asks for more, built and signed
+with the project's key and verified like any archive (nothing unverified reaches the server), and
+a winner with other threads than packaged says how to repackage.
+
+`compare_curves` then measures the winner and the settings a plain deploy gives at 1, 4, 16 and 64
+callers, side by side: what tuning buys at every load, and what it costs where it was not tuned.
 """
 
 from __future__ import annotations
@@ -28,23 +37,41 @@ import json
 import os
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torchship.perf.curve import LEVELS, Point, Profile, load_point, measure, over_profile
 from torchship.perf.load import run_load
-from torchship.sdk.errors import ModelNotFound, ServerError
+from torchship.sdk.errors import BadInput, ModelNotFound, ServerError
 
 if TYPE_CHECKING:
     from torchship.sdk.client import TorchServe
 
-__all__ = ["Trial", "tune", "best_trial", "packaged_threads", "threads_copy", "thread_splits", "unregister_after_load"]
+__all__ = [
+    "Trial",
+    "tune",
+    "best_trial",
+    "compare_curves",
+    "packaged_threads",
+    "threads_copy",
+    "thread_splits",
+    "unregister_after_load",
+    "DELAYS_MS",
+]
+
+DELAYS_MS = (0, 1, 5, 10)  # step 2's batch delays
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One setting tried by `tune` (workers, batching, threads) and what its load test measured."""
+    """One setting tried by `tune` (workers, batching, threads) and what its load test measured.
+
+    `throughput`, `p50_ms`, `p99_ms` and `failed` are over the load the search was for (one concurrency, or
+    a profile: see `torchship.perf.curve.over_profile`); `points` are the figures at each concurrency.
+    """
 
     workers: int
     batch_size: int
@@ -55,6 +82,7 @@ class Trial:
     p99_ms: float
     failed: int
     runs: int = 1
+    points: tuple[Point, ...] = ()
 
     def meets(self, slo_p99_ms: float) -> bool:
         """Whether the trial's p99 is within `slo_p99_ms` with no request failed."""
@@ -62,21 +90,47 @@ class Trial:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the trial as plain data."""
-        return dict(self.__dict__)
+        return {**self.__dict__, "points": [p.to_dict() for p in self.points]}
+
+    def settings(self) -> dict[str, int]:
+        """The trial's serving settings, as `compare_curves` takes them."""
+        return {
+            "workers": self.workers,
+            "batch_size": self.batch_size,
+            "max_batch_delay": self.max_batch_delay,
+            "threads": self.threads,
+        }
 
     def again(self, other: Trial) -> Trial:
-        """This trial measured once more: mean throughput and p50, the worse p99, all failures."""
+        """This trial measured once more: mean throughput and p50, the worse p99, all failures (per load too)."""
         n = self.runs + 1
+
+        def mean(a: float, b: float) -> float:
+            return (a * self.runs + b) / n
+
+        by_c = {p.concurrency: p for p in other.points}
+        points = tuple(
+            Point(
+                p.concurrency,
+                round(mean(p.throughput, by_c[p.concurrency].throughput), 1),
+                round(mean(p.p50_ms, by_c[p.concurrency].p50_ms), 2),
+                max(p.p99_ms, by_c[p.concurrency].p99_ms),
+                p.failed + by_c[p.concurrency].failed,
+            )
+            for p in self.points
+            if p.concurrency in by_c
+        )
         return Trial(
             self.workers,
             self.batch_size,
             self.max_batch_delay,
             self.threads,
-            round((self.throughput * self.runs + other.throughput) / n, 1),
-            round((self.p50_ms * self.runs + other.p50_ms) / n, 2),
+            round(mean(self.throughput, other.throughput), 1),
+            round(mean(self.p50_ms, other.p50_ms), 2),
             max(self.p99_ms, other.p99_ms),
             self.failed + other.failed,
             n,
+            points,
         )
 
 
@@ -166,6 +220,7 @@ def tune(
     *,
     slo_p99_ms: float,
     concurrency: int = 16,
+    profile: Profile | None = None,
     seconds: float = 5.0,
     warmup: float = 1.0,
     max_workers: int = 2,
@@ -177,69 +232,38 @@ def tune(
 ) -> tuple[list[Trial], Trial]:
     """Search for the fastest settings of `name` `version` within `slo_p99_ms`; every trial and the best.
 
-    `engine`: how each trial is loaded: "python" (the client's threads) or "wrk" (the first payload, by wrk:
-    for tiny models the Python generator is the bottleneck). `cores`: what the server may use (default: the
-    cores this process may run on; tune runs beside the server). `key_dir`: the project's signing keys, which
-    sign the trial archives of step 4 (without it, step 4 is skipped): every archive a trial registers passes
-    verification first.
+    The load each trial is measured at: `profile` (concurrency -> share of the time; `seconds` at each of its
+    concurrencies), else `concurrency` alone. `engine`: how each trial is loaded: "python" (the client's
+    threads) or "wrk" (the first payload, by wrk: for tiny models the Python generator is the bottleneck).
+    `cores`: what the server may use (default: the cores this process may run on; tune runs beside the
+    server). `key_dir`: the project's signing keys, which sign the trial archives of step 4 (without it, step
+    4 is skipped): every archive a trial registers passes verification first.
     """
-    from torchship.archiver import archive_path, ensure_verified, public_key_path, signature_path
-    from torchship.archiver.names import MAX_NAME_LENGTH
-    from torchship.perf.bench import wrk_load
+    from torchship.archiver import archive_path, ensure_verified
 
     archive = archive_path(store, name, version)
     ensure_verified(archive, public_key=public_key)
+    load: dict[int, float] = dict(profile) if profile else {concurrency: 1.0}
+    if not load or any(share <= 0 for share in load.values()):
+        raise BadInput("a load profile needs at least one concurrency with a share above 0")
     packaged = packaged_threads(archive)
     cores = cores or len(os.sched_getaffinity(0))
-    temp = f"tune-{name}"[:MAX_NAME_LENGTH]  # a name of its own, within the name rule
     trials: dict[tuple[int, int, int, int], Trial] = {}
-    registrations = 0
-
-    def trial_name() -> str:
-        """A new name for each registration: one that TorchServe failed to take down cannot spoil the next."""
-        nonlocal registrations
-        registrations += 1
-        suffix = f"-{registrations}"
-        return temp[: MAX_NAME_LENGTH - len(suffix)] + suffix
+    served = _Served(client, store, archive, name, public_key=public_key, key_dir=key_dir, packaged=packaged)
 
     def trial(workers: int, batch: int, delay: int, threads: int = packaged, again: bool = False) -> Trial:
         key = (workers, batch, delay, threads)
         if key in trials and not again:
             return trials[key]
-        copy = None
-        if threads != packaged:
-            assert key_dir is not None, "step 4 needs the signing keys"
-            copy = threads_copy(
-                archive, threads, Path(store), key_dir, name=temp, version=f"threads{threads}", public_key=public_key
+        with served.setting(workers, batch, delay, threads) as temp:
+            if warmup:
+                run_load(client, temp, payloads, concurrency=max(load), duration=warmup)
+            points = tuple(
+                load_point(client, temp, payloads, concurrency=c, seconds=seconds, engine=engine) for c in sorted(load)
             )
-            ensure_verified(copy, public_key=public_key_path(key_dir))
-        served = trial_name()
-        try:
-            client.register(
-                (copy or archive).name,
-                model_name=served,
-                initial_workers=workers,
-                batch_size=batch,
-                max_batch_delay=delay,
-            )
-            try:
-                client.wait_until_ready(served, timeout=120)
-                if warmup:
-                    run_load(client, served, payloads, concurrency=concurrency, duration=warmup)
-                if engine == "wrk":
-                    w = wrk_load(client, served, payloads[0], version=None, concurrency=concurrency, seconds=seconds)
-                    figures = (w["throughput_rps"], w["p50_ms"], w["p99_ms"], w["failed"])
-                else:
-                    load = run_load(client, served, payloads, concurrency=concurrency, duration=seconds)
-                    figures = (load.throughput, load.p(50), load.p(99), load.failed)
-            finally:
-                unregister_after_load(client, served)
-        finally:
-            if copy is not None:
-                copy.unlink(missing_ok=True)
-                signature_path(copy).unlink(missing_ok=True)
+        throughput, p50, p99, failed = over_profile(points, load)
         result = Trial(
-            workers, batch, delay, threads, round(figures[0], 1), round(figures[1], 2), round(figures[2], 2), figures[3]
+            workers, batch, delay, threads, round(throughput, 1), round(p50, 2), round(p99, 2), failed, 1, points
         )
         if again:
             result = trials[key].again(result)
@@ -255,7 +279,7 @@ def tune(
 
     best = best_trial([trial(1, b, 5 if b > 1 else 0) for b in (1, 4, 8, 16)], slo_p99_ms)
     if best.batch_size > 1:
-        best = best_trial([best] + [trial(1, best.batch_size, d) for d in (1, 5, 10, 20)], slo_p99_ms)
+        best = best_trial([best] + [trial(1, best.batch_size, d) for d in DELAYS_MS], slo_p99_ms)
     batch, delay = best.batch_size, best.max_batch_delay
     best = best_trial(
         [best] + [trial(w, b, delay) for w in range(1, max_workers + 1) for b in sorted({batch, max(1, batch // w)})],
@@ -279,3 +303,106 @@ def tune(
             [trial(t.workers, t.batch_size, t.max_batch_delay, t.threads, again=True) for t in leaders], slo_p99_ms
         )
     return list(trials.values()), best
+
+
+def compare_curves(
+    client: TorchServe,
+    store: Path,
+    name: str,
+    version: str,
+    settings: Mapping[str, Mapping[str, int]],
+    payloads: Sequence[Any],
+    *,
+    levels: Sequence[int] = LEVELS,
+    seconds: float = 3.0,
+    engine: str = "python",
+    public_key: Path | None = None,
+    key_dir: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, list[Point]]:
+    """The latency/throughput curve of each labelled setting ({"workers", "batch_size", "max_batch_delay",
+    "threads"}; threads default to the archive's) of `name` `version`, measured one after the other on the
+    same server: {label: points at `levels`}."""
+    from torchship.archiver import archive_path, ensure_verified
+
+    archive = archive_path(store, name, version)
+    ensure_verified(archive, public_key=public_key)
+    packaged = packaged_threads(archive)
+    served = _Served(client, store, archive, name, public_key=public_key, key_dir=key_dir, packaged=packaged)
+    curves = {}
+    for label, s in settings.items():
+        workers, batch, delay = s["workers"], s["batch_size"], s["max_batch_delay"]
+        threads = s.get("threads", packaged)
+        log(f"{label}: workers {workers}  threads {threads}  batch {batch}  delay {delay} ms")
+        with served.setting(workers, batch, delay, threads) as temp:
+            run_load(client, temp, payloads, concurrency=max(levels), duration=min(1.0, seconds))
+            curves[label] = measure(client, temp, payloads, levels=levels, seconds=seconds, engine=engine, log=log)
+    return curves
+
+
+class _Served:
+    """Registers settings of one archive under temporary names, one name per registration."""
+
+    def __init__(
+        self,
+        client: TorchServe,
+        store: Path,
+        archive: Path,
+        name: str,
+        *,
+        public_key: Path | None,
+        key_dir: Path | None,
+        packaged: int,
+    ) -> None:
+        from torchship.archiver.names import MAX_NAME_LENGTH
+
+        self.client, self.store, self.archive = client, Path(store), archive
+        self.public_key, self.key_dir, self.packaged = public_key, key_dir, packaged
+        self.max_length = MAX_NAME_LENGTH
+        self.temp = f"tune-{name}"[:MAX_NAME_LENGTH]  # a name of its own, within the name rule
+        self.registrations = 0
+
+    def _next_name(self) -> str:
+        """A new name for each registration: one that TorchServe failed to take down cannot spoil the next."""
+        self.registrations += 1
+        suffix = f"-{self.registrations}"
+        return self.temp[: self.max_length - len(suffix)] + suffix
+
+    @contextmanager
+    def setting(self, workers: int, batch: int, delay: int, threads: int) -> Iterator[str]:
+        """The archive registered with these settings (a signed, verified copy when `threads` differ from the
+        packaged ones) under a new temporary name, ready; taken down and its copy removed afterwards."""
+        from torchship.archiver import ensure_verified, public_key_path, signature_path
+
+        copy = None
+        if threads != self.packaged:
+            if self.key_dir is None:
+                raise BadInput(f"{threads} threads per worker need a signed copy of the archive: pass key_dir")
+            copy = threads_copy(
+                self.archive,
+                threads,
+                self.store,
+                self.key_dir,
+                name=self.temp,
+                version=f"threads{threads}",
+                public_key=self.public_key,
+            )
+            ensure_verified(copy, public_key=public_key_path(self.key_dir))
+        temp = self._next_name()
+        try:
+            self.client.register(
+                (copy or self.archive).name,
+                model_name=temp,
+                initial_workers=workers,
+                batch_size=batch,
+                max_batch_delay=delay,
+            )
+            try:
+                self.client.wait_until_ready(temp, timeout=120)
+                yield temp
+            finally:
+                unregister_after_load(self.client, temp)
+        finally:
+            if copy is not None:
+                copy.unlink(missing_ok=True)
+                signature_path(copy).unlink(missing_ok=True)
