@@ -26,7 +26,7 @@ class Example:
 
 
 _CONFIG = {"responseTimeout": 30, "startupTimeout": 60, "handler": {"threads": 1}}
-_SERVING = {"batch_size": 8, "max_batch_delay": 10, "workers": 1}
+_SERVING = {"batch_size": 8, "max_batch_delay": 1, "workers": 1}
 
 EXAMPLES: dict[str, Example] = {
     "mlp": Example(handler="mlp_handler.py", model_config=_CONFIG, serving=_SERVING),

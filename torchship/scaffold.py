@@ -137,7 +137,7 @@ def project_files(name: str) -> Scaffold:
         ScaffoldFile(
             "deploy.yaml",
             _render("deploy.yaml.tmpl", values),
-            f"the desired state: {name} 1.0, one worker, batch 8 / 10 ms",
+            f"the desired state: {name} 1.0, one worker, batch 8 / 1 ms",
         ),
         ScaffoldFile("model.py", _render("model.py.tmpl", values), "the model: edit it (build_model)"),
         ScaffoldFile(

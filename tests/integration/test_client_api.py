@@ -21,7 +21,7 @@ def test_describe_is_typed_with_workers(client, mlp_deployed):
     [d] = client.describe("mlp")
     assert d.name == "mlp" and d.version == "1.0" and d.is_default
     assert d.workers and d.workers[0].status == "READY" and d.workers[0].pid > 0
-    assert d.batch_size == 8 and d.max_batch_delay == 10 and d.url == "mlp-1.0.mar"
+    assert d.batch_size == 8 and d.max_batch_delay == 1 and d.url == "mlp-1.0.mar"
 
 
 def test_versions_set_default_and_unregister_rules(client, store, mlp_run):

@@ -19,7 +19,7 @@ def test_deploy_registers_with_batching_and_a_ready_worker(client, mlp_deployed)
     d = mlp_deployed.description
     assert mlp_deployed.action == "registered"
     assert (d.name, d.version, d.is_default) == ("mlp", "1.0", True)
-    assert d.ready_workers == 1 and d.batch_size == 8 and d.max_batch_delay == 10
+    assert d.ready_workers == 1 and d.batch_size == 8 and d.max_batch_delay == 1
     assert [m.name for m in client.list_models()] == ["mlp"]
 
 

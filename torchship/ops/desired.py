@@ -6,7 +6,7 @@
         default: "2.0"
         workers: {min: 1, max: 1}
         batch_size: 8
-        max_batch_delay_ms: 10
+        max_batch_delay_ms: 1
 
 `plan` compares the file with the live server and lists the actions; `apply` runs them in a safe
 order: register what is missing (verified first), fix workers, recreate versions whose batching
