@@ -126,6 +126,8 @@ class BatchHandler:
         self.meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
         self.model = self.load_model(self.model_dir, context)
         self.model.eval()
+        # the variant `torchship package --optimize` gated on accuracy (the weights file stays the float one)
+        self.model = optimized(self.model, config.get("optimize"))
         self.initialized = True
 
     def load_model(self, model_dir: Path, context: Any) -> torch.nn.Module:
@@ -350,6 +352,48 @@ class BatchHandler:
             context.set_response_status(code, HTTPStatus(code).phrase, idx)
         context.set_response_content_type(idx, "application/json")
         return encoded
+
+
+# -------------------------------------------------------------- optimized variants
+
+
+OPTIMIZE_VARIANTS = {
+    # name: the layer types it changes (a model with none of them is left as it is)
+    "int8-dynamic": (torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU),
+    "channels-last": (torch.nn.Conv2d,),
+}
+
+
+def optimized(model: torch.nn.Module, variant: Any) -> torch.nn.Module:
+    """`model` (weights loaded, in eval mode) as the cheaper variant the archive's model-config names
+    (`handler.optimize`, which `torchship package --optimize` writes once the variant kept the held-out
+    accuracy within 0.5 points; archiver/optimize.py runs this very function for that gate). The
+    weights in the archive stay the signed float ones; the variant is made here, in memory, at load:
+
+    - `int8-dynamic`: Linear/LSTM/GRU weights to int8, activations quantized on the fly per call
+      (torch.ao.quantization.quantize_dynamic); the other layers stay float.
+    - `channels-last`: convolution weights in NHWC order (oneDNN's fast path for conv2d); inputs
+      stay NCHW (torch converts them), answers are the same up to float rounding.
+
+    Absent, None or "none": the model as it is. Any other value fails the load (ValueError): a worker
+    never serves something other than what was gated."""
+    if variant is None or variant == "none":
+        return model
+    if not isinstance(variant, str) or variant not in OPTIMIZE_VARIANTS:
+        raise ValueError(
+            f"model-config handler.optimize is {str(variant)[:40]!r}: this handler knows "
+            f"{', '.join(sorted(OPTIMIZE_VARIANTS))} (or none)"
+        )
+    if variant == "channels-last":
+        return model.to(memory_format=torch.channels_last)
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # torch 2.10+ marks torch.ao.quantization deprecated (torchao's quantize_)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return quantize_dynamic(model, set(OPTIMIZE_VARIANTS[variant]), dtype=torch.qint8)
 
 
 NPY_MAGIC = b"\x93NUMPY"

@@ -264,6 +264,7 @@ class Project:
         import_check: bool = True,
         encrypt: bool = False,
         model_key: str | os.PathLike[str] | None = None,
+        optimize: str | None = None,
     ) -> BuildResult:
         """Build and sign `store/NAME-VERSION.mar`, and record it in the registry.
 
@@ -279,7 +280,10 @@ class Project:
         module otherwise); `import_check=False` skips that, for an archive built on another machine
         than the server's. `encrypt` (or `encrypt: true` in torchship.yaml): the safetensors weights are
         encrypted at rest under the project's model key (`.torchship/keys/model-keys.json`, made on first
-        use) or the keyring file `model_key` (docs/packaging.md#encrypted-weights). Returns archiver's
+        use) or the keyring file `model_key` (docs/packaging.md#encrypted-weights). `optimize`: a cheaper
+        variant the worker makes at load ("int8-dynamic", "channels-last", or "auto" for the fastest that
+        pays), only when it keeps the run's held-out accuracy within 0.5 points (archiver/optimize.py;
+        the provenance's `checkpoint.optimize` records it). Returns archiver's
         `BuildResult` (path, provenance, digest, notes, checkpoint, handler_base).
         """
         from torchship import archiver
@@ -353,6 +357,14 @@ class Project:
         if threads is not None:
             handler_config = {**(spec.model_config.get("handler") or {}), "threads": threads}
             spec = dataclasses.replace(spec, model_config={**spec.model_config, "handler": handler_config})
+        optimized_meta: dict[str, Any] | None = None
+        if optimize is not None:  # the variant goes into the model-config, the gate's record into the provenance
+            from torchship.archiver.optimize import optimize_spec
+            from torchship.train import held_out
+
+            if run is None:
+                raise BadInput("optimize needs a training run (--checkpoint): its held-out data gates the variant")
+            spec, optimized_meta, _ = optimize_spec(spec, run, optimize, held_out)
         ring: archiver.Keyring | None = None
         notes: tuple[str, ...] = ()
         if encrypt:
@@ -371,6 +383,7 @@ class Project:
             self.store,
             self.paths.key_dir,
             force=force,
+            meta=optimized_meta,
             check_imports=handler is not None and import_check,
             model_key=ring,
         )

@@ -7,10 +7,11 @@ architecture, hyper-parameters, data fingerprint, metrics, seed, torch version, 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .common import RunResult
+    from .common import HeldOut, RunResult
 
 
 def __getattr__(name: str) -> Any:
@@ -37,4 +38,22 @@ def trainers() -> dict[str, Callable[..., RunResult]]:
     }
 
 
-__all__ = ["trainers", "RunResult"]
+def held_out(name: str, run_dir: Path) -> HeldOut:
+    """The held-out data of example model `name`'s training run `run_dir` (see `common.HeldOut`):
+    what `torchship package --optimize` gates a cheaper variant on. TrainingError for a model without one."""
+    from . import embedder, fashion, mlp, recommender, sentiment
+    from .errors import TrainingError
+
+    sets: dict[str, Callable[[Path], HeldOut]] = {
+        "mlp": mlp.held_out,
+        "sentiment": sentiment.held_out,
+        "fashion": fashion.held_out,
+        "recommender": recommender.held_out,
+        "embedder": embedder.held_out,
+    }
+    if name not in sets:
+        raise TrainingError(f"{name} has no held-out metric to gate on (the example models {', '.join(sets)} do)")
+    return sets[name](Path(run_dir))
+
+
+__all__ = ["trainers", "held_out", "RunResult"]

@@ -23,6 +23,7 @@ from .errors import TrainingError
 
 __all__ = [
     "WEIGHTS_NAME",
+    "HeldOut",
     "Progress",
     "RunResult",
     "describe_files",
@@ -51,6 +52,18 @@ class RunResult:
     run_dir: Path
     metrics: dict[str, float]
     seconds: float
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A training run's held-out data, as functions of a model (for `torchship package --optimize`'s
+    accuracy gate and benchmarks/bench_optimize.py): `metric(model)` is the figure training reports on
+    it (`name`; higher is better), `inputs(n)` the forward arguments of its first n examples."""
+
+    name: str
+    size: int
+    metric: Callable[[torch.nn.Module], float]
+    inputs: Callable[[int], tuple[torch.Tensor, ...]]
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from torchship.handlers.torchship_models import SentenceEncoder
 
-from .common import RunResult, fingerprint_files, new_run_dir, save_weights, write_checkpoint
+from .common import HeldOut, RunResult, fingerprint_files, new_run_dir, save_weights, write_checkpoint
 from .data import DATA, _need
 from .errors import TrainingError
 
@@ -110,4 +110,38 @@ def train(
     return RunResult(run_dir, metrics, seconds)
 
 
-__all__ = ["train", "embed", "load_tokenizer", "save_weights"]
+def held_out(run_dir: Path, data_dir: Path | None = None, texts: int = 1000, centroid_texts: int = 300) -> HeldOut:
+    """No labels of its own: sentiment's snippets as a probe. Accuracy of a nearest-centroid classifier
+    over the embeddings, centroids from `centroid_texts` training snippets, scored on `texts` held-out ones."""
+    from .sentiment import corpus
+
+    tokenizer = load_tokenizer(Path(run_dir) / "tokenizer.json")
+    _, corpus_texts, labels, train_idx, test_idx = corpus(data_dir)
+    train_set, test_set = train_idx[:centroid_texts], test_idx[:texts]
+
+    def encode(idx) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of 64 texts of similar length (little padding)."""
+        order = sorted(idx, key=lambda i: len(corpus_texts[i]))
+        out = []
+        for s in range(0, len(order), 64):
+            enc = tokenizer.encode_batch([corpus_texts[i] for i in order[s : s + 64]])
+            out.append((torch.tensor([e.ids for e in enc]), torch.tensor([e.attention_mask for e in enc])))
+        return out
+
+    train_batches, test_batches = encode(train_set), encode(test_set)
+    y_train = torch.from_numpy(labels[sorted(train_set, key=lambda i: len(corpus_texts[i]))])
+    y_test = torch.from_numpy(labels[sorted(test_set, key=lambda i: len(corpus_texts[i]))])
+    first = tokenizer.encode_batch([corpus_texts[i] for i in test_set[:64]])
+    sample = torch.tensor([e.ids for e in first]), torch.tensor([e.attention_mask for e in first])
+
+    def metric(model: torch.nn.Module) -> float:
+        with torch.inference_mode():
+            train_emb = torch.cat([model(ids, mask) for ids, mask in train_batches])
+            test_emb = torch.cat([model(ids, mask) for ids, mask in test_batches])
+        centroids = torch.stack([train_emb[y_train == c].mean(0) for c in (0, 1)])
+        return (torch.argmax(test_emb @ centroids.T, 1) == y_test).float().mean().item()
+
+    return HeldOut("probe_accuracy", len(test_set), metric, lambda n: (sample[0][:n], sample[1][:n]))
+
+
+__all__ = ["train", "embed", "held_out", "load_tokenizer", "save_weights"]

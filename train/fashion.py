@@ -12,6 +12,7 @@ from torch import nn
 from torchship.handlers.torchship_models import FashionCNN
 
 from .common import (
+    HeldOut,
     Progress,
     RunResult,
     fingerprint_files,
@@ -90,3 +91,16 @@ def train(
         extra={"labels": FASHION_LABELS},
     )
     return RunResult(run_dir, metrics, seconds)
+
+
+def held_out(run_dir: Path | None = None, data_dir: Path | None = None) -> HeldOut:
+    """Fashion-MNIST's 10k test images, which training never sees: accuracy."""
+    _, _, x_test, y_test = load_fashion(data_dir or DATA / "fashion")
+    xt, yt = to_tensor(x_test), torch.from_numpy(y_test.astype(np.int64))
+
+    def metric(model: nn.Module) -> float:
+        with torch.inference_mode():
+            logits = torch.cat([model(xt[s : s + 2000]) for s in range(0, len(xt), 2000)])
+        return (logits.argmax(1) == yt).float().mean().item()
+
+    return HeldOut("val_accuracy", len(yt), metric, lambda n: (xt[:n],))

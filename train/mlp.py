@@ -16,6 +16,7 @@ from torch import nn
 from torchship.handlers.torchship_models import MLP
 
 from .common import (
+    HeldOut,
     Progress,
     RunResult,
     fingerprint_tensors,
@@ -123,3 +124,18 @@ def train(
         extra={"data_seed": data_seed},
     )
     return RunResult(run_dir, metrics, seconds)
+
+
+def held_out(run_dir: Path) -> HeldOut:
+    """The run's validation split (the last 20% of its data set), which training never saw: accuracy."""
+    import json
+
+    meta = json.loads((Path(run_dir) / "meta.json").read_text(encoding="utf-8"))
+    x, y = make_data(int(meta.get("data_seed", 0)), int(meta["data"]["samples"]))
+    x_val, y_val = x[meta["data"]["train"] :], y[meta["data"]["train"] :]
+
+    def metric(model: nn.Module) -> float:
+        with torch.inference_mode():
+            return (model(x_val).argmax(dim=1) == y_val).float().mean().item()
+
+    return HeldOut("val_accuracy", len(y_val), metric, lambda n: (x_val[:n],))

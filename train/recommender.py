@@ -19,6 +19,7 @@ import torch
 from torchship.handlers.torchship_models import MatrixFactorization
 
 from .common import (
+    HeldOut,
     Progress,
     RunResult,
     fingerprint_files,
@@ -170,3 +171,20 @@ def train(
         seconds=seconds,
     )
     return RunResult(run_dir, metrics, seconds)
+
+
+def held_out(run_dir: Path | None = None, data_dir: Path | None = None) -> HeldOut:
+    """Each user's last interaction against 99 unseen items (the same candidates training scores):
+    hit-rate@10, with every score from the model's forward (a user's score for every item, as served)."""
+    split = leave_one_out(load_movielens(data_dir or DATA / "recommender"))
+    seen: list[set[int]] = [set() for _ in split.users]
+    for a, b in zip(split.u[split.train].tolist(), split.i[split.train].tolist()):
+        seen[a].add(b)
+    cand = torch.from_numpy(candidates(split, seen))
+    users = torch.from_numpy(split.u[split.held_out])
+
+    def metric(model: torch.nn.Module) -> float:
+        with torch.inference_mode():
+            return hit_rate(model(users).gather(1, cand).numpy())
+
+    return HeldOut("hit_rate_at_10", len(users), metric, lambda n: (users[:n],))

@@ -20,6 +20,7 @@ from torchship.handlers.torchship_models import SentimentClassifier
 from torchship.handlers.torchship_text import encode, tokenize
 
 from .common import (
+    HeldOut,
     Progress,
     RunResult,
     fingerprint_files,
@@ -139,3 +140,18 @@ def train(
         extra={"labels": LABELS},
     )
     return RunResult(run_dir, metrics, seconds)
+
+
+def held_out(run_dir: Path, data_dir: Path | None = None) -> HeldOut:
+    """The fixed held-out 15% of the snippets, encoded with the run's vocab.json: accuracy."""
+    vocab = json.loads((Path(run_dir) / "vocab.json").read_text(encoding="utf-8"))["tokens"]
+    _, texts, labels, _, test_idx = corpus(data_dir)
+    encoded = [encode(texts[i], vocab) for i in test_idx]
+    ids, offsets = _batch(encoded, range(len(encoded)))
+    y = torch.from_numpy(labels[test_idx])
+
+    def metric(model: nn.Module) -> float:
+        with torch.inference_mode():
+            return (model(ids, offsets).argmax(1) == y).float().mean().item()
+
+    return HeldOut("val_accuracy", len(y), metric, lambda n: _batch(encoded, range(n)))

@@ -109,6 +109,15 @@ def train(c: Ctx, name: str, seed: int, epochs: int | None, quick: bool, shuffle
     "use (also `encrypt: true` in torchship.yaml).",
 )
 @model_key_option
+@click.option(
+    "--optimize",
+    type=click.Choice(["auto", "int8-dynamic", "channels-last"]),
+    default=None,
+    help="Serve a cheaper variant, made by the worker at load from the same signed weights, only if it keeps "
+    "the run's held-out accuracy within 0.5 points (an example model's training run): int8-dynamic, "
+    "channels-last, or auto (the fastest that pays, measured here; else the original). Recorded in the "
+    "provenance.",
+)
 @pass_ctx
 def package(
     c: Ctx,
@@ -127,6 +136,7 @@ def package(
     import_check: bool,
     encrypt: bool,
     model_key: str | None,
+    optimize: str | None,
 ) -> None:
     """Build and sign model_store/NAME-VERSION.mar from a checkpoint (or from your own handler).
 
@@ -166,6 +176,7 @@ def package(
         import_check=import_check,
         encrypt=encrypt,
         model_key=model_key,
+        optimize=optimize,
     )
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
@@ -184,7 +195,30 @@ def package(
             f"encrypted {how['plaintext']['name']} -> {member} ({how['cipher']}, {n} chunk{'s' if n != 1 else ''} "
             f"of {how['chunk_size'] / 2**20:g} MiB) under model key {how['key_id']}"
         )
+    if optimize:
+        _echo_optimize((prov.get("checkpoint") or {}).get("optimize") or {})
     click.echo(f"build digest {result.digest}; signed: {archiver.signature_path(result.path).name}")
+
+
+def _echo_optimize(record: dict) -> None:
+    """The accuracy gate's trials and what it chose (the provenance's checkpoint.optimize)."""
+    metric = record.get("metric")
+    rows = [["original", f"{record.get('original', 0):.4f}", "", "", "", ""]]
+    for t in record.get("trials", []):
+        speed = t.get("speedup") or {}
+        rows.append(
+            [
+                t["variant"],
+                f"{t['metric']:.4f}",
+                f"{t['delta_points']:+.2f}",
+                "yes" if t["eligible"] else "no",
+                f"{speed['1']:.2f}x" if "1" in speed else "-",
+                f"{speed['8']:.2f}x" if "8" in speed else "-",
+            ]
+        )
+    click.echo(render(["variant", str(metric), "points", "eligible", "speed b1", "speed b8"], rows))
+    chosen = record.get("variant") or "none (the original)"
+    click.echo(f"optimize: {chosen}: {record.get('reason')} ({record.get('held_out')} held-out examples)")
 
 
 def _shown(path: Path) -> str:
