@@ -637,8 +637,11 @@ class Project:
         return result
 
     def deploy_settings(self, name: str) -> dict[str, int]:
-        """The workers and batching a plain `deploy` of `name` registers with: an example model's serving
-        defaults, else one worker and TorchServe's own (batch 1; an archive's model-config may ask for more)."""
+        """Return the workers and batching a plain `deploy` of `name` registers with.
+
+        An example model's serving defaults, else one worker and TorchServe's own (batch 1; an archive's
+        model-config may ask for more).
+        """
         from torchship.archiver import EXAMPLES
 
         serving = EXAMPLES[name].serving if name in EXAMPLES else {}

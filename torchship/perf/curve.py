@@ -119,8 +119,11 @@ def measure(
 
 
 def over_profile(points: Sequence[Point], profile: Profile) -> tuple[float, float, float, int]:
-    """(throughput, p50 ms, p99 ms, failed) of a setting over a load profile, from its points at the profile's
-    concurrencies: time-weighted mean throughput, request-weighted p50, the worst p99, all failures."""
+    """Return (throughput, p50 ms, p99 ms, failed) of a setting over a load profile.
+
+    From its points at the profile's concurrencies: the time-weighted mean throughput, the request-weighted
+    p50, the worst p99, all failures.
+    """
     by_c = {p.concurrency: p for p in points}
     missing = sorted(set(profile) - set(by_c))
     if missing:
@@ -167,8 +170,10 @@ def plot_curves(curves: Mapping[str, Sequence[Point]], path: Path, title: str) -
 
 
 def curve_table(curves: Mapping[str, Sequence[Point]]) -> tuple[list[str], list[list[Any]]]:
-    """(headers, rows) of curves side by side, one row per concurrency; with two curves, the second's
-    throughput and p50 as ratios of the first's."""
+    """Return (headers, rows) of curves side by side, one row per concurrency.
+
+    With two curves, the second's throughput and p50 also as ratios of the first's.
+    """
     labels = list(curves)
     headers = ["callers"] + [f"{label} {figure}" for label in labels for figure in ("req/s", "p50 ms", "p99 ms")]
     pair = len(labels) == 2

@@ -320,9 +320,11 @@ def compare_curves(
     key_dir: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, list[Point]]:
-    """The latency/throughput curve of each labelled setting ({"workers", "batch_size", "max_batch_delay",
-    "threads"}; threads default to the archive's) of `name` `version`, measured one after the other on the
-    same server: {label: points at `levels`}."""
+    """Measure the latency/throughput curve of each labelled setting of `name` `version`.
+
+    Each setting is {"workers", "batch_size", "max_batch_delay", "threads"} (threads default to the archive's);
+    they are measured one after the other on the same server. Returns {label: points at `levels`}.
+    """
     from torchship.archiver import archive_path, ensure_verified
 
     archive = archive_path(store, name, version)
