@@ -104,9 +104,22 @@ unit: data
 integration: os data
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
-# The serving benchmark: five ways to serve the same models, side by side (under wrk).
-bench: os data
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+# The serving benchmark: torchship, stock TorchServe and the peers users deploy instead (FastAPI,
+# LitServe, BentoML, Ray Serve), side by side. The peers live in their own virtual environment,
+# made here from benchmarks/peers/requirements.txt (redone when that file changes); a peer that
+# does not install is skipped by the benchmark with the reason.
+PEERS_VENV  := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
+
+$(PEERS_STAMP): benchmarks/peers/requirements.txt | $(STAMP)
+	@test -x $(PEERS_VENV)/bin/python || $(BIN)/python -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -qq --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install -qq -r benchmarks/peers/requirements.txt \
+	  || $(PEERS_VENV)/bin/python -m pip install -qq -r <(grep -v '^ray' benchmarks/peers/requirements.txt) \
+	  || echo "bench: the peers did not all install: the benchmark skips those missing"
+	@touch $@
+
+bench: os data $(PEERS_STAMP)
 	$(BIN)/python benchmarks/bench_serving.py
 
 # The sdist and the wheel (built from the sdist, so the wheel holds only what the sdist ships):

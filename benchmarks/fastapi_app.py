@@ -1,54 +1,33 @@
-"""The usual alternative users pick: the same model in a plain FastAPI/uvicorn app.
+"""The peer users deploy most: the same model in a FastAPI app, under uvicorn or gunicorn.
 
-    MODEL_DIR=<checkpoint> MODEL_KIND=mlp|fashion uvicorn benchmarks.fastapi_app:app --port 9000
+    MODEL_DIR=<checkpoint> MODEL_KIND=mlp|sentiment|fashion|recommender \
+        gunicorn benchmarks.fastapi_app:app -k uvicorn.workers.UvicornWorker -w 2 --bind 127.0.0.1:9000
 
-It serves POST /predictions/{name} with torchship's own handler code in-process (same parsing,
-same model, same answers), one request at a time, so the comparison isolates the server.
+(from .venv-peers, benchmarks/peers/requirements.txt). It serves POST /predictions/{name} with
+torchship's own handler code in-process (benchmarks/peers/common.py: same parsing, same model,
+same answers, the same request bytes), one request at a time per process: one process per core,
+one torch thread each. `async def` on purpose: the handler's work is a fraction of a millisecond,
+so handing it to a thread pool (a plain `def` endpoint) costs more than it frees the event loop.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "handlers"))
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
 from fastapi import FastAPI, Request, Response  # noqa: E402
-from ts.context import Context, RequestProcessor  # noqa: E402
 
-from torchship import archiver  # noqa: E402
+from benchmarks.peers.common import from_env  # noqa: E402
 
-torch.set_num_threads(1)
-KIND = os.environ.get("MODEL_KIND", "mlp")
-RUN = Path(os.environ["MODEL_DIR"])
-_HANDLERS = {
-    "mlp": ("mlp_handler", "MLPHandler"),
-    "fashion": ("fashion_handler", "FashionHandler"),
-    "sentiment": ("sentiment_handler", "SentimentHandler"),
-    "recommender": ("recommender_handler", "RecommenderHandler"),
-}
-
-model_dir = Path(tempfile.mkdtemp(prefix="fastapi-model-"))
-for name in ("model.safetensors", "meta.json", *archiver.EXAMPLES[KIND].run_files):
-    shutil.copy(RUN / name, model_dir / name)
-module, cls = _HANDLERS[KIND]
-handler = getattr(__import__(module), cls)()
-manifest = {"model": {"modelName": KIND, "serializedFile": "model.safetensors", "handler": f"{module}.py"}}
-handler.initialize(Context(KIND, str(model_dir), manifest, 1, None, "0.12.0"))
-app = FastAPI()
+served = from_env()
+app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @app.post("/predictions/{name}")
 async def predict(name: str, request: Request) -> Response:
-    body = await request.body()
-    ctx = Context(KIND, str(model_dir), manifest, 1, None, "0.12.0")
-    ctx.request_processor = [RequestProcessor({})]
-    [answer] = handler.handle([{"body": body}], ctx)
-    status = ctx.get_response_status(0)[0] or 200
+    [(status, answer)] = served.answer([await request.body()])
     return Response(content=answer, status_code=status, media_type="application/json")

@@ -1,11 +1,15 @@
-"""The baseline a TorchServe user writes first: a plain BaseHandler for fashion, with the image
-as JSON ({"image": 28x28 numbers}). See stock_mlp_handler.py."""
+"""The baseline a TorchServe user writes first: a plain BaseHandler for fashion, taking the image
+as sent (PNG or JPEG bytes, decoded with PIL the way TorchServe's own VisionHandler does), the same
+bytes torchship and the peers get. See stock_mlp_handler.py."""
 
+import io
 import json
 import os
 
+import numpy as np
 import torch
 import torchship_models
+from PIL import Image
 from safetensors.torch import load_file
 from ts.torch_handler.base_handler import BaseHandler
 
@@ -25,9 +29,8 @@ class StockFashion(BaseHandler):
         images = []
         for row in data:
             body = row.get("data") or row.get("body")
-            if isinstance(body, (bytes, bytearray)):
-                body = json.loads(body)
-            images.append(torch.tensor(body["image"], dtype=torch.float32).div(255).unsqueeze(0))
+            image = Image.open(io.BytesIO(body)).convert("L").resize((28, 28))
+            images.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).unsqueeze(0))
         return torch.stack(images)
 
     def inference(self, data, *args, **kwargs):
