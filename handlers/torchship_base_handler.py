@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchship_capture
 import torchship_models
 import torchship_oip as oip
 from safetensors.torch import load_file
@@ -96,6 +98,8 @@ class Batch:
     results: list[Any]
     inputs: dict[int, Any] = field(default_factory=dict)
     v2: dict[int, dict] = field(default_factory=dict)
+    # the decoded body of each request sampled for capture (torchship_capture)
+    captured: dict[int, Any] = field(default_factory=dict)
 
 
 class BatchHandler:
@@ -108,6 +112,7 @@ class BatchHandler:
         self.model: torch.nn.Module | None = None
         self.meta: dict[str, Any] = {}
         self.model_dir: Path | None = None
+        self.capture: torchship_capture.Capture | None = None
 
     # -------------------------------------------------------------- start-up
 
@@ -128,6 +133,13 @@ class BatchHandler:
         self.model.eval()
         # the variant `torchship package --optimize` gated on accuracy (the weights file stays the float one)
         self.model = optimized(self.model, config.get("optimize"))
+        # sampled capture, when the server torchship started says where and settings.json turns it on
+        manifest_model = (getattr(context, "manifest", None) or {}).get("model", {})
+        self.capture = torchship_capture.Capture(
+            os.environ.get(torchship_capture.CAPTURE_ENV),
+            str(getattr(context, "model_name", None) or manifest_model.get("modelName", "")),
+            str(manifest_model.get("modelVersion", "")),
+        )
         self.initialized = True
 
     def load_model(self, model_dir: Path, context: Any) -> torch.nn.Module:
@@ -175,20 +187,25 @@ class BatchHandler:
     def handle(self, data: list[dict], context: Any) -> list[Any]:
         """A batch in three steps: (1) read and parse each request, each failure that request's own
         answer; (2) one forward pass for every request parsed; (3) answer each of them."""
+        started = time.perf_counter()
         explain = _header(context, 0, "explain") == "True"
         label_batch(context, len(data))
-        batch = self.read_items(data, context)
+        picked = self.capture.sampled(len(data)) if self.capture is not None else []
+        batch = self.read_items(data, context, picked)
         if batch.inputs:
             outputs = self.forward(list(batch.inputs.values()), explain)
             self.answer_items(context, batch, outputs)
+        if picked:
+            self.record_captured(context, data, batch, picked, started)
         return batch.results
 
     # step 1: read and parse each request
 
-    def read_items(self, data: list[dict], context: Any) -> Batch:
+    def read_items(self, data: list[dict], context: Any, captured: Sequence[int] = ()) -> Batch:
         """Every request of the batch read, bounded and parsed into its model input; a request
         that fails any of it has its error answer in `results` already. Nothing raised while
-        reading one request reaches the rest of the batch."""
+        reading one request reaches the rest of the batch. The decoded bodies of the requests
+        `captured` are kept for the capture."""
         batch = Batch(results=[None] * len(data))
         for idx, request in enumerate(data):
             is_v2 = False
@@ -196,6 +213,8 @@ class BatchHandler:
                 headers = _headers(context, idx)
                 is_v2 = oip.has_binary_header(headers)  # the binary extension: a v2 request for sure
                 payload, binary = self.read(request, headers)
+                if idx in captured:
+                    batch.captured[idx] = payload
                 is_v2 = is_v2 or oip.is_v2(payload)
                 if is_v2:
                     batch.inputs[idx] = self.parse_v2(oip.decode_inputs(payload, binary))
@@ -278,6 +297,41 @@ class BatchHandler:
             except Exception as exc:  # an answer that cannot be encoded (NaN, a bug): this item's 500
                 logger.warning("request %d: the answer cannot be encoded", idx, exc_info=True)
                 batch.results[idx] = self._error(context, idx, item_error(exc, "answer"), is_v2)
+
+    # sampled capture
+
+    def record_captured(
+        self, context: Any, data: list[dict], batch: Batch, picked: Sequence[int], started: float
+    ) -> None:
+        """The sampled requests of a finished batch into the capture (torchship_capture): decoded body
+        (redacted there), the answer the caller gets, its status, the batch's time in the worker and the
+        model's drift signals. Never fails the batch."""
+        assert self.capture is not None
+        worker_ms = round((time.perf_counter() - started) * 1000, 3)
+        records = []
+        for idx in picked:
+            try:
+                body = batch.captured[idx] if idx in batch.captured else _raw_body(data[idx])
+                signals = self.signals(batch.inputs[idx]) if idx in batch.inputs else None
+                records.append(
+                    {
+                        "time": round(time.time(), 3),
+                        "request_id": context.get_request_id(idx),
+                        "status": int(context.get_response_status(idx)[0] or 200),
+                        "worker_ms": worker_ms,
+                        "batch": len(data),
+                        "input": torchship_capture.jsonable(body),
+                        "answer": _captured_answer(batch.results[idx]),
+                        **({"signals": signals} if signals else {}),
+                    }
+                )
+            except Exception:  # noqa: BLE001 - a request the capture cannot describe is left out
+                logger.warning("request %d: not captured", idx, exc_info=True)
+        self.capture.record(records)
+
+    def signals(self, model_input: Any) -> dict[str, float] | None:
+        """What drift is measured on, derived from one parsed request (none by default; see the examples)."""
+        return None
 
     # what a subclass changes
 
@@ -462,6 +516,27 @@ def tensors_in(buffer: bytearray) -> dict[str, torch.Tensor]:
         flat = torch.frombuffer(buffer, dtype=dtype, count=count, offset=base + begin)
         out[name] = flat.reshape(shape)
     return out
+
+
+def _raw_body(request: Any) -> Any:
+    """A request's body as sent (text when it is UTF-8), for the capture of a request that failed to parse."""
+    body = _body_of(request)
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            return bytes(body[: torchship_capture.MAX_FIELD_BYTES + 1]).decode("utf-8")
+        except UnicodeDecodeError:
+            return bytes(body[: torchship_capture.MAX_FIELD_BYTES + 1])
+    return body
+
+
+def _captured_answer(result: Any) -> Any:
+    """The answer a caller got, as JSON when it is JSON."""
+    if isinstance(result, (bytes, bytearray)):
+        try:
+            return json.loads(result)
+        except ValueError:
+            return torchship_capture.jsonable(bytes(result))
+    return torchship_capture.jsonable(result)
 
 
 def _body_of(request: Any) -> Any:

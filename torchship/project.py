@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `torchship --help` stays quick
     from torchship.archiver import BuildResult, VerifyReport
     from torchship.archiver.rekey import Rewrapped
     from torchship.ops.autoscale import Decision
+    from torchship.ops.capture import CaptureStatus
     from torchship.ops.deploy import DeployResult
     from torchship.ops.desired import Action, ApplyReport, DesiredState
     from torchship.ops.doctor import DoctorReport
@@ -196,7 +197,12 @@ class Project:
         from torchship.archiver import keyring_path
         from torchship.ops.server import LocalServer
 
-        return LocalServer(self.config_path, self.paths.server_dir, model_keys=keyring_path(self.paths.key_dir))
+        return LocalServer(
+            self.config_path,
+            self.paths.server_dir,
+            model_keys=keyring_path(self.paths.key_dir),
+            capture_dir=self.paths.capture_dir,
+        )
 
     @property
     def registry(self) -> Registry:
@@ -635,6 +641,58 @@ class Project:
         if make_default:
             self.registry.record(name, d.version, "default_set", via="deploy")
         return result
+
+    def capture(
+        self,
+        name: str,
+        *,
+        version: str | None = None,
+        sample: float,
+        redact: dict[str, str] | None = None,
+        max_bytes: int | None = None,
+        file_bytes: int | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """Capture a sample of `name`'s requests (default: the version the server serves by default).
+
+        The workers pick it up within a second, with no restart; returns (version, settings). See
+        torchship.ops.capture and handlers/torchship_capture.py (the record format, redaction, rotation).
+        """
+        from torchship.ops.capture import write_settings
+
+        version = version or self._served_version(name)
+        settings = write_settings(
+            self.paths.capture_dir,
+            name,
+            version,
+            sample=sample,
+            redact=redact,
+            max_bytes=max_bytes,
+            file_bytes=file_bytes,
+        )
+        self.registry.record(name, version, "capture", sample=settings["sample"], redact=sorted(settings["redact"]))
+        return version, settings
+
+    def capture_off(self, name: str, *, version: str | None = None) -> tuple[str, bool]:
+        """Stop capturing `name` (default: its default version); what was captured stays."""
+        from torchship.ops.capture import turn_off
+
+        version = version or self._served_version(name)
+        was_on = turn_off(self.paths.capture_dir, name, version)
+        if was_on:
+            self.registry.record(name, version, "capture", sample=0)
+        return version, was_on
+
+    def capture_status(self, name: str | None = None) -> list[CaptureStatus]:
+        """Every version's capture settings and what it holds (of one model, when given)."""
+        from torchship.ops.capture import status
+
+        return status(self.paths.capture_dir, name)
+
+    def _served_version(self, name: str) -> str:
+        served = self.client.describe(name)
+        if not served:
+            raise BadInput(f"{name} has no default version on the server: give --version")
+        return served[0].version
 
     def deploy_settings(self, name: str) -> dict[str, int]:
         """Return the workers and batching a plain `deploy` of `name` registers with.

@@ -255,6 +255,7 @@ def test_the_worker_decrypts_the_archive_in_memory_and_answers_as_the_plain_one(
         for module in (
             "mlp_handler",
             "torchship_base_handler",
+            "torchship_capture",
             "torchship_models",
             "torchship_oip",
             "torchship_crypto",

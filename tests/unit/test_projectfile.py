@@ -26,7 +26,7 @@ models:
     extra_files: []
     requirements: null
 """
-BASE = ["torchship_base_handler.py", "torchship_models.py", "torchship_oip.py"]
+BASE = ["torchship_base_handler.py", "torchship_capture.py", "torchship_models.py", "torchship_oip.py"]
 
 
 @pytest.fixture
@@ -223,6 +223,7 @@ def test_your_own_copy_of_the_base_is_packed_instead_of_torchships(project, tmp_
     )
     with Project(project) as p:
         result = p.package("my-model", version="1.0", checkpoint=run, extra_files=[own_base])
-    assert result.handler_base == ("torchship_models.py", "torchship_oip.py")  # what my copy imports
+    # what my copy imports
+    assert result.handler_base == ("torchship_capture.py", "torchship_models.py", "torchship_oip.py")
     with zipfile.ZipFile(result.path) as z:
         assert z.read("torchship_base_handler.py").endswith(b"# my copy\n")

@@ -11,6 +11,7 @@ import click
 
 from . import build, fleet, infer, keys, models, perf
 from .base import Ctx, exit_code_for, report
+from .capture import capture
 from .doctor import doctor
 from .init import init
 from .serve import logs, serve
@@ -60,6 +61,7 @@ for command in (
     perf.bench_cmd,
     perf.tune,
     perf.autoscale,
+    capture,
     doctor,
 ):
     cli.add_command(command)

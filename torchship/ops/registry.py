@@ -34,6 +34,7 @@ EVENT_KINDS = (
     "apply_started",
     "apply_finished",
     "apply_failed",
+    "capture",
 )
 
 _SCHEMA = """

@@ -39,6 +39,7 @@ _JAVA_MAIN = "org.pytorch.serve.ModelServer"
 _FORBIDDEN_ENV = ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD",)
 # where the workers find the model keyring (handlers/torchship_crypto.py KEYRING_ENV)
 MODEL_KEYS_ENV = "TORCHSHIP_MODEL_KEYS"
+CAPTURE_ENV = "TORCHSHIP_CAPTURE_DIR"  # torchship_capture.CAPTURE_ENV
 # a unix socket's path holds 107 bytes; TorchServe puts each worker's at TMPDIR/.ts.sock.<port>
 SOCKET_PATH_MAX = 107
 WORKER_SOCKET_LONGEST = ".ts.sock.65535"
@@ -114,6 +115,9 @@ class LocalServer:
     store made absolute and allowed_urls narrowed to it. `model_keys`: the keyring of encrypted
     archives' model keys (the project's `.torchship/keys/model-keys.json`); its path reaches the
     workers as $TORCHSHIP_MODEL_KEYS (a path, never a key), and the file may be made later.
+    `capture_dir`: where the workers write sampled requests once a version's capture is turned on
+    (torchship.ops.capture; the project's `.torchship/capture`, default `workdir/capture`), as
+    $TORCHSHIP_CAPTURE_DIR.
     """
 
     def __init__(
@@ -124,12 +128,14 @@ class LocalServer:
         model_store: str | os.PathLike[str] | None = None,
         overrides: dict[str, str] | None = None,
         model_keys: str | os.PathLike[str] | None = None,
+        capture_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.config_path = Path(config_path).resolve()
         self.workdir = Path(workdir).resolve()
         self._model_store = Path(model_store).resolve() if model_store else None
         self.overrides = dict(overrides or {})
         self.model_keys = Path(model_keys).resolve() if model_keys else None
+        self.capture_dir = Path(capture_dir).resolve() if capture_dir else self.workdir / "capture"
 
     # ------------------------------------------------------------------ paths
 
@@ -268,6 +274,7 @@ class LocalServer:
         if self.model_keys is not None:
             _refuse_shared_keyring(self.model_keys)
             env[MODEL_KEYS_ENV] = str(self.model_keys)  # the workers inherit the frontend's environment
+        env[CAPTURE_ENV] = str(self.capture_dir)
         venv_bin = str(Path(sys.executable).parent)
         env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
         cmd = [

@@ -209,6 +209,11 @@ class ProjectPaths:
         return self.state_dir / "keys"
 
     @property
+    def capture_dir(self) -> Path:
+        """Sampled requests and answers per model version (`.torchship/capture/`; torchship.ops.capture)."""
+        return self.state_dir / "capture"
+
+    @property
     def checkpoints(self) -> Path:
         """Where training runs are written (`checkpoints/`)."""
         return self.root / "checkpoints"

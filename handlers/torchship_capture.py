@@ -1,0 +1,275 @@
+"""Sampled capture of what production sends and what the model answered, written by the worker.
+
+Where: ``$TORCHSHIP_CAPTURE_DIR/<model>/<version>/`` (the servers torchship starts set it to the
+project's ``.torchship/capture``). Without the variable nothing is ever captured.
+
+Control: ``settings.json`` in that folder, written by ``torchship capture`` and by ``apply``::
+
+    {"sample": 0.1, "redact": {"user": "hash", "email": "drop"},
+     "max_bytes": 67108864, "file_bytes": 8388608}
+
+No file, or ``sample`` 0: nothing is captured. The worker reads the file again when it changes
+(it looks at most once a second), so turning capture on, off or to another rate needs no restart.
+
+Records: ``capture-<time>-<pid>.jsonl``, one JSON object per sampled request::
+
+    {"time": <unix s>, "request_id": ..., "model": ..., "version": ..., "status": 200,
+     "worker_ms": <the batch's time in the worker>, "batch": <its size>, "input": ..., "answer": ...,
+     "signals": {...}}
+
+``input`` is the request's decoded body (a JSON value; raw bytes as {"base64": ...}; an .npy array
+as {"npy": shape, "data": [...]}), ``answer`` the JSON the caller got (or {"base64": ...}),
+``signals`` what the model's handler derives from the input for drift (its ``signals`` method).
+No header is ever recorded (the bearer token travels in one), only the request id. Fields named in
+``redact`` (top-level keys of a JSON object input, and of a list of such objects) are replaced by
+``"hmac:<16 hex>"`` (``hash``: an HMAC-SHA256 under a random key kept in the capture folder, mode 0600,
+so the same user maps to the same value without a dictionary attack on the raw id) or removed
+(``drop``).
+
+Bounded: an input or answer over ``MAX_FIELD_BYTES`` is replaced by its size; a file is closed at
+``file_bytes`` and a new one begun; the oldest files are removed while the folder holds more than
+``max_bytes``. A capture that fails (a full disk) is logged once and never fails a request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import random
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+CAPTURE_ENV = "TORCHSHIP_CAPTURE_DIR"
+SETTINGS = "settings.json"
+SALT = ".redact-key"
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_FILE_BYTES = 8 * 1024 * 1024
+MAX_FIELD_BYTES = 64 * 1024
+CHECK_EVERY_S = 1.0
+REDACTIONS = ("hash", "drop")
+
+
+def folder(root: str | os.PathLike[str], model: str, version: str) -> Path:
+    """The capture folder of one model version."""
+    return Path(root) / model / version
+
+
+def check_settings(settings: Any) -> dict[str, Any]:
+    """Settings as the worker applies them; ValueError naming what is wrong (the CLI checks the same)."""
+    if not isinstance(settings, dict):
+        raise ValueError("capture settings are a JSON object")
+    unknown = set(settings) - {"sample", "redact", "max_bytes", "file_bytes"}
+    if unknown:
+        raise ValueError(f"unknown capture settings: {', '.join(sorted(unknown))}")
+    sample = settings.get("sample", 0)
+    if isinstance(sample, bool) or not isinstance(sample, (int, float)) or not 0 <= sample <= 1:
+        raise ValueError(f"sample is a fraction from 0 to 1, not {sample!r}")
+    redact = settings.get("redact") or {}
+    if not isinstance(redact, dict) or not all(isinstance(k, str) and v in REDACTIONS for k, v in redact.items()):
+        raise ValueError(f'redact maps field names to "hash" or "drop", not {redact!r}')
+    sizes: dict[str, int] = {}
+    for key, least in (("max_bytes", 4096), ("file_bytes", 1024)):
+        # a file is at most a quarter of the bound unless told otherwise, so rotation keeps history
+        default = DEFAULT_MAX_BYTES if key == "max_bytes" else min(DEFAULT_FILE_BYTES, sizes["max_bytes"] // 4)
+        value = settings.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{key} is a whole number of bytes, at least {least}, not {value!r}")
+        sizes[key] = value
+    if sizes["file_bytes"] > sizes["max_bytes"]:
+        raise ValueError("file_bytes is larger than max_bytes")
+    return {"sample": float(sample), "redact": dict(redact), **sizes}
+
+
+def jsonable(value: Any) -> Any:
+    """A request body as JSON: JSON values as they are, bytes as base64, an array as its shape and values."""
+    if value is None or isinstance(value, (str, int, float, bool, list, dict)):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    shape = getattr(value, "shape", None)
+    if shape is not None and hasattr(value, "tolist"):
+        return {"npy": list(shape), "data": value.tolist()}
+    return {"type": type(value).__name__}
+
+
+def _bounded(value: Any) -> Any:
+    """`value`, or its size when its JSON is over MAX_FIELD_BYTES (a capture record stays small)."""
+    try:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return {"unencodable": type(value).__name__}
+    return value if len(text) <= MAX_FIELD_BYTES else {"omitted_bytes": len(text)}
+
+
+class Capture:
+    """One worker's capture of one model version: the settings, the sampling and the files."""
+
+    def __init__(self, root: str | os.PathLike[str] | None, model: str, version: str) -> None:
+        self.model, self.version = model, version
+        self.dir = folder(root, model, version) if root else None
+        self.settings: dict[str, Any] = {"sample": 0.0}
+        self._seen: tuple[int, int] | None = None  # the settings file's (mtime_ns, size) last read
+        self._checked = float("-inf")
+        self._file: Any = None
+        self._path: Path | None = None
+        self._key: bytes | None = None
+        self._failed = False
+
+    # ------------------------------------------------------------ settings
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if self.dir is None or now - self._checked < CHECK_EVERY_S:
+            return
+        self._checked = now
+        path = self.dir / SETTINGS
+        try:
+            st = path.stat()
+        except OSError:
+            if self._seen is not None:
+                self._seen, self.settings = None, {"sample": 0.0}
+                self._close()
+            return
+        if self._seen == (st.st_mtime_ns, st.st_size):
+            return
+        self._seen = (st.st_mtime_ns, st.st_size)
+        try:
+            self.settings = check_settings(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            logger.warning("capture of %s %s is off: %s: %s", self.model, self.version, path, exc)
+            self.settings = {"sample": 0.0}
+        if not self.settings["sample"]:
+            self._close()
+
+    def sampled(self, n: int) -> list[int]:
+        """Which of a batch's `n` requests to capture (indices)."""
+        self._refresh()
+        rate = self.settings["sample"]
+        if not rate:
+            return []
+        if rate >= 1:
+            return list(range(n))
+        return [i for i in range(n) if random.random() < rate]
+
+    # ------------------------------------------------------------ records
+
+    def redact(self, value: Any) -> Any:
+        """`value` with the fields named in the settings hashed or dropped (top-level keys of an object,
+        and of the objects of a list)."""
+        rules = self.settings.get("redact") or {}
+        if not rules:
+            return value
+        if isinstance(value, list):
+            return [self.redact(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for key, v in value.items():
+            rule = rules.get(key)
+            if rule == "drop":
+                continue
+            out[key] = self._hash(v) if rule == "hash" else v
+        return out
+
+    def _hash(self, value: Any) -> str:
+        if self._key is None:
+            self._key = self._redact_key()
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+        return "hmac:" + hmac.new(self._key, text.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+    def _redact_key(self) -> bytes:
+        """The folder's redaction key: made once (0600), the same for every worker of the version."""
+        assert self.dir is not None
+        path = self.dir / SALT
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            for _ in range(50):  # another worker is writing it
+                key = path.read_bytes()
+                if len(key) == 32:
+                    return key
+                time.sleep(0.01)
+            raise OSError(f"{path} is not a 32-byte key") from None
+        key = secrets.token_bytes(32)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        return key
+
+    def record(self, records: list[dict[str, Any]]) -> None:
+        """Append the batch's sampled records; never raises (a failed capture is logged once)."""
+        if not records or self.dir is None:
+            return
+        try:
+            lines = "".join(
+                json.dumps(
+                    {
+                        "model": self.model,
+                        "version": self.version,
+                        **r,
+                        "input": _bounded(self.redact(r.get("input"))),
+                        "answer": _bounded(r.get("answer")),
+                    },
+                    separators=(",", ":"),
+                    allow_nan=False,
+                    default=str,
+                )
+                + "\n"
+                for r in records
+            )
+            self._write(lines.encode("utf-8"))
+            self._failed = False
+        except Exception as exc:  # noqa: BLE001 - capture must never fail a request
+            if not self._failed:
+                logger.warning("capture of %s %s failed: %s", self.model, self.version, exc)
+            self._failed = True
+            self._close()
+
+    def _write(self, data: bytes) -> None:
+        assert self.dir is not None
+        if self._file is not None and os.fstat(self._file.fileno()).st_nlink == 0:
+            self._close()  # pruned by another worker of this version: begin a new file
+        if self._file is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            self._path = self.dir / f"capture-{stamp}-{time.time_ns() % 10**9:09d}-{os.getpid()}.jsonl"
+            self._file = open(self._path, "ab")  # noqa: SIM115 - kept open across batches
+        self._file.write(data)
+        self._file.flush()
+        if self._file.tell() >= self.settings["file_bytes"]:
+            self._close()
+        self._prune()
+
+    def _prune(self) -> None:
+        """Remove the oldest capture files while the folder holds more than max_bytes."""
+        assert self.dir is not None
+        files = []
+        for p in self.dir.glob("capture-*.jsonl"):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            files.append((p.name, st.st_size, p))
+        total = sum(size for _, size, _ in files)
+        for _, size, p in sorted(files):
+            if total <= self.settings["max_bytes"]:
+                break
+            if p == self._path:
+                continue
+            p.unlink(missing_ok=True)
+            total -= size
+
+    def _close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+        self._file, self._path = None, None

@@ -1,0 +1,152 @@
+"""Sampled capture (handlers/torchship_capture.py, torchship.ops.capture): what the worker records of the
+requests it serves, under the settings `torchship capture` writes, and what it never records."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+import torchship_capture
+
+from tests.unit.handler_context import run_batch, statuses
+from torchship.ops import capture as ops
+from torchship.sdk.errors import BadInput
+
+GOOD = json.dumps({"data": [0.25] * 100})
+
+
+@pytest.fixture
+def mlp(mlp_run, tmp_path_factory, tmp_path, monkeypatch):
+    from tests.conftest import load_handler
+
+    handler = load_handler(mlp_run, "mlp_handler", "MLPHandler", tmp_path_factory)
+    handler.capture = torchship_capture.Capture(tmp_path / "capture", "mlp", "1.0")
+    monkeypatch.setattr(torchship_capture, "CHECK_EVERY_S", 0.0)  # read settings on every batch
+    return handler
+
+
+def captured(tmp_path, version="1.0"):
+    return ops.records(tmp_path / "capture", "mlp", version)
+
+
+def test_nothing_is_captured_until_it_is_turned_on(mlp, tmp_path):
+    run_batch(mlp, [GOOD] * 4)
+    assert not (tmp_path / "capture").exists()
+    ops.write_settings(tmp_path / "capture", "mlp", "1.0", sample=1.0)
+    ctx, results = run_batch(mlp, [GOOD, b'{"data": [1, 2]}'], headers=[{"authorization": "Bearer s3cret"}, {}])
+    records = captured(tmp_path)
+    assert [r["status"] for r in records] == statuses(ctx, 2) == [200, 400]
+    first, bad = records
+    assert first["input"] == json.loads(GOOD) and first["answer"] == json.loads(results[0])
+    assert (first["model"], first["version"], first["request_id"], first["batch"]) == ("mlp", "1.0", "req-0", 2)
+    assert first["worker_ms"] > 0 and first["time"] > 1.7e9
+    assert bad["input"] == {"data": [1, 2]} and "100" in json.dumps(bad["answer"])  # the 400 the caller got
+    # never a header: the token is nowhere in the capture folder
+    for path in (tmp_path / "capture").rglob("*"):
+        if path.is_file():
+            assert b"s3cret" not in path.read_bytes()
+    # turned off: nothing more is written, what was captured stays
+    assert ops.turn_off(tmp_path / "capture", "mlp", "1.0")
+    run_batch(mlp, [GOOD] * 3)
+    assert len(captured(tmp_path)) == 2
+
+
+def test_a_sample_records_about_that_share(mlp, tmp_path):
+    ops.write_settings(tmp_path / "capture", "mlp", "1.0", sample=0.25)
+    for _ in range(50):
+        run_batch(mlp, [GOOD] * 8)
+    n = len(captured(tmp_path))
+    assert 40 <= n <= 170  # 400 requests at 0.25: 100 expected; outside this range is a 1-in-10^9 event
+
+
+def test_redacted_fields_are_hashed_the_same_way_or_dropped(mlp, tmp_path):
+    ops.write_settings(tmp_path / "capture", "mlp", "1.0", sample=1.0, redact={"user": "hash", "email": "drop"})
+    body = {"data": [0.25] * 100, "user": "alice", "email": "a@example.com"}
+    run_batch(mlp, [json.dumps(body), json.dumps({**body, "user": "bob"}), json.dumps(body)])
+    inputs = [r["input"] for r in captured(tmp_path)]
+    assert all("email" not in i for i in inputs)
+    alice, bob, alice_again = (i["user"] for i in inputs)
+    assert alice.startswith("hmac:") and alice == alice_again and alice != bob
+    assert "alice" not in json.dumps(inputs)
+    key = tmp_path / "capture" / "mlp" / "1.0" / torchship_capture.SALT
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
+
+
+def test_capture_is_bounded_and_rotated(mlp, tmp_path):
+    ops.write_settings(tmp_path / "capture", "mlp", "1.0", sample=1.0, max_bytes=8192, file_bytes=2048)
+    for _ in range(40):
+        run_batch(mlp, [GOOD] * 2)
+    folder = tmp_path / "capture" / "mlp" / "1.0"
+    files = sorted(folder.glob("capture-*.jsonl"))
+    assert len(files) >= 2
+    # at most max_bytes, beside the file still being written
+    assert sum(f.stat().st_size for f in files) <= 8192 + 2048 + 4096
+    records = captured(tmp_path)
+    assert 0 < len(records) < 80 and records == sorted(records, key=lambda r: r["time"])  # the oldest went first
+
+
+def test_a_huge_input_is_recorded_by_its_size(mlp, tmp_path):
+    ops.write_settings(tmp_path / "capture", "mlp", "1.0", sample=1.0)
+    rows = [[0.5] * 100] * 1024
+    run_batch(mlp, [json.dumps({"data": rows})])
+    [record] = captured(tmp_path)
+    assert record["status"] == 200 and record["input"]["omitted_bytes"] > torchship_capture.MAX_FIELD_BYTES
+
+
+def test_a_capture_that_cannot_be_written_never_fails_a_request(mlp, tmp_path, caplog, monkeypatch):
+    ops.write_settings(tmp_path / "capture", "mlp", "1.0", sample=1.0)
+
+    def disk_full(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torchship_capture.Capture, "_write", disk_full)
+    for _ in range(3):
+        ctx, results = run_batch(mlp, [GOOD] * 3)
+        assert statuses(ctx, 3) == [200] * 3 and all(json.loads(r)["class_id"] >= 0 for r in results)
+    assert caplog.text.count("capture of mlp 1.0 failed: [Errno 28]") == 1  # said once, not per batch
+
+
+def test_bad_settings_on_disk_turn_capture_off_with_a_warning(mlp, tmp_path, caplog):
+    folder = tmp_path / "capture" / "mlp" / "1.0"
+    folder.mkdir(parents=True)
+    (folder / "settings.json").write_text(json.dumps({"sample": 2}))
+    run_batch(mlp, [GOOD])
+    assert not captured(tmp_path) and "sample is a fraction from 0 to 1" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "settings, says",
+    [
+        ({"sample": 1.5}, "fraction from 0 to 1"),
+        ({"sample": True}, "fraction from 0 to 1"),
+        ({"sample": 0.1, "redact": {"user": "rot13"}}, '"hash" or "drop"'),
+        ({"sample": 0.1, "max_bytes": 10}, "at least 4096"),
+        ({"sample": 0.1, "max_bytes": 8192, "file_bytes": 65536}, "file_bytes is larger than max_bytes"),
+        ({"sample": 0.1, "headers": True}, "unknown capture settings: headers"),
+    ],
+)
+def test_settings_are_checked_before_they_are_written(tmp_path, settings, says):
+    with pytest.raises(ValueError, match=says):
+        torchship_capture.check_settings(settings)  # as the worker reads them
+    if "headers" not in settings:
+        with pytest.raises(BadInput, match=says):
+            ops.write_settings(tmp_path, "mlp", "1.0", **settings)
+    assert not (tmp_path / "mlp" / "1.0" / "settings.json").exists()
+
+
+def test_names_that_are_not_one_folder_are_refused(tmp_path):
+    with pytest.raises(Exception, match="name|version"):
+        ops.write_settings(tmp_path, "../etc", "1.0", sample=0.1)
+    with pytest.raises(Exception, match="name|version"):
+        ops.write_settings(tmp_path, "mlp", "../../x", sample=0.1)
+
+
+def test_folders_and_settings_are_private_and_status_lists_them(tmp_path):
+    ops.write_settings(tmp_path / "c", "mlp", "1.0", sample=0.5, redact={"user": "hash"})
+    assert stat.S_IMODE((tmp_path / "c" / "mlp" / "1.0").stat().st_mode) == 0o700
+    [s] = ops.status(tmp_path / "c")
+    assert (s.model, s.version, s.sample, s.redact, s.files) == ("mlp", "1.0", 0.5, {"user": "hash"}, 0)
+    assert ops.parse_redact(["user", "email=drop"]) == {"user": "hash", "email": "drop"}
+    with pytest.raises(BadInput, match="FIELD=hash or FIELD=drop"):
+        ops.parse_redact(["user=keep"])

@@ -1,0 +1,153 @@
+"""Sampled capture of live requests: turning it on and off per model version, and reading what it wrote.
+
+The workers write it (handlers/torchship_capture.py, which documents the record format); this side
+writes each version's `settings.json` (the worker reads it again within a second: no restart) and
+reads the capture files. The folders: `<capture root>/<model>/<version>/`, the root being the
+project's `.torchship/capture` (the servers torchship starts hand it to their workers). Captured
+requests are user data: the folders are made 0700, the settings and the redaction key 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torchship.handlers import torchship_capture
+from torchship.sdk.errors import BadInput
+
+__all__ = ["CaptureStatus", "write_settings", "turn_off", "status", "records", "parse_redact"]
+
+
+@dataclass(frozen=True)
+class CaptureStatus:
+    """One version's capture: its settings and what its folder holds."""
+
+    model: str
+    version: str
+    sample: float
+    redact: dict[str, str]
+    files: int
+    bytes: int
+    max_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the status as plain data."""
+        return dict(self.__dict__)
+
+
+def parse_redact(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """`FIELD=hash` / `FIELD=drop` options (a bare FIELD hashes) into the settings' `redact`."""
+    rules: dict[str, str] = {}
+    for item in items:
+        field, _, how = item.partition("=")
+        how = how or "hash"
+        if not field or how not in torchship_capture.REDACTIONS:
+            raise BadInput(f"--redact {item!r}: give FIELD=hash or FIELD=drop")
+        rules[field] = how
+    return rules
+
+
+def _folder(root: Path, model: str, version: str) -> Path:
+    from torchship.archiver.names import check_name_version
+
+    check_name_version(model, version)  # names reach a path: the name rule keeps them one folder each
+    return torchship_capture.folder(root, model, version)
+
+
+def write_settings(
+    root: Path,
+    model: str,
+    version: str,
+    *,
+    sample: float,
+    redact: dict[str, str] | None = None,
+    max_bytes: int | None = None,
+    file_bytes: int | None = None,
+) -> dict[str, Any]:
+    """Write a version's capture settings (checked as the worker checks them); return them."""
+    settings: dict[str, Any] = {"sample": sample, "redact": dict(redact or {})}
+    if max_bytes is not None:
+        settings["max_bytes"] = max_bytes
+    if file_bytes is not None:
+        settings["file_bytes"] = file_bytes
+    try:
+        checked = torchship_capture.check_settings(settings)
+    except ValueError as exc:
+        raise BadInput(f"capture of {model} {version}: {exc}") from None
+    folder = _folder(root, model, version)
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in (root, folder.parent, folder):
+        os.chmod(d, 0o700)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".settings-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(checked, f)
+        os.replace(tmp, folder / torchship_capture.SETTINGS)  # a worker never reads half a file
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return checked
+
+
+def turn_off(root: Path, model: str, version: str) -> bool:
+    """Stop capturing a version (its records stay); False when it was not on."""
+    path = _folder(root, model, version) / torchship_capture.SETTINGS
+    if not path.is_file():
+        return False
+    path.unlink()
+    return True
+
+
+def _settings(folder: Path) -> dict[str, Any]:
+    try:
+        return torchship_capture.check_settings(json.loads((folder / torchship_capture.SETTINGS).read_text()))
+    except (OSError, ValueError):
+        return {"sample": 0.0, "redact": {}, "max_bytes": torchship_capture.DEFAULT_MAX_BYTES}
+
+
+def status(root: Path, model: str | None = None) -> list[CaptureStatus]:
+    """Every captured (or capturing) version under `root`, or those of one model."""
+    out = []
+    models = [root / model] if model else sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for m in models:
+        if not m.is_dir():
+            continue
+        for v in sorted(p for p in m.iterdir() if p.is_dir()):
+            s = _settings(v)
+            files = list(v.glob("capture-*.jsonl"))
+            out.append(
+                CaptureStatus(
+                    m.name,
+                    v.name,
+                    s["sample"],
+                    s["redact"],
+                    len(files),
+                    sum(f.stat().st_size for f in files),
+                    s["max_bytes"],
+                )
+            )
+    return out
+
+
+def records(root: Path, model: str, version: str, *, last: int | None = None) -> list[dict[str, Any]]:
+    """A version's captured records in time order (the `last` N when given); a torn line is skipped."""
+    folder = _folder(root, model, version)
+    out: list[dict[str, Any]] = []
+    for path in folder.glob("capture-*.jsonl"):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            continue  # removed by a worker's rotation meanwhile
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+    out.sort(key=lambda r: float(r["time"]) if isinstance(r.get("time"), (int, float)) else 0.0)
+    return out[-last:] if last else out
