@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import http.client
 import json
 import os
+import socket
 import threading
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, overload
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 import requests
+from requests.structures import CaseInsensitiveDict
+from requests.utils import get_encoding_from_headers, get_environ_proxies, select_proxy
+from urllib3.util.wait import wait_for_read
 
 from torchship.archiver.names import check_name, check_name_version, check_version
 from torchship.sdk.auth import KeyFile, StaticKeys
@@ -66,7 +72,12 @@ class TorchServe:
             the server is unreachable or busy; register and unregister are never repeated.
         backoff: seconds before the first retry, doubled for each one after it.
         session: a `requests.Session` to use for every request (tests pass a fake transport in
-            one); by default each thread gets a pooled keep-alive session of its own.
+            one). By default each thread gets a keep-alive session of its own, and the calls
+            without query parameters (predict, explain, v2, ping, describe, ...) skip requests'
+            per-call work (environment, proxy and netrc look-ups, request preparation: most of a
+            prediction's client time) and go over one keep-alive `http.client` connection per
+            thread and API; over https or through a proxy from the environment they go through
+            requests. See "Overhead" in docs/python-api.md.
         compress_min_bytes: gzip request bodies of at least this many bytes (None: never). It pays
             only on slow links (benchmarks/bench_compression.py); torchship's handlers unpack them.
         max_request_size: the server's max_request_size in bytes, when known (`from_config` reads
@@ -161,6 +172,12 @@ class TorchServe:
         if session is not None:
             session.close()
             self._local.session = None
+        routes = getattr(self._local, "direct", None)
+        if routes:
+            for route in routes.values():
+                if route is not None:
+                    route.close()
+            self._local.direct = None
 
     def __enter__(self) -> TorchServe:
         return self
@@ -183,6 +200,32 @@ class TorchServe:
             session.mount("https://", adapter)
             self._local.session = session
         return session
+
+    def _direct(self, api: str) -> _Direct | None:
+        """This thread's keep-alive connection to `api`, or None where requests carries every call:
+        a session given to the constructor, https (requests' certificate settings), credentials
+        in the URL, or a proxy from the environment for it. Decided once per thread and API."""
+        if self._session is not None:
+            return None
+        routes = getattr(self._local, "direct", None)
+        if routes is None:
+            routes = self._local.direct = {}
+        try:
+            return routes[api]
+        except KeyError:
+            pass
+        base = self.urls[api]
+        parts = urlsplit(base)
+        route = None
+        try:
+            port = parts.port or 80
+        except ValueError:  # not a port: requests says so, as it always did
+            port = None
+        if parts.scheme == "http" and parts.hostname and port and not parts.username and not parts.query:
+            if select_proxy(base, get_environ_proxies(base)) is None:
+                route = _Direct(parts.hostname, port, parts.path)
+        routes[api] = route
+        return route
 
     def _send(
         self,
@@ -208,23 +251,25 @@ class TorchServe:
             key = self.keys.key(key_kind)
             if key:
                 headers["Authorization"] = f"Bearer {key}"
-        try:
-            resp = self.session.request(
-                method,
-                url,
-                params=_clean(params),
-                data=data,
-                headers=headers,
-                timeout=timeout or self.timeout,
-                stream=stream,
-            )
-        except requests.exceptions.ConnectionError as exc:
-            raise ServerUnreachable(
-                f"no TorchServe answers at {self.urls[api]}: is it running? "
-                f"(torchship serve start) [{type(exc).__name__}]"
-            ) from None
-        except requests.exceptions.Timeout:
-            raise ServerUnreachable(f"{method} {url} got no answer within {timeout or self.timeout:.0f} s") from None
+        timeout = timeout or self.timeout
+        route = None if stream or params else self._direct(api)
+        if route is not None:
+            resp = self._send_direct(route, api, method, url, path, data, headers, timeout)
+        else:
+            try:
+                resp = self.session.request(
+                    method,
+                    url,
+                    params=_clean(params),
+                    data=data,
+                    headers=headers,
+                    timeout=timeout,
+                    stream=stream,
+                )
+            except requests.exceptions.ConnectionError as exc:
+                raise ServerUnreachable(_unreachable(self.urls[api], exc)) from None
+            except requests.exceptions.Timeout:
+                raise ServerUnreachable(f"{method} {url} got no answer within {timeout:.0f} s") from None
         if resp.status_code >= 400:
             body = resp.content
             resp.close()
@@ -233,6 +278,54 @@ class TorchServe:
                     413, "PayloadTooLarge", _too_large(size, self.max_request_size), _strip_query(url)
                 )
             raise error_from_response(resp.status_code, body, _strip_query(url))
+        return resp
+
+    def _send_direct(
+        self,
+        route: _Direct,
+        api: str,
+        method: str,
+        url: str,
+        path: str,
+        data: bytes | None,
+        headers: dict[str, str],
+        timeout: float,
+    ) -> requests.Response:
+        """One exchange over this thread's keep-alive connection, answered as the requests.Response
+        that requests would build (status, reason, headers, body, encoding), so all that follows is
+        the same. What requests adds per call (environment and netrc look-ups, request
+        preparation, cookies, hooks) was most of a prediction's client time
+        (benchmarks/bench_client.py). Like requests' own adapter, nothing is retried here: _call
+        decides. TorchServe never redirects nor sets cookies."""
+        sent = CaseInsensitiveDict(self.session.headers)  # requests' defaults: User-Agent, Accept, ...
+        sent["Accept-Encoding"] = "identity"  # (still decoded below, should a server compress anyway)
+        sent.update(headers)
+        try:
+            conn = route.connection(timeout)
+        except OSError as exc:  # refused, unknown host, or no connection within the timeout
+            raise ServerUnreachable(_unreachable(self.urls[api], exc)) from None
+        try:
+            # a None value drops a default header, as in requests
+            conn.request(
+                method, route.prefix + path, body=data, headers={k: v for k, v in sent.items() if v is not None}
+            )
+            answer = conn.getresponse()
+            body = answer.read()
+        except TimeoutError:
+            route.close()
+            raise ServerUnreachable(f"{method} {url} got no answer within {timeout:.0f} s") from None
+        except (OSError, http.client.HTTPException) as exc:  # reset, closed, or not HTTP
+            route.close()
+            raise ServerUnreachable(_unreachable(self.urls[api], exc)) from None
+        resp = requests.Response()
+        resp.status_code = answer.status
+        resp.reason = answer.reason
+        resp.headers = _headers(answer)
+        resp.url = url
+        resp.encoding = get_encoding_from_headers(resp.headers)
+        resp.raw = answer
+        resp._content = _decompress(body, resp.headers.get("Content-Encoding"))
+        resp._content_consumed = True  # type: ignore[attr-defined]
         return resp
 
     def _call(
@@ -658,6 +751,74 @@ def _v2_tensor(name: str, value: Any) -> dict[str, Any]:
     }
 
 
+# one encoder for every JSON body (json.dumps with options builds a new one per call)
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+class _Direct:
+    """One thread's keep-alive http.client connection to one API (host, port, the base URL's path)."""
+
+    __slots__ = ("host", "port", "prefix", "conn", "timeout")
+
+    def __init__(self, host: str, port: int, prefix: str) -> None:
+        self.host, self.port, self.prefix = host, port, prefix
+        self.conn: http.client.HTTPConnection | None = None
+        self.timeout: float | None = None
+
+    def connection(self, timeout: float) -> http.client.HTTPConnection:
+        """The open connection, or a new one: an idle connection the server closed (or that has
+        bytes nobody asked for) is replaced before anything is sent on it, as urllib3 does."""
+        conn = self.conn
+        if conn is None:
+            conn = self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        elif conn.sock is not None and wait_for_read(conn.sock, timeout=0.0):
+            conn.close()
+        if conn.sock is None:
+            conn.timeout = timeout
+            try:
+                conn.connect()
+                assert conn.sock is not None
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as urllib3 (and 3.11's http.client)
+            except OSError:
+                conn.close()
+                raise
+        elif self.timeout != timeout:
+            conn.sock.settimeout(timeout)
+        self.timeout = timeout
+        return conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def _headers(answer: http.client.HTTPResponse) -> CaseInsensitiveDict[str]:
+    """The answer's headers as requests gives them (case-insensitive; repeated ones joined)."""
+    out: CaseInsensitiveDict[str] = CaseInsensitiveDict()
+    for name, value in answer.getheaders():
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
+def _decompress(body: bytes, encoding: str | None) -> bytes:
+    """The body as requests would give it: gzip and deflate undone (TorchServe sends neither)."""
+    if not encoding or not body:
+        return body
+    encoding = encoding.strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        try:
+            return zlib.decompress(body)
+        except zlib.error:
+            return zlib.decompress(body, -zlib.MAX_WBITS)
+    return body
+
+
+def _unreachable(base: str, exc: BaseException) -> str:
+    return f"no TorchServe answers at {base}: is it running? (torchship serve start) [{type(exc).__name__}]"
+
+
 def _too_large(size: int | None, limit: int | None) -> str:
     body = f"the request body ({size:,} bytes)" if size is not None else "the request body"
     over = f"the server's max_request_size ({limit:,} bytes)" if limit else "the server's max_request_size"
@@ -719,7 +880,7 @@ def _encode(data: Any) -> tuple[bytes, str]:
         return data.read_bytes(), "application/octet-stream"
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data), "application/octet-stream"
-    return json.dumps(data, separators=(",", ":"), allow_nan=False).encode(), "application/json"
+    return _JSON.encode(data).encode(), "application/json"
 
 
 def _decode(resp: requests.Response) -> Any:
