@@ -874,6 +874,37 @@ class Project:
 
     # ------------------------------------------------------------------ performance
 
+    def replay_bodies(self, name: str, *, version: str | None = None, window: int = 1000) -> list[Any]:
+        """The last `window` captured requests of `name` (default: its served version) that can be sent again.
+
+        Answered ones, as they were sent (see torchship.ops.capture.replay_inputs); an error says how to
+        capture some when there are none.
+        """
+        from torchship.ops.capture import records, replay_inputs
+
+        version = version or self._served_version(name)
+        bodies = replay_inputs(records(self.paths.capture_dir, name, version, last=window))
+        if not bodies:
+            raise BadInput(
+                f"no captured request of {name} {version} to replay: torchship capture {name} --sample 0.1, "
+                "then let traffic flow (redacted or oversized requests cannot be replayed)"
+            )
+        return bodies
+
+    def replay_golden(self, name: str, *, window: int = 1000) -> list[GoldenItem]:
+        """A golden set from production: the last `window` captured requests of `name`'s default version with
+        the decisive fields (labels, ids) of the answers it gave (torchship.ops.capture.replay_golden)."""
+        from torchship.ops.capture import records, replay_golden
+
+        version = self._served_version(name)
+        items = replay_golden(records(self.paths.capture_dir, name, version, last=window))
+        if not items:
+            raise BadInput(
+                f"no captured request of {name} {version} to judge a rollout on: torchship capture {name} "
+                "--sample 0.1, then let traffic flow"
+            )
+        return items
+
     def bench(
         self,
         name: str,

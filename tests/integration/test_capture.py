@@ -101,3 +101,46 @@ def test_the_cli_captures_the_version_the_server_serves(server, mlp_deployed, tm
         r = cli(*bad)
         assert r.returncode != 0 and says in r.stderr, (bad, r.stderr)
         assert says in r.stderr.strip().splitlines()[-1], r.stderr  # the last line says why
+
+
+def test_replay_judges_a_candidate_on_what_production_answered(
+    server, client, store, key_dir, public_key, mlp_run, tmp_path
+):
+    """bench --replay sends the captured requests; rollout --replay rejects a version that does not give
+    the answers production gave (one trained on shuffled labels), and the default never changes."""
+    from torchship import archiver
+    from torchship.archiver import ArchiveSpec, example_spec
+    from torchship.ops.deploy import deploy
+    from torchship.ops.rollout import rollout
+    from torchship.perf.bench import bench
+    from torchship.train import mlp
+
+    bad_run = mlp.train(tmp_path, seed=2, quick=True, progress=False, shuffle_labels=True).run_dir
+    for version, run in (("1.0", mlp_run), ("3.0", bad_run)):
+        spec = example_spec("mlp", run, version)
+        spec = ArchiveSpec(
+            "rpl", version, spec.handler, spec.weights, extra_files=spec.extra_files, model_config=spec.model_config
+        )
+        archiver.package(spec, store, key_dir, force=True)
+    deploy(client, store, "rpl", "1.0", public_key=public_key)
+    try:
+        root = server.capture_dir
+        ops.write_settings(root, "rpl", "1.0", sample=1.0)
+        settle()
+        client.predict_many("rpl", [{"data": r} for r in rows(80, seed=11)], concurrency=4)
+        captured = ops.records(root, "rpl", "1.0")
+        assert len(captured) == 80
+        bodies = ops.replay_inputs(captured)
+        figures = bench(client, "rpl", bodies, concurrency=2, requests=len(bodies), engine="python")
+        assert figures["failed"] == 0 and figures["sent"] == 80
+        golden = ops.replay_golden(captured)
+        assert len(golden) == 80 and all(set(g.expected) == {"class_id"} for g in golden)
+        report = rollout(client, store, "rpl", "3.0", golden=golden, public_key=public_key, warmup=2, load_requests=20)
+        assert not report.passed and report.gate == "golden"
+        assert report.figures["previous_accuracy"] == 1.0 and report.figures["accuracy"] < 0.5
+        assert client.describe("rpl")[0].version == "1.0"
+    finally:
+        for d in client.versions("rpl"):
+            if not d.is_default:
+                client.unregister("rpl", d.version)
+        client.unregister("rpl")

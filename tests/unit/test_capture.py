@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import stat
+from pathlib import Path
 
 import pytest
 import torchship_capture
@@ -150,3 +151,35 @@ def test_folders_and_settings_are_private_and_status_lists_them(tmp_path):
     assert ops.parse_redact(["user", "email=drop"]) == {"user": "hash", "email": "drop"}
     with pytest.raises(BadInput, match="FIELD=hash or FIELD=drop"):
         ops.parse_redact(["user=keep"])
+
+
+def test_replay_sends_what_was_sent_and_expects_what_was_answered():
+    import numpy as np
+
+    records = [
+        {"status": 200, "input": {"data": [1.0]}, "answer": {"class_id": 3, "probabilities": [0.1, 0.9]}},
+        {"status": 200, "input": {"base64": "iVBORw=="}, "answer": {"label": "shoe", "score": 0.8}},
+        {"status": 200, "input": {"npy": [1, 2], "data": [[1.0, 2.0]]}, "answer": {"items": [4, 7], "scores": [1.0]}},
+        {"status": 400, "input": {"data": [1, 2]}, "answer": {"message": "bad"}},  # not an answer to expect
+        {"status": 200, "input": {"omitted_bytes": 70000}, "answer": {"class_id": 1}},  # too big: not kept
+        {"status": 200, "input": {"user": "hmac:0123456789abcdef"}, "answer": {"items": [1]}},  # redacted
+        {"status": 200, "input": {"text": "ok"}, "answer": {"embedding": [0.1, 0.2]}},  # nothing decisive
+    ]
+    bodies = ops.replay_inputs(records)
+    assert bodies[0] == {"data": [1.0]} and bodies[1] == b"\x89PNG"
+    assert isinstance(bodies[2], np.ndarray) and bodies[2].shape == (1, 2) and bodies[2].dtype == np.float32
+    assert len(bodies) == 4  # the 400, the oversized and the redacted ones are left out
+    golden = ops.replay_golden(records)
+    assert [g.expected for g in golden] == [{"class_id": 3}, {"label": "shoe"}, {"items": [4, 7]}]
+
+
+def test_replay_with_nothing_captured_says_how_to_capture(tmp_path, monkeypatch):
+    from torchship import Project
+
+    (tmp_path / "config.properties").write_text((Path(__file__).parents[2] / "config.properties").read_text())
+    with Project(tmp_path) as p:
+        monkeypatch.setattr(Project, "_served_version", lambda self, name: "1.0")
+        with pytest.raises(BadInput, match="torchship capture mlp --sample 0.1"):
+            p.replay_bodies("mlp")
+        with pytest.raises(BadInput, match="torchship capture mlp --sample 0.1"):
+            p.replay_golden("mlp")

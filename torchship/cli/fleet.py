@@ -139,6 +139,15 @@ def apply_cmd(c: Ctx, file: str, public_key: str | None, as_json: bool) -> None:
     help="Requests of the latency check.",
 )
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--replay",
+    is_flag=True,
+    help="Judge on captured production traffic instead of a golden set: VERSION must give the answers "
+    "(labels, ids) production gave to the same requests (torchship capture).",
+)
+@click.option(
+    "--window", type=click.IntRange(min=1), default=1000, show_default=True, help="With --replay: the last N."
+)
 @public_key_option
 @json_option()
 @pass_ctx
@@ -153,17 +162,25 @@ def rollout(
     warmup: int,
     load_requests: int,
     concurrency: int,
+    replay: bool,
+    window: int,
     public_key: str | None,
     as_json: bool,
 ) -> None:
     """Guarded promotion of VERSION with automatic rollback (see docs/version-control.md)."""
-    golden_path = Path(golden) if golden else c.project.golden(name)
-    if not golden_path.is_file():
-        raise click.UsageError(f"no golden set at {golden_path}: give --golden FILE")
+    gold: Path | list[Any]
+    if replay:
+        if golden:
+            raise click.UsageError("--replay judges on captured traffic: drop --golden")
+        gold = c.project.replay_golden(name, window=window)
+    else:
+        gold = Path(golden) if golden else c.project.golden(name)
+        if not gold.is_file():
+            raise click.UsageError(f"no golden set at {gold}: give --golden FILE (or --replay)")
     report = c.project.rollout(
         name,
         version,
-        golden=golden_path,
+        golden=gold,
         min_accuracy=min_accuracy,
         min_agreement=min_agreement,
         max_p99_ms=max_p99_ms,

@@ -46,6 +46,14 @@ from .table import render
     help="Write a PNG: latency over time and its histogram (python engine).",
 )
 @engine_option("Load generator: wrk (C, when installed) or Python threads; auto picks wrk for plain tests.")
+@click.option(
+    "--replay",
+    is_flag=True,
+    help="Send the requests captured from production (torchship capture) instead of --data/--payload.",
+)
+@click.option(
+    "--window", type=click.IntRange(min=1), default=1000, show_default=True, help="With --replay: the last N."
+)
 @json_option()
 @pass_ctx
 def bench_cmd(
@@ -60,12 +68,16 @@ def bench_cmd(
     stream: bool,
     plot: str | None,
     engine: str,
+    replay: bool,
+    window: int,
     as_json: bool,
 ) -> None:
     """Load-test a model: throughput, latency percentiles, errors by status (TTFT when streaming)."""
+    if replay and (json_data or payload):
+        raise click.UsageError("--replay sends the captured requests: drop --data/--payload")
     result = c.project.bench(
         name,
-        load_bodies(json_data, payload),
+        c.project.replay_bodies(name, version=version, window=window) if replay else load_bodies(json_data, payload),
         version=version,
         concurrency=concurrency,
         duration=duration,

@@ -9,6 +9,7 @@ requests are user data: the folders are made 0700, the settings and the redactio
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import tempfile
@@ -19,7 +20,16 @@ from typing import Any
 from torchship.handlers import torchship_capture
 from torchship.sdk.errors import BadInput
 
-__all__ = ["CaptureStatus", "write_settings", "turn_off", "status", "records", "parse_redact"]
+__all__ = [
+    "CaptureStatus",
+    "write_settings",
+    "turn_off",
+    "status",
+    "records",
+    "parse_redact",
+    "replay_inputs",
+    "replay_golden",
+]
 
 
 @dataclass(frozen=True)
@@ -151,3 +161,59 @@ def records(root: Path, model: str, version: str, *, last: int | None = None) ->
                 out.append(record)
     out.sort(key=lambda r: float(r["time"]) if isinstance(r.get("time"), (int, float)) else 0.0)
     return out[-last:] if last else out
+
+
+# ---------------------------------------------------------------- replay
+
+
+def _replayable(value: Any) -> Any:
+    """A captured input back into a body the client sends as it was sent; None when it cannot be."""
+    if isinstance(value, dict):
+        if set(value) == {"base64"}:
+            return base64.b64decode(value["base64"])
+        if set(value) == {"npy", "data"}:
+            import numpy as np
+
+            return np.asarray(value["data"], dtype=np.float32).reshape(value["npy"])
+        if "omitted_bytes" in value or "unencodable" in value or set(value) == {"type"}:
+            return None
+        if any(isinstance(v, str) and v.startswith("hmac:") for v in value.values()):
+            return None  # a redacted field: the model would see the hash, not what production sent
+    if isinstance(value, list) and any(_replayable(v) is None for v in value if isinstance(v, dict)):
+        return None
+    return value
+
+
+def replay_inputs(captured: list[dict[str, Any]]) -> list[Any]:
+    """The bodies of the answered (200) captured requests that can be sent again as they were."""
+    bodies = [_replayable(r.get("input")) for r in captured if r.get("status") == 200]
+    return [b for b in bodies if b is not None]
+
+
+def _decisive(answer: Any) -> dict[str, Any]:
+    """The fields of an answer a replay must reproduce: labels, ids, flags (no scores or probabilities,
+    which move with any retraining)."""
+    if not isinstance(answer, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in answer.items():
+        if isinstance(value, bool) or isinstance(value, (int, str)):
+            out[key] = value
+        elif isinstance(value, list) and value and all(isinstance(v, (int, str)) for v in value):
+            out[key] = value
+    return out
+
+
+def replay_golden(captured: list[dict[str, Any]]) -> list[Any]:
+    """A golden set from production: each answered captured request with the decisive fields of the answer it
+    got (GoldenItem); requests that cannot be replayed, or whose answer has nothing decisive, are left out."""
+    from torchship.ops.rollout import GoldenItem
+
+    items = []
+    for r in captured:
+        if r.get("status") != 200:
+            continue
+        body, expected = _replayable(r.get("input")), _decisive(r.get("answer"))
+        if body is not None and expected:
+            items.append(GoldenItem(body, expected))
+    return items
