@@ -892,8 +892,10 @@ class Project:
         return bodies
 
     def replay_golden(self, name: str, *, window: int = 1000) -> list[GoldenItem]:
-        """A golden set from production: the last `window` captured requests of `name`'s default version with
-        the decisive fields (labels, ids) of the answers it gave (torchship.ops.capture.replay_golden)."""
+        """Return a golden set from production: the last `window` captured requests of `name`'s default version.
+
+        Each with the decisive fields (labels, ids) of the answer it gave (torchship.ops.capture.replay_golden).
+        """
         from torchship.ops.capture import records, replay_golden
 
         version = self._served_version(name)

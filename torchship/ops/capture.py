@@ -205,8 +205,10 @@ def _decisive(answer: Any) -> dict[str, Any]:
 
 
 def replay_golden(captured: list[dict[str, Any]]) -> list[Any]:
-    """A golden set from production: each answered captured request with the decisive fields of the answer it
-    got (GoldenItem); requests that cannot be replayed, or whose answer has nothing decisive, are left out."""
+    """Return a golden set from production: each answered captured request with its answer's decisive fields.
+
+    GoldenItems; requests that cannot be replayed, or whose answer has nothing decisive, are left out.
+    """
     from torchship.ops.rollout import GoldenItem
 
     items = []
