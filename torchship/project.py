@@ -733,9 +733,11 @@ class Project:
 
     def plan(self, desired: str | os.PathLike[str] | DesiredState = "deploy.yaml") -> list[Action]:
         """What `apply(desired)` would change (a desired-state file, or a parsed `DesiredState`)."""
+        from torchship.ops.capture import capture_plan
         from torchship.ops.desired import plan
 
-        return plan(self.client, self._desired(desired))
+        state = self._desired(desired)
+        return plan(self.client, state) + capture_plan(self.paths.capture_dir, state)
 
     def apply(
         self,
@@ -745,19 +747,33 @@ class Project:
         progress: Callable[[Action], None] | None = None,
         timeout: float = 120.0,
     ) -> ApplyReport:
-        """Converge the server to the desired state (idempotent); an `ApplyReport`."""
+        """Converge the server to the desired state (idempotent); an `ApplyReport`.
+
+        Then each model's `capture:` entry is applied to its listed versions (torchship.ops.capture).
+        """
+        from torchship.ops.capture import apply_capture, capture_plan
         from torchship.ops.desired import apply
 
-        return apply(
+        state = self._desired(desired)
+        report = apply(
             self.client,
             self.store,
-            self._desired(desired),
+            state,
             public_key=self._key(public_key),
             registry=self.registry,
             progress=progress,
             timeout=timeout,
             model_keys=self._keyring_in_use(None),
         )
+        if not report.ok:
+            return report
+        for action in capture_plan(self.paths.capture_dir, state):
+            if progress:
+                progress(action)
+            apply_capture(self.paths.capture_dir, action)
+            self.registry.record(action.model, action.version, "capture", via="apply", sample=action.params["sample"])
+            report.done.append(action)
+        return report
 
     def rollout(
         self,

@@ -75,16 +75,18 @@ def test_redacted_fields_are_hashed_the_same_way_or_dropped(mlp, tmp_path):
 
 
 def test_capture_is_bounded_and_rotated(mlp, tmp_path):
-    ops.write_settings(tmp_path / "capture", "mlp", "1.0", sample=1.0, max_bytes=8192, file_bytes=2048)
-    for _ in range(40):
+    max_bytes, file_bytes = 32768, 4096
+    ops.write_settings(tmp_path / "capture", "mlp", "1.0", sample=1.0, max_bytes=max_bytes, file_bytes=file_bytes)
+    for _ in range(120):
         run_batch(mlp, [GOOD] * 2)
     folder = tmp_path / "capture" / "mlp" / "1.0"
     files = sorted(folder.glob("capture-*.jsonl"))
-    assert len(files) >= 2
-    # at most max_bytes, beside the file still being written
-    assert sum(f.stat().st_size for f in files) <= 8192 + 2048 + 4096
     records = captured(tmp_path)
-    assert 0 < len(records) < 80 and records == sorted(records, key=lambda r: r["time"])  # the oldest went first
+    record_bytes = max(len(line) + 1 for f in files for line in f.read_bytes().splitlines())
+    assert len(files) >= 2
+    # at most max_bytes, beside the file still being written (which closes at file_bytes plus a batch)
+    assert sum(f.stat().st_size for f in files) <= max_bytes + file_bytes + 2 * record_bytes
+    assert 0 < len(records) < 240 and records == sorted(records, key=lambda r: r["time"])  # the oldest went first
 
 
 def test_a_huge_input_is_recorded_by_its_size(mlp, tmp_path):
@@ -183,3 +185,54 @@ def test_replay_with_nothing_captured_says_how_to_capture(tmp_path, monkeypatch)
             p.replay_bodies("mlp")
         with pytest.raises(BadInput, match="torchship capture mlp --sample 0.1"):
             p.replay_golden("mlp")
+
+
+def test_deploy_yaml_says_what_each_listed_version_captures(tmp_path):
+    from torchship.ops.desired import ConfigError, parse_desired
+
+    state = parse_desired(
+        {
+            "models": {
+                "mlp": {
+                    "versions": ["1.0", "2.0"],
+                    "capture": {"sample": 0.1, "redact": {"user": "hash"}, "max_mb": 16},
+                },
+                "fashion": {"versions": ["1.0"]},  # no entry: its capture is left as it is
+            }
+        }
+    )
+    assert state.models["mlp"].to_dict()["capture"] == {
+        "sample": 0.1,
+        "redact": {"user": "hash"},
+        "max_mb": 16,
+        "file_mb": 4,
+    }
+    root = tmp_path / "capture"
+    ops.write_settings(root, "fashion", "1.0", sample=0.5)
+    actions = ops.capture_plan(root, state)
+    assert [(a.kind, a.model, a.version, a.detail) for a in actions] == [
+        ("capture", "mlp", "1.0", "sample 0.1, redact user (hash)"),
+        ("capture", "mlp", "2.0", "sample 0.1, redact user (hash)"),
+    ]
+    for a in actions:
+        ops.apply_capture(root, a)
+    assert ops.capture_plan(root, state) == []  # applied: nothing more to do
+    assert {(s.model, s.version, s.sample) for s in ops.status(root)} == {
+        ("mlp", "1.0", 0.1),
+        ("mlp", "2.0", 0.1),
+        ("fashion", "1.0", 0.5),
+    }
+    off = parse_desired({"models": {"mlp": {"versions": ["1.0"], "capture": {"sample": 0}}}})
+    [action] = ops.capture_plan(root, off)
+    assert action.detail == "off"
+    ops.apply_capture(root, action)
+    assert ops.capture_plan(root, off) == [] and not (root / "mlp" / "1.0" / "settings.json").exists()
+    for bad, says in (
+        ({"sample": 2}, "fraction from 0 to 1"),
+        ({"sample": 0.1, "redact": {"user": "keep"}}, '"hash" or "drop"'),
+        ({"sample": 0.1, "max_mb": 0}, "whole number of MiB"),
+        ({"sample": 0.1, "headers": True}, "expected"),
+        ("yes", "expected"),
+    ):
+        with pytest.raises(ConfigError, match=says):
+            parse_desired({"models": {"mlp": {"versions": ["1.0"], "capture": bad}}})

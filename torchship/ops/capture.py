@@ -15,10 +15,13 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchship.handlers import torchship_capture
 from torchship.sdk.errors import BadInput
+
+if TYPE_CHECKING:
+    from torchship.ops.desired import Action, DesiredState
 
 __all__ = [
     "CaptureStatus",
@@ -29,6 +32,8 @@ __all__ = [
     "parse_redact",
     "replay_inputs",
     "replay_golden",
+    "capture_plan",
+    "apply_capture",
 ]
 
 
@@ -110,6 +115,48 @@ def turn_off(root: Path, model: str, version: str) -> bool:
         return False
     path.unlink()
     return True
+
+
+def capture_plan(root: Path, desired: DesiredState) -> list[Action]:
+    """The `capture` actions that bring each listed version's capture to what a desired state says (its
+    models without a `capture:` entry are left as they are); each action's params are the settings."""
+    from torchship.ops.desired import Action
+
+    actions = []
+    for model in desired.models.values():
+        if model.capture is None:
+            continue
+        for version in model.versions:
+            folder = _folder(root, model.name, version)
+            current = _settings(folder) if (folder / torchship_capture.SETTINGS).is_file() else None
+            want = model.capture
+            if current is None and not want["sample"]:
+                continue  # off, and off is wanted
+            if current is not None and all(current.get(k) == v for k, v in want.items()):
+                continue
+            redacted = ", ".join(f"{k} ({v})" for k, v in want["redact"].items())
+            detail = f"sample {want['sample']:g}" if want["sample"] else "off"
+            actions.append(
+                Action("capture", model.name, version, detail + (f", redact {redacted}" if redacted else ""), want)
+            )
+    return actions
+
+
+def apply_capture(root: Path, action: Action) -> None:
+    """Carry out one `capture` action of `capture_plan`."""
+    settings = action.params
+    if settings["sample"]:
+        write_settings(
+            root,
+            action.model,
+            action.version,
+            sample=settings["sample"],
+            redact=settings["redact"],
+            max_bytes=settings["max_bytes"],
+            file_bytes=settings["file_bytes"],
+        )
+    else:
+        turn_off(root, action.model, action.version)
 
 
 def _settings(folder: Path) -> dict[str, Any]:

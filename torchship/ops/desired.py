@@ -66,16 +66,21 @@ class ModelState:
     max_workers: int = 1
     batch_size: int = 1
     max_batch_delay_ms: int = 100
+    # sampled capture of every listed version (torchship.ops.capture's settings), or None: left as it is
+    capture: dict[str, Any] | None = field(default=None, hash=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the entry as it is written in deploy.yaml."""
-        return {
+        out: dict[str, Any] = {
             "versions": list(self.versions),
             "default": self.default,
             "workers": {"min": self.min_workers, "max": self.max_workers},
             "batch_size": self.batch_size,
             "max_batch_delay_ms": self.max_batch_delay_ms,
         }
+        if self.capture is not None:
+            out["capture"] = _capture_yaml(self.capture)
+        return out
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ def parse_desired(raw: Any, where: str = "deploy.yaml") -> DesiredState:
             raise InvalidDesiredName(f"{where}: {exc}") from None
         if not isinstance(spec, dict):
             raise ConfigError(f"{here}: expected a mapping")
-        unknown = set(spec) - {"versions", "default", "workers", "batch_size", "max_batch_delay_ms"}
+        unknown = set(spec) - {"versions", "default", "workers", "batch_size", "max_batch_delay_ms", "capture"}
         if unknown:
             raise ConfigError(f"{here}: unknown key(s) {sorted(unknown)}")
         versions = spec.get("versions")
@@ -147,8 +152,41 @@ def parse_desired(raw: Any, where: str = "deploy.yaml") -> DesiredState:
                 raise ConfigError(f"{here}.{label}: an integer >= {least}, not {value!r}")
         if lo > hi:
             raise ConfigError(f"{here}.workers: min ({lo}) is above max ({hi})")
-        models[name] = ModelState(name, tuple(versions), default, lo, hi, batch, delay)
+        capture = _capture_settings(spec["capture"], f"{here}.capture") if "capture" in spec else None
+        models[name] = ModelState(name, tuple(versions), default, lo, hi, batch, delay, capture)
     return DesiredState(models)
+
+
+_MIB = 1024 * 1024
+
+
+def _capture_settings(raw: Any, here: str) -> dict[str, Any]:
+    """deploy.yaml's `capture: {sample: F, redact: {field: hash|drop}, max_mb: N, file_mb: N}` checked, as the
+    worker's settings (torchship_capture.check_settings)."""
+    from torchship.handlers import torchship_capture
+
+    if not isinstance(raw, dict) or set(raw) - {"sample", "redact", "max_mb", "file_mb"}:
+        raise ConfigError(f"{here}: expected {{sample: F, redact: {{FIELD: hash|drop}}, max_mb: N, file_mb: N}}")
+    settings = {"sample": raw.get("sample", 0), "redact": raw.get("redact") or {}}
+    for key in ("max_mb", "file_mb"):
+        if key in raw:
+            value = raw[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{here}.{key}: a whole number of MiB >= 1, not {value!r}")
+            settings[key.replace("_mb", "_bytes")] = value * _MIB
+    try:
+        return torchship_capture.check_settings(settings)
+    except ValueError as exc:
+        raise ConfigError(f"{here}: {exc}") from None
+
+
+def _capture_yaml(settings: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"sample": settings["sample"]}
+    if settings.get("redact"):
+        out["redact"] = dict(settings["redact"])
+    out["max_mb"] = settings["max_bytes"] // _MIB
+    out["file_mb"] = settings["file_bytes"] // _MIB
+    return out
 
 
 # ---------------------------------------------------------------------- plan
