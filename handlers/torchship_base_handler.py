@@ -307,27 +307,34 @@ class BatchHandler:
         (redacted there), the answer the caller gets, its status, the batch's time in the worker and the
         model's drift signals. Never fails the batch."""
         assert self.capture is not None
+        capture = self.capture
         worker_ms = round((time.perf_counter() - started) * 1000, 3)
+        now = round(time.time(), 3)
         records = []
         for idx in picked:
             try:
-                body = batch.captured[idx] if idx in batch.captured else _raw_body(data[idx])
+                raw = _body_of(data[idx])
+                if idx in batch.captured:
+                    binary = oip.header_length(_headers(context, idx)) is not None
+                    body = capture.input_json(batch.captured[idx], None if binary else raw)
+                else:  # it failed to parse: what was sent, as text when it is UTF-8
+                    body = torchship_capture.to_json(_raw_body(data[idx]))
                 signals = self.signals(batch.inputs[idx]) if idx in batch.inputs else None
-                records.append(
-                    {
-                        "time": round(time.time(), 3),
-                        "request_id": context.get_request_id(idx),
-                        "status": int(context.get_response_status(idx)[0] or 200),
-                        "worker_ms": worker_ms,
-                        "batch": len(data),
-                        "input": torchship_capture.jsonable(body),
-                        "answer": _captured_answer(batch.results[idx]),
-                        **({"signals": signals} if signals else {}),
-                    }
-                )
+                record = {
+                    "time": now,
+                    "request_id": context.get_request_id(idx),
+                    "status": int(context.get_response_status(idx)[0] or 200),
+                    "worker_ms": worker_ms,
+                    "batch": len(data),
+                    "input": body,
+                    "answer": _captured_answer(batch.results[idx]),
+                }
+                if signals:
+                    record["signals"] = signals
+                records.append(record)
             except Exception:  # noqa: BLE001 - a request the capture cannot describe is left out
                 logger.warning("request %d: not captured", idx, exc_info=True)
-        self.capture.record(records)
+        capture.record(records)
 
     def signals(self, model_input: Any) -> dict[str, float] | None:
         """What drift is measured on, derived from one parsed request (none by default; see the examples)."""
@@ -529,14 +536,14 @@ def _raw_body(request: Any) -> Any:
     return body
 
 
-def _captured_answer(result: Any) -> Any:
-    """The answer a caller got, as JSON when it is JSON."""
-    if isinstance(result, (bytes, bytearray)):
+def _captured_answer(result: Any) -> str:
+    """The answer a caller got, as record JSON: this handler's compact JSON answers go in as they are."""
+    if isinstance(result, (bytes, bytearray)) and bytes(result[:1]) in (b"{", b"[") and b"\n" not in result:
         try:
-            return json.loads(result)
-        except ValueError:
-            return torchship_capture.jsonable(bytes(result))
-    return torchship_capture.jsonable(result)
+            return torchship_capture.bounded_json(bytes(result).decode("utf-8"))
+        except UnicodeDecodeError:
+            pass
+    return torchship_capture.to_json(result)
 
 
 def _body_of(request: Any) -> Any:

@@ -100,13 +100,20 @@ def jsonable(value: Any) -> Any:
     return {"type": type(value).__name__}
 
 
-def _bounded(value: Any) -> Any:
-    """`value`, or its size when its JSON is over MAX_FIELD_BYTES (a capture record stays small)."""
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def bounded_json(text: str) -> str:
+    """JSON text as it goes into a record: itself, or its size when it is over MAX_FIELD_BYTES."""
+    return text if len(text) <= MAX_FIELD_BYTES else f'{{"omitted_bytes":{len(text)}}}'
+
+
+def to_json(value: Any) -> str:
+    """A value's compact JSON for a record (bounded); what JSON cannot hold is named by its type."""
     try:
-        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+        return bounded_json(_ENCODER.encode(jsonable(value)))
     except (TypeError, ValueError):
-        return {"unencodable": type(value).__name__}
-    return value if len(text) <= MAX_FIELD_BYTES else {"omitted_bytes": len(text)}
+        return f'{{"unencodable":{json.dumps(type(value).__name__)}}}'
 
 
 class Capture:
@@ -203,28 +210,35 @@ class Capture:
             f.write(key)
         return key
 
+    def input_json(self, body: Any, raw: Any = None) -> str:
+        """A request's body as record JSON: `raw`, the JSON text it was sent as, when it can go in as it is
+        (one line, UTF-8, no field to redact), else the decoded `body` encoded (redacted as the settings say)."""
+        if raw is not None and not self.settings.get("redact") and isinstance(raw, (bytes, bytearray)):
+            first = bytes(raw[:1])
+            if first in (b"{", b"[") and b"\n" not in raw and b"\r" not in raw:
+                try:
+                    return bounded_json(bytes(raw).decode("utf-8"))
+                except UnicodeDecodeError:
+                    pass
+        return to_json(self.redact(body))
+
     def record(self, records: list[dict[str, Any]]) -> None:
-        """Append the batch's sampled records; never raises (a failed capture is logged once)."""
+        """Append the batch's sampled records; never raises (a failed capture is logged once).
+
+        Each record's `input` and `answer` come as JSON text already (`input_json`, the answer's bytes):
+        they are not decoded and encoded again here.
+        """
         if not records or self.dir is None:
             return
         try:
-            lines = "".join(
-                json.dumps(
-                    {
-                        "model": self.model,
-                        "version": self.version,
-                        **r,
-                        "input": _bounded(self.redact(r.get("input"))),
-                        "answer": _bounded(r.get("answer")),
-                    },
-                    separators=(",", ":"),
-                    allow_nan=False,
-                    default=str,
+            lines = []
+            for r in records:
+                head = {"model": self.model, "version": self.version}
+                head.update((k, v) for k, v in r.items() if k not in ("input", "answer"))
+                lines.append(
+                    _ENCODER.encode(head)[:-1] + ',"input":' + r["input"] + ',"answer":' + r["answer"] + "}\n"
                 )
-                + "\n"
-                for r in records
-            )
-            self._write(lines.encode("utf-8"))
+            self._write("".join(lines).encode("utf-8"))
             self._failed = False
         except Exception as exc:  # noqa: BLE001 - capture must never fail a request
             if not self._failed:
@@ -245,7 +259,7 @@ class Capture:
         self._file.flush()
         if self._file.tell() >= self.settings["file_bytes"]:
             self._close()
-        self._prune()
+            self._prune()  # on rotation only: a directory listing per batch would cost more than the capture
 
     def _prune(self) -> None:
         """Remove the oldest capture files while the folder holds more than max_bytes."""
