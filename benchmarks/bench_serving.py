@@ -12,7 +12,7 @@ every server getting the same request bytes (JSON; PNG for fashion):
    the tuned batch size, with one torch thread and with all the cores (the better of the two);
 2. stock TorchServe: its default config and logging, the BaseHandler a user writes first
    (benchmarks/stock/), batch 1, as many workers as the tuned torchship (one torch thread each);
-3. torchship as `make demo` deploys it: its config (quiet logging), handler, batch 8 / 10 ms;
+3. torchship as `make demo` deploys it: its config (quiet logging), handler, batch 8 / 1 ms;
 4. torchship after `torchship tune` (torchship/perf/tune.py, its guided search over batch size, delay,
    workers and threads, wrk driving each trial at concurrency 16) for a p99 budget of the best
    peer's p99;
