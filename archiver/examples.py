@@ -11,7 +11,13 @@ from torchship.handlers import HANDLER_DIR
 from .errors import ArchiveError
 from .spec import ArchiveSpec
 
-_SHARED = ("torchship_base_handler.py", "torchship_capture.py", "torchship_models.py", "torchship_oip.py")
+_SHARED = (
+    "torchship_base_handler.py",
+    "torchship_capture.py",
+    "torchship_models.py",
+    "torchship_oip.py",
+    "torchship_signals.py",
+)
 
 
 @dataclass(frozen=True)

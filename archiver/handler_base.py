@@ -22,7 +22,14 @@ from .spec import ArchiveSpec
 __all__ = ["BASE_MODULES", "base_modules_needed", "with_handler_base"]
 
 # the base and its helpers: the handler files whose names no example handler or user file should take
-BASE_MODULES = ("torchship_base_handler", "torchship_capture", "torchship_models", "torchship_oip", "torchship_text")
+BASE_MODULES = (
+    "torchship_base_handler",
+    "torchship_capture",
+    "torchship_models",
+    "torchship_oip",
+    "torchship_signals",
+    "torchship_text",
+)
 
 
 def base_modules_needed(spec: ArchiveSpec) -> tuple[Path, ...]:

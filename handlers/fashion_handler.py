@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchship_signals
 from PIL import Image, UnidentifiedImageError
 from torchship_base_handler import NPY_MAGIC, BatchHandler, ItemError
 
@@ -122,6 +123,10 @@ class FashionHandler(BatchHandler):
         ) as exc:
             text = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
             raise ItemError(f"cannot read the image: {text}") from None
+
+    def signals(self, model_input: tuple[np.ndarray, int]) -> dict[str, list]:
+        """Drift signals (torchship_signals.fashion): each image's mean, spread and share of dark pixels."""
+        return torchship_signals.fashion(model_input[0])
 
     def predict(self, inputs: list[tuple[np.ndarray, int]]) -> list[Any]:
         batch = torch.from_numpy(np.concatenate([images for images, _ in inputs]))[:, None]

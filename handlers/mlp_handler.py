@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchship_signals
 from torchship_base_handler import BatchHandler, ItemError
 
 MAX_ROWS = 1024
@@ -65,6 +66,10 @@ class MLPHandler(BatchHandler):
         if not np.isfinite(rows).all():
             raise ItemError(f"{what} holds NaN, infinity, or a number too large for float32")
         return rows, single
+
+    def signals(self, model_input: tuple[np.ndarray, bool]) -> dict[str, list]:
+        """Drift signals (torchship_signals.mlp): each feature of the request's rows, and each row's RMS."""
+        return torchship_signals.mlp(model_input[0])
 
     def predict(self, inputs: list[tuple[np.ndarray, bool]]) -> list[Any]:
         batch = torch.from_numpy(np.concatenate([rows for rows, _ in inputs]))

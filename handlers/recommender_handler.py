@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 import torch
+import torchship_signals
 from torchship_base_handler import BatchHandler, ItemError
 
 MAX_K = 100
@@ -52,6 +53,15 @@ class RecommenderHandler(BatchHandler):
             raise ItemError("'exclude_seen' must be true or false")
         user = str(user)
         return user, self.users.get(user), k, exclude
+
+    def signals(self, model_input: tuple[str, int | None, int, bool]) -> dict[str, list]:
+        """Drift signals (torchship_signals.recommender): whether the user is unknown, else how many items they
+        rated in training and how popular those items are."""
+        idx = model_input[1]
+        if idx is None:
+            return torchship_signals.recommender(None, None)
+        seen = self.seen[idx].tolist()
+        return torchship_signals.recommender(len(seen), torchship_signals.mean_log_popularity(seen, self.popularity))
 
     def predict(self, inputs: list[tuple[str, int | None, int, bool]]) -> list[Any]:
         known = [idx for _, idx, _, _ in inputs if idx is not None]

@@ -14,10 +14,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchship_signals
 from torchship_base_handler import BatchHandler, ItemError
-from torchship_text import encode
+from torchship_text import encode, tokenize
 
 MAX_TEXTS = 256
+
+
+class _Encoded(list):
+    """A text's token ids, and the text (for its drift signals)."""
+
+    text: str
 
 
 class SentimentHandler(BatchHandler):
@@ -48,7 +55,19 @@ class SentimentHandler(BatchHandler):
             raise ItemError(f"{what} is empty")
         if len(text) > self.max_chars:
             raise ItemError(f"{what} has {len(text)} characters; at most {self.max_chars}")
-        return encode(text, self.tokens)
+        # the ids keep their text: its drift signals (words, out-of-vocabulary share) are not in the ids
+        # (encode leaves unknown tokens out), and are worked out only for a captured request
+        ids = _Encoded(encode(text, self.tokens))
+        ids.text = text
+        return ids
+
+    def signals(self, model_input: tuple[list[list[int]], bool]) -> dict[str, list]:
+        """Drift signals (torchship_signals.sentiment): each text's length in words and out-of-vocabulary share."""
+        items = model_input[0]
+        texts = [getattr(items[i], "text", "") for i in torchship_signals.picked(len(items))]
+        return torchship_signals.sentiment(
+            torchship_signals.text(torchship_signals.words(tokenize(t)), self.tokens) for t in texts
+        )
 
     def predict(self, inputs: list[tuple[list[list[int]], bool]]) -> list[Any]:
         texts = [ids for item, _ in inputs for ids in item]

@@ -235,9 +235,7 @@ class Capture:
             for r in records:
                 head = {"model": self.model, "version": self.version}
                 head.update((k, v) for k, v in r.items() if k not in ("input", "answer"))
-                lines.append(
-                    _ENCODER.encode(head)[:-1] + ',"input":' + r["input"] + ',"answer":' + r["answer"] + "}\n"
-                )
+                lines.append(_ENCODER.encode(head)[:-1] + ',"input":' + r["input"] + ',"answer":' + r["answer"] + "}\n")
             self._write("".join(lines).encode("utf-8"))
             self._failed = False
         except Exception as exc:  # noqa: BLE001 - capture must never fail a request

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `torchship --help` stays quick
     from torchship.ops.deploy import DeployResult
     from torchship.ops.desired import Action, ApplyReport, DesiredState
     from torchship.ops.doctor import DoctorReport
+    from torchship.ops.drift import DriftReport
     from torchship.ops.registry import Event, Registry
     from torchship.ops.rollout import GoldenItem, RolloutReport
     from torchship.ops.server import LocalServer
@@ -687,6 +688,35 @@ class Project:
         from torchship.ops.capture import status
 
         return status(self.paths.capture_dir, name)
+
+    def drift(
+        self,
+        name: str,
+        *,
+        version: str | None = None,
+        window: int = 500,
+        plot: str | os.PathLike[str] | None = None,
+        capture_dir: str | os.PathLike[str] | None = None,
+    ) -> DriftReport:
+        """Compare the last `window` captured requests of `name` with its training reference, per signal.
+
+        The version is the served one unless given; the reference is the one packed in
+        model_store/NAME-VERSION.mar; each signal is judged by PSI or KS; `plot`: a PNG of both. Returns the
+        report whether or not it found drift (`report.drift`); BadInput when too few requests were captured.
+        `capture_dir`: where the workers write (default: the project's .torchship/capture).
+        See torchship.ops.drift for the tests and their thresholds.
+        """
+        from torchship.ops.drift import drift
+
+        version = version or self._served_version(name)
+        return drift(
+            Path(capture_dir) if capture_dir else self.paths.capture_dir,
+            self.store / f"{name}-{version}.mar",
+            name,
+            version,
+            window=window,
+            plot_path=Path(plot) if plot else None,
+        )
 
     def _served_version(self, name: str) -> str:
         served = self.client.describe(name)

@@ -27,6 +27,7 @@ __all__ = [
     "Progress",
     "RunResult",
     "describe_files",
+    "drift_reference",
     "fingerprint_files",
     "fingerprint_tensors",
     "git_commit",
@@ -64,6 +65,15 @@ class HeldOut:
     size: int
     metric: Callable[[torch.nn.Module], float]
     inputs: Callable[[int], tuple[torch.Tensor, ...]]
+
+
+def drift_reference(kind: str, signals: dict[str, list[Any]], held_out: int) -> dict[str, Any]:
+    """The drift reference a checkpoint records in meta.json (`reference`): each drift signal of the
+    held-out data (the handler's signals of each example, and the trained model's predictions on it),
+    described as `torchship drift` compares live traffic with it (handlers/torchship_signals.py)."""
+    from torchship.handlers import torchship_signals
+
+    return torchship_signals.reference(kind, signals, held_out)
 
 
 def seed_everything(seed: int) -> torch.Generator:

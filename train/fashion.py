@@ -9,12 +9,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchship.handlers import torchship_signals
 from torchship.handlers.torchship_models import FashionCNN
 
 from .common import (
     HeldOut,
     Progress,
     RunResult,
+    drift_reference,
     fingerprint_files,
     new_run_dir,
     seed_everything,
@@ -69,6 +71,9 @@ def train(
         if bar:
             bar.update(epoch, loss=train_loss, val_acc=acc)
 
+    # what drift is measured against: the test images, and the trained model's answers to them
+    signals = torchship_signals.fashion(xt[:, 0].numpy(), cap=False)
+    signals.update(torchship_signals.classifier_predictions(torch.softmax(logits, dim=1).numpy()))
     metrics = {"val_accuracy": round(history[-1]["val_accuracy"], 4)}
     run_dir = new_run_dir(checkpoints, "fashion")
     seconds = time.monotonic() - started
@@ -88,7 +93,7 @@ def train(
         history=history,
         seed=seed,
         seconds=seconds,
-        extra={"labels": FASHION_LABELS},
+        extra={"labels": FASHION_LABELS, "reference": drift_reference("fashion", signals, len(yt))},
     )
     return RunResult(run_dir, metrics, seconds)
 

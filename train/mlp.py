@@ -13,12 +13,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from torchship.handlers import torchship_signals
 from torchship.handlers.torchship_models import MLP
 
 from .common import (
     HeldOut,
     Progress,
     RunResult,
+    drift_reference,
     fingerprint_tensors,
     new_run_dir,
     seed_everything,
@@ -92,6 +94,9 @@ def train(
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc})
         if bar:
             bar.update(epoch, loss=train_loss, val_acc=val_acc)
+    # what drift is measured against: the held-out rows, and the trained model's answers to them
+    signals = torchship_signals.mlp(x_val.numpy(), cap=False)
+    signals.update(torchship_signals.classifier_predictions(torch.softmax(logits, dim=1).numpy()))
 
     metrics = {"val_accuracy": round(history[-1]["val_accuracy"], 4), "val_loss": round(history[-1]["val_loss"], 4)}
     run_dir = new_run_dir(checkpoints, "mlp")
@@ -121,7 +126,7 @@ def train(
         history=history,
         seed=seed,
         seconds=seconds,
-        extra={"data_seed": data_seed},
+        extra={"data_seed": data_seed, "reference": drift_reference("mlp", signals, len(y_val))},
     )
     return RunResult(run_dir, metrics, seconds)
 

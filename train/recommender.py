@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from torchship.handlers import torchship_signals
 from torchship.handlers.torchship_models import MatrixFactorization
 
 from .common import (
     HeldOut,
     Progress,
     RunResult,
+    drift_reference,
     fingerprint_files,
     new_run_dir,
     seed_everything,
@@ -130,6 +132,7 @@ def train(
         if bar:
             bar.update(epoch, loss=train_loss, hr10=hr)
 
+    signals = reference_signals(model, split.u[split.held_out], seen, popularity)
     run_dir = new_run_dir(checkpoints, "recommender")
     catalog = {
         "users": split.users,
@@ -169,8 +172,30 @@ def train(
         history=history,
         seed=seed,
         seconds=seconds,
+        extra={"reference": drift_reference("recommender", signals, len(split.held_out))},
     )
     return RunResult(run_dir, metrics, seconds)
+
+
+def reference_signals(
+    model: MatrixFactorization, users: np.ndarray, seen: list[set[int]], popularity: np.ndarray
+) -> dict[str, list]:
+    """What drift is measured against: a request for each held-out user (each user once; all of them known),
+    and the top score the trained model gives them, seen items left out as the handler leaves them out."""
+    signals: dict[str, list] = {"unknown_user": [], "user_activity": [], "item_popularity": []}
+    for u in users.tolist():
+        for name, values in torchship_signals.recommender(
+            len(seen[u]), torchship_signals.mean_log_popularity(sorted(seen[u]), popularity)
+        ).items():
+            signals[name] += values
+    model.eval()
+    with torch.inference_mode():
+        scores = model(torch.from_numpy(users)).clone()
+        for row, u in enumerate(users.tolist()):
+            if seen[u]:
+                scores[row, sorted(seen[u])] = float("-inf")
+    signals["top_score"] = [round(float(v), 6) for v in scores.max(dim=1).values]
+    return signals
 
 
 def held_out(run_dir: Path | None = None, data_dir: Path | None = None) -> HeldOut:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchship.handlers import torchship_signals
 from torchship.handlers.torchship_models import SentimentClassifier
 from torchship.handlers.torchship_text import encode, tokenize
 
@@ -23,6 +24,7 @@ from .common import (
     HeldOut,
     Progress,
     RunResult,
+    drift_reference,
     fingerprint_files,
     new_run_dir,
     seed_everything,
@@ -104,6 +106,12 @@ def train(
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": acc})
         if bar:
             bar.update(epoch, loss=train_loss, val_acc=acc)
+    # what drift is measured against: the held-out texts, and the trained model's answers to them
+    signals = torchship_signals.sentiment(
+        (torchship_signals.text(torchship_signals.words(tokenize(texts[i])), vocab) for i in test_idx), cap=False
+    )
+    probs = torch.softmax(logits, dim=1).numpy()
+    signals.update(torchship_signals.classifier_predictions(probs, LABELS))
 
     run_dir = new_run_dir(checkpoints, "sentiment")
     (run_dir / "vocab.json").write_text(
@@ -137,7 +145,7 @@ def train(
         history=history,
         seed=seed,
         seconds=seconds,
-        extra={"labels": LABELS},
+        extra={"labels": LABELS, "reference": drift_reference("sentiment", signals, len(test_idx))},
     )
     return RunResult(run_dir, metrics, seconds)
 

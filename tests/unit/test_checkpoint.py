@@ -113,7 +113,7 @@ def test_save_writes_safetensors_weights_and_the_lineage(tmp_path, monkeypatch):
 def test_the_examples_and_the_api_write_the_same_lineage(tmp_path, mlp_run):
     _, meta = saved(tmp_path)
     example = json.loads((mlp_run / "meta.json").read_text())
-    assert set(meta) == set(example) - {"data_seed"}  # mlp's one extra field
+    assert set(meta) == set(example) - {"data_seed", "reference"}  # mlp's seed, and the examples' drift reference
     assert set(meta["weights"]) == set(example["weights"]) and set(meta["model"]) == set(example["model"])
     assert example["git_dirty"] in (True, False, None) and meta["training_seconds"] is None
 

@@ -258,6 +258,7 @@ def test_the_worker_decrypts_the_archive_in_memory_and_answers_as_the_plain_one(
             "torchship_capture",
             "torchship_models",
             "torchship_oip",
+            "torchship_signals",
             "torchship_crypto",
         ):
             monkeypatch.delitem(sys.modules, module, raising=False)  # imported from this archive, as a worker does

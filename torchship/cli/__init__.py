@@ -13,6 +13,7 @@ from . import build, fleet, infer, keys, models, perf
 from .base import Ctx, exit_code_for, report
 from .capture import capture
 from .doctor import doctor
+from .drift import drift
 from .init import init
 from .serve import logs, serve
 
@@ -62,6 +63,7 @@ for command in (
     perf.tune,
     perf.autoscale,
     capture,
+    drift,
     doctor,
 ):
     cli.add_command(command)

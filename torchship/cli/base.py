@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok, 1 other failure, 2 usage, 3 server unreachable or not started, 4 not found,
 5 conflict (exists already, or forbidden), 6 unauthorized, 7 bad input, 8 archive or verification
-failure, 9 timed out, 10 server error, 11 rollout rejected, 70 a bug in torchship (internal error).
+failure, 9 timed out, 10 server error, 11 rollout rejected, 13 drift found (torchship drift),
+70 a bug in torchship (internal error).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (E.ReadinessTimeout, 9),
     (E.ServerError, 10),
     (E.RolloutFailed, 11),
+    (E.DriftDetected, 13),
     (E.TorchServeError, 1),
     (OSError, 1),  # the machine said no (a file, a permission, a disk): not a bug
 ]

@@ -118,8 +118,10 @@ def turn_off(root: Path, model: str, version: str) -> bool:
 
 
 def capture_plan(root: Path, desired: DesiredState) -> list[Action]:
-    """The `capture` actions that bring each listed version's capture to what a desired state says (its
-    models without a `capture:` entry are left as they are); each action's params are the settings."""
+    """Return the `capture` actions that bring each listed version's capture to what a desired state says.
+
+    Models without a `capture:` entry are left as they are; each action's params are the settings.
+    """
     from torchship.ops.desired import Action
 
     actions = []

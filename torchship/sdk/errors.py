@@ -23,6 +23,7 @@ Catch ``TorchServeError`` to catch everything::
     ├── ArchiveError                    packaging failed or would overwrite an archive
     ├── VerificationError               an archive failed verification
     ├── RolloutFailed                   a guarded rollout was rejected at a gate
+    ├── DriftDetected                   live traffic drifted from the training reference (torchship drift)
     ├── LoadGeneratorError              the load generator (wrk) failed or is missing
     └── TrainingError                   a training run cannot start or failed
 
@@ -65,6 +66,7 @@ __all__ = [
     "VerificationError",
     "TrainingError",
     "RolloutFailed",
+    "DriftDetected",
     "LoadGeneratorError",
     "error_from_response",
 ]
@@ -211,6 +213,10 @@ class ServerStartError(TorchServeError):
 
 class RolloutFailed(TorchServeError):
     """A guarded rollout was rejected at a gate; the previous default keeps serving."""
+
+
+class DriftDetected(TorchServeError):
+    """A version's captured traffic drifted from its training reference (`torchship drift`: exit 13)."""
 
 
 class LoadGeneratorError(TorchServeError):

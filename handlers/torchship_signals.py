@@ -1,0 +1,228 @@
+"""Drift signals: what the example models' traffic is measured on, one definition for training and serving.
+
+Training records a *reference* of each signal on its held-out data in the checkpoint's meta.json
+(`reference`); the handler of a served version derives the same signals from each captured request
+(`BatchHandler.signals`, recorded in the capture as `signals`); `torchship drift` compares the two.
+
+A request's signals: ``{name: [value per item]}``, an item being a row (mlp), a text (sentiment) or an
+image (fashion) of the request; a request of many items contributes at most ``MAX_ITEMS`` of them,
+evenly spaced, so a record stays small. Numbers are rounded to 4 significant digits.
+
+- mlp: every feature ``x0`` .. ``x99`` (the per-feature distributions) and ``rms``, the row's root
+  mean square (one number that moves when any scale does).
+- sentiment: ``tokens`` (words in the text) and ``oov`` (the share of those words the run's
+  vocabulary does not know).
+- fashion: ``mean`` and ``std`` of the pixel intensities (0-1), ``dark`` (the share of pixels under 0.1:
+  Fashion-MNIST is light clothes on black).
+- recommender: ``unknown_user`` (categorical: 1 when the user is not in the catalog), and for known
+  users ``user_activity`` (how many items the user rated in training: the user's popularity) and
+  ``item_popularity`` (the mean log popularity of the items the user rated: how mainstream they are).
+
+The answer the caller got gives the prediction signals (`predictions`): ``pred_class`` (categorical)
+and ``pred_score`` (the predicted class's probability) for the classifiers, ``top_score`` (the first
+item's score, for known users) for the recommender.
+
+numpy only (no torch): the drift command imports this without loading a model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+MAX_ITEMS = 8  # items of one request recorded as signals
+DARK = 0.1  # a pixel under this intensity (0-1) is dark
+BINS = 10  # a continuous signal's reference histogram: deciles of the held-out values
+CATEGORICAL = frozenset({"pred_class", "unknown_user"})
+
+Signals = dict[str, list[Any]]
+
+
+def _r(v: float) -> float:
+    return float(f"{float(v):.4g}")
+
+
+def _rs(values: Any) -> list[Any]:
+    """Values (any shape) to 4 significant digits, as `_r` gives them, at numpy speed (a row of 100
+    features one by one cost a captured request more than the rest of its capture)."""
+    a = np.asarray(values, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exponent = np.floor(np.log10(np.abs(a)))
+    exponent = np.where(np.isfinite(exponent), exponent, 0.0)
+    scale = 10.0 ** (3 - exponent)
+    out = np.round(a * scale) / scale
+    return np.where(np.isfinite(a), out, a).tolist()
+
+
+def picked(n: int, cap: bool = True) -> list[int]:
+    """Which of a request's `n` items its signals describe: all, or MAX_ITEMS evenly spaced (`cap`;
+    training describes all of its held-out data at once)."""
+    if n <= MAX_ITEMS or not cap:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (MAX_ITEMS - 1)) for i in range(MAX_ITEMS)})
+
+
+# ------------------------------------------------------------------ per model, from a parsed input
+
+
+def mlp(rows: np.ndarray, cap: bool = True) -> Signals:
+    """Rows of features (n x width): each feature, and each row's root mean square."""
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim == 1:
+        rows = rows[None]
+    rows = rows[picked(len(rows), cap)]
+    out: Signals = {"rms": _rs(np.sqrt((rows**2).mean(axis=1)))}
+    for j, column in enumerate(_rs(rows.T)):
+        out[f"x{j}"] = column
+    return out
+
+
+def words(tokens: Sequence[str]) -> list[str]:
+    """The words of torchship_text.tokenize's tokens (its word pairs, joined by "_", left out)."""
+    return [t for t in tokens if "_" not in t]
+
+
+def text(words: Sequence[str], vocab: Any) -> tuple[int, float]:
+    """(words in a text, share of them the vocabulary does not know); `words` as `words` gives them."""
+    if not words:
+        return 0, 0.0
+    unknown = sum(1 for w in words if w not in vocab)
+    return len(words), unknown / len(words)
+
+
+def sentiment(texts: Iterable[tuple[int, float]], cap: bool = True) -> Signals:
+    """Each text's (words, out-of-vocabulary share), as `text` gives them."""
+    texts = list(texts)
+    texts = [texts[i] for i in picked(len(texts), cap)]
+    return {"tokens": [int(n) for n, _ in texts], "oov": [_r(o) for _, o in texts]}
+
+
+def fashion(images: np.ndarray, cap: bool = True) -> Signals:
+    """Images (n x 28 x 28, intensities 0-1): each one's mean, spread and share of dark pixels."""
+    images = np.asarray(images, dtype=np.float64)
+    if images.ndim == 2:
+        images = images[None]
+    chosen = images[picked(len(images), cap)]
+    images = chosen.reshape(len(chosen), -1)
+    return {
+        "mean": _rs(images.mean(axis=1)),
+        "std": _rs(images.std(axis=1)),
+        "dark": _rs((images < DARK).mean(axis=1)),
+    }
+
+
+def recommender(activity: int | None, item_popularity: float | None) -> Signals:
+    """One request's user: None for an unknown one, else how many items they rated in training and the mean
+    log(1 + popularity) of those items."""
+    if activity is None:
+        return {"unknown_user": [1]}
+    out: Signals = {"unknown_user": [0], "user_activity": [int(activity)]}
+    if item_popularity is not None:
+        out["item_popularity"] = [_r(item_popularity)]
+    return out
+
+
+def mean_log_popularity(items: Sequence[int], popularity: Sequence[float]) -> float | None:
+    """The mean log(1 + popularity) of `items` (None for none)."""
+    if len(items) == 0:
+        return None
+    return float(np.mean([math.log1p(popularity[int(i)]) for i in items]))
+
+
+# ------------------------------------------------------------------ from the answer
+
+
+def predictions(kind: str, answer: Any) -> Signals:
+    """The prediction signals of one answer (a JSON answer, or a list of them for a request of many items)."""
+    answers = answer if isinstance(answer, list) else [answer]
+    answers = [a for a in answers if isinstance(a, dict)]
+    answers = [answers[i] for i in picked(len(answers))]
+    out: Signals = {}
+    if kind == "recommender":
+        scores = [
+            a["items"][0].get("score")
+            for a in answers
+            if a.get("fallback") is None and isinstance(a.get("items"), list) and a["items"]
+        ]
+        scores = [s for s in scores if isinstance(s, (int, float))]
+        if scores:
+            out["top_score"] = [_r(s) for s in scores]
+        return out
+    classes, scores = [], []
+    for a in answers:
+        probs = a.get("probabilities")
+        if kind == "sentiment" and isinstance(probs, dict) and a.get("label") in probs:
+            classes.append(str(a["label"]))
+            scores.append(_r(probs[a["label"]]))
+        elif isinstance(probs, list) and isinstance(a.get("class_id"), int) and 0 <= a["class_id"] < len(probs):
+            classes.append(str(a["class_id"]))
+            scores.append(_r(probs[a["class_id"]]))
+    if classes:
+        out["pred_class"], out["pred_score"] = classes, scores
+    return out
+
+
+def classifier_predictions(probabilities: np.ndarray, labels: Sequence[str] | None = None) -> Signals:
+    """The prediction signals of held-out probabilities (n x classes), as `predictions` reads them from answers."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    top = p.argmax(axis=1)
+    classes = [labels[c] if labels is not None else str(c) for c in top.tolist()]
+    return {"pred_class": classes, "pred_score": [_r(v) for v in p[np.arange(len(p)), top]]}
+
+
+# ------------------------------------------------------------------ references and their bins
+
+
+def category(value: Any) -> str:
+    """A categorical value as the reference names it (1 and 1.0 are the same category)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+def describe(values: Sequence[Any], categorical: bool, bins: int = BINS) -> dict[str, Any]:
+    """A signal's reference: proportions per category, or a histogram over the held-out deciles.
+
+    Continuous: ``edges`` e1 < ... < ek (the held-out quantiles, ties merged) cut the line into
+    (-inf, e1], (e1, e2], ..., (ek, inf); ``proportions`` of the held-out values in each."""
+    n = len(values)
+    if categorical:
+        names = [category(v) for v in values]
+        cats = sorted(set(names))
+        counts = [names.count(c) for c in cats]
+        return {
+            "type": "categorical",
+            "n": n,
+            "categories": cats,
+            "proportions": [round(c / n, 4) for c in counts],
+        }
+    x = np.asarray(values, dtype=np.float64)
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1])) if n else np.array([0.0])
+    edges = np.unique([_r(e) for e in edges])
+    counts = histogram(x, edges)
+    return {
+        "type": "continuous",
+        "n": n,
+        "edges": [float(e) for e in edges],
+        "proportions": [round(float(c) / max(n, 1), 4) for c in counts],
+    }
+
+
+def histogram(values: Any, edges: Sequence[float]) -> np.ndarray:
+    """Counts of `values` in the bins (-inf, e1], (e1, e2], ..., (ek, inf)."""
+    x = np.asarray(values, dtype=np.float64)
+    return np.bincount(np.searchsorted(np.asarray(edges, dtype=np.float64), x, side="left"), minlength=len(edges) + 1)
+
+
+def reference(kind: str, signals: Signals, held_out: int) -> dict[str, Any]:
+    """The reference a checkpoint records: each signal described over the held-out data."""
+    return {
+        "format": "torchship-reference/1",
+        "kind": kind,
+        "held_out": held_out,
+        "max_items": MAX_ITEMS,
+        "signals": {name: describe(values, name in CATEGORICAL) for name, values in signals.items()},
+    }

@@ -1,0 +1,171 @@
+"""Drift (handlers/torchship_signals.py, torchship.ops.drift): each example model's handler records the
+signals its training described on held-out data; traffic like the held-out data is calm, shifted traffic
+(scaled features, other-domain text, inverted images, unknown users) is flagged by the signals it moves."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torchship_capture
+import torchship_signals
+
+from tests.unit.handler_context import run_batch
+from torchship.ops import capture as ops
+from torchship.ops import drift as drift_ops
+from torchship.sdk.errors import BadInput
+
+N = 240  # requests per window: over drift's least (200)
+
+
+def archive_of(run, tmp_path):
+    """An archive as drift reads it: the run's meta.json packed at the top (the rest is never read)."""
+    path = tmp_path / "model.mar"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.write(run / "meta.json", "meta.json")
+    return path
+
+
+def serve(handler, name, bodies, tmp_path, version):
+    """Every body through the handler with capture at 1.0; the drift report of what it captured."""
+    root = tmp_path / "capture"
+    ops.write_settings(root, name, version, sample=1.0)
+    handler.capture = torchship_capture.Capture(root, name, version)
+    for start in range(0, len(bodies), 8):
+        _, results = run_batch(handler, bodies[start : start + 8])
+    return root
+
+
+def report(handler, run, name, bodies, tmp_path, version):
+    root = serve(handler, name, bodies, tmp_path, version)
+    return drift_ops.drift(root, archive_of(run, tmp_path), name, version, window=N)
+
+
+def verdicts(rep):
+    return {s.signal: s.verdict for s in rep.signals}
+
+
+@pytest.fixture(autouse=True)
+def _settings_every_batch(monkeypatch):
+    monkeypatch.setattr(torchship_capture, "CHECK_EVERY_S", 0.0)
+
+
+def test_mlp_held_out_rows_are_calm_and_scaled_rows_drift(mlp_run, tmp_path_factory, tmp_path):
+    from tests.conftest import load_handler
+    from torchship.train import held_out
+
+    handler = load_handler(mlp_run, "mlp_handler", "MLPHandler", tmp_path_factory)
+    rows = held_out("mlp", mlp_run).inputs(N)[0].numpy()
+    calm = report(handler, mlp_run, "mlp", [json.dumps({"data": r.tolist()}) for r in rows], tmp_path, "1.0")
+    assert not calm.drift, calm.drifted
+    assert len(calm.signals) == 103 and calm.records == N  # x0..x99, rms, pred_class, pred_score
+    record = ops.records(tmp_path / "capture", "mlp", "1.0")[0]
+    assert len(record["signals"]["x0"]) == 1 and len(json.dumps(record["signals"])) < 2000
+
+    shifted = report(handler, mlp_run, "mlp", [json.dumps({"data": (3 * r).tolist()}) for r in rows], tmp_path, "2.0")
+    assert shifted.drift
+    v = verdicts(shifted)
+    assert v["rms"] == "drift" and v["pred_score"] == "drift"  # a larger input, a more confident model
+    assert sum(v[f"x{i}"] == "drift" for i in range(100)) >= 90
+    rms = next(s for s in shifted.signals if s.signal == "rms")
+    assert rms.test == "KS" and rms.statistic >= 0.85 and rms.threshold >= 0.1
+
+
+def test_sentiment_held_out_text_is_calm_and_other_domain_text_drifts(sentiment_run, tmp_path_factory, tmp_path):
+    from tests.conftest import load_handler
+    from torchship.train import sentiment
+
+    handler = load_handler(sentiment_run, "sentiment_handler", "SentimentHandler", tmp_path_factory)
+    _, texts, _, _, test_idx = sentiment.corpus()
+    calm = report(
+        handler, sentiment_run, "sentiment", [json.dumps({"text": texts[i]}) for i in test_idx[:N]], tmp_path, "1.0"
+    )
+    assert not calm.drift, calm.drifted
+    # other-domain text: the standard library's documentation, cut to review-sized pieces
+    words = " ".join(
+        inspect.getdoc(o) or "" for m in (json, zipfile, inspect) for _, o in inspect.getmembers(m)
+    ).split()
+    docs = [" ".join(words[i : i + 20]) for i in range(0, 20 * N, 20)]
+    shifted = report(handler, sentiment_run, "sentiment", [json.dumps({"text": t}) for t in docs], tmp_path, "2.0")
+    assert shifted.drift and verdicts(shifted)["oov"] == "drift", shifted.to_dict()
+
+
+def test_fashion_held_out_images_are_calm_and_inverted_images_drift(fashion_run, tmp_path_factory, tmp_path):
+    from tests.conftest import load_handler
+    from torchship.train.data import load_fashion
+
+    handler = load_handler(fashion_run, "fashion_handler", "FashionHandler", tmp_path_factory)
+    images = load_fashion()[2][:N]
+    calm = report(handler, fashion_run, "fashion", [json.dumps({"image": i.tolist()}) for i in images], tmp_path, "1.0")
+    assert not calm.drift, calm.drifted
+    inverted = [json.dumps({"image": (255 - i).tolist()}) for i in images]
+    shifted = report(handler, fashion_run, "fashion", inverted, tmp_path, "2.0")
+    v = verdicts(shifted)
+    assert shifted.drift and v["mean"] == v["dark"] == "drift"  # the spread stays: inverting keeps it
+
+
+def test_recommender_known_users_are_calm_and_unknown_users_drift(recommender_run, tmp_path_factory, tmp_path):
+    from tests.conftest import load_handler
+
+    handler = load_handler(recommender_run, "recommender_handler", "RecommenderHandler", tmp_path_factory)
+    users = json.loads((recommender_run / "catalog.json").read_text())["users"]
+    picked = np.random.default_rng(0).choice(len(users), N, replace=False)
+    calm = report(
+        handler, recommender_run, "recommender", [json.dumps({"user_id": users[i]}) for i in picked], tmp_path, "1.0"
+    )
+    assert not calm.drift, calm.drifted
+    assert set(verdicts(calm)) == {"unknown_user", "user_activity", "item_popularity", "top_score"}
+    strangers = [json.dumps({"user_id": f"new-{i}"}) for i in range(N)]
+    shifted = report(handler, recommender_run, "recommender", strangers, tmp_path, "2.0")
+    v = verdicts(shifted)
+    assert shifted.drift and v["unknown_user"] == "drift"
+    assert v["top_score"] == "too few"  # unknown users get the popular items, not scores
+    unknown = next(s for s in shifted.signals if s.signal == "unknown_user")
+    assert unknown.test == "PSI" and unknown.statistic > 1 and unknown.threshold == 0.2
+
+
+def test_too_few_requests_say_how_many_are_needed(mlp_run, tmp_path_factory, tmp_path):
+    from tests.conftest import load_handler
+
+    handler = load_handler(mlp_run, "mlp_handler", "MLPHandler", tmp_path_factory)
+    root = serve(handler, "mlp", [json.dumps({"data": [0.1] * 100})] * 20, tmp_path, "1.0")
+    with pytest.raises(BadInput, match="20 captured request.* drift needs at least 200"):
+        drift_ops.drift(root, archive_of(mlp_run, tmp_path), "mlp", "1.0")
+
+
+def test_an_archive_without_a_reference_is_refused(tmp_path):
+    path = tmp_path / "old.mar"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("meta.json", json.dumps({"name": "mlp"}))
+    with pytest.raises(BadInput, match="carries no drift reference"):
+        drift_ops.read_reference(path)
+
+
+def test_the_psi_and_ks_of_a_described_signal():
+    rng = np.random.default_rng(1)
+    ref = torchship_signals.describe(rng.standard_normal(4000).tolist(), categorical=False)
+    assert len(ref["edges"]) == 9 and abs(sum(ref["proportions"]) - 1) < 1e-3
+    same = drift_ops.compare_signal("x", ref, rng.standard_normal(500).tolist(), 1)
+    moved = drift_ops.compare_signal("x", ref, (rng.standard_normal(500) + 0.5).tolist(), 1)
+    assert same.verdict == "calm" and moved.verdict == "drift" and 0.15 < moved.statistic < 0.25
+    cats = torchship_signals.describe(["a"] * 500 + ["b"] * 500, categorical=True)
+    even = drift_ops.compare_signal("c", cats, ["a", "b"] * 150, 0)
+    skewed = drift_ops.compare_signal("c", cats, ["a"] * 240 + ["b"] * 60 + ["z"] * 10, 0)
+    assert even.verdict == "calm" and even.statistic < 0.01
+    assert skewed.verdict == "drift" and skewed.bins[-1] == "(other)"
+
+
+def test_the_plot_shows_reference_and_live(mlp_run, tmp_path_factory, tmp_path):
+    from tests.conftest import load_handler
+    from torchship.train import held_out
+
+    handler = load_handler(mlp_run, "mlp_handler", "MLPHandler", tmp_path_factory)
+    rows = held_out("mlp", mlp_run).inputs(N)[0].numpy() * 2
+    root = serve(handler, "mlp", [json.dumps({"data": r.tolist()}) for r in rows], tmp_path, "1.0")
+    png = tmp_path / "drift.png"
+    rep = drift_ops.drift(root, archive_of(mlp_run, tmp_path), "mlp", "1.0", window=N, plot_path=png)
+    assert rep.plot == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert rep.to_dict()["drift"] is True and "rms" in rep.to_dict()["drifted"]
