@@ -21,12 +21,6 @@ from torchship_text import encode, tokenize
 MAX_TEXTS = 256
 
 
-class _Encoded(list):
-    """A text's token ids, and the text (for its drift signals)."""
-
-    text: str
-
-
 class SentimentHandler(BatchHandler):
     max_body_bytes = 6 * 1024 * 1024  # 256 texts of 5,000 characters
 
@@ -57,7 +51,7 @@ class SentimentHandler(BatchHandler):
             raise ItemError(f"{what} has {len(text)} characters; at most {self.max_chars}")
         # the ids keep their text: its drift signals (words, out-of-vocabulary share) are not in the ids
         # (encode leaves unknown tokens out), and are worked out only for a captured request
-        ids = _Encoded(encode(text, self.tokens))
+        ids = torchship_signals.TextIds(encode(text, self.tokens))
         ids.text = text
         return ids
 

@@ -41,6 +41,13 @@ CATEGORICAL = frozenset({"pred_class", "unknown_user"})
 Signals = dict[str, list[Any]]
 
 
+class TextIds(list):  # type: ignore[type-arg]
+    """A text's token ids, and the text (its drift signals are not in the ids). Here, not in the
+    handler's module: TorchServe wants exactly one class in a handler file."""
+
+    text: str
+
+
 def _r(v: float) -> float:
     return float(f"{float(v):.4g}")
 

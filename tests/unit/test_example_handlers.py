@@ -11,6 +11,7 @@ import torchship_models
 from PIL import Image
 
 from tests.conftest import load_handler
+from torchship.archiver import EXAMPLES
 from torchship.train.data import load_fashion
 
 from .handler_context import make_context, statuses
@@ -241,3 +242,15 @@ def test_embedder_batches_across_and_within_requests(embedder):
     across = [run(embedder, [{"texts": [t]} for t in texts])[1][i]["embeddings"][0] for i in range(3)]
     alone = [run(embedder, [{"texts": [t]}])[1][0]["embeddings"][0] for t in texts]
     assert np.allclose(together, alone, atol=1e-5) and np.allclose(across, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_each_example_handler_has_the_one_class_torchserve_wants(name):
+    """TorchServe loads a handler file's classes and refuses a file with more than one
+    ("Expected only one class in custom service code"): a helper class goes in a shared module."""
+    import importlib
+
+    from ts.utils.util import list_classes_from_module
+
+    handler = EXAMPLES[name].handler
+    assert len(list_classes_from_module(importlib.import_module(handler[:-3]))) == 1
