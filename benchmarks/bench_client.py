@@ -190,15 +190,18 @@ def setup(workdir: Path, checkpoint: Path | None) -> tuple[LocalServer, TorchSer
 
 
 def table(rows: dict[str, dict[str, float]], wrk_p50: float, bare_p50: float) -> str:
-    lines = [
-        f"{'method':<28}{'p50 ms':>9}{'p99 ms':>9}{'x wrk':>8}{'x http.client':>15}{'+ms vs http.client':>20}",
-    ]
-    for name, r in rows.items():
-        lines.append(
-            f"{name:<28}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}{r['p50_ms'] / wrk_p50:>8.2f}"
-            f"{r['p50_ms'] / bare_p50:>15.2f}{r['p50_ms'] - bare_p50:>+20.3f}"
-        )
-    return "\n".join(lines)
+    """One round's rows, with their ratios to wrk and to bare http.client, as `summary` prints them."""
+    return summary(
+        {
+            name: {
+                **r,
+                "x_wrk": r["p50_ms"] / wrk_p50,
+                "x_http_client": r["p50_ms"] / bare_p50,
+                "plus_ms_http_client": r["p50_ms"] - bare_p50,
+            }
+            for name, r in rows.items()
+        }
+    )
 
 
 def summary(rows: dict[str, dict[str, float]]) -> str:

@@ -98,8 +98,9 @@ class Batch:
     results: list[Any]
     inputs: dict[int, Any] = field(default_factory=dict)
     v2: dict[int, dict] = field(default_factory=dict)
-    # the decoded body of each request sampled for capture (torchship_capture)
-    captured: dict[int, Any] = field(default_factory=dict)
+    # each request sampled for capture (torchship_capture): its decoded body, and the bytes it was sent
+    # as when they are the body alone (None under the v2 binary extension, whose tensors follow the JSON)
+    captured: dict[int, tuple[Any, Any]] = field(default_factory=dict)
 
 
 class BatchHandler:
@@ -214,7 +215,7 @@ class BatchHandler:
                 is_v2 = oip.has_binary_header(headers)  # the binary extension: a v2 request for sure
                 payload, binary = self.read(request, headers)
                 if idx in captured:
-                    batch.captured[idx] = payload
+                    batch.captured[idx] = (payload, None if is_v2 else _body_of(request))
                 is_v2 = is_v2 or oip.is_v2(payload)
                 if is_v2:
                     batch.inputs[idx] = self.parse_v2(oip.decode_inputs(payload, binary))
@@ -313,10 +314,8 @@ class BatchHandler:
         records = []
         for idx in picked:
             try:
-                raw = _body_of(data[idx])
                 if idx in batch.captured:
-                    binary = oip.header_length(_headers(context, idx)) is not None
-                    body = capture.input_json(batch.captured[idx], None if binary else raw)
+                    body = capture.input_json(*batch.captured[idx])
                 else:  # it failed to parse: what was sent, as text when it is UTF-8
                     body = torchship_capture.to_json(_raw_body(data[idx]))
                 signals = self.signals(batch.inputs[idx]) if idx in batch.inputs else None

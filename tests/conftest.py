@@ -23,18 +23,21 @@ def mlp_run(tmp_path_factory) -> Path:
     return mlp.train(tmp_path_factory.mktemp("checkpoints"), quick=True, progress=False).run_dir
 
 
-@pytest.fixture(scope="session")
-def mlp_reference(mlp_run):
-    """The trained mlp loaded in-process: what every served answer must equal."""
-    import json
-
+def reference_model(run_dir: Path):
+    """An mlp training run's model loaded in-process, in eval mode."""
     import torchship_models
     from safetensors.torch import load_file
 
-    meta = json.loads((mlp_run / "meta.json").read_text())
+    meta = json.loads((run_dir / "meta.json").read_text())
     model = torchship_models.build("mlp", meta["model"]["architecture"])
-    model.load_state_dict(load_file(str(mlp_run / "model.safetensors")))
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def mlp_reference(mlp_run):
+    """The trained mlp loaded in-process: what every served answer must equal."""
+    return reference_model(mlp_run)
 
 
 def _quick_run(tmp_path_factory, name):

@@ -1046,6 +1046,7 @@ class Project:
             bodies = [g.input for g in load_golden(self.golden(name))]
         if engine == "auto":
             engine = "wrk" if wrk.available() and len(bodies) == 1 else "python"
+        say: Callable[[str], None] = log or (lambda line: None)
         trials, best = tune(
             self.client,
             self.store,
@@ -1060,7 +1061,7 @@ class Project:
             cores=cores,
             public_key=self._key(public_key),
             key_dir=self.paths.key_dir,
-            log=log or (lambda line: None),
+            log=say,
             engine=engine,
         )
         settings = {
@@ -1075,7 +1076,7 @@ class Project:
             merge_settings(Path(write), name, settings)
         curves: dict[str, list[Point]] = {}
         if curve:
-            (log or (lambda line: None))("\nthe winner and a plain deploy's settings, at 1, 4, 16 and 64 callers:")
+            say("\nthe winner and a plain deploy's settings, at 1, 4, 16 and 64 callers:")
             curves = compare_curves(
                 self.client,
                 self.store,
@@ -1087,7 +1088,7 @@ class Project:
                 engine=engine,
                 public_key=self._key(public_key),
                 key_dir=self.paths.key_dir,
-                log=log or (lambda line: None),
+                log=say,
             )
             if plot:
                 from torchship.perf.curve import plot_curves

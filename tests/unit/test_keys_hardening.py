@@ -25,18 +25,10 @@ from torchship.cli import main
 from torchship.handlers import torchship_crypto
 from torchship.ops.server import LocalServer
 
+from . import test_encrypted_archives
 from .test_encrypted_archives import KEYS, SEALED, keyring_of, members
 
-
-@pytest.fixture
-def project(tmp_path, monkeypatch) -> Project:
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "config.properties").write_text("model_store=model_store\n")
-    monkeypatch.setenv("TORCHSHIP_HOME", str(root))
-    monkeypatch.chdir(root)
-    with Project(root) as p:
-        yield p
+project = test_encrypted_archives.project  # the same empty project fixture
 
 
 def write_ring(path: Path, text: str) -> Path:

@@ -50,14 +50,9 @@ def brief_mlp_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def brief_mlp_reference(brief_mlp_run):
-    from safetensors.torch import load_file
+    from tests.conftest import reference_model
 
-    from torchship.handlers import torchship_models
-
-    meta = json.loads((brief_mlp_run / "meta.json").read_text())
-    model = torchship_models.build("mlp", meta["model"]["architecture"])
-    model.load_state_dict(load_file(str(brief_mlp_run / "model.safetensors")))
-    return model.eval()
+    return reference_model(brief_mlp_run)
 
 
 def small_mlp() -> nn.Module:

@@ -165,7 +165,7 @@ def _settings(folder: Path) -> dict[str, Any]:
     try:
         return torchship_capture.check_settings(json.loads((folder / torchship_capture.SETTINGS).read_text()))
     except (OSError, ValueError):
-        return {"sample": 0.0, "redact": {}, "max_bytes": torchship_capture.DEFAULT_MAX_BYTES}
+        return torchship_capture.check_settings({})  # off, with the worker's defaults
 
 
 def status(root: Path, model: str | None = None) -> list[CaptureStatus]:

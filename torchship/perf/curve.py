@@ -128,9 +128,8 @@ def over_profile(points: Sequence[Point], profile: Profile) -> tuple[float, floa
     missing = sorted(set(profile) - set(by_c))
     if missing:
         raise BadInput(f"no measurement at concurrency {missing} of the load profile")
-    total = sum(profile.values())
-    throughput = sum(share * by_c[c].throughput for c, share in profile.items()) / total
-    requests = sum(share * by_c[c].throughput for c, share in profile.items())
+    requests = sum(share * by_c[c].throughput for c, share in profile.items())  # per unit of time
+    throughput = requests / sum(profile.values())
     p50 = (
         sum(share * by_c[c].throughput * by_c[c].p50_ms for c, share in profile.items()) / requests
         if requests
