@@ -14,6 +14,7 @@ from .spec import ArchiveSpec
 _SHARED = (
     "torchship_base_handler.py",
     "torchship_capture.py",
+    "torchship_drift.py",
     "torchship_models.py",
     "torchship_oip.py",
     "torchship_signals.py",

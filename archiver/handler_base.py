@@ -25,6 +25,7 @@ __all__ = ["BASE_MODULES", "base_modules_needed", "with_handler_base"]
 BASE_MODULES = (
     "torchship_base_handler",
     "torchship_capture",
+    "torchship_drift",
     "torchship_models",
     "torchship_oip",
     "torchship_signals",

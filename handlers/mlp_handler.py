@@ -67,6 +67,8 @@ class MLPHandler(BatchHandler):
             raise ItemError(f"{what} holds NaN, infinity, or a number too large for float32")
         return rows, single
 
+    signals_from_input = True  # the features are in the captured input: drift reads them there
+
     def signals(self, model_input: tuple[np.ndarray, bool]) -> dict[str, list]:
         """Drift signals (torchship_signals.mlp): each feature of the request's rows, and each row's RMS."""
         return torchship_signals.mlp(model_input[0])

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torchship_signals
 from torchship_base_handler import BatchHandler, ItemError
-from torchship_text import encode, tokenize
+from torchship_text import encode
 
 MAX_TEXTS = 256
 
@@ -60,7 +60,7 @@ class SentimentHandler(BatchHandler):
         items = model_input[0]
         texts = [getattr(items[i], "text", "") for i in torchship_signals.picked(len(items))]
         return torchship_signals.sentiment(
-            torchship_signals.text(torchship_signals.words(tokenize(t)), self.tokens) for t in texts
+            torchship_signals.text(torchship_signals.words(t), self.tokens) for t in texts
         )
 
     def predict(self, inputs: list[tuple[list[list[int]], bool]]) -> list[Any]:

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 import torchship_capture
+import torchship_drift
 import torchship_models
 import torchship_oip as oip
 from safetensors.torch import load_file
@@ -107,6 +108,10 @@ class BatchHandler:
     """Batching-aware handler with per-item errors. See the module docstring."""
 
     max_body_bytes = MAX_BODY  # a body (or an unpacked gzip body) over this answers 413 with a JSON message
+    # True when the drift side derives the signals from the recorded input alone
+    # (torchship_signals.from_input): the capture writes "signals": "input" instead of them (for mlp,
+    # whose signals are its 100 features again, they were most of a captured request's cost)
+    signals_from_input = False
 
     def __init__(self) -> None:
         self.initialized = False
@@ -114,6 +119,7 @@ class BatchHandler:
         self.meta: dict[str, Any] = {}
         self.model_dir: Path | None = None
         self.capture: torchship_capture.Capture | None = None
+        self.drift_gauge: torchship_drift.DriftGauge | None = None
 
     # -------------------------------------------------------------- start-up
 
@@ -141,6 +147,12 @@ class BatchHandler:
             str(getattr(context, "model_name", None) or manifest_model.get("modelName", "")),
             str(manifest_model.get("modelVersion", "")),
         )
+        # the drift metric, for a version whose training recorded a reference (torchship_drift)
+        reference = self.meta.get("reference")
+        if self.capture.dir is not None and isinstance(reference, dict) and isinstance(reference.get("signals"), dict):
+            self.drift_gauge = torchship_drift.DriftGauge(
+                self.capture.dir, reference, self.capture.model, self.capture.version
+            )
         self.initialized = True
 
     def load_model(self, model_dir: Path, context: Any) -> torch.nn.Module:
@@ -198,6 +210,8 @@ class BatchHandler:
             self.answer_items(context, batch, outputs)
         if picked:
             self.record_captured(context, data, batch, picked, started)
+        if self.drift_gauge is not None and self.capture is not None and self.capture.settings["sample"]:
+            self.drift_gauge.tick(context, self.capture.settings["drift_every_s"], torchship_capture.DRIFT_WINDOW)
         return batch.results
 
     # step 1: read and parse each request
@@ -318,7 +332,9 @@ class BatchHandler:
                     body = capture.input_json(*batch.captured[idx])
                 else:  # it failed to parse: what was sent, as text when it is UTF-8
                     body = torchship_capture.to_json(_raw_body(data[idx]))
-                signals = self.signals(batch.inputs[idx]) if idx in batch.inputs else None
+                signals: Any = None
+                if idx in batch.inputs:  # parsed: its signals, or where drift finds them (the input itself)
+                    signals = "input" if self.signals_from_input else self.signals(batch.inputs[idx])
                 record = {
                     "time": now,
                     "request_id": context.get_request_id(idx),

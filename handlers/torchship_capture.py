@@ -6,10 +6,12 @@ project's ``.torchship/capture``). Without the variable nothing is ever captured
 Control: ``settings.json`` in that folder, written by ``torchship capture`` and by ``apply``::
 
     {"sample": 0.1, "redact": {"user": "hash", "email": "drop"},
-     "max_bytes": 67108864, "file_bytes": 8388608}
+     "max_bytes": 67108864, "file_bytes": 8388608, "drift_every_s": 30}
 
 No file, or ``sample`` 0: nothing is captured. The worker reads the file again when it changes
 (it looks at most once a second), so turning capture on, off or to another rate needs no restart.
+While it captures, each worker measures drift on the last DRIFT_WINDOW records every ``drift_every_s``
+seconds (0: never) for the metrics port (torchship_drift.DriftGauge).
 
 Records: ``capture-<time>-<pid>.jsonl``, one JSON object per sampled request::
 
@@ -53,6 +55,8 @@ SALT = ".redact-key"
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_FILE_BYTES = 8 * 1024 * 1024
 MAX_FIELD_BYTES = 64 * 1024
+DEFAULT_DRIFT_EVERY_S = 30  # how often a worker measures drift for the metric (torchship_drift.DriftGauge)
+DRIFT_WINDOW = 500  # the captured requests it is measured on (`torchship drift`'s default window)
 CHECK_EVERY_S = 1.0
 REDACTIONS = ("hash", "drop")
 
@@ -66,7 +70,7 @@ def check_settings(settings: Any) -> dict[str, Any]:
     """Settings as the worker applies them; ValueError naming what is wrong (the CLI checks the same)."""
     if not isinstance(settings, dict):
         raise ValueError("capture settings are a JSON object")
-    unknown = set(settings) - {"sample", "redact", "max_bytes", "file_bytes"}
+    unknown = set(settings) - {"sample", "redact", "max_bytes", "file_bytes", "drift_every_s"}
     if unknown:
         raise ValueError(f"unknown capture settings: {', '.join(sorted(unknown))}")
     sample = settings.get("sample", 0)
@@ -85,7 +89,10 @@ def check_settings(settings: Any) -> dict[str, Any]:
         sizes[key] = value
     if sizes["file_bytes"] > sizes["max_bytes"]:
         raise ValueError("file_bytes is larger than max_bytes")
-    return {"sample": float(sample), "redact": dict(redact), **sizes}
+    every = settings.get("drift_every_s", DEFAULT_DRIFT_EVERY_S)
+    if isinstance(every, bool) or not isinstance(every, (int, float)) or not (every == 0 or 1 <= every <= 86400):
+        raise ValueError(f"drift_every_s is 0 (no drift metric) or 1 to 86400 seconds, not {every!r}")
+    return {"sample": float(sample), "redact": dict(redact), **sizes, "drift_every_s": every}
 
 
 def jsonable(value: Any) -> Any:

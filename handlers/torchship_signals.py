@@ -28,6 +28,7 @@ numpy only (no torch): the drift command imports this without loading a model.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -87,9 +88,45 @@ def mlp(rows: np.ndarray, cap: bool = True) -> Signals:
     return out
 
 
-def words(tokens: Sequence[str]) -> list[str]:
-    """The words of torchship_text.tokenize's tokens (its word pairs, joined by "_", left out)."""
-    return [t for t in tokens if "_" not in t]
+def mlp_rows(model_input: Any) -> np.ndarray | None:
+    """The feature rows of a captured mlp input, as its handler accepts them ({"data": a row or rows},
+    an .npy body as the capture records it, or one Open Inference Protocol input); None when they cannot
+    be read (a redacted field, another form)."""
+    if not isinstance(model_input, dict):
+        return None
+    data, shape = model_input.get("data"), model_input.get("npy")
+    inputs = model_input.get("inputs")
+    if data is None and isinstance(inputs, list) and len(inputs) == 1 and isinstance(inputs[0], dict):
+        data, shape = inputs[0].get("data"), inputs[0].get("shape")
+    try:
+        rows = np.asarray(data, dtype=np.float64)
+        if shape is not None:
+            rows = rows.reshape([int(d) for d in shape])
+    except (TypeError, ValueError):
+        return None
+    if rows.ndim == 1:
+        rows = rows[None]
+    return rows if rows.ndim == 2 and rows.size else None
+
+
+def from_input(kind: str, model_input: Any) -> Signals | None:
+    """The signals of a captured request whose handler records them as "input" (`signals_from_input`):
+    derived here, where drift reads the capture, from the input recorded (the same values the handler
+    would have recorded). None when the input cannot be read."""
+    if kind == "mlp":
+        rows = mlp_rows(model_input)
+        return mlp(rows) if rows is not None else None
+    return None
+
+
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")  # letters and digits of any script, inner apostrophes
+
+
+def words(text: str) -> list[str]:
+    """A text's lower-cased words, in any script. Not the model's tokenizer (torchship_text), which
+    reads only a-z and 0-9: a text in another script would have no words, hence no unknown ones, and
+    look more familiar than the training data instead of less."""
+    return _WORD.findall(text.lower())
 
 
 def text(words: Sequence[str], vocab: Any) -> tuple[int, float]:

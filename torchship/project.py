@@ -652,11 +652,13 @@ class Project:
         redact: dict[str, str] | None = None,
         max_bytes: int | None = None,
         file_bytes: int | None = None,
+        drift_every_s: float | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """Capture a sample of `name`'s requests (default: the version the server serves by default).
 
         The workers pick it up within a second, with no restart; returns (version, settings). See
-        torchship.ops.capture and handlers/torchship_capture.py (the record format, redaction, rotation).
+        torchship.ops.capture and handlers/torchship_capture.py (the record format, redaction, rotation);
+        `drift_every_s`: how often the workers measure drift for the metrics port (0: never; default 30).
         """
         from torchship.ops.capture import write_settings
 
@@ -669,6 +671,7 @@ class Project:
             redact=redact,
             max_bytes=max_bytes,
             file_bytes=file_bytes,
+            drift_every_s=drift_every_s,
         )
         self.registry.record(name, version, "capture", sample=settings["sample"], redact=sorted(settings["redact"]))
         return version, settings

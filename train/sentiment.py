@@ -108,7 +108,7 @@ def train(
             bar.update(epoch, loss=train_loss, val_acc=acc)
     # what drift is measured against: the held-out texts, and the trained model's answers to them
     signals = torchship_signals.sentiment(
-        (torchship_signals.text(torchship_signals.words(tokenize(texts[i])), vocab) for i in test_idx), cap=False
+        (torchship_signals.text(torchship_signals.words(texts[i]), vocab) for i in test_idx), cap=False
     )
     probs = torch.softmax(logits, dim=1).numpy()
     signals.update(torchship_signals.classifier_predictions(probs, LABELS))

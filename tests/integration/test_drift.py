@@ -68,3 +68,52 @@ def test_held_out_rows_are_calm_scaled_rows_drift(server, client, store, mlp_dep
         assert (tmp_path / "drift.png").read_bytes()[:4] == b"\x89PNG"
     finally:
         ops.turn_off(root, "mlp", "1.0")
+
+
+def test_the_workers_publish_drift_on_the_metrics_port(server, client, mlp_deployed, mlp_run):
+    """TorchshipDrift / TorchshipDriftScore / TorchshipDriftRecords, as Prometheus reads them: 0 for held-out
+    rows, 1 once the traffic is scaled; the same verdict `torchship drift` gives."""
+    from torchship.train import held_out
+
+    root = server.capture_dir
+    folder = root / "mlp" / "1.0"
+    rows = held_out("mlp", mlp_run).inputs(N)[0].numpy()
+
+    def fresh() -> None:  # a phase judged on its own requests only
+        for p in folder.glob("capture-*.jsonl"):
+            p.unlink()
+
+    def gauges() -> dict[str, float]:
+        m = client.metrics()
+        out = {}
+        for name in ("TorchshipDrift", "TorchshipDriftScore", "TorchshipDriftRecords"):
+            found = m.select(name, ModelName="mlp", ModelVersion="1.0")
+            if found:
+                out[name] = found[0].value
+        return out
+
+    def published(rows_each_poll, until) -> dict[str, float]:
+        """Send a request a poll (a worker emits what it measured with its next batch) until `until` holds."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            client.predict_many("mlp", [{"data": r} for r in rows_each_poll], concurrency=2)
+            g = gauges()
+            if until(g):
+                return g
+            time.sleep(0.3)
+        raise AssertionError(f"the drift metric never read as expected: {gauges()}")
+
+    ops.write_settings(root, "mlp", "1.0", sample=1.0, drift_every_s=1)
+    try:
+        fresh()
+        time.sleep(1.2)  # a worker looks at its settings at most once a second
+        client.predict_many("mlp", [{"data": r} for r in rows.tolist()], concurrency=4)
+        calm = published(rows[:2].tolist(), lambda g: g.get("TorchshipDriftRecords", 0) >= N)
+        assert calm["TorchshipDrift"] == 0 and calm["TorchshipDriftScore"] < 1, calm
+
+        fresh()
+        client.predict_many("mlp", [{"data": r} for r in (3 * rows).tolist()], concurrency=4)
+        drifted = published((3 * rows[:2]).tolist(), lambda g: g.get("TorchshipDrift") == 1)
+        assert drifted["TorchshipDriftScore"] >= 1 and drifted["TorchshipDriftRecords"] >= drift_ops.MIN_RECORDS
+    finally:
+        ops.turn_off(root, "mlp", "1.0")

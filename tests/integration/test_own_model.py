@@ -118,7 +118,8 @@ def test_a_model_of_your_own_from_training_script_to_predictions(server, client,
     assert f"packaged my-model 1.0 from checkpoints/my-model/{first.name} with handler.py -> " in r.stdout
     assert (
         "packed torchship's handler base, which the code imports: torchship_base_handler.py, "
-        "torchship_capture.py, torchship_models.py, torchship_oip.py" in r.stdout
+        "torchship_capture.py, torchship_drift.py, torchship_models.py, torchship_oip.py, torchship_signals.py"
+        in r.stdout
     )
     archive = server.config().model_store / "my-model-1.0.mar"
     r = cli(server, project, "verify", archive)

@@ -126,6 +126,8 @@ def test_bad_settings_on_disk_turn_capture_off_with_a_warning(mlp, tmp_path, cap
         ({"sample": 0.1, "redact": {"user": "rot13"}}, '"hash" or "drop"'),
         ({"sample": 0.1, "max_bytes": 10}, "at least 4096"),
         ({"sample": 0.1, "max_bytes": 8192, "file_bytes": 65536}, "file_bytes is larger than max_bytes"),
+        ({"sample": 0.1, "drift_every_s": -1}, "drift_every_s is 0"),
+        ({"sample": 0.1, "drift_every_s": "30"}, "drift_every_s is 0"),
         ({"sample": 0.1, "headers": True}, "unknown capture settings: headers"),
     ],
 )
@@ -206,7 +208,10 @@ def test_deploy_yaml_says_what_each_listed_version_captures(tmp_path):
         "redact": {"user": "hash"},
         "max_mb": 16,
         "file_mb": 4,
+        "drift_every_s": 30,  # how often the workers measure drift for the metrics port, by default
     }
+    every = parse_desired({"models": {"mlp": {"versions": ["1.0"], "capture": {"sample": 1, "drift_every_s": 5}}}})
+    assert every.models["mlp"].capture["drift_every_s"] == 5
     root = tmp_path / "capture"
     ops.write_settings(root, "fashion", "1.0", sample=0.5)
     actions = ops.capture_plan(root, state)
@@ -231,6 +236,7 @@ def test_deploy_yaml_says_what_each_listed_version_captures(tmp_path):
         ({"sample": 2}, "fraction from 0 to 1"),
         ({"sample": 0.1, "redact": {"user": "keep"}}, '"hash" or "drop"'),
         ({"sample": 0.1, "max_mb": 0}, "whole number of MiB"),
+        ({"sample": 0.1, "drift_every_s": 0.5}, "0 \\(no drift metric\\) or 1 to 86400"),
         ({"sample": 0.1, "headers": True}, "expected"),
         ("yes", "expected"),
     ):

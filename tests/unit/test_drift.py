@@ -63,7 +63,10 @@ def test_mlp_held_out_rows_are_calm_and_scaled_rows_drift(mlp_run, tmp_path_fact
     assert not calm.drift, calm.drifted
     assert len(calm.signals) == 103 and calm.records == N  # x0..x99, rms, pred_class, pred_score
     record = ops.records(tmp_path / "capture", "mlp", "1.0")[0]
-    assert len(record["signals"]["x0"]) == 1 and len(json.dumps(record["signals"])) < 2000
+    # the features are recorded once, as the input: drift derives the signals the handler would give
+    assert record["signals"] == "input"
+    derived = torchship_signals.from_input("mlp", record["input"])
+    assert derived == handler.signals(handler.parse(record["input"])) and len(derived["x0"]) == 1
 
     shifted = report(handler, mlp_run, "mlp", [json.dumps({"data": (3 * r).tolist()}) for r in rows], tmp_path, "2.0")
     assert shifted.drift
@@ -72,6 +75,26 @@ def test_mlp_held_out_rows_are_calm_and_scaled_rows_drift(mlp_run, tmp_path_fact
     assert sum(v[f"x{i}"] == "drift" for i in range(100)) >= 90
     rms = next(s for s in shifted.signals if s.signal == "rms")
     assert rms.test == "KS" and rms.statistic >= 0.85 and rms.threshold >= 0.1
+
+
+@pytest.mark.parametrize(
+    "recorded",
+    [
+        {"data": [[1.0, 2.0], [3.0, 4.0]]},
+        {"npy": [2, 2], "data": [[1.0, 2.0], [3.0, 4.0]]},  # a binary .npy body, as the capture records it
+        {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}]},
+    ],
+)
+def test_mlp_signals_come_from_every_input_form_the_handler_takes(recorded):
+    assert torchship_signals.from_input("mlp", recorded) == torchship_signals.mlp(np.array([[1.0, 2.0], [3.0, 4.0]]))
+
+
+@pytest.mark.parametrize(
+    "recorded", [{"data": "hmac:0123456789abcdef"}, {"data": [[1, 2], [3]]}, {"inputs": []}, [1, 2], None]
+)
+def test_an_mlp_input_drift_cannot_read_has_no_signals(recorded):
+    assert torchship_signals.from_input("mlp", recorded) is None
+    assert drift_ops.live_values("mlp", [{"status": 200, "signals": "input", "input": recorded}]) == ({}, 0)
 
 
 def test_sentiment_held_out_text_is_calm_and_other_domain_text_drifts(sentiment_run, tmp_path_factory, tmp_path):
@@ -169,3 +192,9 @@ def test_the_plot_shows_reference_and_live(mlp_run, tmp_path_factory, tmp_path):
     rep = drift_ops.drift(root, archive_of(mlp_run, tmp_path), "mlp", "1.0", window=N, plot_path=png)
     assert rep.plot == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert rep.to_dict()["drift"] is True and "rms" in rep.to_dict()["drifted"]
+
+
+def test_text_in_another_script_is_all_unknown_words_not_none():
+    # the model's tokenizer reads a-z and 0-9 only: the signals count words of any script
+    assert torchship_signals.text(torchship_signals.words("Привет, мир! Это отзыв."), {"good"}) == (4, 1.0)
+    assert torchship_signals.text(torchship_signals.words("A good film, don't miss it"), {"a", "good"}) == (6, 4 / 6)

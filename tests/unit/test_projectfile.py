@@ -26,7 +26,14 @@ models:
     extra_files: []
     requirements: null
 """
-BASE = ["torchship_base_handler.py", "torchship_capture.py", "torchship_models.py", "torchship_oip.py"]
+BASE = [
+    "torchship_base_handler.py",
+    "torchship_capture.py",
+    "torchship_drift.py",
+    "torchship_models.py",
+    "torchship_oip.py",
+    "torchship_signals.py",
+]
 
 
 @pytest.fixture
@@ -224,6 +231,12 @@ def test_your_own_copy_of_the_base_is_packed_instead_of_torchships(project, tmp_
     with Project(project) as p:
         result = p.package("my-model", version="1.0", checkpoint=run, extra_files=[own_base])
     # what my copy imports
-    assert result.handler_base == ("torchship_capture.py", "torchship_models.py", "torchship_oip.py")
+    assert result.handler_base == (
+        "torchship_capture.py",
+        "torchship_drift.py",
+        "torchship_models.py",
+        "torchship_oip.py",
+        "torchship_signals.py",
+    )
     with zipfile.ZipFile(result.path) as z:
         assert z.read("torchship_base_handler.py").endswith(b"# my copy\n")

@@ -25,6 +25,13 @@ MIB = 1024 * 1024
 )
 @click.option("--max-mb", type=click.IntRange(min=1), default=None, help="Most the version's captures hold [64].")
 @click.option("--file-mb", type=click.IntRange(min=1), default=None, help="Each capture file's size [8].")
+@click.option(
+    "--drift-every",
+    type=click.FloatRange(min=0, max=86400),
+    default=None,
+    metavar="SECONDS",
+    help="How often the workers measure drift for the metrics port (TorchshipDrift); 0: never [30].",
+)
 @json_option()
 @pass_ctx
 def capture(
@@ -36,6 +43,7 @@ def capture(
     redact: tuple[str, ...],
     max_mb: int | None,
     file_mb: int | None,
+    drift_every: float | None,
     as_json: bool,
 ) -> None:
     """Record a sample of NAME's requests and answers (--sample F), stop (--off), or show what is captured.
@@ -71,7 +79,7 @@ def capture(
         )
         return
     if off:
-        if sample is not None or redact or max_mb or file_mb:
+        if sample is not None or redact or max_mb or file_mb or drift_every is not None:
             raise click.UsageError("--off takes no other setting")
         v, was_on = c.project.capture_off(name, version=version)
         status = f"capture of {name} {v} is off" if was_on else f"capture of {name} {v} was not on"
@@ -80,6 +88,8 @@ def capture(
         else:
             click.echo(status)
         return
+    if sample is None and (redact or max_mb or file_mb or drift_every is not None):
+        raise click.UsageError("--redact, --max-mb, --file-mb and --drift-every go with --sample F")
     if sample is None:
         rows = c.project.capture_status(name)
         if as_json:
@@ -101,6 +111,7 @@ def capture(
         redact=parse_redact(redact),
         max_bytes=max_mb * MIB if max_mb else None,
         file_bytes=file_mb * MIB if file_mb else None,
+        drift_every_s=drift_every,
     )
     if as_json:
         emit({"model": name, "version": v, "capturing": bool(settings["sample"]), **settings})

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchship.handlers import torchship_capture
+from torchship.handlers import torchship_capture, torchship_drift
 from torchship.sdk.errors import BadInput
 
 if TYPE_CHECKING:
@@ -82,6 +82,7 @@ def write_settings(
     redact: dict[str, str] | None = None,
     max_bytes: int | None = None,
     file_bytes: int | None = None,
+    drift_every_s: float | None = None,
 ) -> dict[str, Any]:
     """Write a version's capture settings (checked as the worker checks them); return them."""
     settings: dict[str, Any] = {"sample": sample, "redact": dict(redact or {})}
@@ -89,6 +90,8 @@ def write_settings(
         settings["max_bytes"] = max_bytes
     if file_bytes is not None:
         settings["file_bytes"] = file_bytes
+    if drift_every_s is not None:
+        settings["drift_every_s"] = drift_every_s
     try:
         checked = torchship_capture.check_settings(settings)
     except ValueError as exc:
@@ -194,22 +197,7 @@ def status(root: Path, model: str | None = None) -> list[CaptureStatus]:
 
 def records(root: Path, model: str, version: str, *, last: int | None = None) -> list[dict[str, Any]]:
     """A version's captured records in time order (the `last` N when given); a torn line is skipped."""
-    folder = _folder(root, model, version)
-    out: list[dict[str, Any]] = []
-    for path in folder.glob("capture-*.jsonl"):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError:
-            continue  # removed by a worker's rotation meanwhile
-        for line in text.splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                out.append(record)
-    out.sort(key=lambda r: float(r["time"]) if isinstance(r.get("time"), (int, float)) else 0.0)
-    return out[-last:] if last else out
+    return torchship_drift.read_records(_folder(root, model, version), last)
 
 
 # ---------------------------------------------------------------- replay

@@ -161,13 +161,17 @@ _MIB = 1024 * 1024
 
 
 def _capture_settings(raw: Any, here: str) -> dict[str, Any]:
-    """deploy.yaml's `capture: {sample: F, redact: {field: hash|drop}, max_mb: N, file_mb: N}` checked, as the
-    worker's settings (torchship_capture.check_settings)."""
+    """deploy.yaml's `capture: {sample: F, redact: {field: hash|drop}, max_mb: N, file_mb: N, drift_every_s: S}`
+    checked, as the worker's settings (torchship_capture.check_settings)."""
     from torchship.handlers import torchship_capture
 
-    if not isinstance(raw, dict) or set(raw) - {"sample", "redact", "max_mb", "file_mb"}:
-        raise ConfigError(f"{here}: expected {{sample: F, redact: {{FIELD: hash|drop}}, max_mb: N, file_mb: N}}")
+    if not isinstance(raw, dict) or set(raw) - {"sample", "redact", "max_mb", "file_mb", "drift_every_s"}:
+        raise ConfigError(
+            f"{here}: expected {{sample: F, redact: {{FIELD: hash|drop}}, max_mb: N, file_mb: N, drift_every_s: S}}"
+        )
     settings = {"sample": raw.get("sample", 0), "redact": raw.get("redact") or {}}
+    if "drift_every_s" in raw:
+        settings["drift_every_s"] = raw["drift_every_s"]
     for key in ("max_mb", "file_mb"):
         if key in raw:
             value = raw[key]
@@ -186,6 +190,7 @@ def _capture_yaml(settings: dict[str, Any]) -> dict[str, Any]:
         out["redact"] = dict(settings["redact"])
     out["max_mb"] = settings["max_bytes"] // _MIB
     out["file_mb"] = settings["file_bytes"] // _MIB
+    out["drift_every_s"] = settings["drift_every_s"]
     return out
 
 

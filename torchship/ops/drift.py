@@ -31,13 +31,19 @@ from __future__ import annotations
 import json
 import math
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from torchship.handlers import torchship_signals
+from torchship.handlers.torchship_drift import (  # the comparison, shared with the workers' drift metric
+    MIN_RECORDS,
+    SignalDrift,
+    compare,
+    compare_signal,
+    live_values,
+)
 from torchship.sdk.errors import BadInput
 
 __all__ = [
@@ -46,39 +52,14 @@ __all__ = [
     "DriftReport",
     "read_reference",
     "compare",
+    "compare_signal",
+    "live_values",
     "drift",
     "plot",
 ]
 
-MIN_RECORDS = 200  # captured answered requests a report needs
-MIN_VALUES = 100  # live values a signal needs to be judged
-PSI_DRIFT, PSI_WATCH = 0.2, 0.1
-KS_DRIFT_MIN, KS_WATCH_MIN = 0.1, 0.05
-KS_ALPHA_DRIFT, KS_ALPHA_WATCH = 0.001, 0.05
 MAX_META_BYTES = 16 * 1024 * 1024
 PLOT_SIGNALS = 12
-
-
-@dataclass(frozen=True)
-class SignalDrift:
-    """One signal's comparison: its test, statistic and thresholds, the verdict, and both distributions."""
-
-    signal: str
-    test: str  # "PSI" (categorical) or "KS" (continuous)
-    statistic: float | None
-    threshold: float
-    watch: float
-    verdict: str  # "drift", "watch", "calm" or "too few"
-    live: int  # values in the window
-    reference: int  # held-out values
-    psi: float | None = None
-    bins: list[str] = field(default_factory=list)
-    reference_share: list[float] = field(default_factory=list)
-    live_share: list[float] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the comparison as plain data."""
-        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -155,115 +136,6 @@ def read_reference(archive: Path) -> tuple[dict[str, Any], str | None]:
 
 
 # ------------------------------------------------------------------ the comparison
-
-
-def live_values(kind: str, records: list[dict[str, Any]]) -> tuple[dict[str, list[Any]], int]:
-    """Return each signal's values over the answered records, and how many records that is.
-
-    The values are the handler's signals and the answer's predictions (torchship_signals.predictions)."""
-    values: dict[str, list[Any]] = {}
-    used = 0
-    for r in records:
-        if r.get("status") != 200:
-            continue
-        signals = r.get("signals")
-        if not isinstance(signals, dict):
-            continue
-        used += 1
-        for name, vs in [*signals.items(), *torchship_signals.predictions(kind, r.get("answer")).items()]:
-            if isinstance(vs, list):
-                values.setdefault(name, []).extend(vs)
-    return values, used
-
-
-def _smoothed(counts: np.ndarray) -> np.ndarray:
-    return (counts + 0.5) / (counts.sum() + 0.5 * len(counts))
-
-
-def _psi(ref_counts: np.ndarray, live_counts: np.ndarray) -> float:
-    p, q = _smoothed(ref_counts), _smoothed(live_counts)
-    return float(np.sum((q - p) * np.log(q / p)))
-
-
-def _critical(alpha: float, n: int, m: int) -> float:
-    return math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt(1 / n + 1 / max(m, 1))
-
-
-def _bin_labels(edges: list[float]) -> list[str]:
-    if not edges:
-        return ["all"]
-    return [f"<={edges[0]:g}"] + [f"{a:g}..{b:g}" for a, b in zip(edges, edges[1:])] + [f">{edges[-1]:g}"]
-
-
-def compare_signal(name: str, ref: dict[str, Any], values: list[Any], continuous_signals: int) -> SignalDrift:
-    """One signal's live values against its reference description."""
-    m = int(ref.get("n") or 0)
-    ref_share = np.asarray(ref["proportions"], dtype=np.float64)
-    if ref.get("type") == "categorical":
-        cats = [str(c) for c in ref["categories"]]
-        names = [torchship_signals.category(v) for v in values]
-        other = sum(1 for v in names if v not in cats)
-        live_counts = np.array([names.count(c) for c in cats] + ([other] if other else []), dtype=np.float64)
-        ref_counts = np.append(ref_share * m, [0.0] * (1 if other else 0))
-        bins = cats + (["(other)"] if other else [])
-        n = len(names)
-        stat = _psi(ref_counts, live_counts) if n >= MIN_VALUES else None
-        verdict = _verdict(stat, PSI_DRIFT, PSI_WATCH)
-        return SignalDrift(
-            name,
-            "PSI",
-            None if stat is None else round(stat, 4),
-            PSI_DRIFT,
-            PSI_WATCH,
-            verdict,
-            n,
-            m,
-            None if stat is None else round(stat, 4),
-            bins,
-            [round(float(x), 4) for x in ref_counts / max(m, 1)],
-            [round(float(x), 4) for x in live_counts / max(n, 1)],
-        )
-    edges = [float(e) for e in ref["edges"]]
-    numbers = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    n = len(numbers)
-    live_counts = torchship_signals.histogram(numbers, edges).astype(np.float64)
-    k = max(continuous_signals, 1)
-    drift_at = max(KS_DRIFT_MIN, _critical(KS_ALPHA_DRIFT / k, max(n, 1), m))
-    watch_at = max(KS_WATCH_MIN, _critical(KS_ALPHA_WATCH / k, max(n, 1), m))
-    stat = psi = None
-    if n >= MIN_VALUES:
-        gaps = np.cumsum(ref_share)[:-1] - np.cumsum(live_counts / n)[:-1]
-        stat = float(np.abs(gaps).max()) if len(gaps) else 0.0
-        psi = _psi(ref_share * m, live_counts)
-    return SignalDrift(
-        name,
-        "KS",
-        None if stat is None else round(stat, 4),
-        round(drift_at, 4),
-        round(watch_at, 4),
-        _verdict(stat, drift_at, watch_at),
-        n,
-        m,
-        None if psi is None else round(psi, 4),
-        _bin_labels(edges),
-        [round(float(x), 4) for x in ref_share],
-        [round(float(x), 4) for x in live_counts / max(n, 1)],
-    )
-
-
-def _verdict(stat: float | None, drift_at: float, watch_at: float) -> str:
-    if stat is None:
-        return "too few"
-    return "drift" if stat > drift_at else "watch" if stat > watch_at else "calm"
-
-
-def compare(reference: dict[str, Any], records: list[dict[str, Any]]) -> tuple[list[SignalDrift], int]:
-    """(each reference signal judged on the records, how many records were used)."""
-    kind = str(reference.get("kind", ""))
-    values, used = live_values(kind, records)
-    signals = reference["signals"]
-    continuous = sum(1 for s in signals.values() if s.get("type") != "categorical")
-    return [compare_signal(name, ref, values.get(name, []), continuous) for name, ref in signals.items()], used
 
 
 def drift(
