@@ -346,6 +346,9 @@ class BatchHandler:
                 }
                 if signals:
                     record["signals"] = signals
+                gateway_id = _gateway_id(context, idx)
+                if gateway_id:  # the gateway's id: a live rollout pairs the default's and the shadow's answers by it
+                    record["gateway_id"] = gateway_id
                 records.append(record)
             except Exception:  # noqa: BLE001 - a request the capture cannot describe is left out
                 logger.warning("request %d: not captured", idx, exc_info=True)
@@ -680,3 +683,12 @@ def _headers(context: Any, idx: int) -> dict[str, Any]:
 
 def _header(context: Any, idx: int, name: str) -> Any:
     return _headers(context, idx).get(name)
+
+
+GATEWAY_ID = "X-Request-Id"  # stamped by torchship's gateway on every request it passes on (and on its mirror)
+
+
+def _gateway_id(context: Any, idx: int) -> str | None:
+    headers = _headers(context, idx)
+    value = headers.get(GATEWAY_ID) or headers.get(GATEWAY_ID.lower())
+    return value[:64] if isinstance(value, str) else None

@@ -35,13 +35,16 @@ def test_nothing_is_captured_until_it_is_turned_on(mlp, tmp_path):
     run_batch(mlp, [GOOD] * 4)
     assert not (tmp_path / "capture").exists()
     ops.write_settings(tmp_path / "capture", "mlp", "1.0", sample=1.0)
-    ctx, results = run_batch(mlp, [GOOD, b'{"data": [1, 2]}'], headers=[{"authorization": "Bearer s3cret"}, {}])
+    ctx, results = run_batch(
+        mlp, [GOOD, b'{"data": [1, 2]}'], headers=[{"authorization": "Bearer s3cret", "X-Request-Id": "gw-1"}, {}]
+    )
     records = captured(tmp_path)
     assert [r["status"] for r in records] == statuses(ctx, 2) == [200, 400]
     first, bad = records
     assert first["input"] == json.loads(GOOD) and first["answer"] == json.loads(results[0])
     assert (first["model"], first["version"], first["request_id"], first["batch"]) == ("mlp", "1.0", "req-0", 2)
     assert first["worker_ms"] > 0 and first["time"] > 1.7e9
+    assert first["gateway_id"] == "gw-1" and "gateway_id" not in records[1]  # the gateway's id, when it sent one
     assert bad["input"] == {"data": [1, 2]} and "100" in json.dumps(bad["answer"])  # the 400 the caller got
     # never a header: the token is nowhere in the capture folder
     for path in (tmp_path / "capture").rglob("*"):
