@@ -51,6 +51,7 @@ KINDS = {
     ("v1", "Secret"): "V1Secret",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "V2HorizontalPodAutoscaler",
     ("networking.k8s.io/v1", "NetworkPolicy"): "V1NetworkPolicy",
+    ("networking.k8s.io/v1", "Ingress"): "V1Ingress",
     ("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService",
     ("serving.kserve.io/v1alpha1", "ServingRuntime"): "V1alpha1ServingRuntime",
 }

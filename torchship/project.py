@@ -898,11 +898,19 @@ class Project:
         canary_percent: int | None = None,
         public_key: str | os.PathLike[str] | None = None,
         model_key: str | os.PathLike[str] | None = None,
+        host: str | None = None,
+        tls_secret: str | None = None,
+        namespace: str | None = None,
+        ingress_namespace: str | None = None,
+        canary: str | None = None,
+        shadow: str | None = None,
     ) -> dict[str, list[Path]]:
         """Write Kubernetes (`k8s`) or KServe (`kserve`) manifests and the model-store layout of the desired state.
 
         Its archives are verified; returns what was written. Encrypted archives also get a Secret with
         the model keys that open them (under "secrets"), from the keyring `model_key` or the project's.
+        k8s: `host` adds an ingress-nginx Ingress with TLS (`tls_secret`), `canary` ("MODEL:VERSION:PCT")
+        and `shadow` ("MODEL:VERSION") a live rollout of one candidate (torchship.ops.export).
         """
         from torchship import archiver
         from torchship.ops.export import IMAGE, export
@@ -919,6 +927,12 @@ class Project:
             storage_uri=storage_uri,
             canary_percent=canary_percent,
             model_keys=Path(model_key) if model_key else archiver.keyring_path(self.key_dir),
+            host=host,
+            tls_secret=tls_secret,
+            namespace=namespace,
+            ingress_namespace=ingress_namespace,
+            canary=canary,
+            shadow=shadow,
         )
 
     # ------------------------------------------------------------------ performance

@@ -227,6 +227,45 @@ def rollback(c: Ctx, name: str, as_json: bool) -> None:
     "--storage-uri", default=None, help="kserve: where the model-store folder will be (default pvc://NAME-model-store)."
 )
 @click.option("--canary-percent", type=click.IntRange(0, 100), default=None, help="kserve: canaryTrafficPercent.")
+@click.option(
+    "--host",
+    default=None,
+    help="k8s: serve the inference API on this host name through an ingress-nginx Ingress with TLS "
+    "(no Ingress without it).",
+)
+@click.option(
+    "--tls-secret",
+    default=None,
+    metavar="SECRET",
+    help="k8s: the Secret (type kubernetes.io/tls) with the Ingress's certificate, which the export does not "
+    "write (default: the --name, then -tls).",
+)
+@click.option(
+    "--namespace",
+    default=None,
+    metavar="NS",
+    help="k8s: the namespace written into every manifest (--shadow needs it).",
+)
+@click.option(
+    "--ingress-namespace",
+    default=None,
+    metavar="NS",
+    help="k8s: the ingress-nginx controller's namespace, whose pods the NetworkPolicy admits (default ingress-nginx).",
+)
+@click.option(
+    "--canary",
+    default=None,
+    metavar="MODEL:VERSION:PCT",
+    help="k8s, with --host: a canary Ingress sends PCT% of MODEL's requests to a TorchServe whose default "
+    "of MODEL is VERSION (header X-Torchship-Canary: always/never pins a caller).",
+)
+@click.option(
+    "--shadow",
+    default=None,
+    metavar="MODEL:VERSION",
+    help="k8s, with --host and --namespace: mirror every request of MODEL to that TorchServe; "
+    "its answers are discarded.",
+)
 @public_key_option
 @click.option(
     "--model-key",
@@ -247,6 +286,12 @@ def export_cmd(
     max_replicas: int,
     storage_uri: str | None,
     canary_percent: int | None,
+    host: str | None,
+    tls_secret: str | None,
+    namespace: str | None,
+    ingress_namespace: str | None,
+    canary: str | None,
+    shadow: str | None,
     public_key: str | None,
     model_key: str | None,
 ) -> None:
@@ -262,11 +307,24 @@ def export_cmd(
         canary_percent=canary_percent,
         public_key=public_key,
         model_key=model_key,
+        host=host,
+        tls_secret=tls_secret,
+        namespace=namespace,
+        ingress_namespace=ingress_namespace,
+        canary=canary,
+        shadow=shadow,
     )
     click.echo(f"{len(written['archives'])} verified archive(s) -> {Path(out) / 'model-store' / 'model-store'}")
     secrets = written.get("secrets", [])
     for path in written["config"] + written["manifests"]:
         click.echo(f"wrote {path}" + (" (mode 0600)" if path in secrets else ""))
+    for path in written.get("removed", []):
+        click.echo(f"removed {path}: no longer part of the export (kubectl apply does not delete what it made)")
+    if target == "k8s" and host is not None:
+        click.echo(
+            f"the Ingress serves https://{host}/ with the certificate of the Secret {tls_secret or name + '-tls'} "
+            "(type kubernetes.io/tls), which the export does not write: cert-manager or kubectl create secret tls"
+        )
     for path in written.get("ignores", []):
         click.echo(f"wrote {path} (keeps secret.yaml out of git)")
     for path in secrets:
