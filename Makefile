@@ -14,10 +14,11 @@ MODELS  ?= mlp sentiment fashion recommender embedder textgen
 PYTEST_ARGS ?=
 # The OS packages the goals need (scripts/setup-os.sh installs what is missing): Python's venv
 # until .venv exists, Java for TorchServe (not for `make data` or `make unit`), Debian's
-# Fashion-MNIST for the data (not for `make serve`), and wrk for the goals that load-test.
+# Fashion-MNIST for the data (not for `make serve`), and wrk and nginx (the TLS gateway) for the
+# goals that load-test or run the integration tests.
 OS_NEEDS ?= $(if $(wildcard $(BIN)/python),,venv) $(if $(filter-out data unit,$(MAKECMDGOALS)),java) \
             $(if $(filter-out serve,$(MAKECMDGOALS)),fashion-mnist) \
-            $(if $(filter test integration bench,$(MAKECMDGOALS)),wrk)
+            $(if $(filter test integration bench,$(MAKECMDGOALS)),wrk nginx)
 
 .PHONY: help setup os java data train package serve deploy apply predict demo test lint types unit integration bench dist stop status clean
 

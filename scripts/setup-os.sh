@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The OS packages that make's set-up needs, installed when missing (Debian/Ubuntu: apt-get).
 #
-#   scripts/setup-os.sh [NEED...]     NEED: java fashion-mnist wrk venv (default: java fashion-mnist)
+#   scripts/setup-os.sh [NEED...]     NEED: java fashion-mnist wrk nginx venv (default: java fashion-mnist)
 #
 #   java           Java 11+ for TorchServe's frontend (the version test is scripts/check-java.sh)
 #   fashion-mnist  Debian's dataset-fashion-mnist, which scripts/fetch_data.py copies into data/
 #   wrk            the C load generator of bench and tune (make test, bench and integration)
+#   nginx          the TLS gateway of `torchship serve start --tls` (make test, bench and integration);
+#                  torchship runs /usr/sbin/nginx with a config of its own, never the system's
 #   venv           Python's venv and ensurepip, to create .venv (Debian splits them off)
 #
 # Silent, and well under a second, when everything is there. Otherwise as root: apt-get update
@@ -13,7 +15,8 @@
 # when sudo needs no password; else one line naming the command to run, exit 1, nothing done.
 # Environment: FASHION_MNIST_DIR (default /usr/share/datasets/fashion-mnist; any folder with
 # the four IDX .gz files will do), JAVA_PACKAGE (default default-jre-headless: Java 17 on
-# Debian 12), PYTHON (default python3, the one that makes .venv).
+# Debian 12), PYTHON (default python3, the one that makes .venv), TORCHSHIP_NGINX (default
+# /usr/sbin/nginx: Debian's, not on a user's PATH).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
@@ -37,6 +40,7 @@ present() {
     java) "$here/check-java.sh" >/dev/null 2>&1 ;;
     fashion-mnist) has_fashion ;;
     wrk) command -v wrk >/dev/null 2>&1 ;;
+    nginx) command -v nginx >/dev/null 2>&1 || [ -x "${TORCHSHIP_NGINX:-/usr/sbin/nginx}" ] ;;
     venv) "$python" -c 'import ensurepip, venv' >/dev/null 2>&1 ;;
   esac
 }
@@ -47,8 +51,9 @@ for need in "${wanted[@]}"; do
     java) package+=("${JAVA_PACKAGE:-default-jre-headless}") purpose+=("Java 11+ (for TorchServe)") ;;
     fashion-mnist) package+=(dataset-fashion-mnist) purpose+=("Fashion-MNIST in $fashion_dir (the fashion example's data)") ;;
     wrk) package+=(wrk) purpose+=("wrk (the load generator of bench and tune)") ;;
+    nginx) package+=(nginx) purpose+=("nginx (the TLS gateway of serve start --tls)") ;;
     venv) package+=(python3-venv) purpose+=("$python's venv module (to make .venv)") ;;
-    *) echo "error: setup-os.sh: unknown need '$need' (java, fashion-mnist, wrk, venv)" >&2; exit 2 ;;
+    *) echo "error: setup-os.sh: unknown need '$need' (java, fashion-mnist, wrk, nginx, venv)" >&2; exit 2 ;;
   esac
 done
 

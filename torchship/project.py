@@ -32,6 +32,7 @@ from torchship.sdk.errors import ArchiveError, BadInput, TorchServeError, Traini
 if TYPE_CHECKING:  # imported lazily at run time: `torchship --help` stays quick
     from torchship.archiver import BuildResult, VerifyReport
     from torchship.archiver.rekey import Rewrapped
+    from torchship.gateway import Gateway, Tenant
     from torchship.ops.autoscale import Decision
     from torchship.ops.capture import CaptureStatus
     from torchship.ops.deploy import DeployResult
@@ -204,6 +205,13 @@ class Project:
             model_keys=keyring_path(self.paths.key_dir),
             capture_dir=self.paths.capture_dir,
         )
+
+    @property
+    def gateway(self) -> Gateway:
+        """The TLS gateway in front of the project's server (`Gateway`, `.torchship/gateway/`), started or not."""
+        from torchship.gateway import Gateway
+
+        return Gateway(self.server, self.paths.gateway_dir, self.paths.tls_dir)
 
     @property
     def registry(self) -> Registry:
@@ -437,6 +445,42 @@ class Project:
             allow_unsigned=allow_unsigned,
             model_keys=self._keyring_in_use(model_key),
         )
+
+    # ------------------------------------------------------------------ tenant keys (the gateway's)
+
+    def create_key(
+        self, name: str, *, models: list[str] | None = None, rate: str | None = None, burst: int | None = None
+    ) -> tuple[Tenant, str]:
+        """Make tenant `name`'s gateway API key, limited to `models` (None: all) and `rate` ("10/s", "600/m").
+
+        Returns the tenant and its key: the only time the key is given out. A running gateway reloads, and
+        the key works when this returns.
+        """
+        from torchship.gateway import Rate
+
+        limit = Rate.parse(rate, burst) if rate is not None else None
+        if limit is None and burst is not None:
+            raise BadInput("--burst needs --rate")
+        return self.gateway.add_tenant(name, models=models, rate=limit)
+
+    def revoke_key(self, name: str) -> bool:
+        """Remove tenant `name`'s key; a running gateway refuses it from when this returns. False when none."""
+        return self.gateway.revoke_tenant(name)
+
+    def tenant_keys(self) -> list[dict[str, Any]]:
+        """Each tenant (never its key) with its requests and errors from the gateway's access log.
+
+        Requests without a key, or with a key nobody holds, are rows too ("(no key)", "(unknown key)"),
+        with `tenant` False.
+        """
+        gateway = self.gateway
+        usage = gateway.usage()
+        rows = []
+        for t in gateway.tenants.all():
+            counted = usage.pop(t.name, None)
+            rows.append({**t.to_dict(), "tenant": True, "usage": counted.to_dict() if counted else None})
+        rows += [{"name": who, "tenant": False, "usage": counted.to_dict()} for who, counted in sorted(usage.items())]
+        return rows
 
     # ------------------------------------------------------------------ model keys
 

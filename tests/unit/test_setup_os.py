@@ -1,5 +1,5 @@
 """scripts/setup-os.sh, the OS set-up of `make demo` and `make test`, against fake apt-get, sudo,
-id, java, wrk and python3 on a PATH of its own: the real system is never touched."""
+id, java, wrk, nginx and python3 on a PATH of its own: the real system is never touched."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ class Machine:
         self.store.mkdir()
         self.shim("java", "echo 'openjdk version \"17.0.15\" 2025-04-15' >&2", self.store)
         self.shim("wrk", "exit 0", self.store)
+        self.shim("nginx", "exit 0", self.store)
         self.shim("python3", "exit 0", self.store)
         self.shim(
             "apt-get",
@@ -53,6 +54,7 @@ class Machine:
 for p in "$@"; do case "$p" in
   *jre-headless) ln -sf "{self.store}/java" "{self.bin}/java" ;;
   wrk) ln -sf "{self.store}/wrk" "{self.bin}/wrk" ;;
+  nginx) ln -sf "{self.store}/nginx" "{self.bin}/nginx" ;;
   python3-venv) ln -sf "{self.store}/python3" "{self.bin}/python3" ;;
   dataset-fashion-mnist) mkdir -p "{self.fashion}"; for f in {" ".join(FASHION)}; do : > "{self.fashion}/$f"; done ;;
 esac; done""",
@@ -70,6 +72,9 @@ esac; done""",
     def wrk(self) -> None:
         self.shim("wrk", "exit 0")
 
+    def nginx(self) -> None:
+        self.shim("nginx", "exit 0")
+
     def fashion_data(self, folder: Path | None = None) -> None:
         folder = folder or self.fashion
         folder.mkdir(parents=True, exist_ok=True)
@@ -84,10 +89,13 @@ esac; done""",
     def everything(self) -> None:
         self.java("17.0.15")
         self.wrk()
+        self.nginx()
         self.fashion_data()
 
     def run(self, *needs: str, root: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
         environ = {"PATH": str(self.bin), "HOME": str(self.tmp), "FASHION_MNIST_DIR": str(self.fashion)}
+        # Debian's nginx is in /usr/sbin, off a user's PATH: looked for there too, here in the fake system
+        environ["TORCHSHIP_NGINX"] = str(self.tmp / "sbin" / "nginx")
         environ.update({"FAKE_UID": "0"} if root else {})
         environ.update(env)
         script = self.tmp / "repo" / "scripts" / "setup-os.sh"
@@ -111,7 +119,7 @@ def test_all_present_installs_nothing_silently_and_fast(machine, root):
     machine.everything()
     machine.sudo()
     start = time.monotonic()
-    result = machine.run("java", "fashion-mnist", "wrk", "venv", root=root)
+    result = machine.run("java", "fashion-mnist", "wrk", "nginx", "venv", root=root)
     elapsed = time.monotonic() - start
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
     assert machine.calls() == []  # no apt-get update, not even a sudo probe
@@ -184,6 +192,19 @@ def test_no_apt_get_says_in_one_line_what_is_missing_and_for_what(machine):
     assert machine.calls() == []
 
 
+def test_nginx_is_installed_when_missing_and_found_off_the_path(machine):
+    result = machine.run("nginx", root=True)
+    assert result.returncode == 0, result.stderr
+    assert machine.calls() == [f"{UPDATE} uid=0 DEBIAN_FRONTEND=", install_line("nginx")]
+    # Debian's /usr/sbin/nginx (not on a user's PATH) counts as present
+    (machine.bin / "nginx").unlink()
+    sbin = machine.tmp / "sbin"
+    sbin.mkdir()
+    (sbin / "nginx").symlink_to(machine.store / "nginx")
+    again = machine.run("nginx", root=True)
+    assert (again.returncode, again.stderr, len(machine.calls())) == (0, "", 2)
+
+
 def test_java_too_old_is_missing(machine):
     machine.java("1.8.0_392")
     machine.fashion_data()
@@ -254,9 +275,9 @@ def test_unknown_need_is_refused(machine):
         ("unit", "fashion-mnist"),
         ("serve", "java"),
         ("demo", "java fashion-mnist"),
-        ("test", "java fashion-mnist wrk"),
-        ("integration", "java fashion-mnist wrk"),
-        ("bench", "java fashion-mnist wrk"),
+        ("test", "java fashion-mnist wrk nginx"),
+        ("integration", "java fashion-mnist wrk nginx"),
+        ("bench", "java fashion-mnist wrk nginx"),
     ],
 )
 def test_make_goals_ask_for_what_they_need(goal, needs, tmp_path):

@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 import zlib
@@ -30,9 +31,16 @@ from urllib3.util.wait import wait_for_read
 
 from torchship.archiver.names import check_name, check_name_version, check_version
 from torchship.sdk.auth import KeyFile, StaticKeys
-from torchship.sdk.config import DEFAULT_INFERENCE_URL, DEFAULT_MANAGEMENT_URL, DEFAULT_METRICS_URL, ServerConfig
+from torchship.sdk.config import (
+    DEFAULT_INFERENCE_URL,
+    DEFAULT_MANAGEMENT_URL,
+    DEFAULT_METRICS_URL,
+    GatewayInfo,
+    ServerConfig,
+)
 from torchship.sdk.errors import (
     BadInput,
+    ConfigError,
     ModelNotFound,
     PayloadTooLarge,
     ReadinessTimeout,
@@ -48,9 +56,12 @@ from torchship.sdk.logs import Cause, ServerLogs
 from torchship.sdk.metrics import Metrics
 from torchship.sdk.types import ModelDescription, ModelSummary
 
-__all__ = ["TorchServe"]
+__all__ = ["TorchServe", "GatewayKeys"]
 
 _MANAGEMENT, _INFERENCE, _METRICS = "management", "inference", "metrics"
+# how long a client behind a TLS gateway waits before retrying a request that TorchServe refused the
+# gateway's token for: the gateway's keeper looks every second and reloads nginx in well under one
+_GATEWAY_TOKEN_WAIT_S = 1.5
 
 
 class TorchServe:
@@ -66,7 +77,7 @@ class TorchServe:
         metrics_url: the metrics API's address (Prometheus text).
         key_file: the server's token key file (`key_file.json`), read when a key is first needed
             and again when one is refused; None for a server without token auth.
-        keys: the keys themselves (a `KeyFile` or `StaticKeys`), instead of `key_file`.
+        keys: the keys themselves (a `KeyFile`, `StaticKeys` or `GatewayKeys`), instead of `key_file`.
         timeout: seconds to wait for an answer (register, unregister and scale wait at least 120).
         retries: how often a request that is safe to repeat (reads, predictions) is retried when
             the server is unreachable or busy; register and unregister are never repeated.
@@ -76,8 +87,9 @@ class TorchServe:
             without query parameters (predict, explain, v2, ping, describe, ...) skip requests'
             per-call work (environment, proxy and netrc look-ups, request preparation: most of a
             prediction's client time) and go over one keep-alive `http.client` connection per
-            thread and API; over https or through a proxy from the environment they go through
-            requests. See "Overhead" in docs/python-api.md.
+            thread and API (https too, when `ca_file` is given); over https without `ca_file`, or
+            through a proxy from the environment, they go through requests. See "Overhead" in
+            docs/python-api.md.
         compress_min_bytes: gzip request bodies of at least this many bytes (None: never). It pays
             only on slow links (benchmarks/bench_compression.py); torchship's handlers unpack them.
         max_request_size: the server's max_request_size in bytes, when known (`from_config` reads
@@ -85,6 +97,10 @@ class TorchServe:
         logs: the server's log files (`ServerLogs`), when this machine can read them (`from_config`
             finds them beside the key file): a register or scale whose worker fails then raises a
             `ServerError` whose `cause` names the worker's exception and the log line to read.
+        ca_file: a PEM file of the certificate authorities to trust for https addresses, and only
+            those (a TLS gateway's CA: `.torchship/tls/ca.pem` of a project served with `serve start
+            --tls`); None trusts what requests trusts. `from_config` sets it when it goes through the
+            project's gateway.
     """
 
     def __init__(
@@ -94,7 +110,7 @@ class TorchServe:
         metrics_url: str = DEFAULT_METRICS_URL,
         key_file: str | os.PathLike[str] | None = None,
         *,
-        keys: KeyFile | StaticKeys | None = None,
+        keys: KeyFile | StaticKeys | GatewayKeys | None = None,
         timeout: float = 60.0,
         retries: int = 3,
         backoff: float = 0.2,
@@ -102,6 +118,7 @@ class TorchServe:
         compress_min_bytes: int | None = None,
         max_request_size: int | None = None,
         logs: ServerLogs | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.urls = {
             _MANAGEMENT: management_url.rstrip("/"),
@@ -123,18 +140,32 @@ class TorchServe:
         # before sending, with a message that says what to do (TorchServe answers an empty 413)
         self.max_request_size = max_request_size
         self.logs = logs
+        self.ca_file = Path(ca_file) if ca_file is not None else None
+        # the one TLS context of the keep-alive fast path: only ca_file's authorities, hostname checked
+        self._tls = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file is not None else None
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
     def from_config(
-        cls, path: str | os.PathLike[str], *, key_file: str | os.PathLike[str] | None = None, **kwargs: Any
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        key_file: str | os.PathLike[str] | None = None,
+        gateway: bool | None = None,
+        **kwargs: Any,
     ) -> TorchServe:
         """A client for the server that runs from this config file.
 
         The key file is found beside the config (a server's working folder) or in
         ``.torchship/server/`` next to it (a project's config.properties); the server's logs in
         the `logs/` folder beside that key file.
+
+        When that server was started with `torchship serve start --tls` and its gateway runs, the
+        inference calls (predict, stream, explain, v2, ping) go through the gateway: https, pinning
+        the project's CA, with the project's own gateway key; management and metrics stay on
+        loopback. `gateway`: None (that default), False (always TorchServe's own inference address),
+        True (the gateway, or ConfigError when none runs).
         """
         config = ServerConfig.load(path)
         here = config.path.parent
@@ -146,7 +177,17 @@ class TorchServe:
                 key_file = None
         kwargs.setdefault("max_request_size", config.max_request_size)
         kwargs.setdefault("logs", ServerLogs(workdir / "logs", key_file=workdir / "key_file.json"))
-        return cls(config.management_url, config.inference_url, config.metrics_url, key_file, **kwargs)
+        inference_url = config.inference_url
+        through = GatewayInfo.for_server(workdir) if gateway is not False else None
+        if through is None and gateway:
+            raise ConfigError(
+                f"no TLS gateway runs in front of the server of {config.path}: torchship serve start --tls"
+            )
+        if through is not None:
+            inference_url = through.url
+            kwargs.setdefault("ca_file", through.ca_file)
+            kwargs.setdefault("keys", GatewayKeys(key_file, through.key_file))
+        return cls(config.management_url, inference_url, config.metrics_url, key_file, **kwargs)
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> TorchServe:
@@ -195,6 +236,8 @@ class TorchServe:
         session = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
+            if self.ca_file is not None:
+                session.verify = str(self.ca_file)  # only these authorities (urllib3 loads no others)
             adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
@@ -203,8 +246,8 @@ class TorchServe:
 
     def _direct(self, api: str) -> _Direct | None:
         """This thread's keep-alive connection to `api`, or None where requests carries every call:
-        a session given to the constructor, https (requests' certificate settings), credentials
-        in the URL, or a proxy from the environment for it. Decided once per thread and API."""
+        a session given to the constructor, https without ca_file (requests' certificate settings),
+        credentials in the URL, or a proxy from the environment for it. Decided once per thread and API."""
         if self._session is not None:
             return None
         routes = getattr(self._local, "direct", None)
@@ -217,13 +260,15 @@ class TorchServe:
         base = self.urls[api]
         parts = urlsplit(base)
         route = None
+        tls = self._tls if parts.scheme == "https" else None
         try:
-            port = parts.port or 80
+            port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:  # not a port: requests says so, as it always did
             port = None
-        if parts.scheme == "http" and parts.hostname and port and not parts.username and not parts.query:
+        plain_or_pinned = parts.scheme == "http" or tls is not None
+        if plain_or_pinned and parts.hostname and port and not parts.username and not parts.query:
             if select_proxy(base, get_environ_proxies(base)) is None:
-                route = _Direct(parts.hostname, port, parts.path)
+                route = _Direct(parts.hostname, port, parts.path, tls)
         routes[api] = route
         return route
 
@@ -265,6 +310,8 @@ class TorchServe:
                     headers=headers,
                     timeout=timeout,
                     stream=stream,
+                    # per request: requests lets REQUESTS_CA_BUNDLE override a session's verify
+                    verify=str(self.ca_file) if self.ca_file is not None else None,
                 )
             except requests.exceptions.ConnectionError as exc:
                 raise ServerUnreachable(_unreachable(self.urls[api], exc)) from None
@@ -366,7 +413,15 @@ class TorchServe:
             return None
 
     def _refresh_key(self, kind: str) -> None:
-        """Re-read the key file; if nothing changed the key expired, so rotate it with the API key."""
+        """Re-read the key file; if nothing changed the key expired, so rotate it with the API key.
+
+        Through a gateway, TorchServe's inference token is the gateway's (its keeper rotates it and
+        reloads nginx): the client waits a moment for that instead of rotating it again.
+        """
+        if kind == _INFERENCE and isinstance(self.keys, GatewayKeys):
+            self.keys.reload()
+            time.sleep(_GATEWAY_TOKEN_WAIT_S)
+            return
         if self.keys.reload():
             return
         api_key = self.keys.key("api")
@@ -755,13 +810,53 @@ def _v2_tensor(name: str, value: Any) -> dict[str, Any]:
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
+class GatewayKeys:
+    """The keys of a client that reaches inference through a TLS gateway (`from_config` makes it).
+
+    The inference key is the gateway's tenant key, read from `tenant_key_file` (the project's
+    `.torchship/gateway/owner.key`); management and API keys are TorchServe's own, from its key file
+    (management stays on loopback). Keys never appear in repr, logs or errors.
+    """
+
+    def __init__(self, key_file: str | os.PathLike[str] | None, tenant_key_file: str | os.PathLike[str]) -> None:
+        self.server: KeyFile | StaticKeys = KeyFile(key_file) if key_file else StaticKeys()
+        self.tenant_key_file = Path(tenant_key_file)
+        self._tenant: str | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"GatewayKeys({self.server!r}, {str(self.tenant_key_file)!r})"
+
+    def key(self, kind: str) -> str | None:
+        """The tenant key for 'inference'; TorchServe's key for 'management' and 'api'."""
+        if kind != _INFERENCE:
+            return self.server.key(kind)
+        with self._lock:
+            if self._tenant is None:
+                self._tenant = self._read()
+            return self._tenant
+
+    def reload(self) -> bool:
+        """Read both again; True when any key changed."""
+        with self._lock:
+            old, self._tenant = self._tenant, self._read()
+        return self.server.reload() or old != self._tenant
+
+    def _read(self) -> str:
+        try:
+            return self.tenant_key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the gateway key {self.tenant_key_file}: {exc.strerror}") from None
+
+
 class _Direct:
-    """One thread's keep-alive http.client connection to one API (host, port, the base URL's path)."""
+    """One thread's keep-alive http.client connection to one API (host, port, the base URL's path;
+    with `tls`, an https connection that trusts only that context's authorities)."""
 
-    __slots__ = ("host", "port", "prefix", "conn", "timeout")
+    __slots__ = ("host", "port", "prefix", "conn", "timeout", "tls")
 
-    def __init__(self, host: str, port: int, prefix: str) -> None:
-        self.host, self.port, self.prefix = host, port, prefix
+    def __init__(self, host: str, port: int, prefix: str, tls: ssl.SSLContext | None = None) -> None:
+        self.host, self.port, self.prefix, self.tls = host, port, prefix, tls
         self.conn: http.client.HTTPConnection | None = None
         self.timeout: float | None = None
 
@@ -770,7 +865,11 @@ class _Direct:
         bytes nobody asked for) is replaced before anything is sent on it, as urllib3 does."""
         conn = self.conn
         if conn is None:
-            conn = self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            if self.tls is not None:
+                conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.tls)
+            else:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            self.conn = conn
         elif conn.sock is not None and wait_for_read(conn.sock, timeout=0.0):
             conn.close()
         if conn.sock is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from torchship.sdk.errors import ConfigError
 
 __all__ = [
     "ServerConfig",
+    "GatewayInfo",
+    "GATEWAY_STATE_FILE",
     "ProjectPaths",
     "read_properties",
     "write_properties",
@@ -26,6 +29,8 @@ DEFAULT_INFERENCE_URL = "http://127.0.0.1:8080"
 DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:8081"
 DEFAULT_MAX_REQUEST_SIZE = 6_553_500  # TorchServe's default max_request_size
 DEFAULT_METRICS_URL = "http://127.0.0.1:8082"
+# what a running TLS gateway writes into its working folder (torchship.gateway), beside the server's
+GATEWAY_STATE_FILE = "state.json"
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -143,6 +148,55 @@ class ServerConfig:
         return out
 
 
+@dataclass(frozen=True)
+class GatewayInfo:
+    """What a client needs of the TLS gateway in front of a local server: its URL, CA, and key file.
+
+    The CA is the one to pin; the key file holds the key to send (the project's own tenant key). A
+    gateway started with `torchship serve start --tls` writes `state.json` into its working folder
+    (`gateway/` beside the server's `server/` folder) and removes it when it stops.
+    """
+
+    url: str
+    ca_file: Path | None
+    key_file: Path
+    pid: int
+
+    @classmethod
+    def for_server(cls, server_workdir: str | os.PathLike[str]) -> GatewayInfo | None:
+        """The gateway of the server whose working folder this is, when one runs; else None.
+
+        It runs when its state file names this server and its nginx master is alive: a state file
+        left by a gateway that died is ignored (the client then talks to TorchServe directly).
+        """
+        workdir = Path(server_workdir).resolve()
+        path = workdir.parent / "gateway" / GATEWAY_STATE_FILE
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            if Path(raw["server"]).resolve() != workdir:
+                return None
+            pid = int(Path(raw["pid_file"]).read_text().split()[0])
+            ca = Path(raw["ca_file"]) if raw.get("ca_file") else None
+            info = cls(str(raw["url"]), ca, Path(raw["key_file"]), pid)
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return None
+        return info if _alive(pid, b"nginx") else None
+
+
+def _alive(pid: int, mark: bytes) -> bool:
+    """Whether process `pid` runs and (where /proc tells) its command line holds `mark`."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another account's: it exists
+    try:
+        return mark in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc here: existing is all we can know
+
+
 def missing_config_message(path: Path) -> str:
     """The error message for a missing config file (a project's config.properties comes from `torchship init`)."""
     if path.name == "config.properties":
@@ -207,6 +261,16 @@ class ProjectPaths:
     def key_dir(self) -> Path:
         """The signing keys (`.torchship/keys/`)."""
         return self.state_dir / "keys"
+
+    @property
+    def gateway_dir(self) -> Path:
+        """The TLS gateway's working folder (`.torchship/gateway/`; torchship.gateway)."""
+        return self.state_dir / "gateway"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The gateway's local CA and server certificate (`.torchship/tls/`)."""
+        return self.state_dir / "tls"
 
     @property
     def capture_dir(self) -> Path:

@@ -1,0 +1,56 @@
+"""The gateway's keeper: `python -m torchship.gateway.keeper GATEWAY_FOLDER`, started by `serve start --tls`.
+
+Every second it makes nginx follow TorchServe's inference token (rotating it before it expires, and
+reloading nginx when the key file holds a new one), and keeps the access log bounded. It exits when the
+gateway's nginx is gone, and on SIGTERM (`serve stop`).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+__all__ = ["main"]
+
+INTERVAL_S = 1.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the keeper of the gateway in the folder given as the one argument, until its nginx stops."""
+    from torchship.ops.server import LocalServer
+    from torchship.sdk.config import GATEWAY_STATE_FILE
+
+    from .process import Gateway
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m torchship.gateway.keeper GATEWAY_FOLDER", file=sys.stderr)
+        return 2
+    folder = Path(args[0]).resolve()
+    state = json.loads((folder / GATEWAY_STATE_FILE).read_text(encoding="utf-8"))
+    server_dir = Path(state["server"])
+    # the server's effective config is in its working folder; LocalServer reads it from there
+    gateway = Gateway(LocalServer(server_dir / "config.properties", server_dir), folder)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    _say(f"keeping the gateway in {folder} (nginx pid {gateway.pid()})")
+    while gateway.is_running():
+        try:
+            for note in gateway.maintain():
+                _say(note)
+        except Exception:  # noqa: BLE001  a failed round is logged and tried again next second
+            _say("round failed:\n" + traceback.format_exc())
+        time.sleep(INTERVAL_S)
+    _say("nginx is gone: keeper stops")
+    return 0
+
+
+def _say(text: str) -> None:
+    print(time.strftime("%Y-%m-%dT%H:%M:%S"), text, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
