@@ -902,6 +902,48 @@ class Project:
             log=log,
         )
 
+    def rollout_live(
+        self,
+        name: str,
+        version: str,
+        *,
+        canary: float = 10.0,
+        shadow: float = 50.0,
+        duration: float = 60.0,
+        min_requests: int = 100,
+        min_agreement: float | None = None,
+        max_p99_ms: float | None = None,
+        public_key: str | os.PathLike[str] | None = None,
+        timeout: float = 120.0,
+        log: Callable[[str], None] | None = None,
+    ) -> RolloutReport:
+        """Judge `version` on live traffic through the gateway, then promote it or take it away.
+
+        `canary`% of /predictions/NAME goes to it, `shadow`% of the rest is mirrored to it, for `duration`
+        seconds (torchship.ops.live: the gates, and what happens on Ctrl-C). Needs `serve start --tls`.
+        """
+        from torchship.ops.live import live_rollout
+
+        return live_rollout(
+            self.client,
+            self.gateway,
+            self.store,
+            name,
+            version,
+            capture_dir=self.paths.capture_dir,
+            canary=canary,
+            shadow=shadow,
+            duration=duration,
+            min_requests=min_requests,
+            min_agreement=min_agreement,
+            max_p99_ms=max_p99_ms,
+            public_key=self._key(public_key),
+            model_keys=self._keyring_in_use(None),
+            registry=self.registry,
+            timeout=timeout,
+            log=log,
+        )
+
     def rollback(self, name: str) -> tuple[str, str]:
         """Make the previous good version the default again; (old default, new default)."""
         from torchship.ops.rollout import rollback

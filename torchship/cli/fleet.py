@@ -148,6 +148,39 @@ def apply_cmd(c: Ctx, file: str, public_key: str | None, as_json: bool) -> None:
 @click.option(
     "--window", type=click.IntRange(min=1), default=1000, show_default=True, help="With --replay: the last N."
 )
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Judge on live traffic through the gateway (serve start --tls) instead of a golden set.",
+)
+@click.option(
+    "--canary",
+    type=click.FloatRange(0, 100),
+    default=10.0,
+    show_default=True,
+    help="--live: percent of NAME's traffic that VERSION answers.",
+)
+@click.option(
+    "--shadow",
+    type=click.FloatRange(0, 100),
+    default=50.0,
+    show_default=True,
+    help="--live: percent of the rest mirrored to VERSION (its answers reach no one).",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="--live: seconds of live traffic to judge on.",
+)
+@click.option(
+    "--min-requests",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="--live: live requests VERSION must answer to be judged.",
+)
 @public_key_option
 @json_option()
 @pass_ctx
@@ -164,10 +197,37 @@ def rollout(
     concurrency: int,
     replay: bool,
     window: int,
+    live: bool,
+    canary: float,
+    shadow: float,
+    duration: float,
+    min_requests: int,
     public_key: str | None,
     as_json: bool,
 ) -> None:
-    """Guarded promotion of VERSION with automatic rollback (see docs/version-control.md)."""
+    """Guarded promotion of VERSION with automatic rollback (see docs/version-control.md).
+
+    With --live, VERSION is judged on live traffic through the gateway: a canary share answered by it, a
+    mirrored share compared with the default's answers; pass: it becomes the default; fail: it is removed
+    and the default never changed (exit 11 either way it fails). Ctrl-C leaves the default serving 100%.
+    """
+    if live:
+        if golden or replay or min_accuracy is not None:
+            raise click.UsageError("--live judges on live traffic: drop --golden, --replay and --min-accuracy")
+        report = c.project.rollout_live(
+            name,
+            version,
+            canary=canary,
+            shadow=shadow,
+            duration=duration,
+            min_requests=min_requests,
+            min_agreement=min_agreement,
+            max_p99_ms=max_p99_ms,
+            public_key=public_key,
+            log=None if as_json else click.echo,
+        )
+        _rollout_outcome(report, as_json)
+        return
     gold: Path | list[Any]
     if replay:
         if golden:
@@ -190,11 +250,15 @@ def rollout(
         public_key=public_key,
         log=None if as_json else click.echo,
     )
+    _rollout_outcome(report, as_json)
+
+
+def _rollout_outcome(report: Any, as_json: bool) -> None:
     if as_json:
         emit(report.to_dict())
     if not report.passed:
         raise E.RolloutFailed(
-            f"rollout of {name} {version} rejected at the {report.gate} gate: {report.reason}; "
+            f"rollout of {report.name} {report.version} rejected at the {report.gate} gate: {report.reason}; "
             f"{report.previous} keeps serving"
         )
 

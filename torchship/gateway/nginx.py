@@ -15,8 +15,9 @@
   does; TorchServe's token is set upstream and is in no answer.
 - Responses are not buffered: a streamed (chunked) answer reaches the caller chunk by chunk.
 
-The live rollouts (a later part of issue 20) add weights and a mirror to `Upstream`/`Route`; the
-rendering stays one function of the spec.
+Live rollouts (`Split`, torchship rollout --live): /predictions/NAME with no version is drawn per
+request (or per client) into the candidate's share (`_live_locations`: its 5xx answered by the default)
+or a mirror to the candidate whose answer reaches no one; see torchship.ops.live.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "Upstream",
     "Limits",
     "Route",
+    "Split",
     "GatewaySpec",
     "ROUTES",
     "FORWARDED_HEADERS",
@@ -190,6 +192,38 @@ ROUTES: tuple[Route, ...] = (
 
 
 @dataclass(frozen=True)
+class Split:
+    """A live rollout of `model`'s `version` (torchship rollout --live): of the requests to /predictions/MODEL
+    (no version named), `canary` percent are answered by the candidate (a candidate's 5xx is answered by
+    the default instead), and `shadow` percent of the rest are also sent to the candidate, whose answer
+    nobody gets. The draw is per request, or per client (`X-Torchship-Client`, within a tenant) when the
+    caller names one."""
+
+    model: str
+    version: str
+    canary: float
+    shadow: float
+
+    def __post_init__(self) -> None:
+        from torchship.archiver.names import check_name, check_version
+
+        check_name(self.model)
+        check_version(self.version)
+        for what, pct in (("canary", self.canary), ("shadow", self.shadow)):
+            if not 0 <= pct <= 100:
+                raise ConfigError(f"{what} is a percentage from 0 to 100, not {pct!r}")
+
+    @property
+    def shares(self) -> tuple[float, float]:
+        """(canary, shadow) as shares of all the model's requests, in percent (the shadow's of the rest)."""
+        return self.canary, (100 - self.canary) * self.shadow / 100
+
+
+SHADOW_PATH = "/_torchship_shadow"
+CANARY_PATH = "/_torchship_canary"
+
+
+@dataclass(frozen=True)
 class GatewaySpec:
     """Everything the gateway's nginx.conf says: where it listens, its certificate, TorchServe, tenants, limits.
 
@@ -204,6 +238,7 @@ class GatewaySpec:
     limits: Limits = field(default_factory=Limits)
     routes: tuple[Route, ...] = ROUTES
     worker_processes: int = 1
+    splits: tuple[Split, ...] = ()
 
     @property
     def tenant_keys_path(self) -> Path:
@@ -308,7 +343,8 @@ def render_conf(spec: GatewaySpec) -> str:
         '    log_format torchship escape=json \'{"time":"$time_iso8601","tenant":"$tenant",'
         '"key":"$torchship_key","status":$status,"method":"$request_method","path":"$uri",'
         '"request_time":$request_time,"upstream_time":"$upstream_response_time",'
-        '"bytes_in":$request_length,"bytes_out":$bytes_sent,"addr":"$remote_addr","request_id":"$request_id"}\';',
+        '"bytes_in":$request_length,"bytes_out":$bytes_sent,"addr":"$remote_addr","request_id":"$request_id",'
+        '"live":"$ts_live_model","arm":"$ts_arm","upstream_status":"$upstream_status"}\';',
         f"    client_body_temp_path {_path(w / 'tmp' / 'body')};",
         f"    proxy_temp_path {_path(w / 'tmp' / 'proxy')};",
         f"    fastcgi_temp_path {_path(w / 'tmp' / 'fastcgi')};",
@@ -358,6 +394,7 @@ def render_conf(spec: GatewaySpec) -> str:
         "    limit_req_log_level warn;",
         "    limit_conn_log_level warn;",
         "",
+        *_live_maps(spec.splits),
         f"    upstream {spec.upstream.name} {{",
     ]
     for s in spec.upstream.servers:
@@ -384,6 +421,7 @@ def render_conf(spec: GatewaySpec) -> str:
         "        ssl_session_tickets off;",
         "",
         f"        access_log {_path(spec.access_log)} torchship;",
+        "        log_subrequest on;  # a live rollout's mirrored requests are logged too (the others are not made)",
         f"        client_max_body_size {lim.max_body_bytes};",
         f"        client_body_buffer_size {lim.max_body_bytes};  # bodies stay in memory, never on disk",
         f"        client_header_timeout {lim.client_header_s}s;",
@@ -440,8 +478,18 @@ def render_conf(spec: GatewaySpec) -> str:
         ]
         if route.per_model:
             out += ["            if ($tenant_may != 1) {", "                return 403;", "            }"]
+        if route.name == "predictions" and spec.splits:
+            out += [
+                '            if ($ts_arm = "canary") {  # a live rollout\'s candidate answers this one',
+                f"                rewrite ^ {CANARY_PATH} last;",
+                "            }",
+            ]
+            if any(split.shadow for split in spec.splits):
+                out += [f"            mirror {SHADOW_PATH};", "            mirror_request_body on;"]
         out += limit_lines
         out += [f"            proxy_pass http://{spec.upstream.name}{route.upstream_path};", "        }"]
+    if spec.splits:
+        out += _live_locations(spec.upstream.name, limit_lines)
     max_mb = lim.max_body_bytes
     out += [
         "        location / {",
@@ -511,3 +559,66 @@ def default_worker_processes() -> int:
     own keep-alive pool to TorchServe.
     """
     return max(1, min(4, (os.cpu_count() or 1) // 2))
+
+
+def _percent(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def _live_maps(splits: tuple[Split, ...]) -> list[str]:
+    """The http-level maps of the live rollouts: the model a request's rollout is of ($ts_live_model, from the
+    request line, so the mirror's subrequest reads the same), the draw ($ts_arm: canary, shadow or none)
+    and the candidate version ($ts_candidate). Defined with no rollout too: the access log names them."""
+    out = [
+        "    # live rollouts (torchship rollout --live): /predictions/MODEL with no version, drawn per request",
+        "    # ($request_id, which the mirror's subrequest shares) or per client (X-Torchship-Client, per tenant)",
+        "    map $request_uri $ts_live_model {",
+        '        default "";',
+    ]
+    out += [f'        "~^/predictions/{_regex_literal(sp.model)}(?:\\?.*)?$" "{sp.model}";' for sp in splits]
+    out += [
+        "    }",
+        '    map "$tenant:$http_x_torchship_client" $ts_split_key {',
+        '        "~:$" $request_id;',
+        '        default "$tenant:$http_x_torchship_client";',
+        "    }",
+    ]
+    for i, sp in enumerate(splits):
+        canary, shadow = sp.shares
+        out.append(f'    split_clients "${{ts_split_key}}" $ts_draw_{i} {{')
+        out += [f"        {_percent(canary)}% canary;"] if canary >= 0.01 else []
+        out += [f"        {_percent(shadow)}% shadow;"] if shadow >= 0.01 else []
+        out += ['        * "";', "    }"]
+    out += ["    map $ts_live_model $ts_arm {", '        default "";']
+    out += [f'        "{sp.model}" $ts_draw_{i};' for i, sp in enumerate(splits)]
+    out += ["    }", "    map $ts_live_model $ts_candidate {", '        default "";']
+    out += [f'        "{sp.model}" "{sp.version}";' for sp in splits]
+    out += ["    }", ""]
+    return out
+
+
+def _live_locations(upstream: str, limit_lines: list[str]) -> list[str]:
+    """The candidate's share (a 5xx of the candidate is answered by the default: no caller sees it) and the
+    mirror (answered by the candidate when drawn, else 204 unlogged; either way its answer reaches no one)."""
+    return [
+        f"        location = {CANARY_PATH} {{  # the candidate's share of a live rollout",
+        "            internal;",
+        *limit_lines,
+        "            proxy_intercept_errors on;",
+        "            error_page 500 502 503 504 = @torchship_default;",
+        "            error_page 429 @too_many;",
+        f"            proxy_pass http://{upstream}/predictions/$ts_live_model/$ts_candidate;",
+        "        }",
+        "        location @torchship_default {  # the candidate failed: the default answers instead",
+        "            set $ts_default_path /predictions/$ts_live_model;",
+        f"            proxy_pass http://{upstream}$ts_default_path;",
+        "        }",
+        f"        location = {SHADOW_PATH} {{  # the mirror of a live rollout: its answer goes to no one",
+        "            internal;",
+        '            if ($ts_arm != "shadow") {',
+        "                access_log off;",
+        "                return 204;",
+        "            }",
+        f"            proxy_pass http://{upstream}/predictions/$ts_live_model/$ts_candidate;",
+        "        }",
+    ]

@@ -45,6 +45,7 @@ from .nginx import (
     GatewaySpec,
     Limits,
     Listen,
+    Split,
     Upstream,
     UpstreamServer,
     default_worker_processes,
@@ -144,7 +145,46 @@ class Gateway:
         """One JSON line per request: tenant, status, path, times."""
         return self.log_dir / "access.log"
 
+    @property
+    def splits_path(self) -> Path:
+        """`rollouts.json`: the live rollouts the gateway splits traffic for (torchship rollout --live)."""
+        return self.workdir / "rollouts.json"
+
     # ------------------------------------------------------------------ state
+
+    def splits(self) -> tuple[Split, ...]:
+        """The live rollouts in effect (none when the file is missing)."""
+        try:
+            raw = json.loads(self.splits_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return ()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read {self.splits_path}: {exc}") from None
+        try:
+            return tuple(Split(str(r["model"]), str(r["version"]), float(r["canary"]), float(r["shadow"])) for r in raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.splits_path} is not a list of live rollouts: {exc}") from None
+
+    def set_split(self, split: Split | None, *, model: str | None = None, timeout: float = 15.0) -> bool:
+        """Start (`split`) or end (None, of `model`) a live rollout's traffic split; effective when this returns.
+
+        False when the gateway is not running (nothing is changed then)."""
+        name = split.model if split is not None else model
+        with locked(self.workdir):
+            if not self.is_running():
+                return False
+            before = self.splits()
+            kept = [sp for sp in before if sp.model != name] + ([split] if split is not None else [])
+            self._write_splits(kept)
+            try:
+                return self._reload(self._server_token(), timeout)
+            except BaseException:
+                self._write_splits(list(before))  # nginx keeps its config; the file says what it does
+                raise
+
+    def _write_splits(self, splits: list[Split]) -> None:
+        rows = [{"model": sp.model, "version": sp.version, "canary": sp.canary, "shadow": sp.shadow} for sp in splits]
+        write_file(self.splits_path, json.dumps(rows, indent=2) + "\n")
 
     def state(self) -> dict[str, Any] | None:
         """The state file's content, or None when there is none."""
@@ -187,6 +227,7 @@ class Gateway:
             tenants=tuple(t for t in self.tenants.all() if t.name in keys),
             limits=_limits(cfg),
             worker_processes=default_worker_processes(),
+            splits=self.splits(),
         )
 
     # ------------------------------------------------------------------ processes
@@ -328,6 +369,7 @@ class Gateway:
             self.keeper_pid_file.unlink(missing_ok=True)
             stopped = self._stop_nginx(timeout)
             self.state_path.unlink(missing_ok=True)
+            self.splits_path.unlink(missing_ok=True)  # a gateway starts with no live rollout
             return stopped
 
     def status(self) -> GatewayStatus:

@@ -142,17 +142,17 @@ def best_trial(trials: Sequence[Trial], slo_p99_ms: float) -> Trial:
     return min(trials, key=lambda t: t.p99_ms)
 
 
-def unregister_after_load(client: TorchServe, name: str, tries: int = 10) -> None:
+def unregister_after_load(client: TorchServe, name: str, tries: int = 10, *, version: str | None = None) -> None:
     """Take a model that was just under heavy load off the server: its workers first, then its name.
 
     TorchServe 0.12 can fail a DELETE that meets workers still finishing their last batches (500,
     ConcurrentModificationException); when it does it has already dropped the version but not the name, and
     that stale name refuses later registrations under it. Scaling to zero first fails harmlessly when it
     fails (the version stays; wait and try again), and the DELETE then has no worker left to stop. Gone
-    already is fine.
+    already is fine. `version`: that version only (the name's default must be another one).
     """
-    _until_done(lambda: client.scale(name, min_workers=0, max_workers=0, synchronous=True), tries)
-    _until_done(lambda: client.unregister(name), tries)
+    _until_done(lambda: client.scale(name, version=version, min_workers=0, max_workers=0, synchronous=True), tries)
+    _until_done(lambda: client.unregister(name, version), tries)
 
 
 def _until_done(call: Callable[[], object], tries: int) -> None:
