@@ -122,6 +122,7 @@ $(PEERS_STAMP): benchmarks/peers/requirements.txt | $(STAMP)
 
 bench: os data $(PEERS_STAMP)
 	$(BIN)/python benchmarks/bench_serving.py
+	$(BIN)/python benchmarks/bench_gateway.py
 
 # The sdist and the wheel (built from the sdist, so the wheel holds only what the sdist ships):
 # `pip install dist/torchship-*.whl` gives a working `torchship` anywhere (docs/your-own-model.md).
