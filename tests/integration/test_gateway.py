@@ -72,7 +72,8 @@ class Caller:
 def gateway(server, mlp_deployed):
     """The gateway of the session's server (its folder beside the server's, as a project has it), on a free port."""
     gw = Gateway(server)
-    assert gw.start(listen=f"127.0.0.1:{free_ports(1)[0]}")
+    port, metrics_port = free_ports(2)
+    assert gw.start(listen=f"127.0.0.1:{port}", metrics_listen=f"127.0.0.1:{metrics_port}")
     try:
         yield gw
     finally:
@@ -265,6 +266,20 @@ def test_an_over_rate_tenant_gets_429_with_retry_after_while_another_is_served(g
         usage = counted(gateway, lambda u: u.get("dave") and u["dave"].requests == 3)
         assert usage["carol"].rate_limited == 3 and usage["carol"].ok == 1
         assert usage["dave"].ok == 3 and usage["dave"].client_errors == 0
+        # the same counts for Prometheus, on the gateway's loopback metrics listener (the keeper's, each second)
+        want = [
+            'torchship_gateway_requests_total{tenant="carol",status="200"} 1',
+            'torchship_gateway_requests_total{tenant="carol",status="429"} 3',
+            'torchship_gateway_requests_total{tenant="dave",status="200"} 3',
+        ]
+        deadline = time.monotonic() + 10
+        while True:
+            text = requests.get(gateway.status().metrics_url, timeout=10).text
+            if all(line in text for line in want) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert all(line in text for line in want), text
+        assert 'torchship_gateway_request_seconds_total{tenant="dave"}' in text
     finally:
         gateway.revoke_tenant("carol")
         gateway.revoke_tenant("dave")
@@ -346,13 +361,15 @@ def test_cli_serve_start_tls_keys_status_stop(tmp_path):
     props = {**read_properties(ROOT / "config.properties"), **free_port_overrides()}
     write_properties(tmp_path / "config.properties", props)
     env = {**os.environ, "TORCHSHIP_HOME": str(tmp_path)}
-    listen = f"127.0.0.1:{free_ports(1)[0]}"
+    port, metrics_port = free_ports(2)
+    listen = f"127.0.0.1:{port}"
 
     def ts(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([TORCHSHIP, *args], capture_output=True, text=True, timeout=180, env=env)
 
     assert ts("serve", "start", "--listen", listen).returncode == 2  # no listener without TLS
-    r = ts("serve", "start", "--tls", "--listen", listen)
+    assert ts("serve", "start", "--tls", "--metrics-listen", "0.0.0.0:9999").returncode != 0  # loopback only
+    r = ts("serve", "start", "--tls", "--listen", listen, "--metrics-listen", f"127.0.0.1:{metrics_port}")
     gw_dir = tmp_path / ".torchship" / "gateway"
     try:
         assert r.returncode == 0, r.stderr

@@ -54,7 +54,8 @@ def versions(tmp_path_factory, mlp_run, store, key_dir):
 def gateway(server, client, store, public_key, versions):
     deploy(client, store, NAME, "1.0", public_key=public_key)
     gw = Gateway(server)
-    assert gw.start(listen=f"127.0.0.1:{free_ports(1)[0]}")
+    port, metrics_port = free_ports(2)
+    assert gw.start(listen=f"127.0.0.1:{port}", metrics_listen=f"127.0.0.1:{metrics_port}")
     try:
         yield gw
     finally:

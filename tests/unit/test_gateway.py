@@ -21,7 +21,7 @@ from torchship.cli import main
 from torchship.gateway import Gateway, GatewaySpec, Listen, Rate, TenantStore, Upstream, UpstreamServer, render_conf
 from torchship.gateway.nginx import FORWARDED_HEADERS, Limits, render_tenant_keys, render_upstream_token
 from torchship.gateway.tls import local_certificates, own_certificates, server_names
-from torchship.gateway.usage import NO_KEY, UNKNOWN_KEY, summarize
+from torchship.gateway.usage import NO_KEY, UNKNOWN_KEY, Tally, summarize
 from torchship.ops.server import LocalServer
 from torchship.sdk.client import GatewayKeys
 from torchship.sdk.config import GatewayInfo
@@ -305,6 +305,30 @@ def test_usage_counts_each_tenant_and_the_strangers(tmp_path):
     assert usage[NO_KEY].requests == 1 and usage[UNKNOWN_KEY].requests == 1
 
 
+def test_the_tally_reads_what_was_appended_and_follows_a_rotation(tmp_path):
+    log = tmp_path / "access.log"
+    line = lambda tenant, status, t=0.002: json.dumps(  # noqa: E731
+        {"tenant": tenant, "key": "given", "status": status, "request_time": t, "path": "/predictions/mlp"}
+    )
+    tally = Tally(log)
+    assert tally.update() == 0  # no log yet
+    log.write_text(line("alice", 200) + "\n" + line("alice", 429) + "\n" + line("bob", 200)[:20])  # bob's is cut
+    assert tally.update() == 2
+    with open(log, "a") as f:  # nginx finishes bob's line, and a live rollout's mirror is logged
+        f.write(line("bob", 200)[20:] + "\n")
+        f.write(json.dumps({"tenant": "bob", "status": 200, "path": "/_torchship_shadow"}) + "\n")
+    assert tally.update() == 1
+    text = tally.prometheus()
+    assert 'torchship_gateway_requests_total{tenant="alice",status="200"} 1' in text
+    assert 'torchship_gateway_requests_total{tenant="alice",status="429"} 1' in text
+    assert 'torchship_gateway_requests_total{tenant="bob",status="200"} 1' in text  # the mirror is no request
+    assert 'torchship_gateway_request_seconds_total{tenant="alice"} 0.004' in text
+    log.rename(tmp_path / "access.log.1")  # rotated: the new file is read from its start
+    log.write_text(json.dumps({"tenant": "", "key": "none", "status": 401}) + "\n")
+    assert tally.update() == 1
+    assert f'torchship_gateway_requests_total{{tenant="{NO_KEY}",status="401"}} 1' in tally.prometheus()
+
+
 # ---------------------------------------------------------------- how a client finds the gateway
 
 
@@ -312,7 +336,11 @@ def fake_nginx(tmp_path: Path) -> subprocess.Popen[bytes]:
     """A process whose command line says nginx (a sleep under that name)."""
     link = tmp_path / "nginx"
     link.symlink_to(shutil.which("sleep") or "/bin/sleep")
-    return subprocess.Popen([str(link), "60"])
+    proc = subprocess.Popen([str(link), "60"])
+    deadline = time.monotonic() + 10
+    while b"nginx" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the process shows its name
+    return proc
 
 
 @pytest.fixture

@@ -46,11 +46,28 @@ def serve() -> None:
     default=None,
     help="The private key of --cert (PEM, mode 0600).",
 )
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    default=None,
+    help="Where the gateway serves its per-tenant counters for Prometheus (needs --tls; loopback only; "
+    "default 127.0.0.1:8444).",
+)
 @pass_ctx
-def serve_start(c: Ctx, timeout: float, tls: bool, listen: str | None, cert: str | None, key_path: str | None) -> None:
+def serve_start(
+    c: Ctx,
+    timeout: float,
+    tls: bool,
+    listen: str | None,
+    cert: str | None,
+    key_path: str | None,
+    metrics_listen: str | None,
+) -> None:
     """Start the server and wait until it is healthy; with --tls, the TLS gateway in front of it too."""
-    if not tls and (listen or cert or key_path):
-        raise click.UsageError("--listen, --cert and --key are the gateway's: add --tls (it never listens without TLS)")
+    if not tls and (listen or cert or key_path or metrics_listen):
+        raise click.UsageError(
+            "--listen, --cert, --key and --metrics-listen are the gateway's: add --tls (it never listens without TLS)"
+        )
     if (cert is None) != (key_path is None):
         raise click.UsageError("give both --cert and --key, or neither")
     server = c.project.server
@@ -68,7 +85,7 @@ def serve_start(c: Ctx, timeout: float, tls: bool, listen: str | None, cert: str
     from torchship.gateway import Listen
 
     gateway = c.project.gateway
-    started = gateway.start(listen=listen, cert=cert, key=key_path)
+    started = gateway.start(listen=listen, cert=cert, key=key_path, metrics_listen=metrics_listen)
     gw = gateway.status()
     if not started:
         click.echo(f"The TLS gateway is already running (pid {gw.pid}) at {gw.url}")
@@ -80,7 +97,7 @@ def serve_start(c: Ctx, timeout: float, tls: bool, listen: str | None, cert: str
     ca = f"pin the CA {gw.ca_file}" if gw.ca_file else "your own certificate"
     click.echo(
         f"TLS gateway started (nginx pid {gw.pid}): {gw.url} -> inference only; {ca}; callers need a tenant "
-        f"key (torchship keys create NAME); logs in {gateway.log_dir}"
+        f"key (torchship keys create NAME); per-tenant metrics at {gw.metrics_url}; logs in {gateway.log_dir}"
     )
     if not all(Listen.parse(where).loopback for where in gw.listen):
         click.echo(f"note: the gateway listens beyond this machine ({', '.join(gw.listen)}), TLS only", err=True)
@@ -130,7 +147,7 @@ def serve_status(c: Ctx, as_json: bool) -> None:
             click.echo()
             click.echo(
                 render(
-                    ["gateway", "pid", "url", "ca", "keeper", "tenants"],
+                    ["gateway", "pid", "url", "ca", "keeper", "tenants", "metrics"],
                     [
                         [
                             detail,
@@ -139,6 +156,7 @@ def serve_status(c: Ctx, as_json: bool) -> None:
                             gw.ca_file or "(own certificate)",
                             gw.keeper_pid or "-",
                             gw.tenants,
+                            gw.metrics_url or "-",
                         ]
                     ],
                 )

@@ -1,8 +1,9 @@
 """The gateway's keeper: `python -m torchship.gateway.keeper GATEWAY_FOLDER`, started by `serve start --tls`.
 
 Every second it makes nginx follow TorchServe's inference token (rotating it before it expires, and
-reloading nginx when the key file holds a new one), and keeps the access log bounded. It exits when the
-gateway's nginx is gone, and on SIGTERM (`serve stop`).
+reloading nginx when the key file holds a new one), keeps the access log bounded, and counts the requests
+of each tenant in it, which it serves as Prometheus text on the gateway's metrics listener (plain HTTP,
+loopback only: `GET /metrics`). It exits when the gateway's nginx is gone, and on SIGTERM (`serve stop`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     gateway = Gateway(LocalServer(server_dir / "config.properties", server_dir), folder)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     _say(f"keeping the gateway in {folder} (nginx pid {gateway.pid()})")
+    if state.get("metrics_listen"):
+        _serve_metrics(gateway, state["metrics_listen"])
     while gateway.is_running():
         try:
             for note in gateway.maintain():
@@ -46,6 +50,41 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(INTERVAL_S)
     _say("nginx is gone: keeper stops")
     return 0
+
+
+def _serve_metrics(gateway: Any, where: str) -> None:
+    """Serve the gateway's per-tenant counters (`gateway.metrics_text`) at http://WHERE/metrics, in a thread."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from .nginx import Listen
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            if self.path.split("?", 1)[0] != "/metrics":
+                self.send_error(404, "the gateway's metrics are at /metrics")
+                return
+            body = gateway.metrics_text.encode("utf-8")
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:  # a scrape is not news
+            pass
+
+    listen = Listen.parse(where)
+    if not listen.loopback:
+        _say(f"metrics not served: {where} is not a loopback address")
+        return
+    try:
+        server = ThreadingHTTPServer((listen.host, listen.port), Metrics)
+    except OSError as exc:
+        _say(f"metrics not served: cannot listen on {where}: {exc}")
+        return
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    _say(f"per-tenant metrics at http://{where}/metrics")
 
 
 def _say(text: str) -> None:

@@ -193,11 +193,12 @@ ROUTES: tuple[Route, ...] = (
 
 @dataclass(frozen=True)
 class Split:
-    """A live rollout of `model`'s `version` (torchship rollout --live): of the requests to /predictions/MODEL
-    (no version named), `canary` percent are answered by the candidate (a candidate's 5xx is answered by
-    the default instead), and `shadow` percent of the rest are also sent to the candidate, whose answer
-    nobody gets. The draw is per request, or per client (`X-Torchship-Client`, within a tenant) when the
-    caller names one."""
+    """A live rollout of `model`'s candidate `version` (torchship rollout --live).
+
+    Of the requests to /predictions/MODEL (no version named), `canary` percent are answered by the
+    candidate (a candidate's 5xx is answered by the default instead), and `shadow` percent of the rest are
+    also sent to the candidate, whose answer nobody gets. The draw is per request, or per client
+    (`X-Torchship-Client`, within a tenant) when the caller names one."""
 
     model: str
     version: str

@@ -54,11 +54,12 @@ from .nginx import (
 )
 from .tenants import Rate, Tenant, TenantStore
 from .tls import Certificates, local_certificates, own_certificates, server_names
-from .usage import TenantUsage, summarize
+from .usage import Tally, TenantUsage, summarize
 
 __all__ = ["Gateway", "GatewayStatus", "DEFAULT_LISTEN", "nginx_executable"]
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:8444"  # per-tenant counters, plain HTTP, loopback only
 NGINX_ENV = "TORCHSHIP_NGINX"
 KEEPER_MODULE = "torchship.gateway.keeper"
 ACCESS_LOG_MAX_BYTES = 64 * 1024 * 1024  # then it becomes access.log.1 (one generation kept)
@@ -89,6 +90,7 @@ class GatewayStatus:
     tenants: int
     workdir: Path
     detail: str = ""
+    metrics_url: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the status as plain data (paths as text)."""
@@ -109,6 +111,8 @@ class Gateway:
         self.workdir = Path(workdir or server.workdir.parent / "gateway").resolve()
         self.tls_dir = Path(tls_dir or server.workdir.parent / "tls").resolve()
         self.tenants = TenantStore(self.workdir)
+        self._tally: Tally | None = None  # the keeper's running count of the access log
+        self.metrics_text = ""  # its Prometheus text, which the keeper serves on the metrics listener
 
     def __repr__(self) -> str:
         return f"Gateway({str(self.workdir)!r})"
@@ -257,15 +261,20 @@ class Gateway:
         listen: str | None = None,
         cert: str | os.PathLike[str] | None = None,
         key: str | os.PathLike[str] | None = None,
+        metrics_listen: str | None = None,
         timeout: float = 15.0,
     ) -> bool:
         """Start nginx in front of the running server, and the keeper; False if the gateway already runs.
 
         `listen`: HOST:PORT (default 127.0.0.1:8443). `cert`/`key`: the user's own PEM certificate and
-        key, else the project's local CA issues one (`.torchship/tls/`).
+        key, else the project's local CA issues one (`.torchship/tls/`). `metrics_listen`: where the per-tenant
+        counters are served for Prometheus, loopback only (default 127.0.0.1:8444).
         """
         if (cert is None) != (key is None):
             raise ConfigError("give both --cert and --key (a PEM certificate and its private key), or neither")
+        metrics_where = Listen.parse(metrics_listen or DEFAULT_METRICS_LISTEN)
+        if not metrics_where.loopback:
+            raise ConfigError(f"the gateway's metrics stay on loopback, not {metrics_where}")
         with locked(self.workdir):
             if self.is_running():
                 self._ensure_keeper()
@@ -284,6 +293,7 @@ class Gateway:
             self._rotate_access_log()
             spec = self.spec(listen=[where], certificates=certificates)
             _check_port_free(where)
+            _check_port_free(metrics_where)
             self._write(spec, self._server_token())
             nginx = nginx_executable()
             self._test(nginx)
@@ -300,6 +310,7 @@ class Gateway:
             state = {
                 "url": where.url,
                 "listen": [str(where)],
+                "metrics_listen": str(metrics_where),
                 "ca_file": str(certificates.ca) if certificates.ca else None,
                 "cert": str(certificates.cert),
                 "key": str(certificates.key),
@@ -393,6 +404,7 @@ class Gateway:
             tenants=len(self.tenants.all()),
             workdir=self.workdir,
             detail=detail,
+            metrics_url=f"http://{state['metrics_listen']}/metrics" if keeper and state.get("metrics_listen") else None,
         )
 
     def usage(self) -> dict[str, TenantUsage]:
@@ -402,6 +414,10 @@ class Gateway:
     def maintain(self) -> list[str]:
         """What the keeper does every second: follow the token, keep the access log bounded; what it did."""
         done = ["reloaded nginx with TorchServe's new inference token"] if self.sync_token() else []
+        if self._tally is None:
+            self._tally = Tally(self.access_log)
+        if self._tally.update() or not self.metrics_text:
+            self.metrics_text = self._tally.prometheus()  # one str, swapped whole: the metrics thread reads it
         if self._access_log_large():
             with locked(self.workdir):
                 self._rotate_access_log()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TenantUsage", "summarize", "NO_KEY", "UNKNOWN_KEY"]
+__all__ = ["TenantUsage", "summarize", "Tally", "NO_KEY", "UNKNOWN_KEY"]
 
 NO_KEY = "(no key)"
 UNKNOWN_KEY = "(unknown key)"
@@ -58,6 +58,85 @@ class TenantUsage:
         }
 
 
+def _tenant(entry: dict[str, Any]) -> str:
+    tenant = str(entry.get("tenant") or "")
+    if not tenant:
+        tenant = NO_KEY if entry.get("key") == "none" else UNKNOWN_KEY
+    return tenant
+
+
+class Tally:
+    """Requests per tenant and status, read from the access log as it grows.
+
+    The keeper's, every second, for the gateway's metrics listener: counters since the keeper started, in
+    Prometheus text. Only what was appended since the last read is read; a log that was rotated (another
+    inode, or shorter) is read from its start."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.counts: dict[tuple[str, int], int] = {}
+        self.seconds: dict[str, float] = {}
+        self._inode: int | None = None
+        self._offset = 0
+        self._partial = b""
+
+    def update(self) -> int:
+        """Read what was appended; return how many requests that was."""
+        try:
+            st = self.log.stat()
+        except FileNotFoundError:
+            return 0
+        if st.st_ino != self._inode or st.st_size < self._offset:
+            self._inode, self._offset, self._partial = st.st_ino, 0, b""
+        if st.st_size == self._offset:
+            return 0
+        with open(self.log, "rb") as f:
+            f.seek(self._offset)
+            data = self._partial + f.read(st.st_size - self._offset)
+        self._offset = st.st_size
+        *lines, self._partial = data.split(b"\n")  # a line nginx is still writing waits for the next read
+        n = 0
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                status = int(entry["status"])
+                took = float(entry.get("request_time") or 0.0)
+            except (ValueError, KeyError, TypeError):
+                continue
+            if _mirrored(entry):
+                continue
+            tenant = _tenant(entry)
+            self.counts[(tenant, status)] = self.counts.get((tenant, status), 0) + 1
+            self.seconds[tenant] = self.seconds.get(tenant, 0.0) + took
+            n += 1
+        return n
+
+    def prometheus(self) -> str:
+        """The counters as Prometheus text (exposition format 0.0.4)."""
+        out = [
+            "# HELP torchship_gateway_requests_total Requests through the gateway, per tenant and status.",
+            "# TYPE torchship_gateway_requests_total counter",
+        ]
+        for (tenant, status), n in sorted(self.counts.items()):
+            out.append(f'torchship_gateway_requests_total{{tenant="{_label(tenant)}",status="{status}"}} {n}')
+        out += [
+            "# HELP torchship_gateway_request_seconds_total Time the gateway spent on each tenant's requests.",
+            "# TYPE torchship_gateway_request_seconds_total counter",
+        ]
+        for tenant, took in sorted(self.seconds.items()):
+            out.append(f'torchship_gateway_request_seconds_total{{tenant="{_label(tenant)}"}} {took:.3f}')
+        return "\n".join(out) + "\n"
+
+
+def _mirrored(entry: dict[str, Any]) -> bool:
+    """A live rollout's mirrored request (logged for the rollout's figures): no caller made it."""
+    return str(entry.get("path", "")) == "/_torchship_shadow"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def summarize(logs: Iterable[Path]) -> dict[str, TenantUsage]:
     """Count the requests of each tenant in these access logs (missing files count nothing)."""
     out: dict[str, TenantUsage] = {}
@@ -70,10 +149,9 @@ def summarize(logs: Iterable[Path]) -> dict[str, TenantUsage]:
                         status = int(entry["status"])
                     except (ValueError, KeyError, TypeError):
                         continue  # a line cut short by a crash, or not ours
-                    tenant = str(entry.get("tenant") or "")
-                    if not tenant:
-                        tenant = NO_KEY if entry.get("key") == "none" else UNKNOWN_KEY
-                    out.setdefault(tenant, TenantUsage()).add(status, str(entry.get("time", "")))
+                    if _mirrored(entry):
+                        continue
+                    out.setdefault(_tenant(entry), TenantUsage()).add(status, str(entry.get("time", "")))
         except FileNotFoundError:
             continue
     return out

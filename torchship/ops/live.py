@@ -160,8 +160,10 @@ def live_figures(entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def shadow_agreement(default_records: list[dict[str, Any]], candidate_records: list[dict[str, Any]]) -> tuple[int, int]:
-    """(pairs, agreeing pairs): the candidate's answered captured requests matched by gateway id with the
-    default's answers to the same requests, compared on their decisive fields."""
+    """Return (pairs, agreeing pairs) of the candidate's shadow answers and the default's.
+
+    The candidate's answered captured requests are matched by gateway id with the default's answers to the
+    same requests, and compared on their decisive fields."""
     from torchship.ops.capture import _decisive
 
     answers = {
