@@ -22,6 +22,17 @@ def start_server(workdir: Path, store: Path, **extra: str) -> LocalServer:
     return server
 
 
+def start_gateway(server: LocalServer):
+    """The TLS gateway of `server` (its folder beside the server's, as a project has it), on free ports."""
+    from torchship.gateway import Gateway
+    from torchship.ops.server import free_ports
+
+    gw = Gateway(server)
+    port, metrics_port = free_ports(2)
+    assert gw.start(listen=f"127.0.0.1:{port}", metrics_listen=f"127.0.0.1:{metrics_port}")
+    return gw
+
+
 @pytest.fixture(scope="session")
 def store(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("model_store")

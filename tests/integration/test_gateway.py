@@ -20,13 +20,13 @@ import requests
 
 from torchship import TorchServe
 from torchship import errors as E
-from torchship.gateway import Gateway, Rate, TenantStore
+from torchship.gateway import Rate, TenantStore
 from torchship.gateway.process import nginx_executable
 from torchship.gateway.tls import local_certificates
 from torchship.ops.server import free_ports
 from torchship.sdk.auth import StaticKeys
 
-from .conftest import deploy_example
+from .conftest import deploy_example, start_gateway
 
 pytestmark = [
     pytest.mark.integration,
@@ -71,9 +71,7 @@ class Caller:
 @pytest.fixture(scope="module")
 def gateway(server, mlp_deployed):
     """The gateway of the session's server (its folder beside the server's, as a project has it), on a free port."""
-    gw = Gateway(server)
-    port, metrics_port = free_ports(2)
-    assert gw.start(listen=f"127.0.0.1:{port}", metrics_listen=f"127.0.0.1:{metrics_port}")
+    gw = start_gateway(server)
     try:
         yield gw
     finally:

@@ -13,12 +13,12 @@ import pytest
 
 from torchship import TorchServe, archiver
 from torchship.archiver import ArchiveSpec, example_spec
-from torchship.gateway import Gateway
 from torchship.ops import capture as cap
 from torchship.ops.deploy import deploy
 from torchship.ops.live import live_rollout
 from torchship.ops.registry import Registry
-from torchship.ops.server import free_ports
+
+from .conftest import start_gateway
 
 pytestmark = [
     pytest.mark.integration,
@@ -53,9 +53,7 @@ def versions(tmp_path_factory, mlp_run, store, key_dir):
 @pytest.fixture(scope="module")
 def gateway(server, client, store, public_key, versions):
     deploy(client, store, NAME, "1.0", public_key=public_key)
-    gw = Gateway(server)
-    port, metrics_port = free_ports(2)
-    assert gw.start(listen=f"127.0.0.1:{port}", metrics_listen=f"127.0.0.1:{metrics_port}")
+    gw = start_gateway(server)
     try:
         yield gw
     finally:

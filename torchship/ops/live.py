@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchship.ops.rollout import RolloutReport, _flat
+from torchship.ops.rollout import RolloutReport, _flat, register_beside
 from torchship.sdk.errors import ModelNotFound, TorchServeError
 
 if TYPE_CHECKING:
@@ -207,7 +207,6 @@ def live_rollout(
     from torchship.archiver.names import check_name, check_version
     from torchship.gateway.nginx import Split
     from torchship.ops import capture as cap
-    from torchship.ops.deploy import deploy
     from torchship.perf.tune import unregister_after_load
 
     check_name(name)
@@ -232,19 +231,7 @@ def live_rollout(
     registered_here = promoted = split_on = False
     try:
         say(f"registering {name} {version} beside {current.version} ...")
-        result = deploy(
-            client,
-            store,
-            name,
-            version,
-            public_key=public_key,
-            model_keys=model_keys,
-            timeout=timeout,
-            workers=max(current.min_workers, 1),
-            batch_size=current.batch_size,
-            max_batch_delay=current.max_batch_delay,
-        )
-        registered_here = result.action == "registered"
+        registered_here = register_beside(client, store, name, version, current, public_key, model_keys, timeout)
         if registered_here:
             record("registered", via="rollout --live")
         for v in (current.version, version):  # both answer with their records kept, paired by the gateway's id

@@ -127,7 +127,6 @@ def rollout(
     more than 0.02 below the current default's; agreement and p99 are measured and reported only.
     """
     from torchship.archiver.names import check_name, check_version
-    from torchship.ops.deploy import deploy
 
     check_name(name)  # before any request is sent or anything is recorded
     check_version(version)  # a rollout always names its version
@@ -145,19 +144,7 @@ def rollout(
     registered_here = False
     try:
         say(f"registering {name} {version} beside {report.previous or 'nothing'} ...")
-        result = deploy(
-            client,
-            store,
-            name,
-            version,
-            public_key=public_key,
-            model_keys=model_keys,
-            timeout=timeout,
-            workers=max(current.min_workers, 1) if current else 1,
-            batch_size=current.batch_size if current else None,
-            max_batch_delay=current.max_batch_delay if current else None,
-        )
-        registered_here = result.action == "registered"
+        registered_here = register_beside(client, store, name, version, current, public_key, model_keys, timeout)
         if registered_here:
             record("registered", via="rollout")
 
@@ -250,6 +237,36 @@ def rollout(
             f"{report.previous} keeps serving"
         )
         return report
+
+
+def register_beside(
+    client: TorchServe,
+    store: Path,
+    name: str,
+    version: str,
+    current: Any,
+    public_key: Path | None,
+    model_keys: Path | None,
+    timeout: float,
+) -> bool:
+    """Verify and register `version` with the `current` default's workers and batching.
+
+    True if it was registered here (False: it was registered already)."""
+    from torchship.ops.deploy import deploy
+
+    result = deploy(
+        client,
+        store,
+        name,
+        version,
+        public_key=public_key,
+        model_keys=model_keys,
+        timeout=timeout,
+        workers=max(current.min_workers, 1) if current else 1,
+        batch_size=current.batch_size if current else None,
+        max_batch_delay=current.max_batch_delay if current else None,
+    )
+    return result.action == "registered"
 
 
 class _GateFailed(Exception):
