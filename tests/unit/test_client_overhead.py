@@ -371,3 +371,50 @@ def test_a_given_session_carries_every_call():
     ts = TorchServe("http://i:8080", "http://i:8080", keys=StaticKeys("M", "I", "A"), session=session_with(transport))
     assert ts.predict("mlp", [1]) == {"ok": 1}
     assert transport.last().headers["Authorization"] == "Bearer I"
+
+
+def test_a_kept_alive_connection_closed_as_a_request_goes_out_is_sent_once_more():
+    """An nginx reload closes idle kept-alive connections: the request that meets the close got no byte of
+    answer and goes once more on a new connection (even with retries=0); a new connection closed without an
+    answer is the server's failure and is said."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    seen: list[int] = []
+
+    def serve() -> None:
+        answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        for n in range(3):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                seen.append(n)
+                if n == 0:  # answers the first request, then closes on the second without a byte
+                    conn.sendall(answer)
+                    conn.recv(65536)
+                    seen.append(n)
+                elif n == 1:
+                    conn.sendall(answer)
+                # n == 2: closed at once, on a new connection
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    ts = TorchServe(
+        management_url=f"http://127.0.0.1:{port}",
+        inference_url=f"http://127.0.0.1:{port}",
+        keys=StaticKeys(),
+        retries=0,
+    )
+    assert ts.predict("m", {"x": 1}) == {}
+    assert ts.predict("m", {"x": 2}) == {}  # met the close on the kept-alive connection: sent again
+    assert seen == [0, 0, 1]
+    with pytest.raises(E.ServerUnreachable, match="closed the connection without an answer"):
+        TorchServe(
+            management_url=f"http://127.0.0.1:{port}",
+            inference_url=f"http://127.0.0.1:{port}",
+            keys=StaticKeys(),
+            retries=0,
+        ).predict("m", {"x": 3})
+    t.join(timeout=10)
+    listener.close()

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.unit.test_gateway import HAS_NGINX, nginx_test, spec
-from torchship.gateway.nginx import CANARY_PATH, SHADOW_PATH, Split, render_conf
+from torchship.gateway.nginx import CANARY_PATH, SHADOW_PATH, SHADOWED_PATH, Split, render_conf
 from torchship.ops.live import ArmFigures, live_figures, read_access, shadow_agreement
 from torchship.sdk.errors import ConfigError
 
@@ -38,13 +38,18 @@ def test_the_config_splits_only_requests_that_name_no_version(tmp_path):
     assert '"~^/predictions/mlp(?:\\?.*)?$" "mlp";' in text  # /predictions/mlp/1.0 is not in the rollout
     draw = text.split("$ts_draw_0 {", 1)[1].split("}", 1)[0]
     assert "10% canary;" in draw and "45% shadow;" in draw and '* "";' in draw
-    assert f"rewrite ^ {CANARY_PATH} last;" in text and f"mirror {SHADOW_PATH};" in text
+    assert f"rewrite ^ {CANARY_PATH} last;" in text and f"rewrite ^ {SHADOWED_PATH} last;" in text
     canary = text.split(f"location = {CANARY_PATH} {{", 1)[1].split("}", 1)[0]
-    # the candidate's failures are answered by the default: no caller sees them
-    assert "error_page 500 502 503 504 = @torchship_default;" in canary and "internal;" in canary
+    # the candidate's failures (and its absence) are answered by the default: no caller sees them
+    assert "error_page 404 500 502 503 504 = @torchship_default;" in canary and "internal;" in canary
     assert "proxy_pass http://torchserve/predictions/$ts_live_model/$ts_candidate;" in canary
-    shadow = text.split(f"location = {SHADOW_PATH} {{", 1)[1].split("location", 1)[0]
-    assert 'if ($ts_arm != "shadow") {\n                access_log off;\n                return 204;' in shadow
+    # a mirrored request is answered by the default on a connection that is then closed: nginx would hold the
+    # caller's next request on it until the candidate answered the mirror
+    shadowed = text.split(f"location = {SHADOWED_PATH} {{", 1)[1].split("}", 1)[0]
+    assert f"mirror {SHADOW_PATH};" in shadowed and "keepalive_timeout 0;" in shadowed
+    shadow = text.split(f"location = {SHADOW_PATH} {{", 1)[1].split("}", 1)[0]
+    assert "internal;" in shadow and "proxy_read_timeout 30s;" in shadow
+    assert text.count(f"mirror {SHADOW_PATH};") == 1  # only the mirrored requests
 
 
 def test_no_split_no_rewrite_and_no_mirror(tmp_path):
@@ -52,7 +57,7 @@ def test_no_split_no_rewrite_and_no_mirror(tmp_path):
     assert "rewrite ^" not in text and f"mirror {SHADOW_PATH};" not in text and CANARY_PATH not in text
     assert "$ts_live_model" in text  # defined anyway: the access log names it
     canary_only = render_conf(spec(tmp_path, splits=(Split("mlp", "2.0", 10, 0),)))
-    assert "rewrite ^" in canary_only and f"mirror {SHADOW_PATH};" not in canary_only
+    assert f"rewrite ^ {CANARY_PATH}" in canary_only
 
 
 @pytest.mark.skipif(not HAS_NGINX, reason="nginx is not installed")
@@ -83,6 +88,8 @@ def test_figures_give_each_side_what_it_did():
         entry(CANARY_PATH, "canary", 200, "500 : 200", "0.010 : 0.002"),  # the candidate failed, the default answered
         entry(SHADOW_PATH, "shadow", 500, "500", "0.020"),  # a mirror: nobody got it
         entry(SHADOW_PATH, "shadow", 200, "200", "0.006"),
+        entry(CANARY_PATH, "canary", 429, "", "", live="mlp"),  # refused by the gateway: no version answered
+        entry(CANARY_PATH, "canary", 401, "", ""),
     ]
     f = live_figures(entries)
     assert (f["canary_requests"], f["shadow_requests"], f["client_errors"]) == (2, 2, 1)

@@ -204,6 +204,7 @@ class Split:
     version: str
     canary: float
     shadow: float
+    owner: int = 0  # the pid of the rollout that set it: the keeper ends the split if that process is gone
 
     def __post_init__(self) -> None:
         from torchship.archiver.names import check_name, check_version
@@ -220,8 +221,10 @@ class Split:
         return self.canary, (100 - self.canary) * self.shadow / 100
 
 
-SHADOW_PATH = "/_torchship_shadow"
+SHADOW_PATH = "/_torchship_shadow"  # the mirrored request to the candidate
+SHADOWED_PATH = "/_torchship_shadowed"  # the default's answer to a request that is mirrored
 CANARY_PATH = "/_torchship_canary"
+SHADOW_READ_S = 30  # the longest a mirrored request waits for the candidate
 
 
 @dataclass(frozen=True)
@@ -484,9 +487,10 @@ def render_conf(spec: GatewaySpec) -> str:
                 '            if ($ts_arm = "canary") {  # a live rollout\'s candidate answers this one',
                 f"                rewrite ^ {CANARY_PATH} last;",
                 "            }",
+                '            if ($ts_arm = "shadow") {  # the default answers, the candidate gets a copy',
+                f"                rewrite ^ {SHADOWED_PATH} last;",
+                "            }",
             ]
-            if any(split.shadow for split in spec.splits):
-                out += [f"            mirror {SHADOW_PATH};", "            mirror_request_body on;"]
         out += limit_lines
         out += [f"            proxy_pass http://{spec.upstream.name}{route.upstream_path};", "        }"]
     if spec.splits:
@@ -606,7 +610,7 @@ def _live_locations(upstream: str, limit_lines: list[str]) -> list[str]:
         "            internal;",
         *limit_lines,
         "            proxy_intercept_errors on;",
-        "            error_page 500 502 503 504 = @torchship_default;",
+        "            error_page 404 500 502 503 504 = @torchship_default;  # V gone, failing or busy",
         "            error_page 429 @too_many;",
         f"            proxy_pass http://{upstream}/predictions/$ts_live_model/$ts_candidate;",
         "        }",
@@ -614,12 +618,18 @@ def _live_locations(upstream: str, limit_lines: list[str]) -> list[str]:
         "            set $ts_default_path /predictions/$ts_live_model;",
         f"            proxy_pass http://{upstream}$ts_default_path;",
         "        }",
+        f"        location = {SHADOWED_PATH} {{  # the default's answer to a request mirrored to the candidate",
+        "            internal;",
+        *limit_lines,
+        "            keepalive_timeout 0;  # nginx holds a connection's next request until the mirror ends: none",
+        f"            mirror {SHADOW_PATH};",
+        "            mirror_request_body on;",
+        "            set $ts_default_path /predictions/$ts_live_model;",
+        f"            proxy_pass http://{upstream}$ts_default_path;",
+        "        }",
         f"        location = {SHADOW_PATH} {{  # the mirror of a live rollout: its answer goes to no one",
         "            internal;",
-        '            if ($ts_arm != "shadow") {',
-        "                access_log off;",
-        "                return 204;",
-        "            }",
+        f"            proxy_read_timeout {SHADOW_READ_S}s;",
         f"            proxy_pass http://{upstream}/predictions/$ts_live_model/$ts_candidate;",
         "        }",
     ]

@@ -19,6 +19,7 @@ before it expires and reloads nginx whenever the key file holds another one (`sy
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -165,29 +166,59 @@ class Gateway:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read {self.splits_path}: {exc}") from None
         try:
-            return tuple(Split(str(r["model"]), str(r["version"]), float(r["canary"]), float(r["shadow"])) for r in raw)
+            return tuple(
+                Split(
+                    str(r["model"]), str(r["version"]), float(r["canary"]), float(r["shadow"]), int(r.get("owner", 0))
+                )
+                for r in raw
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{self.splits_path} is not a list of live rollouts: {exc}") from None
 
-    def set_split(self, split: Split | None, *, model: str | None = None, timeout: float = 15.0) -> bool:
-        """Start (`split`) or end (None, of `model`) a live rollout's traffic split; effective when this returns.
+    def set_split(
+        self, split: Split | None, *, model: str | None = None, version: str | None = None, timeout: float = 15.0
+    ) -> bool:
+        """Start (`split`) or end (None: `model`'s, of `version` when given) a live rollout's traffic split.
 
-        False when the gateway is not running (nothing is changed then)."""
+        Effective when this returns; False when the gateway is not running (nothing is changed then). A
+        model has one live rollout at a time: a split of another version of it is refused."""
         name = split.model if split is not None else model
         with locked(self.workdir):
             if not self.is_running():
                 return False
-            before = self.splits()
-            kept = [sp for sp in before if sp.model != name] + ([split] if split is not None else [])
+            before = list(self.splits())
+            others = [sp for sp in before if sp.model == name and split is not None and sp.version != split.version]
+            if others:
+                raise ConfigError(
+                    f"{name} is in a live rollout of {others[0].version} already (pid {others[0].owner}): one at a time"
+                )
+            if split is None:
+                kept = [sp for sp in before if not (sp.model == name and version in (None, sp.version))]
+            else:
+                kept = [sp for sp in before if sp.model != name] + [split]
             self._write_splits(kept)
             try:
                 return self._reload(self._server_token(), timeout)
             except BaseException:
-                self._write_splits(list(before))  # nginx keeps its config; the file says what it does
+                # nginx may have loaded the new config before the failure (an interrupt while waiting for its
+                # workers): the file and nginx go back to what was in effect
+                self._write_splits(before)
+                with contextlib.suppress(Exception):
+                    self._reload(self._server_token(), timeout)
                 raise
 
+    def end_orphan_splits(self) -> list[Split]:
+        """End the live rollouts whose command is gone (killed before it could end its split); which ended."""
+        orphans = [sp for sp in self.splits() if sp.owner and not psutil.pid_exists(sp.owner)]
+        for sp in orphans:
+            self.set_split(None, model=sp.model, version=sp.version)
+        return orphans
+
     def _write_splits(self, splits: list[Split]) -> None:
-        rows = [{"model": sp.model, "version": sp.version, "canary": sp.canary, "shadow": sp.shadow} for sp in splits]
+        rows = [
+            {"model": sp.model, "version": sp.version, "canary": sp.canary, "shadow": sp.shadow, "owner": sp.owner}
+            for sp in splits
+        ]
         write_file(self.splits_path, json.dumps(rows, indent=2) + "\n")
 
     def state(self) -> dict[str, Any] | None:
@@ -414,6 +445,8 @@ class Gateway:
     def maintain(self) -> list[str]:
         """What the keeper does every second: follow the token, keep the access log bounded; what it did."""
         done = ["reloaded nginx with TorchServe's new inference token"] if self.sync_token() else []
+        for sp in self.end_orphan_splits():
+            done.append(f"ended the live rollout of {sp.model} {sp.version}: its command (pid {sp.owner}) is gone")
         if self._tally is None:
             self._tally = Tally(self.access_log)
         if self._tally.update() or not self.metrics_text:

@@ -30,6 +30,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,6 +142,8 @@ def live_figures(entries: list[dict[str, Any]]) -> dict[str, Any]:
         first_time = _first(e.get("upstream_time"))
         ms = float(first_time) * 1000 if first_time.replace(".", "", 1).isdigit() else None
         own = int(first_status) if first_status.isdigit() else 0
+        if not first_status and status < 500:
+            continue  # refused by the gateway itself (no key, over the rate, too large): no version answered
         if e.get("path") == SHADOW_PATH:
             if e.get("arm") == "shadow":
                 shadow += 1
@@ -211,7 +216,7 @@ def live_rollout(
 
     check_name(name)
     check_version(version)
-    split = Split(name, version, canary, shadow)  # the percentages checked before anything changes
+    split = Split(name, version, canary, shadow, owner=os.getpid())  # the percentages checked before anything changes
     if not canary and not shadow:
         raise TorchServeError("a live rollout sends the candidate some traffic: give --canary or --shadow above 0")
     if not gateway.is_running():
@@ -228,18 +233,19 @@ def live_rollout(
     record("rollout_started", previous=current.version, live=True, canary=canary, shadow=shadow)
 
     captured_before = {v: cap._settings(capture_dir / name / v) for v in (current.version, version)}
-    registered_here = promoted = split_on = False
+    there_before = version in {d.version for d in client.versions(name)}  # not ours to take away then
+    promoted = split_on = False
+    handlers = _interruptible()  # SIGTERM and SIGHUP end the rollout as Ctrl-C does
     try:
         say(f"registering {name} {version} beside {current.version} ...")
-        registered_here = register_beside(client, store, name, version, current, public_key, model_keys, timeout)
-        if registered_here:
+        if register_beside(client, store, name, version, current, public_key, model_keys, timeout):
             record("registered", via="rollout --live")
         for v in (current.version, version):  # both answer with their records kept, paired by the gateway's id
             cap.write_settings(capture_dir, name, v, sample=1.0, drift_every_s=captured_before[v]["drift_every_s"])
         time.sleep(1.1)  # a worker looks at its capture settings at most once a second
         started = time.time()
+        split_on = True  # before: an interrupt while nginx loads it still ends it
         gateway.set_split(split)
-        split_on = True
         record("live_split", canary=canary, shadow=shadow)
         say(
             f"live: {canary:g}% of {name}'s traffic to {version}, {shadow:g}% of the rest mirrored to it, "
@@ -316,7 +322,7 @@ def live_rollout(
             raise _LiveFailed()
         client.set_default(name, version)
         promoted = True
-        gateway.set_split(None, model=name)
+        gateway.set_split(None, model=name, version=version)
         split_on = False
         report.passed = True
         if current.min_workers > 1 or current.max_workers > 1:
@@ -335,23 +341,52 @@ def live_rollout(
         )
         return report
     finally:
-        # whatever happened (a failed gate, an error, Ctrl-C): the default serves 100% before V goes away
-        if not report.passed and report.gate is None:
-            record("rollout_interrupted", live=True)
-        if split_on:
-            gateway.set_split(None, model=name)
-        if registered_here and not promoted:
-            time.sleep(1.0)  # the split's last requests to V finish before its workers stop
-            try:
-                unregister_after_load(client, name, version=version)
-                record("unregistered", via="rollout --live", reason=report.gate or "interrupted")
-            except TorchServeError:
-                pass
-        for v, before in captured_before.items():
-            if before["sample"]:
-                cap.write_settings(capture_dir, name, v, **{k: before[k] for k in before})
-            else:
-                cap.turn_off(capture_dir, name, v)
+        # whatever happened (a failed gate, an error, Ctrl-C, SIGTERM): the default serves 100% before V goes
+        # away; a second Ctrl-C cannot cut this short
+        _ignore_interrupts()
+        try:
+            if not report.passed and report.gate is None:
+                say(f"interrupted: ending the live rollout of {name} {version}; {current.version} keeps serving")
+                record("rollout_interrupted", live=True)
+            for v, before in captured_before.items():
+                if before["sample"]:
+                    cap.write_settings(capture_dir, name, v, **{k: before[k] for k in before})
+                else:
+                    cap.turn_off(capture_dir, name, v)
+            if split_on:
+                gateway.set_split(None, model=name, version=version)
+            if not there_before and not promoted:
+                time.sleep(1.0)  # the split's last requests to V finish before its workers stop
+                try:
+                    unregister_after_load(client, name, version=version)
+                    record("unregistered", via="rollout --live", reason=report.gate or "interrupted")
+                except TorchServeError:
+                    pass
+        finally:
+            _restore(handlers)
+
+
+def _interruptible() -> dict[int, Any]:
+    """Have SIGTERM and SIGHUP interrupt this process as Ctrl-C does (main thread only); the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old: dict[int, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        old[sig] = signal.signal(sig, signal.default_int_handler)
+    old[signal.SIGINT] = signal.getsignal(signal.SIGINT)
+    return old
+
+
+def _ignore_interrupts() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    if threading.current_thread() is threading.main_thread():
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 class _LiveFailed(Exception):

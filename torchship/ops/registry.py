@@ -146,7 +146,8 @@ class Registry:
                     cur.execute(sql, args)
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                if self._conn.in_transaction:  # an interrupt right after COMMIT has nothing to undo
+                    cur.execute("ROLLBACK")
                 raise
             return cur.lastrowid or 0  # an int once a statement ran
 

@@ -347,23 +347,33 @@ class TorchServe:
         sent = CaseInsensitiveDict(self.session.headers)  # requests' defaults: User-Agent, Accept, ...
         sent["Accept-Encoding"] = "identity"  # (still decoded below, should a server compress anyway)
         sent.update(headers)
-        try:
-            conn = route.connection(timeout)
-        except OSError as exc:  # refused, unknown host, or no connection within the timeout
-            raise ServerUnreachable(_unreachable(self.urls[api], exc)) from None
-        try:
-            # a None value drops a default header, as in requests
-            conn.request(
-                method, route.prefix + path, body=data, headers={k: v for k, v in sent.items() if v is not None}
-            )
-            answer = conn.getresponse()
-            body = answer.read()
-        except TimeoutError:
-            route.close()
-            raise ServerUnreachable(f"{method} {url} got no answer within {timeout:.0f} s") from None
-        except (OSError, http.client.HTTPException) as exc:  # reset, closed, or not HTTP
-            route.close()
-            raise ServerUnreachable(_unreachable(self.urls[api], exc)) from None
+        plain = {k: v for k, v in sent.items() if v is not None}  # None drops a default header, as in requests
+        for fresh in (False, True):
+            try:
+                conn = route.connection(timeout, fresh=fresh)
+            except OSError as exc:  # refused, unknown host, or no connection within the timeout
+                raise ServerUnreachable(_unreachable(self.urls[api], exc)) from None
+            reused = route.reused
+            try:
+                conn.request(method, route.prefix + path, body=data, headers=plain)
+                answer = conn.getresponse()
+                body = answer.read()
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
+                # a kept-alive connection the server closed as this request went out (an nginx reload, an
+                # idle timeout) got not a byte of answer: it is sent once more on a new connection, as
+                # urllib3 does; on a new connection the same failure is the server's
+                route.close()
+                if not reused or fresh:
+                    raise ServerUnreachable(
+                        f"{method} {url}: the server closed the connection without an answer"
+                    ) from None
+            except TimeoutError:
+                route.close()
+                raise ServerUnreachable(f"{method} {url} got no answer within {timeout:.0f} s") from None
+            except (OSError, http.client.HTTPException) as exc:  # reset, closed, or not HTTP
+                route.close()
+                raise ServerUnreachable(_unreachable(self.urls[api], exc)) from None
         resp = requests.Response()
         resp.status_code = answer.status
         resp.reason = answer.reason
@@ -853,17 +863,20 @@ class _Direct:
     """One thread's keep-alive http.client connection to one API (host, port, the base URL's path;
     with `tls`, an https connection that trusts only that context's authorities)."""
 
-    __slots__ = ("host", "port", "prefix", "conn", "timeout", "tls")
+    __slots__ = ("host", "port", "prefix", "conn", "timeout", "tls", "reused")
 
     def __init__(self, host: str, port: int, prefix: str, tls: ssl.SSLContext | None = None) -> None:
         self.host, self.port, self.prefix, self.tls = host, port, prefix, tls
         self.conn: http.client.HTTPConnection | None = None
         self.timeout: float | None = None
+        self.reused = False  # whether the last connection() was one already open
 
-    def connection(self, timeout: float) -> http.client.HTTPConnection:
-        """The open connection, or a new one: an idle connection the server closed (or that has
-        bytes nobody asked for) is replaced before anything is sent on it, as urllib3 does."""
+    def connection(self, timeout: float, *, fresh: bool = False) -> http.client.HTTPConnection:
+        """The open connection, or a new one (`fresh`: always): an idle connection the server closed (or
+        that has bytes nobody asked for) is replaced before anything is sent on it, as urllib3 does."""
         conn = self.conn
+        if fresh and conn is not None:
+            conn.close()
         if conn is None:
             if self.tls is not None:
                 conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.tls)
@@ -872,6 +885,7 @@ class _Direct:
             self.conn = conn
         elif conn.sock is not None and wait_for_read(conn.sock, timeout=0.0):
             conn.close()
+        self.reused = conn.sock is not None
         if conn.sock is None:
             conn.timeout = timeout
             try:
