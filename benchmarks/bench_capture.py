@@ -37,6 +37,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sample", type=float, default=1.0, help="The capture rate to measure.")
+    parser.add_argument(
+        "--drift-every", type=float, default=30, help="How often the workers measure drift (0: never) [30]."
+    )
     args = parser.parse_args()
     if not wrk.available():
         raise SystemExit("wrk is not installed: run `make os` (or scripts/setup-os.sh wrk)")
@@ -70,7 +73,9 @@ def main() -> int:
                         max_batch_delay=serving["max_batch_delay"],
                     )
                     client.wait_until_ready(name, timeout=120)
-                capture.write_settings(work / "capture", names[on], "1.0", sample=args.sample)
+                capture.write_settings(
+                    work / "capture", names[on], "1.0", sample=args.sample, drift_every_s=args.drift_every
+                )
                 body = [payload(args.model)]
                 for name in names.values():  # warm-up (and the workers read their settings)
                     load_point(client, name, body, concurrency=16, seconds=2, engine="wrk")

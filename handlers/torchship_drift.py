@@ -69,8 +69,12 @@ class SignalDrift:
 
 def read_records(folder: Path, last: int | None = None) -> list[dict[str, Any]]:
     """A version's captured records (its folder's capture-*.jsonl) in time order, the `last` N when given;
-    a torn line is skipped. With `last`, files are read newest first and a file last written before the
-    N-th newest record found so far is not read at all (none of its records can be among the last N)."""
+    a torn line is skipped.
+
+    With `last`, files are read newest first, each from its end and only its last N lines (a file is one
+    worker's, in time order: its older lines cannot be among the last N), and a file last written before
+    the N-th newest record found so far is not read at all: a measurement reads about N records, not the
+    version's whole capture."""
     files = []
     for path in Path(folder).glob("capture-*.jsonl"):
         try:
@@ -82,10 +86,10 @@ def read_records(folder: Path, last: int | None = None) -> list[dict[str, Any]]:
         if last and len(out) >= last and mtime < _time(sorted(out, key=_time)[-last]):
             break
         try:
-            text = path.read_text(encoding="utf-8")
+            lines = _tail(path, last) if last else path.read_bytes().splitlines()
         except OSError:
             continue
-        for line in text.splitlines():
+        for line in lines:
             try:
                 record = json.loads(line)
             except ValueError:
@@ -94,6 +98,24 @@ def read_records(folder: Path, last: int | None = None) -> list[dict[str, Any]]:
                 out.append(record)
     out.sort(key=_time)
     return out[-last:] if last else out
+
+
+def _tail(path: Path, n: int, block: int = 1 << 16) -> list[bytes]:
+    """The last `n` lines of a file, read from its end a block at a time."""
+    with open(path, "rb") as f:
+        end = f.seek(0, 2)
+        data, start = b"", end
+        newlines = 0
+        while start > 0 and newlines <= n:
+            begin = max(0, start - block)
+            f.seek(begin)
+            chunk = f.read(start - begin)
+            data, start = chunk + data, begin
+            newlines += chunk.count(b"\n")
+    lines = data.splitlines()
+    if start > 0:
+        lines = lines[1:]  # the first is cut where the read began
+    return lines[-n:]
 
 
 def _time(record: dict[str, Any]) -> float:

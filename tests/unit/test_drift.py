@@ -198,3 +198,21 @@ def test_text_in_another_script_is_all_unknown_words_not_none():
     # the model's tokenizer reads a-z and 0-9 only: the signals count words of any script
     assert torchship_signals.text(torchship_signals.words("Привет, мир! Это отзыв."), {"good"}) == (4, 1.0)
     assert torchship_signals.text(torchship_signals.words("A good film, don't miss it"), {"a", "good"}) == (6, 4 / 6)
+
+
+def test_the_last_records_come_from_each_files_end(tmp_path):
+    """read_records(last=N) reads each file from its end (a file is one worker's, in time order): the last N of
+    two workers' interleaved files, a torn line skipped, the same as reading everything."""
+    import os
+
+    from torchship.handlers.torchship_drift import read_records
+
+    a, b = tmp_path / "capture-a-1.jsonl", tmp_path / "capture-b-2.jsonl"
+    a.write_text("".join(json.dumps({"time": t, "pad": "x" * 5000}) + "\n" for t in range(0, 200, 2)))
+    b.write_text("".join(json.dumps({"time": t, "pad": "y" * 5000}) + "\n" for t in range(1, 200, 2)) + '{"time": 9')
+    os.utime(a, (1e9, 1e9 + 1))
+    (tmp_path / "capture-old-0.jsonl").write_text(json.dumps({"time": -5}) + "\n")  # written before both
+    os.utime(tmp_path / "capture-old-0.jsonl", (1e9, 1e9))
+    assert [r["time"] for r in read_records(tmp_path, last=5)] == [195, 196, 197, 198, 199]
+    everything = read_records(tmp_path)
+    assert len(everything) == 201 and everything[-7:] == read_records(tmp_path, last=7)
