@@ -255,7 +255,14 @@ def torchship(project: Path, *args: str) -> subprocess.Popen:
     for var in ("TS_MANAGEMENT_URL", "TS_INFERENCE_URL", "TS_METRICS_URL", "TS_KEY_FILE"):
         env.pop(var, None)
     return subprocess.Popen(
-        [TORCHSHIP, *args], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [TORCHSHIP, *args],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # as from a terminal: a background job (CI run with &) would hand its ignored SIGINT down
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -54,6 +54,10 @@ def test_a_failed_write_leaves_nothing_half_written(reg, tmp_path, monkeypatch):
         def __init__(self):
             self.calls = 0
 
+        @property
+        def in_transaction(self):
+            return real.in_transaction
+
         def cursor(self):
             cur = real.cursor()
             flaky = self

@@ -343,7 +343,7 @@ def live_rollout(
     finally:
         # whatever happened (a failed gate, an error, Ctrl-C, SIGTERM): the default serves 100% before V goes
         # away; a second Ctrl-C cannot cut this short
-        _ignore_interrupts()
+        _ignore_interrupts(handlers)
         try:
             if not report.passed and report.gate is None:
                 say(f"interrupted: ending the live rollout of {name} {version}; {current.version} keeps serving")
@@ -367,19 +367,21 @@ def live_rollout(
 
 
 def _interruptible() -> dict[int, Any]:
-    """Have SIGTERM and SIGHUP interrupt this process as Ctrl-C does (main thread only); the old handlers."""
+    """Have SIGTERM and SIGHUP interrupt this process as Ctrl-C does (main thread only); the old handlers.
+
+    A signal this process was told to ignore (nohup's SIGHUP, a background job's SIGINT) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    old: dict[int, Any] = {}
+    old: dict[int, Any] = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        old[sig] = signal.signal(sig, signal.default_int_handler)
-    old[signal.SIGINT] = signal.getsignal(signal.SIGINT)
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            old[sig] = signal.signal(sig, signal.default_int_handler)
     return old
 
 
-def _ignore_interrupts() -> None:
+def _ignore_interrupts(handlers: dict[int, Any]) -> None:
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in handlers:
             signal.signal(sig, signal.SIG_IGN)
 
 
