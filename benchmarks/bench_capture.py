@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_defaults import payload, run_dir  # noqa: E402
+from bench_defaults import packaged, payload  # noqa: E402
 
-from torchship import LocalServer, archiver  # noqa: E402
+from torchship import LocalServer  # noqa: E402
 from torchship.archiver.examples import EXAMPLES  # noqa: E402
 from torchship.ops import capture  # noqa: E402
 from torchship.ops.server import free_port_overrides  # noqa: E402
@@ -46,12 +46,7 @@ def main() -> int:
     serving = EXAMPLES[args.model].serving
     with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp:
         work = Path(tmp)
-        store, keys = work / "store", work / "keys"
-        store.mkdir()
-        archiver.ensure_keys(keys)
-        archive = archiver.package(
-            archiver.example_spec(args.model, run_dir(args.model, work), "1.0"), store, keys
-        ).path
+        store, archive = packaged(args.model, work)
         server = LocalServer(
             ROOT / "config.properties",
             work / "server",

@@ -83,6 +83,15 @@ def run_dir(model: str, work: Path) -> Path:
     return run
 
 
+def packaged(model: str, work: Path) -> tuple[Path, Path]:
+    """The example `model` packaged as version 1.0 into `work`/store, signed with keys made in `work`/keys:
+    (the store, the archive)."""
+    store, keys = work / "store", work / "keys"
+    store.mkdir()
+    archiver.ensure_keys(keys)
+    return store, archiver.package(archiver.example_spec(model, run_dir(model, work), "1.0"), store, keys).path
+
+
 def median_point(points: list[Point]) -> Point:
     return Point(
         points[0].concurrency,
@@ -96,10 +105,7 @@ def median_point(points: list[Point]) -> Point:
 def bench_model(model: str, settings: dict[str, tuple[int, int, int]], seconds: float, rounds: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-defaults-") as tmp:
         work = Path(tmp)
-        store, keys = work / "store", work / "keys"
-        store.mkdir()
-        archiver.ensure_keys(keys)
-        archive = archiver.package(archiver.example_spec(model, run_dir(model, work), "1.0"), store, keys).path
+        store, archive = packaged(model, work)
         server = LocalServer(
             ROOT / "config.properties", work / "server", model_store=store, overrides=free_port_overrides()
         )
