@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchship.ops.rollout import RolloutReport, _flat, register_beside
+from torchship.ops.rollout import RolloutReport, _flat, register_beside, settle_promoted
 from torchship.sdk.errors import ModelNotFound, TorchServeError
 
 if TYPE_CHECKING:
@@ -324,12 +324,7 @@ def live_rollout(
         promoted = True
         gateway.set_split(None, model=name, version=version)
         split_on = False
-        report.passed = True
-        if current.min_workers > 1 or current.max_workers > 1:
-            client.scale(name, version=current.version, min_workers=1, max_workers=1)
-        record("promoted", previous=current.version, **_flat(report.figures))
-        record("rollout_passed", **_flat(report.figures))
-        say(f"{name} {version} is the default; {current.version} stays registered for rollback")
+        settle_promoted(client, report, current, record, say)
         return report
     except (_LiveFailed, TorchServeError, ValueError) as exc:
         if not isinstance(exc, _LiveFailed):

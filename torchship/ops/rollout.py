@@ -215,12 +215,7 @@ def rollout(
             raise _GateFailed()
 
         client.set_default(name, version)
-        report.passed = True
-        if current is not None and (current.min_workers > 1 or current.max_workers > 1):
-            client.scale(name, version=current.version, min_workers=1, max_workers=1)
-        record("promoted", previous=report.previous, **_flat(report.figures))
-        record("rollout_passed", **_flat(report.figures))
-        say(f"{name} {version} is the default; {report.previous} stays registered for rollback")
+        settle_promoted(client, report, current, record, say)
         return report
     except (_GateFailed, TorchServeError, ValueError) as exc:
         if not isinstance(exc, _GateFailed):
@@ -237,6 +232,21 @@ def rollout(
             f"{report.previous} keeps serving"
         )
         return report
+
+
+def settle_promoted(
+    client: TorchServe, report: RolloutReport, current: Any, record: Callable[..., Any], say: Callable[[str], None]
+) -> None:
+    """Finish a promotion once the candidate is the default.
+
+    The report passes, the previous default stays registered on one worker for an instant rollback, and
+    the registry and the log say so."""
+    report.passed = True
+    if current is not None and (current.min_workers > 1 or current.max_workers > 1):
+        client.scale(report.name, version=current.version, min_workers=1, max_workers=1)
+    record("promoted", previous=report.previous, **_flat(report.figures))
+    record("rollout_passed", **_flat(report.figures))
+    say(f"{report.name} {report.version} is the default; {report.previous} stays registered for rollback")
 
 
 def register_beside(
