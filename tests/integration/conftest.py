@@ -3,6 +3,9 @@ token auth on, always stopped at the end."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import ssl
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,51 @@ def start_server(workdir: Path, store: Path, **extra: str) -> LocalServer:
     )
     server.start(timeout=120)
     return server
+
+
+class Caller:
+    """Raw https calls to a gateway (pinning its CA), one connection each (no keep-alive); every answer, headers
+    and body, is kept in `seen` (the token-leak checks read them)."""
+
+    def __init__(self, url: str, ca: Path) -> None:
+        host, port = url.removeprefix("https://").rsplit(":", 1)
+        self.host, self.port = host, int(port)
+        self.tls = ssl.create_default_context(cafile=str(ca))
+        self.seen: list[bytes] = []
+
+    def __call__(
+        self, method: str, path: str, key: str | None = None, body: bytes | None = None, **headers: str
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPSConnection(self.host, self.port, context=self.tls, timeout=60)
+        try:
+            sent = {k.replace("_", "-"): v for k, v in headers.items()}
+            if key is not None:
+                sent["Authorization"] = f"Bearer {key}"
+            if body is not None:
+                sent.setdefault("Content-Type", "application/json")
+            conn.request(method, path, body=body, headers=sent)
+            resp = conn.getresponse()
+            data = resp.read()
+            got = {k.lower(): v for k, v in resp.getheaders()}
+        finally:
+            conn.close()
+        self.seen.append(json.dumps(got).encode() + data)
+        return resp.status, got, data
+
+    def chunked(self, path: str, key: str, body: bytes) -> tuple[int, bytes]:
+        """A POST whose body is sent chunked (no Content-Length)."""
+        conn = http.client.HTTPSConnection(self.host, self.port, context=self.tls, timeout=60)
+        try:
+            conn.putrequest("POST", path)
+            conn.putheader("Authorization", f"Bearer {key}")
+            conn.putheader("Content-Type", "application/json")
+            conn.putheader("Transfer-Encoding", "chunked")
+            conn.endheaders()
+            conn.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
 
 
 def start_gateway(server: LocalServer):

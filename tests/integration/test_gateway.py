@@ -26,7 +26,7 @@ from torchship.gateway.tls import local_certificates
 from torchship.ops.server import free_ports
 from torchship.sdk.auth import StaticKeys
 
-from .conftest import deploy_example, start_gateway
+from .conftest import Caller, deploy_example, start_gateway
 
 pytestmark = [
     pytest.mark.integration,
@@ -37,35 +37,6 @@ pytestmark = [
 ]
 TORCHSHIP = str(Path(sys.executable).parent / "torchship")
 MLP = {"data": [0.25] * 100}
-
-
-class Caller:
-    """Raw https calls to the gateway (pinning the CA), each answer kept for the token-leak check."""
-
-    def __init__(self, url: str, ca: Path) -> None:
-        host, port = url.removeprefix("https://").rsplit(":", 1)
-        self.host, self.port = host, int(port)
-        self.tls = ssl.create_default_context(cafile=str(ca))
-        self.seen: list[bytes] = []
-
-    def __call__(
-        self, method: str, path: str, key: str | None = None, body: bytes | None = None, **headers: str
-    ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self.tls, timeout=60)
-        try:
-            sent = {k.replace("_", "-"): v for k, v in headers.items()}
-            if key is not None:
-                sent["Authorization"] = f"Bearer {key}"
-            if body is not None:
-                sent.setdefault("Content-Type", "application/json")
-            conn.request(method, path, body=body, headers=sent)
-            resp = conn.getresponse()
-            data = resp.read()
-            got = {k.lower(): v for k, v in resp.getheaders()}
-        finally:
-            conn.close()
-        self.seen.append(json.dumps(got).encode() + data)
-        return resp.status, got, data
 
 
 @pytest.fixture(scope="module")

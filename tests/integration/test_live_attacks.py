@@ -9,12 +9,10 @@ holds this module's gateway."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
 import signal
-import ssl
 import subprocess
 import sys
 import threading
@@ -36,7 +34,7 @@ from torchship.perf.tune import unregister_after_load
 from torchship.sdk.auth import StaticKeys
 from torchship.sdk.errors import ConfigError
 
-from .conftest import ROOT
+from .conftest import ROOT, Caller
 
 pytestmark = [
     pytest.mark.integration,
@@ -74,48 +72,6 @@ def kind(body: bytes) -> str:
     if b'"echo"' in body:
         return "echo"
     return body[:200].decode(errors="replace")
-
-
-class Caller:
-    """Raw https calls to the gateway pinning its CA, one connection each (no keep-alive)."""
-
-    def __init__(self, url: str, ca: Path) -> None:
-        host, port = url.removeprefix("https://").rsplit(":", 1)
-        self.host, self.port = host, int(port)
-        self.tls = ssl.create_default_context(cafile=str(ca))
-
-    def __call__(
-        self, method: str, path: str, key: str | None = None, body: bytes | None = None, **headers: str
-    ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self.tls, timeout=60)
-        try:
-            sent = {k.replace("_", "-"): v for k, v in headers.items()}
-            if key is not None:
-                sent["Authorization"] = f"Bearer {key}"
-            if body is not None:
-                sent.setdefault("Content-Type", "application/json")
-            conn.request(method, path, body=body, headers=sent)
-            resp = conn.getresponse()
-            data = resp.read()
-            got = {k.lower(): v for k, v in resp.getheaders()}
-        finally:
-            conn.close()
-        return resp.status, got, data
-
-    def chunked(self, path: str, key: str, body: bytes) -> tuple[int, bytes]:
-        """A POST whose body is sent chunked (no Content-Length)."""
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self.tls, timeout=60)
-        try:
-            conn.putrequest("POST", path)
-            conn.putheader("Authorization", f"Bearer {key}")
-            conn.putheader("Content-Type", "application/json")
-            conn.putheader("Transfer-Encoding", "chunked")
-            conn.endheaders()
-            conn.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
 
 
 class Traffic:
