@@ -323,36 +323,32 @@ class BatchHandler:
         model's drift signals. Never fails the batch."""
         assert self.capture is not None
         capture = self.capture
-        worker_ms = round((time.perf_counter() - started) * 1000, 3)
-        now = round(time.time(), 3)
-        records = []
+        head = capture.batch_head(time.time(), (time.perf_counter() - started) * 1000, len(data))
+        lines = []
         for idx in picked:
             try:
                 if idx in batch.captured:
-                    body = capture.input_json(*batch.captured[idx])
+                    body = capture.input_bytes(*batch.captured[idx])
                 else:  # it failed to parse: what was sent, as text when it is UTF-8
-                    body = torchship_capture.to_json(_raw_body(data[idx]))
+                    body = torchship_capture.json_bytes(_raw_body(data[idx]))
                 signals: Any = None
                 if idx in batch.inputs:  # parsed: its signals, or where drift finds them (the input itself)
                     signals = "input" if self.signals_from_input else self.signals(batch.inputs[idx])
-                record = {
-                    "time": now,
-                    "request_id": context.get_request_id(idx),
-                    "status": int(context.get_response_status(idx)[0] or 200),
-                    "worker_ms": worker_ms,
-                    "batch": len(data),
-                    "input": body,
-                    "answer": _captured_answer(batch.results[idx]),
-                }
-                if signals:
-                    record["signals"] = signals
-                gateway_id = _gateway_id(context, idx)
-                if gateway_id:  # the gateway's id: a live rollout pairs the default's and the shadow's answers by it
-                    record["gateway_id"] = gateway_id
-                records.append(record)
+                lines.append(
+                    capture.line(
+                        head,
+                        context.get_request_id(idx),
+                        int(context.get_response_status(idx)[0] or 200),
+                        body,
+                        torchship_capture.answer_bytes(batch.results[idx]),
+                        signals,
+                        # the gateway's id: a live rollout pairs the default's and the shadow's answers by it
+                        _gateway_id(context, idx),
+                    )
+                )
             except Exception:  # noqa: BLE001 - a request the capture cannot describe is left out
                 logger.warning("request %d: not captured", idx, exc_info=True)
-        capture.record(records)
+        capture.write(lines)
 
     def signals(self, model_input: Any) -> dict[str, float] | None:
         """What drift is measured on, derived from one parsed request (none by default; see the examples)."""
@@ -552,16 +548,6 @@ def _raw_body(request: Any) -> Any:
         except UnicodeDecodeError:
             return bytes(body[: torchship_capture.MAX_FIELD_BYTES + 1])
     return body
-
-
-def _captured_answer(result: Any) -> str:
-    """The answer a caller got, as record JSON: this handler's compact JSON answers go in as they are."""
-    if isinstance(result, (bytes, bytearray)) and bytes(result[:1]) in (b"{", b"[") and b"\n" not in result:
-        try:
-            return torchship_capture.bounded_json(bytes(result).decode("utf-8"))
-        except UnicodeDecodeError:
-            pass
-    return torchship_capture.to_json(result)
 
 
 def _body_of(request: Any) -> Any:

@@ -44,6 +44,7 @@ import os
 import random
 import secrets
 import time
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,7 @@ def jsonable(value: Any) -> Any:
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_INPUT = b'"input"'  # the signals of a handler whose drift signals are its input (see the base handler)
 
 
 def bounded_json(text: str) -> str:
@@ -123,6 +125,37 @@ def to_json(value: Any) -> str:
         return f'{{"unencodable":{json.dumps(type(value).__name__)}}}'
 
 
+def json_bytes(value: Any) -> bytes:
+    """`to_json` as the UTF-8 bytes a record is written in."""
+    return to_json(value).encode("utf-8")
+
+
+def as_sent(raw: Any) -> bytes | None:
+    """`raw` itself (or its size, when over MAX_FIELD_BYTES) when it can go into a record as it is: the
+    bytes of a JSON object or list on one line of ASCII (what every client sends a JSON body as; the
+    handler has parsed it already). None otherwise: it is encoded from its decoded value instead."""
+    if (
+        isinstance(raw, (bytes, bytearray))
+        and raw[:1] in (b"{", b"[")
+        and raw.isascii()
+        and b"\n" not in raw
+        and b"\r" not in raw
+    ):
+        return bytes(raw) if len(raw) <= MAX_FIELD_BYTES else b'{"omitted_bytes":%d}' % len(raw)
+    return None
+
+
+def answer_bytes(result: Any) -> bytes:
+    """The answer a caller got, as record JSON: a handler's compact JSON answer goes in as it is."""
+    fast = as_sent(result)
+    return fast if fast is not None else json_bytes(result)
+
+
+def _str_json(value: Any) -> bytes:
+    """A JSON string (ASCII-escaped) as bytes."""
+    return encode_basestring_ascii(value if isinstance(value, str) else str(value)).encode("ascii")
+
+
 class Capture:
     """One worker's capture of one model version: the settings, the sampling and the files."""
 
@@ -136,6 +169,7 @@ class Capture:
         self._path: Path | None = None
         self._key: bytes | None = None
         self._failed = False
+        self._head = b'{"model":%s,"version":%s' % (_str_json(model), _str_json(version))
 
     # ------------------------------------------------------------ settings
 
@@ -217,33 +251,52 @@ class Capture:
             f.write(key)
         return key
 
-    def input_json(self, body: Any, raw: Any = None) -> str:
-        """A request's body as record JSON: `raw`, the JSON text it was sent as, when it can go in as it is
-        (one line, UTF-8, no field to redact), else the decoded `body` encoded (redacted as the settings say)."""
-        if raw is not None and not self.settings.get("redact") and isinstance(raw, (bytes, bytearray)):
-            first = bytes(raw[:1])
-            if first in (b"{", b"[") and b"\n" not in raw and b"\r" not in raw:
-                try:
-                    return bounded_json(bytes(raw).decode("utf-8"))
-                except UnicodeDecodeError:
-                    pass
-        return to_json(self.redact(body))
+    def input_bytes(self, body: Any, raw: Any = None) -> bytes:
+        """A request's body as record JSON: `raw`, the JSON it was sent as, when it can go in as it is
+        (one line of ASCII, no field to redact), else the decoded `body` encoded (redacted as the
+        settings say)."""
+        if not self.settings.get("redact"):
+            fast = as_sent(raw)
+            if fast is not None:
+                return fast
+        return json_bytes(self.redact(body))
 
-    def record(self, records: list[dict[str, Any]]) -> None:
-        """Append the batch's sampled records; never raises (a failed capture is logged once).
+    def batch_head(self, now: float, worker_ms: float, size: int) -> bytes:
+        """What the records of one batch share: model, version, time, the batch's time in the worker, its size."""
+        return self._head + b',"time":%.3f,"worker_ms":%.3f,"batch":%d' % (now, worker_ms, size)
 
-        Each record's `input` and `answer` come as JSON text already (`input_json`, the answer's bytes):
-        they are not decoded and encoded again here.
-        """
-        if not records or self.dir is None:
+    @staticmethod
+    def line(
+        head: bytes,
+        request_id: Any,
+        status: int,
+        body: bytes,
+        answer: bytes,
+        signals: Any = None,
+        gateway_id: str | None = None,
+    ) -> bytes:
+        """One record: `head` (batch_head), then this request's fields; `body` and `answer` are record
+        JSON already (input_bytes, answer_bytes), so nothing is decoded and encoded again."""
+        more = b""
+        if signals:
+            more = b',"signals":' + (_INPUT if signals == "input" else _ENCODER.encode(signals).encode("ascii"))
+        if gateway_id:
+            more += b',"gateway_id":' + _str_json(gateway_id)
+        return b'%s,"request_id":%s,"status":%d%s,"input":%s,"answer":%s}\n' % (
+            head,
+            _str_json(request_id),
+            status,
+            more,
+            body,
+            answer,
+        )
+
+    def write(self, lines: list[bytes]) -> None:
+        """Append a batch's records (`line`); never raises (a failed capture is logged once)."""
+        if not lines or self.dir is None:
             return
         try:
-            lines = []
-            for r in records:
-                head = {"model": self.model, "version": self.version}
-                head.update((k, v) for k, v in r.items() if k not in ("input", "answer"))
-                lines.append(_ENCODER.encode(head)[:-1] + ',"input":' + r["input"] + ',"answer":' + r["answer"] + "}\n")
-            self._write("".join(lines).encode("utf-8"))
+            self._write(b"".join(lines))
             self._failed = False
         except Exception as exc:  # noqa: BLE001 - capture must never fail a request
             if not self._failed:

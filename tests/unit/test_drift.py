@@ -77,6 +77,37 @@ def test_mlp_held_out_rows_are_calm_and_scaled_rows_drift(mlp_run, tmp_path_fact
     assert rms.test == "KS" and rms.statistic >= 0.85 and rms.threshold >= 0.1
 
 
+def test_the_workers_drift_metric_is_measured_in_a_process_of_its_own(mlp_run, tmp_path_factory, tmp_path, monkeypatch):
+    """The metric's comparison runs in a child process, so its CPU never holds the worker's GIL (a
+    lone caller's p99 went to 30-120 ms with it in a thread): the same figures as in the worker, the
+    model keys not handed down, and a child that fails says why."""
+    import torchship_drift
+
+    from tests.conftest import load_handler
+    from torchship.train import held_out
+
+    handler = load_handler(mlp_run, "mlp_handler", "MLPHandler", tmp_path_factory)
+    rows = held_out("mlp", mlp_run).inputs(N)[0].numpy()
+    bodies = [json.dumps({"data": (3 * r).tolist()}) for r in rows]
+    root = serve(handler, "mlp", bodies, tmp_path, "1.0")
+    gauge = torchship_drift.DriftGauge(root / "mlp" / "1.0", handler.meta["reference"], "mlp", "1.0")
+    here = gauge.measure(500)
+    assert here is not None and here[0] == 1 and here[2] == N
+    monkeypatch.setenv("TORCHSHIP_MODEL_KEYS", "secret-keys")
+    spy = tmp_path / "env.txt"
+    monkeypatch.setattr(
+        torchship_drift,
+        "_CHILD",
+        f"import os; open({str(spy)!r}, 'w').write(os.environ.get('TORCHSHIP_MODEL_KEYS', 'none')); "
+        + torchship_drift._CHILD,
+    )
+    assert gauge.measure_apart(500) == here
+    assert spy.read_text() == "none"
+    broken = torchship_drift.DriftGauge(root / "mlp" / "1.0", {"signals": "not a mapping"}, "mlp", "1.0")
+    with pytest.raises(RuntimeError, match="the drift process exited with 1: .*Error"):
+        broken.measure_apart(500)
+
+
 @pytest.mark.parametrize(
     "recorded",
     [
