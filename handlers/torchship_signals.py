@@ -19,8 +19,14 @@ evenly spaced, so a record stays small. Numbers are rounded to 4 significant dig
   ``item_popularity`` (the mean log popularity of the items the user rated: how mainstream they are).
 
 The answer the caller got gives the prediction signals (`predictions`): ``pred_class`` (categorical)
-and ``pred_score`` (the predicted class's probability) for the classifiers, ``top_score`` (the first
-item's score, for known users) for the recommender.
+and ``pred_score`` (the predicted class's probability) for the classifiers (an answer with
+``class_id`` and a list of ``probabilities``, or a ``label`` and a mapping of ``probabilities``, as
+`torchship init`'s template answers), ``top_score`` (the first item's score, for known users) for the
+recommender.
+
+A model of your own: its handler's ``signals`` returns what it measures of one request (``columns`` for
+rows of features), and its training records the same signals of its held-out data with
+``torchship.checkpoint.save(..., drift_signals=...)``.
 
 numpy only (no torch): the drift command imports this without loading a model.
 """
@@ -86,6 +92,16 @@ def mlp(rows: np.ndarray, cap: bool = True) -> Signals:
     for j, column in enumerate(_rs(rows.T)):
         out[f"x{j}"] = column
     return out
+
+
+def columns(rows: Any, prefix: str = "f", cap: bool = True) -> Signals:
+    """Rows of features (n x width, or one row): each feature's values, named `prefix`0, `prefix`1, ...
+    The drift signals of a model of your own that takes rows of numbers (`torchship init`'s template)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim == 1:
+        rows = rows[None]
+    rows = rows[picked(len(rows), cap)]
+    return {f"{prefix}{j}": column for j, column in enumerate(_rs(rows.T))}
 
 
 def mlp_rows(model_input: Any) -> np.ndarray | None:
@@ -198,7 +214,7 @@ def predictions(kind: str, answer: Any) -> Signals:
     classes, scores = [], []
     for a in answers:
         probs = a.get("probabilities")
-        if kind == "sentiment" and isinstance(probs, dict) and a.get("label") in probs:
+        if isinstance(probs, dict) and a.get("label") in probs:  # {"label", "probabilities": {label: p}}
             classes.append(str(a["label"]))
             scores.append(_r(probs[a["label"]]))
         elif isinstance(probs, list) and isinstance(a.get("class_id"), int) and 0 <= a["class_id"] < len(probs):
@@ -261,12 +277,14 @@ def histogram(values: Any, edges: Sequence[float]) -> np.ndarray:
     return np.bincount(np.searchsorted(np.asarray(edges, dtype=np.float64), x, side="left"), minlength=len(edges) + 1)
 
 
-def reference(kind: str, signals: Signals, held_out: int) -> dict[str, Any]:
-    """The reference a checkpoint records: each signal described over the held-out data."""
+def reference(kind: str, signals: Signals, held_out: int, categorical: Iterable[str] = ()) -> dict[str, Any]:
+    """The reference a checkpoint records: each signal described over the held-out data (`categorical`
+    names signals of categories besides pred_class and unknown_user; the others are numbers)."""
+    kinds = CATEGORICAL | set(categorical)
     return {
         "format": "torchship-reference/1",
         "kind": kind,
         "held_out": held_out,
         "max_items": MAX_ITEMS,
-        "signals": {name: describe(values, name in CATEGORICAL) for name, values in signals.items()},
+        "signals": {name: describe(values, name in kinds) for name, values in signals.items()},
     }

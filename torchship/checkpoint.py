@@ -15,6 +15,7 @@ them again)::
         architecture={"in_features": 4, "classes": 3},         # what your handler builds the model from
         hyper_parameters={"lr": 1e-3, "epochs": 10},
         metrics={"val_accuracy": 0.93}, data_files=["data/train.csv"], seed=0,
+        drift_signals={"f0": held_out[:, 0].tolist(), "pred_class": predicted},  # the drift reference
     )
     checkpoint.latest("checkpoints", "my-model")               # the newest complete run
 
@@ -93,6 +94,8 @@ def save(
     history: Sequence[Mapping[str, float]] | None = None,
     kind: str = "custom",
     code_dir: _StrPath | None = None,
+    drift_signals: Mapping[str, Sequence[Any]] | None = None,
+    categorical_signals: Iterable[str] = (),
 ) -> Path:
     """Write a checkpoint of `model` into `run_dir` (created if needed) and return the folder.
 
@@ -113,6 +116,12 @@ def save(
         code_dir: a folder in the git repository of the training code, whose commit (and whether
             tracked files have uncommitted changes) is recorded. Default: the running script's folder
             when it is in git, else the current folder.
+        drift_signals: the drift reference: each signal's values over the held-out data, e.g.
+            {"f0": [...], "pred_class": ["a", ...], "pred_score": [...]}, the same names the handler's
+            `signals` gives for one request (the prediction signals pred_class and pred_score are read
+            from a classifier's answers). Described in meta.json's `reference` (deciles of numbers,
+            proportions of categories), against which `torchship drift` and the drift metric judge the
+            captured traffic. Numbers unless named in `categorical_signals` (pred_class always is).
 
     Every argument is checked before anything is written: BadInput (an argument) or TrainingError (the
     folder holds a checkpoint already, the model's state cannot be saved as safetensors), each with one
@@ -130,6 +139,7 @@ def save(
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise BadInput(f"seed must be an integer, not {seed!r}")
     files = _data_files(data_files)
+    reference = _reference(kind, drift_signals, categorical_signals)
     run = Path(run_dir)
     if run.exists() and not run.is_dir():
         raise TrainingError(f"{run} is a file, not a run folder")
@@ -161,6 +171,7 @@ def save(
         seconds=None,
         name=name,
         git_dir=git_dir,
+        extra={"reference": reference} if reference else None,
     )
     return run
 
@@ -192,6 +203,44 @@ def _json_object(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
         return dict(json.loads(json.dumps(dict(value), allow_nan=False)))
     except (TypeError, ValueError) as exc:
         raise BadInput(f"{what} must be JSON (strings, finite numbers, booleans, lists, mappings): {exc}") from None
+
+
+def _reference(
+    kind: str, signals: Mapping[str, Sequence[Any]] | None, categorical: Iterable[str]
+) -> dict[str, Any] | None:
+    """The drift reference of `save`'s drift_signals, every value checked first."""
+    from torchship.handlers import torchship_signals
+
+    if signals is None:
+        return None
+    if not isinstance(signals, Mapping) or not signals:
+        raise BadInput("drift_signals must be a non-empty mapping of signal names to held-out values")
+    if isinstance(categorical, str):
+        categorical = [categorical]
+    named = set(categorical)
+    unknown = named - set(signals)
+    if unknown:
+        raise BadInput(f"categorical_signals names signals drift_signals does not have: {', '.join(sorted(unknown))}")
+    kinds = torchship_signals.CATEGORICAL | named
+    out: dict[str, list[Any]] = {}
+    for name, values in signals.items():
+        if not isinstance(name, str) or not name:
+            raise BadInput(f"drift_signals: {name!r} is not a signal name")
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) and not hasattr(values, "tolist"):
+            raise BadInput(f"drift_signals[{name!r}] must be a list of held-out values")
+        values = values.tolist() if hasattr(values, "tolist") else list(values)
+        if len(values) < 2:
+            raise BadInput(
+                f"drift_signals[{name!r}] has {len(values)} value(s): describe the held-out data (100 or more)"
+            )
+        if name in kinds:
+            if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
+                raise BadInput(f"drift_signals[{name!r}] is categorical: its values must be strings or integers")
+        elif not all(_number(v) for v in values):
+            raise BadInput(f"drift_signals[{name!r}] must hold finite numbers (or name it in categorical_signals)")
+        out[name] = values
+    held_out = max(len(v) for v in out.values())
+    return torchship_signals.reference(kind, out, held_out, categorical=named)
 
 
 def _number(value: Any) -> bool:

@@ -9,10 +9,12 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from torchship import TorchServe
 from torchship.ops.server import free_port_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -45,6 +47,17 @@ def project(tmp_path_factory):
     yield folder, run
     if (folder / ".torchship" / "server").exists():
         run(TORCHSHIP, "serve", "stop")
+
+
+def held_out_rows(folder: Path, count: int = 240) -> list[list[float]]:
+    """Rows like the ones train.py held out (the stand-in data's rows, in its held-out order): as
+    many as drift needs (at least 200), the held-out rows first."""
+    import numpy as np
+    import torch
+
+    table = np.loadtxt(folder / "data" / "iris.csv", delimiter=",", skiprows=1, dtype=np.float32)
+    order = torch.randperm(len(table), generator=torch.Generator().manual_seed(0)).tolist()
+    return [[round(float(v), 6) for v in table[i, :-1]] for i in order[:count]]
 
 
 def test_init_train_package_serve_apply_predict_rollout(project):
@@ -100,6 +113,33 @@ def test_init_train_package_serve_apply_predict_rollout(project):
     assert r.returncode == 0, r.stderr
     versions = r.stdout.split("events of")[0]
     assert "2.0" in versions and "1.0" in versions and meta["data"]["fingerprint"][:19] in versions
+
+    # drift: train.py recorded the held-out rows' reference; the handler measures each request the same way
+    calm_rows = held_out_rows(folder)
+    r = run(TORCHSHIP, "capture", "iris", "--sample", "1.0")
+    assert r.returncode == 0, r.stderr
+    time.sleep(1.2)  # a worker looks at its settings at most once a second
+    client = TorchServe.from_config(folder / "config.properties")
+    answers = client.predict_many("iris", [{"features": row} for row in calm_rows], concurrency=4)
+    assert not [a for a in answers if isinstance(a, Exception)]
+    r = run(TORCHSHIP, "drift", "iris", "--window", str(len(calm_rows)), "--json")
+    calm = json.loads(r.stdout)
+    assert r.returncode == 0 and not calm["drift"], r.stdout + r.stderr
+    assert calm["records"] == len(calm_rows) and {s["signal"] for s in calm["signals"]} == {
+        "f0",
+        "f1",
+        "f2",
+        "f3",
+        "pred_class",
+        "pred_score",
+    }
+    shifted = [[3 * v + 2 for v in row] for row in calm_rows]  # features on another scale
+    answers = client.predict_many("iris", [{"features": row} for row in shifted], concurrency=4)
+    assert not [a for a in answers if isinstance(a, Exception)]
+    r = run(TORCHSHIP, "drift", "iris", "--window", str(len(shifted)), "--json")
+    moved = json.loads(r.stdout)
+    assert r.returncode == 13 and moved["drift"], r.stdout + r.stderr
+    assert {"f0", "f1", "f2", "f3"} <= {s["signal"] for s in moved["signals"] if s["verdict"] == "drift"}
 
     r = run(TORCHSHIP, "serve", "status")
     assert r.returncode == 0, r.stderr

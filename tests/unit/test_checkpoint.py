@@ -125,6 +125,30 @@ def test_defaults_are_empty_but_present(tmp_path):
     assert meta["data"] == {"files": [], "fingerprint": None}
 
 
+def test_drift_signals_are_described_as_the_reference_drift_judges_against(tmp_path):
+    """Numbers by their held-out deciles, categories (pred_class, and any named) by their proportions."""
+    values = [float(i) for i in range(100)]
+    signals = {"f0": values, "device": ["phone"] * 75 + ["web"] * 25, "pred_class": ["a", "b"] * 50}
+    run = checkpoint.save(
+        own_net(),
+        tmp_path / "run",
+        name="my-model",
+        code_dir=tmp_path,
+        drift_signals=signals,
+        categorical_signals=["device"],
+    )
+    ref = json.loads((run / "meta.json").read_text())["reference"]
+    assert ref["kind"] == "custom" and ref["held_out"] == 100
+    f0, device, pred = (ref["signals"][k] for k in ("f0", "device", "pred_class"))
+    assert f0["type"] == "continuous" and len(f0["edges"]) == 9 and sum(f0["proportions"]) == pytest.approx(1.0)
+    assert device == {"type": "categorical", "n": 100, "categories": ["phone", "web"], "proportions": [0.75, 0.25]}
+    assert pred["type"] == "categorical" and pred["categories"] == ["a", "b"]
+    # without drift_signals: no reference (drift says the archive has none)
+    assert "reference" not in json.loads(
+        (checkpoint.save(own_net(), tmp_path / "r2", name="m", code_dir=tmp_path) / "meta.json").read_text()
+    )
+
+
 def test_a_state_dict_tensor_metrics_and_a_kind_are_accepted(tmp_path):
     state = own_net().state_dict()
     run = checkpoint.save(
@@ -184,6 +208,12 @@ BAD_ARGUMENTS = [
     ({"seed": True}, "seed must be an integer"),
     ({"data_files": ["no/such.csv"]}, "data file not found: no/such.csv"),
     ({"data_files": ["."]}, r"data file \. is not a file"),
+    ({"drift_signals": {}}, "drift_signals must be a non-empty mapping"),
+    ({"drift_signals": {"f0": "abc"}}, r"drift_signals\['f0'\] must be a list"),
+    ({"drift_signals": {"f0": [1.0]}}, r"drift_signals\['f0'\] has 1 value"),
+    ({"drift_signals": {"f0": [1.0, float("nan")]}}, r"drift_signals\['f0'\] must hold finite numbers"),
+    ({"drift_signals": {"pred_class": [0.5, None]}}, r"drift_signals\['pred_class'\] is categorical"),
+    ({"drift_signals": {"f0": [1, 2]}, "categorical_signals": ["f9"]}, "names signals drift_signals does not have: f9"),
 ]
 
 

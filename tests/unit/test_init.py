@@ -39,8 +39,8 @@ FILES = {
     ".gitignore",
 }
 # what a worker's Python has for the scaffold's handler and model file: the standard library, torch,
-# numpy, safetensors, torchship's handler base (packed beside the handler), and the project's model.py
-WORKER_MODULES = {"torch", "numpy", "safetensors", "torchship_base_handler", "model"}
+# numpy, safetensors, torchship's handler base and its signals (packed beside the handler), and model.py
+WORKER_MODULES = {"torch", "numpy", "safetensors", "torchship_base_handler", "torchship_signals", "model"}
 
 
 @pytest.fixture(autouse=True)
