@@ -134,14 +134,12 @@ def as_sent(raw: Any) -> bytes | None:
     """`raw` itself (or its size, when over MAX_FIELD_BYTES) when it can go into a record as it is: the
     bytes of a JSON object or list on one line of ASCII (what every client sends a JSON body as; the
     handler has parsed it already). None otherwise: it is encoded from its decoded value instead."""
-    if (
-        isinstance(raw, (bytes, bytearray))
-        and raw[:1] in (b"{", b"[")
-        and raw.isascii()
-        and b"\n" not in raw
-        and b"\r" not in raw
-    ):
-        return bytes(raw) if len(raw) <= MAX_FIELD_BYTES else b'{"omitted_bytes":%d}' % len(raw)
+    if not isinstance(raw, (bytes, bytearray)) or raw[:1] not in (b"{", b"["):
+        return None
+    if len(raw) > MAX_FIELD_BYTES:  # recorded by its size, as any field over the bound (and never scanned)
+        return b'{"omitted_bytes":%d}' % len(raw)
+    if raw.isascii() and b"\n" not in raw and b"\r" not in raw:
+        return bytes(raw)
     return None
 
 
@@ -165,7 +163,8 @@ class Capture:
         self.settings: dict[str, Any] = {"sample": 0.0}
         self._seen: tuple[int, int] | None = None  # the settings file's (mtime_ns, size) last read
         self._checked = float("-inf")
-        self._file: Any = None
+        self._fd: int | None = None  # the open capture file: appended to with one write() per batch
+        self._size = 0  # its bytes
         self._path: Path | None = None
         self._key: bytes | None = None
         self._failed = False
@@ -306,16 +305,20 @@ class Capture:
 
     def _write(self, data: bytes) -> None:
         assert self.dir is not None
-        if self._file is not None and os.fstat(self._file.fileno()).st_nlink == 0:
+        if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
             self._close()  # pruned by another worker of this version: begin a new file
-        if self._file is None:
+        if self._fd is None:
             self.dir.mkdir(parents=True, exist_ok=True)
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
             self._path = self.dir / f"capture-{stamp}-{time.time_ns() % 10**9:09d}-{os.getpid()}.jsonl"
-            self._file = open(self._path, "ab")  # noqa: SIM115 - kept open across batches
-        self._file.write(data)
-        self._file.flush()
-        if self._file.tell() >= self.settings["file_bytes"]:
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._size = 0
+        view = memoryview(data)
+        while view:  # one system call, unless the kernel takes part of it (a signal, a full disk raises)
+            written = os.write(self._fd, view)
+            view = view[written:]
+            self._size += written
+        if self._size >= self.settings["file_bytes"]:
             self._close()
             self._prune()  # on rotation only: a directory listing per batch would cost more than the capture
 
@@ -339,9 +342,9 @@ class Capture:
             total -= size
 
     def _close(self) -> None:
-        if self._file is not None:
+        if self._fd is not None:
             try:
-                self._file.close()
+                os.close(self._fd)
             except OSError:
                 pass
-        self._file, self._path = None, None
+        self._fd, self._path = None, None

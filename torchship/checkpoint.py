@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -236,11 +237,18 @@ def _reference(
         if name in kinds:
             if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
                 raise BadInput(f"drift_signals[{name!r}] is categorical: its values must be strings or integers")
-        elif not all(_number(v) for v in values):
+        elif all(_real(v) for v in values):
+            values = [float(v) for v in values]  # numpy and torch scalars too
+        else:
             raise BadInput(f"drift_signals[{name!r}] must hold finite numbers (or name it in categorical_signals)")
         out[name] = values
     held_out = max(len(v) for v in out.values())
     return torchship_signals.reference(kind, out, held_out, categorical=named)
+
+
+def _real(value: Any) -> bool:
+    """A finite real number of any type (Python, numpy, a 0-d tensor's item), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _number(value: Any) -> bool:
