@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 from torchship import LocalServer, archiver  # noqa: E402
 from torchship.archiver.examples import EXAMPLES  # noqa: E402
 from torchship.ops.server import free_port_overrides  # noqa: E402
+from torchship.ops.takedown import unregister_after_load  # noqa: E402
 from torchship.perf import wrk  # noqa: E402
 from torchship.perf.curve import LEVELS, Point, load_point, plot_curves  # noqa: E402
-from torchship.perf.tune import unregister_after_load  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

@@ -54,9 +54,9 @@ import requests  # noqa: E402
 from torchship import LocalServer, archiver  # noqa: E402
 from torchship.handlers import HANDLER_DIR  # noqa: E402
 from torchship.ops.server import free_port_overrides, free_ports  # noqa: E402
+from torchship.ops.takedown import unregister_after_load as unregister  # noqa: E402
 from torchship.perf import wrk as wrk_engine  # noqa: E402
 from torchship.perf.tune import threads_copy, tune  # noqa: E402
-from torchship.perf.tune import unregister_after_load as unregister  # noqa: E402
 from torchship.train import trainers  # noqa: E402
 from torchship.train.common import latest_run  # noqa: E402
 

@@ -802,7 +802,9 @@ class Project:
 
     def unregister(self, name: str, version: str | None = None) -> str:
         """Remove a version from the server (default: the default version); the archive stays."""
-        status = self.client.unregister(name, version)
+        from torchship.ops.takedown import take_down
+
+        status = take_down(self.client, name, version)
         self.registry.record(name, version, "unregistered", via="unregister")
         return str(status)
 

@@ -62,6 +62,51 @@ def test_versions_set_default_and_unregister_rules(client, store, mlp_run):
         client.describe(name)
 
 
+def test_a_version_taken_down_right_after_load_leaves_its_name_usable(client, store, mlp_run):
+    """TorchServe 0.12 can fail a DELETE that meets workers finishing their last batches (500, having
+    dropped the version but not the name, which then refuses registrations). Every unregister of
+    torchship (`torchship unregister`, apply, a failed rollout) goes through take_down: workers to zero
+    first, then the DELETE. Three times: heavy load on 2.0, then at once take it down and register it
+    again; 1.0, the default, serves throughout."""
+    from torchship.ops.takedown import take_down
+    from torchship.perf import wrk
+    from torchship.perf.bench import wrk_load
+
+    if not wrk.available():
+        pytest.skip("wrk is not installed (scripts/setup-os.sh wrk)")
+    name = "mlptd"
+    for v in ("1.0", "2.0"):
+        spec = archiver.example_spec("mlp", mlp_run, v)
+        spec = ArchiveSpec(
+            name, v, spec.handler, spec.weights, extra_files=spec.extra_files, model_config=spec.model_config
+        )
+        archiver.build(spec, store)
+    x = {"data": rows(1)[0]}
+    try:
+        client.register(f"{name}-1.0.mar", initial_workers=1, batch_size=8, max_batch_delay=1)
+        for _ in range(3):
+            client.register(f"{name}-2.0.mar", initial_workers=1, batch_size=8, max_batch_delay=1)
+            client.wait_until_ready(name, "2.0", timeout=120)
+            load = wrk_load(client, name, x, version="2.0", concurrency=16, seconds=1.5)
+            assert load["sent"] > 100 and not load["failed"], load
+            take_down(client, name, "2.0")
+            assert [d.version for d in client.versions(name)] == ["1.0"]
+            assert client.predict(name, x)["class_id"] == client.predict(name, x, version="1.0")["class_id"]
+        # the only version, right after load: the name goes too, and can be registered again
+        wrk_load(client, name, x, version=None, concurrency=16, seconds=1.5)
+        take_down(client, name)
+        with pytest.raises(E.ModelNotFound):
+            client.describe(name)
+        client.register(f"{name}-1.0.mar", initial_workers=1)
+        assert client.versions(name)[0].version == "1.0"
+    finally:
+        for v in ("2.0", "1.0"):
+            try:
+                take_down(client, name, v)
+            except E.TorchServeError:
+                pass
+
+
 def test_scale_up_and_down(client, mlp_deployed):
     client.scale("mlp", min_workers=2, max_workers=2)
     d = client.wait_until_ready("mlp", timeout=60)

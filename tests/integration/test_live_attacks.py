@@ -30,7 +30,7 @@ from torchship.ops import capture as cap
 from torchship.ops.deploy import deploy
 from torchship.ops.registry import Registry
 from torchship.ops.server import free_ports
-from torchship.perf.tune import unregister_after_load
+from torchship.ops.takedown import unregister_after_load
 from torchship.sdk.auth import StaticKeys
 from torchship.sdk.errors import ConfigError
 

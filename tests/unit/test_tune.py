@@ -87,32 +87,3 @@ def test_threads_copy_of_a_tampered_archive_is_refused(mlp_run, tmp_path):
     with pytest.raises(VerificationError, match="layout"):
         threads_copy(original, 2, tmp_path / "store", keys, name="tune-mlp", version="1.0-threads2")
     assert not (tmp_path / "store" / "tune-mlp-1.0-threads2.mar").exists()
-
-
-def test_unregister_after_load_stops_the_workers_first_and_waits_out_torchserves_busy_500(monkeypatch):
-    """TorchServe 0.12 can answer a DELETE right after heavy load with 500 ConcurrentModificationException,
-    having dropped the version but not the name (which then refuses new registrations): a trial scales its
-    workers to zero first, trying again while the server is busy, and only then unregisters."""
-    from torchship import errors as E
-    from torchship.perf import tune as tune_module
-    from torchship.perf.tune import unregister_after_load
-
-    from .test_client import make
-
-    monkeypatch.setattr(tune_module.time, "sleep", lambda s: None)
-    cme = "java.util.ConcurrentModificationException"
-    busy = (500, {"code": 500, "type": "InternalServerException", "message": cme})
-    answers = iter([busy, busy, (200, {"status": "scaled"}), busy, (200, {"status": "unregistered"})])
-    ts, transport = make(lambda req: next(answers))
-    unregister_after_load(ts, "tune-mlp-3")
-    assert [r.method for r in transport.requests] == ["PUT"] * 3 + ["DELETE"] * 2
-    scale = transport.requests[0]
-    assert "/models/tune-mlp-3" in scale.url and "min_worker=0" in scale.url and "synchronous=true" in scale.url
-
-    ts, transport = make(lambda req: (404, {"code": 404, "type": "ModelNotFoundException", "message": "gone"}))
-    unregister_after_load(ts, "tune-mlp")  # already gone is fine
-    assert [r.method for r in transport.requests] == ["PUT", "DELETE"]
-    ts, transport = make(lambda req: (500, {"code": 500, "type": "InternalServerException", "message": "busy"}))
-    with pytest.raises(E.ServerError):
-        unregister_after_load(ts, "tune-mlp", tries=3)
-    assert [r.method for r in transport.requests] == ["PUT"] * 3  # never a DELETE while workers may run

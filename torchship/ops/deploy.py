@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from torchship.ops.takedown import take_down
 from torchship.ops.versions import latest_version
 from torchship.sdk.client import TorchServe
 from torchship.sdk.errors import (
@@ -139,6 +140,6 @@ def _refuse_shared_writes(archive: Path) -> None:
 
 def _remove(client: TorchServe, name: str, version: str) -> None:
     try:
-        client.unregister(name, version)
+        take_down(client, name, version)
     except TorchServeError:
         pass

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from torchship.archiver.names import InvalidName, check_name, check_version
+from torchship.ops.takedown import take_down
 from torchship.sdk.errors import ConfigError, ModelNotFound, TorchServeError
 from torchship.sdk.types import ModelDescription
 
@@ -398,7 +399,7 @@ def _run(
                 "cannot be changed in place without dropping requests. Package the same model as "
                 "a new version with the new batching, list it, and make it the default"
             )
-        client.unregister(action.model, action.version)
+        take_down(client, action.model, action.version)
         register()
     elif action.kind == "scale":
         client.scale(action.model, version=action.version, min_workers=p["workers"], max_workers=p["max_workers"])
@@ -407,7 +408,7 @@ def _run(
     elif action.kind == "set-default":
         client.set_default(action.model, action.version)
     elif action.kind == "unregister":
-        client.unregister(action.model, action.version)
+        take_down(client, action.model, action.version)
 
 
 def merge_settings(path: Path, name: str, settings: dict[str, Any]) -> DesiredState:

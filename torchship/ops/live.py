@@ -212,7 +212,7 @@ def live_rollout(
     from torchship.archiver.names import check_name, check_version
     from torchship.gateway.nginx import Split
     from torchship.ops import capture as cap
-    from torchship.perf.tune import unregister_after_load
+    from torchship.ops.takedown import unregister_after_load
 
     check_name(name)
     check_version(version)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torchship.ops.takedown import take_down
 from torchship.perf.load import run_load
 from torchship.sdk.errors import ModelNotFound, TorchServeError
 
@@ -222,7 +223,7 @@ def rollout(
             report.gate, report.reason = report.gate or "deploy", str(exc)
         if registered_here:
             try:
-                client.unregister(name, version)
+                take_down(client, name, version)
                 record("unregistered", via="rollout", reason=report.gate)
             except TorchServeError:
                 pass

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -43,9 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torchship.ops.takedown import unregister_after_load
 from torchship.perf.curve import LEVELS, Point, Profile, load_point, measure, over_profile
 from torchship.perf.load import run_load
-from torchship.sdk.errors import BadInput, ModelNotFound, ServerError
+from torchship.sdk.errors import BadInput
 
 if TYPE_CHECKING:
     from torchship.sdk.client import TorchServe
@@ -140,33 +140,6 @@ def best_trial(trials: Sequence[Trial], slo_p99_ms: float) -> Trial:
     if good:
         return max(good, key=lambda t: t.throughput)
     return min(trials, key=lambda t: t.p99_ms)
-
-
-def unregister_after_load(client: TorchServe, name: str, tries: int = 10, *, version: str | None = None) -> None:
-    """Take a model that was just under heavy load off the server: its workers first, then its name.
-
-    TorchServe 0.12 can fail a DELETE that meets workers still finishing their last batches (500,
-    ConcurrentModificationException); when it does it has already dropped the version but not the name, and
-    that stale name refuses later registrations under it. Scaling to zero first fails harmlessly when it
-    fails (the version stays; wait and try again), and the DELETE then has no worker left to stop. Gone
-    already is fine. `version`: that version only (the name's default must be another one).
-    """
-    _until_done(lambda: client.scale(name, version=version, min_workers=0, max_workers=0, synchronous=True), tries)
-    _until_done(lambda: client.unregister(name, version), tries)
-
-
-def _until_done(call: Callable[[], object], tries: int) -> None:
-    """Run a management call, trying again a second later while the server fails; not found is done."""
-    for attempt in range(tries):
-        try:
-            call()
-            return
-        except ModelNotFound:
-            return
-        except ServerError:
-            if attempt == tries - 1:
-                raise
-            time.sleep(1)
 
 
 def packaged_threads(archive: Path) -> int:
