@@ -28,8 +28,7 @@ __all__ = ["take_down", "unregister_after_load"]
 
 
 def take_down(client: TorchServe, name: str, version: str | None = None, *, tries: int = 10) -> str:
-    """Unregister `version` of `name` (default: the default version): its workers first, then the version.
-    Returns the DELETE's status.
+    """Unregister `version` of `name` (default: the default version), its workers first; returns the DELETE's status.
 
     The default version of a model that has others is left to TorchServe to refuse (403: it serves
     /predictions/NAME): its workers are never stopped for a DELETE that cannot succeed. A version or
@@ -47,8 +46,10 @@ def take_down(client: TorchServe, name: str, version: str | None = None, *, trie
 
 
 def unregister_after_load(client: TorchServe, name: str, tries: int = 10, *, version: str | None = None) -> None:
-    """Take a model that was just under heavy load off the server, workers first (`take_down`); gone
-    already is fine. `version`: that version only (the name's default must be another one)."""
+    """Take a model that was just under heavy load off the server, workers first; gone already is fine.
+
+    `version`: that version only (the name's default must be another one). Unlike `take_down`, nothing
+    is looked up first."""
     _until_done(lambda: client.scale(name, version=version, min_workers=0, max_workers=0, synchronous=True), tries)
     _until_done(lambda: client.unregister(name, version), tries)
 
