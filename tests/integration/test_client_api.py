@@ -24,14 +24,19 @@ def test_describe_is_typed_with_workers(client, mlp_deployed):
     assert d.batch_size == 8 and d.max_batch_delay == 1 and d.url == "mlp-1.0.mar"
 
 
-def test_versions_set_default_and_unregister_rules(client, store, mlp_run):
-    name = "mlpv"
+def build_two_versions(store, mlp_run, name: str) -> None:
+    """mlp's archives 1.0 and 2.0 under another name, into the store."""
     for v in ("1.0", "2.0"):
         spec = archiver.example_spec("mlp", mlp_run, v)
         spec = ArchiveSpec(
             name, v, spec.handler, spec.weights, extra_files=spec.extra_files, model_config=spec.model_config
         )
         archiver.build(spec, store)
+
+
+def test_versions_set_default_and_unregister_rules(client, store, mlp_run):
+    name = "mlpv"
+    build_two_versions(store, mlp_run, name)
     try:
         client.register(f"{name}-1.0.mar", initial_workers=1)
         client.register(f"{name}-2.0.mar", initial_workers=1)
@@ -75,12 +80,7 @@ def test_a_version_taken_down_right_after_load_leaves_its_name_usable(client, st
     if not wrk.available():
         pytest.skip("wrk is not installed (scripts/setup-os.sh wrk)")
     name = "mlptd"
-    for v in ("1.0", "2.0"):
-        spec = archiver.example_spec("mlp", mlp_run, v)
-        spec = ArchiveSpec(
-            name, v, spec.handler, spec.weights, extra_files=spec.extra_files, model_config=spec.model_config
-        )
-        archiver.build(spec, store)
+    build_two_versions(store, mlp_run, name)
     x = {"data": rows(1)[0]}
     try:
         client.register(f"{name}-1.0.mar", initial_workers=1, batch_size=8, max_batch_delay=1)
