@@ -283,7 +283,7 @@ class Capture:
             more += b',"gateway_id":' + _str_json(gateway_id)
         return b'%s,"request_id":%s,"status":%d%s,"input":%s,"answer":%s}\n' % (
             head,
-            _str_json(request_id),
+            b"null" if request_id is None else _str_json(request_id),
             status,
             more,
             body,

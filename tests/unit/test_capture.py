@@ -245,3 +245,27 @@ def test_deploy_yaml_says_what_each_listed_version_captures(tmp_path):
     ):
         with pytest.raises(ConfigError, match=says):
             parse_desired({"models": {"mlp": {"versions": ["1.0"], "capture": bad}}})
+
+
+def test_a_record_is_one_json_line_whatever_its_ids_and_bodies_hold(tmp_path):
+    """Records are formatted as bytes, not encoded from a dict: ids with quotes, newlines or no id at
+    all, a body as sent and one that is not one line of ASCII JSON, each still one valid JSON line."""
+    cap = torchship_capture.Capture(tmp_path, "m", 'v"1')
+    head = cap.batch_head(1700000000.123, 2.5, 2)
+    odd = 'id "with" quotes\nand a newline'
+    for request_id, raw, body in (
+        (None, b'{"data": [1, 2]}', {"data": [1, 2]}),
+        (odd, '{"text": "caf\u00e9"}\n'.encode(), {"text": "caf\u00e9"}),  # not ASCII, a newline: re-encoded
+        ("r-1", b"\x89PNG...", b"\x89PNG..."),  # bytes: base64
+    ):
+        line = cap.line(head, request_id, 400, cap.input_bytes(body, raw), torchship_capture.answer_bytes(b'{"a":1}'))
+        assert line.endswith(b"}\n") and line.count(b"\n") == 1
+        record = json.loads(line)
+        assert (record["request_id"], record["version"], record["status"], record["batch"]) == (
+            request_id,
+            'v"1',
+            400,
+            2,
+        )
+        assert record["input"] == (body if isinstance(body, dict) else {"base64": "iVBORy4uLg=="})
+        assert record["answer"] == {"a": 1} and record["time"] == 1700000000.123
