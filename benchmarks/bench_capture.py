@@ -18,7 +18,6 @@ same archive's handler run in this process on batches of 8 of the same request. 
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
 import tempfile
@@ -105,11 +104,9 @@ def main() -> int:
                                 flush=True,
                             )
                 written = capture.records(work / "capture", names[on], "1.0")
-                archive_copy = Path(tempfile.mkdtemp(prefix="bench-capture-archive-")) / archive.name
-                shutil.copy(archive, archive_copy)
-                body_copy = body[0]
         finally:
             server.stop()
+        own_off, own_on = in_process(archive, work / "in-process", body[0], args.sample)
     med = {
         k: (
             statistics.median(p.throughput for p in v),
@@ -134,7 +131,6 @@ def main() -> int:
             f"{on} {b[0]:8.1f} / {b[1]:.2f} / {b[2]:.2f} / {cpu[(on, c)]:.0f} us   "
             f"throughput {paired[c]:.3f}x (median of the rounds' ratios)"
         )
-    own_off, own_on = in_process(archive_copy, body_copy, args.sample)
     print(
         f"  in this process, the handler on batches of 8: {own_off:.1f} us a request with capture off, "
         f"{own_on:.1f} us with it on ({own_on - own_off:+.1f} us)"
@@ -149,9 +145,9 @@ def main() -> int:
     return 0
 
 
-def in_process(archive: Path, body: object, sample: float, batches: int = 2000) -> tuple[float, float]:
-    """The archive's handler in this process, as a worker runs it (its files unpacked, initialised from a
-    TorchServe context): microseconds of CPU per request on batches of 8 copies of `body`, with capture
+def in_process(archive: Path, folder: Path, body: object, sample: float, batches: int = 2000) -> tuple[float, float]:
+    """The archive's handler in this process, as a worker runs it (its files unpacked into `folder`, initialised
+    from a TorchServe context): microseconds of CPU per request on batches of 8 copies of `body`, with capture
     off and at `sample` (medians of 3 alternating runs)."""
     import importlib
     import json
@@ -159,7 +155,6 @@ def in_process(archive: Path, body: object, sample: float, batches: int = 2000) 
 
     from ts.context import Context, RequestProcessor
 
-    folder = archive.parent / "unpacked"
     with zipfile.ZipFile(archive) as zf:
         zf.extractall(folder)
         manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))["model"]
@@ -178,7 +173,7 @@ def in_process(archive: Path, body: object, sample: float, batches: int = 2000) 
     for label, rate in (("off", 0.0), ("on", sample)):
         handler = handler_class()
         handler.initialize(context(1))
-        root = folder.parent / f"capture-{label}"
+        root = folder / f"capture-{label}"
         capture.write_settings(root, "m", "1.0", sample=rate, drift_every_s=0)
         handler.capture = torchship_capture.Capture(root, "m", "1.0")
         handlers[label] = handler
@@ -190,7 +185,6 @@ def in_process(archive: Path, body: object, sample: float, batches: int = 2000) 
             for _ in range(batches):
                 handler.handle(data, context(8))
             times[label].append((time.process_time() - started) / batches / 8 * 1e6)
-    shutil.rmtree(archive.parent, ignore_errors=True)
     return statistics.median(times["off"]), statistics.median(times["on"])
 
 

@@ -82,25 +82,27 @@ def picked(n: int, cap: bool = True) -> list[int]:
 # ------------------------------------------------------------------ per model, from a parsed input
 
 
-def mlp(rows: np.ndarray, cap: bool = True) -> Signals:
-    """Rows of features (n x width): each feature, and each row's root mean square."""
+def _picked_rows(rows: Any, cap: bool) -> np.ndarray:
+    """Rows of features as float64 (n x width; one row made a row of one), the `picked` ones only."""
     rows = np.asarray(rows, dtype=np.float64)
     if rows.ndim == 1:
         rows = rows[None]
-    rows = rows[picked(len(rows), cap)]
-    out: Signals = {"rms": _rs(np.sqrt((rows**2).mean(axis=1)))}
-    for j, column in enumerate(_rs(rows.T)):
-        out[f"x{j}"] = column
-    return out
+    return rows[picked(len(rows), cap)]
+
+
+def mlp(rows: np.ndarray, cap: bool = True) -> Signals:
+    """Rows of features (n x width): each feature, and each row's root mean square."""
+    rows = _picked_rows(rows, cap)
+    return {"rms": _rs(np.sqrt((rows**2).mean(axis=1))), **_named_columns(rows, "x")}
 
 
 def columns(rows: Any, prefix: str = "f", cap: bool = True) -> Signals:
     """Rows of features (n x width, or one row): each feature's values, named `prefix`0, `prefix`1, ...
     The drift signals of a model of your own that takes rows of numbers (`torchship init`'s template)."""
-    rows = np.asarray(rows, dtype=np.float64)
-    if rows.ndim == 1:
-        rows = rows[None]
-    rows = rows[picked(len(rows), cap)]
+    return _named_columns(_picked_rows(rows, cap), prefix)
+
+
+def _named_columns(rows: np.ndarray, prefix: str) -> Signals:
     return {f"{prefix}{j}": column for j, column in enumerate(_rs(rows.T))}
 
 

@@ -41,8 +41,7 @@ def take_down(client: TorchServe, name: str, version: str | None = None, *, trie
     target = version if version is not None else default
     if target not in {d.version for d in versions} or (target == default and len(versions) > 1):
         return client.unregister(name, version)  # TorchServe's own 404 or 403
-    _until_done(lambda: client.scale(name, version=target, min_workers=0, max_workers=0, synchronous=True), tries)
-    return _until_done(lambda: client.unregister(name, target), tries) or ""
+    return _workers_then_version(client, name, target, tries) or ""
 
 
 def unregister_after_load(client: TorchServe, name: str, tries: int = 10, *, version: str | None = None) -> None:
@@ -50,8 +49,13 @@ def unregister_after_load(client: TorchServe, name: str, tries: int = 10, *, ver
 
     `version`: that version only (the name's default must be another one). Unlike `take_down`, nothing
     is looked up first."""
+    _workers_then_version(client, name, version, tries)
+
+
+def _workers_then_version(client: TorchServe, name: str, version: str | None, tries: int) -> str | None:
+    """Scale to zero workers, then DELETE, each tried again while the server is busy; the DELETE's status."""
     _until_done(lambda: client.scale(name, version=version, min_workers=0, max_workers=0, synchronous=True), tries)
-    _until_done(lambda: client.unregister(name, version), tries)
+    return _until_done(lambda: client.unregister(name, version), tries)
 
 
 def _until_done(call: Callable[[], str], tries: int) -> str | None:
