@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import shutil
 import ssl
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,34 @@ def start_server(workdir: Path, store: Path, **extra: str) -> LocalServer:
     )
     server.start(timeout=120)
     return server
+
+
+# the gateway's tests need Debian's nginx
+NEEDS_NGINX = pytest.mark.skipif(
+    not (os.environ.get("TORCHSHIP_NGINX") or shutil.which("nginx") or os.access("/usr/sbin/nginx", os.X_OK)),
+    reason="nginx is not installed (scripts/setup-os.sh nginx)",
+)
+
+
+class Callers:
+    """`threads` callers, each running `_run(i)` (i: its number) until `stop` is set when the block ends."""
+
+    def __init__(self, threads: int = 2) -> None:
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, i: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
 
 
 class Caller:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -26,14 +25,11 @@ from torchship.gateway.tls import local_certificates
 from torchship.ops.server import free_ports
 from torchship.sdk.auth import StaticKeys
 
-from .conftest import Caller, deploy_example, start_gateway
+from .conftest import NEEDS_NGINX, Caller, deploy_example, start_gateway
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(
-        not (os.environ.get("TORCHSHIP_NGINX") or shutil.which("nginx") or os.access("/usr/sbin/nginx", os.X_OK)),
-        reason="nginx is not installed (scripts/setup-os.sh nginx)",
-    ),
+    NEEDS_NGINX,
 ]
 TORCHSHIP = str(Path(sys.executable).parent / "torchship")
 MLP = {"data": [0.25] * 100}

@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,14 +33,11 @@ from torchship.ops.takedown import unregister_after_load
 from torchship.sdk.auth import StaticKeys
 from torchship.sdk.errors import ConfigError
 
-from .conftest import ROOT, Caller
+from .conftest import NEEDS_NGINX, ROOT, Caller, Callers
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(
-        not (os.environ.get("TORCHSHIP_NGINX") or shutil.which("nginx") or os.access("/usr/sbin/nginx", os.X_OK)),
-        reason="nginx is not installed (scripts/setup-os.sh nginx)",
-    ),
+    NEEDS_NGINX,
 ]
 TORCHSHIP = str(Path(sys.executable).parent / "torchship")
 NAME, OTHER, STREAM = "atk", "atk-other", "atk-stream"
@@ -74,32 +70,21 @@ def kind(body: bytes) -> str:
     return body[:200].decode(errors="replace")
 
 
-class Traffic:
+class Traffic(Callers):
     """Callers of /predictions/atk (no version named) through the gateway, counting (status, kind) of each answer."""
 
     def __init__(self, call: Caller, key: str, threads: int = 2) -> None:
+        super().__init__(threads)
         self.call, self.key = call, key
         self.got: Counter[tuple[int, str]] = Counter()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
-    def _run(self) -> None:
+    def _run(self, i: int) -> None:
         while not self.stop.is_set():
             try:
                 status, _, body = self.call("POST", f"/predictions/{NAME}", self.key, BODY)
                 self.got[status, kind(body)] += 1
             except Exception as exc:  # noqa: BLE001 - every failure a caller sees is counted
                 self.got[0, type(exc).__name__] += 1
-
-    def __enter__(self) -> Traffic:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
 
 
 # ------------------------------------------------------------------ fixtures

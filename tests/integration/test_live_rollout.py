@@ -4,9 +4,6 @@ and the callers see no error either way."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import threading
 from collections import Counter
 
 import pytest
@@ -18,14 +15,11 @@ from torchship.ops.deploy import deploy
 from torchship.ops.live import live_rollout
 from torchship.ops.registry import Registry
 
-from .conftest import start_gateway
+from .conftest import NEEDS_NGINX, Callers, start_gateway
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(
-        not (os.environ.get("TORCHSHIP_NGINX") or shutil.which("nginx") or os.access("/usr/sbin/nginx", os.X_OK)),
-        reason="nginx is not installed (scripts/setup-os.sh nginx)",
-    ),
+    NEEDS_NGINX,
 ]
 NAME = "lmlp"
 
@@ -64,14 +58,13 @@ def gateway(server, client, store, public_key, versions):
         client.unregister(NAME)
 
 
-class Traffic:
+class Traffic(Callers):
     """Callers of /predictions/lmlp through the gateway (no version named), counting what they got."""
 
     def __init__(self, server, rows) -> None:
+        super().__init__(threads=2)
         self.server, self.rows = server, rows
         self.statuses: Counter[str] = Counter()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(2)]
 
     def _run(self, i: int) -> None:
         with TorchServe.from_config(self.server.effective_config_path, retries=0, gateway=True) as ts:
@@ -83,16 +76,6 @@ class Traffic:
                 except Exception as exc:  # noqa: BLE001 - every failure a caller sees is counted
                     self.statuses[type(exc).__name__] += 1
                 n += 2
-
-    def __enter__(self) -> Traffic:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
 
 
 def held_out_rows(mlp_run, n=200):
