@@ -156,3 +156,18 @@ def test_logs_without_a_server_is_one_clear_line(tmp_path):
     assert r.returncode == 1
     assert r.stderr.startswith("error: no server logs in ") and "torchship serve start" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_cause_written_after_much_output_is_still_named(logs_server, store):
+    # TorchServe kills a worker whose load failed at once, and what its reader thread had not read
+    # yet is lost: here 100 KB comes before the traceback, so without the wait of the workers'
+    # sitecustomize (torchship/ops/worker_site) the cause is missing every time
+    archiver.build(ArchiveSpec("chatty", "1.0", FIXTURES / "chatty_failing_handler.py"), store, force=True)
+    with logs_server.client() as c:
+        try:
+            with pytest.raises(E.ServerError) as info:
+                c.register("chatty-1.0.mar", initial_workers=1)
+            assert info.value.cause is not None, info.value
+            assert info.value.cause.line == "RuntimeError: chatty_failing_handler: the last part is missing"
+        finally:
+            c.unregister("chatty", "1.0")  # TorchServe keeps it, retrying its worker (deploy removes it)

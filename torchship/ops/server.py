@@ -43,6 +43,9 @@ CAPTURE_ENV = "TORCHSHIP_CAPTURE_DIR"  # torchship_capture.CAPTURE_ENV
 # a unix socket's path holds 107 bytes; TorchServe puts each worker's at TMPDIR/.ts.sock.<port>
 SOCKET_PATH_MAX = 107
 WORKER_SOCKET_LONGEST = ".ts.sock.65535"
+# put on the server's PYTHONPATH: its sitecustomize waits, in a worker that logs an error, until the
+# frontend has read the worker's output (see the module)
+WORKER_SITE = Path(__file__).resolve().parent / "worker_site"
 # TorchServe's logging when no log4j2.xml sits beside the config (torchship/templates/)
 _PACKAGED_LOG_CONFIG = Path(__file__).resolve().parents[1] / "templates" / "log4j2.xml"
 
@@ -277,6 +280,8 @@ class LocalServer:
         env[CAPTURE_ENV] = str(self.capture_dir)
         venv_bin = str(Path(sys.executable).parent)
         env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+        # the workers' last words reach model_log.log even when TorchServe kills them at once
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(WORKER_SITE), env.get("PYTHONPATH")]))
         cmd = [
             _torchserve_executable(),
             "--start",
