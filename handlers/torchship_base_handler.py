@@ -99,9 +99,10 @@ class Batch:
     results: list[Any]
     inputs: dict[int, Any] = field(default_factory=dict)
     v2: dict[int, dict] = field(default_factory=dict)
-    # each request sampled for capture (torchship_capture): its decoded body, and the bytes it was sent
-    # as when they are the body alone (None under the v2 binary extension, whose tensors follow the JSON)
-    captured: dict[int, tuple[Any, Any]] = field(default_factory=dict)
+    # each request sampled for capture (torchship_capture): its decoded body, the bytes it was sent as
+    # when they are the body alone (None under the v2 binary extension, whose tensors follow the JSON),
+    # and the gateway's id for it
+    captured: dict[int, tuple[Any, Any, str | None]] = field(default_factory=dict)
 
 
 class BatchHandler:
@@ -229,7 +230,7 @@ class BatchHandler:
                 is_v2 = oip.has_binary_header(headers)  # the binary extension: a v2 request for sure
                 payload, binary = self.read(request, headers)
                 if idx in captured:
-                    batch.captured[idx] = (payload, None if is_v2 else _body_of(request))
+                    batch.captured[idx] = (payload, None if is_v2 else _body_of(request), _gateway_id(headers))
                 is_v2 = is_v2 or oip.is_v2(payload)
                 if is_v2:
                     batch.inputs[idx] = self.parse_v2(oip.decode_inputs(payload, binary))
@@ -324,26 +325,34 @@ class BatchHandler:
         assert self.capture is not None
         capture = self.capture
         head = capture.batch_head(time.time(), (time.perf_counter() - started) * 1000, len(data))
+        # the common case, a JSON body on one line of ASCII with nothing to redact, goes in as it was
+        # sent; the loop's lookups are hoisted: this runs for every sampled request
+        as_is = None if capture.settings.get("redact") else torchship_capture.as_sent
+        line, answer_bytes = capture.line, torchship_capture.answer_bytes
+        kept, inputs, results = batch.captured, batch.inputs, batch.results
+        request_id, status = context.get_request_id, context.get_response_status
+        from_input = self.signals_from_input
         lines = []
         for idx in picked:
             try:
-                if idx in batch.captured:
-                    body = capture.input_bytes(*batch.captured[idx])
+                if idx in kept:
+                    body, raw, gateway_id = kept[idx]
+                    record = (as_is and as_is(raw)) or capture.input_bytes(body, raw)
                 else:  # it failed to parse: what was sent, as text when it is UTF-8
-                    body = torchship_capture.json_bytes(_raw_body(data[idx]))
+                    record = torchship_capture.json_bytes(_raw_body(data[idx]))
+                    gateway_id = _gateway_id(_headers(context, idx))
                 signals: Any = None
-                if idx in batch.inputs:  # parsed: its signals, or where drift finds them (the input itself)
-                    signals = "input" if self.signals_from_input else self.signals(batch.inputs[idx])
+                if idx in inputs:  # parsed: its signals, or where drift finds them (the input itself)
+                    signals = "input" if from_input else self.signals(inputs[idx])
                 lines.append(
-                    capture.line(
+                    line(
                         head,
-                        context.get_request_id(idx),
-                        int(context.get_response_status(idx)[0] or 200),
-                        body,
-                        torchship_capture.answer_bytes(batch.results[idx]),
+                        request_id(idx),
+                        int(status(idx)[0] or 200),
+                        record,
+                        answer_bytes(results[idx]),
                         signals,
-                        # the gateway's id: a live rollout pairs the default's and the shadow's answers by it
-                        _gateway_id(context, idx),
+                        gateway_id,  # a live rollout pairs the default's and the shadow's answers by it
                     )
                 )
             except Exception:  # noqa: BLE001 - a request the capture cannot describe is left out
@@ -674,7 +683,7 @@ def _header(context: Any, idx: int, name: str) -> Any:
 GATEWAY_ID = "X-Request-Id"  # stamped by torchship's gateway on every request it passes on (and on its mirror)
 
 
-def _gateway_id(context: Any, idx: int) -> str | None:
-    headers = _headers(context, idx)
+def _gateway_id(headers: dict[str, Any]) -> str | None:
+    """The id torchship's gateway stamped on a request (its headers), at most 64 characters."""
     value = headers.get(GATEWAY_ID) or headers.get(GATEWAY_ID.lower())
     return value[:64] if isinstance(value, str) else None

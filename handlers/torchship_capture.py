@@ -108,6 +108,7 @@ def jsonable(value: Any) -> Any:
     return {"type": type(value).__name__}
 
 
+_OPENERS = (b"{", b"[")  # how a JSON object or list begins
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _INPUT = b'"input"'  # the signals of a handler whose drift signals are its input (see the base handler)
 
@@ -134,12 +135,16 @@ def as_sent(raw: Any) -> bytes | None:
     """`raw` itself (or its size, when over MAX_FIELD_BYTES) when it can go into a record as it is: the
     bytes of a JSON object or list on one line of ASCII (what every client sends a JSON body as; the
     handler has parsed it already). None otherwise: it is encoded from its decoded value instead."""
-    if not isinstance(raw, (bytes, bytearray)) or raw[:1] not in (b"{", b"["):
+    if type(raw) is not bytes:  # (bytes is the common case: checked first, it runs for every record)
+        if not isinstance(raw, (bytes, bytearray)):
+            return None
+        raw = bytes(raw)
+    if not raw.startswith(_OPENERS):
         return None
     if len(raw) > MAX_FIELD_BYTES:  # recorded by its size, as any field over the bound (and never scanned)
         return b'{"omitted_bytes":%d}' % len(raw)
     if raw.isascii() and b"\n" not in raw and b"\r" not in raw:
-        return bytes(raw)
+        return raw
     return None
 
 
@@ -147,6 +152,19 @@ def answer_bytes(result: Any) -> bytes:
     """The answer a caller got, as record JSON: a handler's compact JSON answer goes in as it is."""
     fast = as_sent(result)
     return fast if fast is not None else json_bytes(result)
+
+
+def _alive(pid: str) -> bool:
+    """Whether process `pid` (as a capture file names it) is running."""
+    try:
+        os.kill(int(pid), 0)
+    except ValueError:
+        return False
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _str_json(value: Any) -> bytes:
@@ -306,7 +324,7 @@ class Capture:
     def _write(self, data: bytes) -> None:
         assert self.dir is not None
         if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
-            self._close()  # pruned by another worker of this version: begin a new file
+            self._close()  # removed (by hand: workers never remove a live worker's file): begin a new one
         if self._fd is None:
             self.dir.mkdir(parents=True, exist_ok=True)
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -323,20 +341,25 @@ class Capture:
             self._prune()  # on rotation only: a directory listing per batch would cost more than the capture
 
     def _prune(self) -> None:
-        """Remove the oldest capture files while the folder holds more than max_bytes."""
+        """Remove the oldest capture files while the folder holds more than max_bytes; never the file a
+        live worker of this version is writing (its newest), so no worker appends to a removed file."""
         assert self.dir is not None
         files = []
+        newest: dict[str, str] = {}  # each writer's pid -> the name of its newest file
         for p in self.dir.glob("capture-*.jsonl"):
             try:
                 st = p.stat()
             except OSError:
                 continue
             files.append((p.name, st.st_size, p))
+            pid = p.stem.rsplit("-", 1)[-1]
+            newest[pid] = max(newest.get(pid, ""), p.name)  # names sort in time order
         total = sum(size for _, size, _ in files)
-        for _, size, p in sorted(files):
+        for name, size, p in sorted(files):
             if total <= self.settings["max_bytes"]:
                 break
-            if p == self._path:
+            pid = p.stem.rsplit("-", 1)[-1]
+            if p == self._path or (name == newest[pid] and _alive(pid)):
                 continue
             p.unlink(missing_ok=True)
             total -= size

@@ -92,6 +92,47 @@ def test_capture_is_bounded_and_rotated(mlp, tmp_path):
     assert 0 < len(records) < 240 and records == sorted(records, key=lambda r: r["time"])  # the oldest went first
 
 
+def test_two_workers_never_remove_the_file_the_other_is_writing(mlp, mlp_run, tmp_path_factory, tmp_path, monkeypatch):
+    # two workers of one version share its folder; this test's process plays both (one pid), so the
+    # second worker's files are named as another live process's and a gone one's would be
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import load_handler
+
+    max_bytes, file_bytes = 16384, 4096
+    ops.write_settings(tmp_path / "capture", "mlp", "1.0", sample=1.0, max_bytes=max_bytes, file_bytes=file_bytes)
+    folder = tmp_path / "capture" / "mlp" / "1.0"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # a pid no process can have
+    try:
+        run_batch(mlp, [GOOD])  # the first worker's file, then the other (live) and a gone worker's
+        live = folder / f"capture-19700101T000000-000000001-{other.pid}.jsonl"
+        dead = folder / f"capture-19700101T000000-000000002-{gone}.jsonl"
+        for path in (live, dead):
+            path.write_bytes(b"")
+        for _ in range(60):  # the first worker rotates and prunes many times over
+            run_batch(mlp, [GOOD] * 2)
+        assert live.exists()  # the oldest file, but a live worker's newest: it may still be writing it
+        assert not dead.exists()  # a gone worker's file is history like any other
+        assert sum(f.stat().st_size for f in folder.glob("capture-*.jsonl")) <= max_bytes + 2 * file_bytes
+    finally:
+        other.kill()
+        other.wait()
+
+    # a file removed by hand while a worker writes it: the worker's next batch begins a new one
+    second = load_handler(mlp_run, "mlp_handler", "MLPHandler", tmp_path_factory)
+    second.capture = torchship_capture.Capture(tmp_path / "capture", "mlp", "1.0")
+    run_batch(second, [GOOD])  # (it reads its settings at its first batch, and then not for a minute)
+    monkeypatch.setattr(torchship_capture, "CHECK_EVERY_S", 60.0)
+    current = second.capture._path
+    assert current is not None and current.exists()
+    os.unlink(current)
+    run_batch(second, [GOOD])
+    assert second.capture._path is not None and second.capture._path != current and second.capture._path.exists()
+
+
 def test_a_huge_input_is_recorded_by_its_size(mlp, tmp_path):
     ops.write_settings(tmp_path / "capture", "mlp", "1.0", sample=1.0)
     rows = [[0.5] * 100] * 1024
