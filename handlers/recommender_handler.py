@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 import torch
+import torchship_capture
 import torchship_signals
 from torchship_base_handler import BatchHandler, ItemError
 
@@ -34,6 +35,10 @@ class RecommenderHandler(BatchHandler):
         self.seen = [torch.tensor(s, dtype=torch.long) for s in catalog["seen"]]
         self.popular = catalog["popular"]
         self.popularity = catalog["popularity"]
+        # a request's drift signals depend on its user alone: each known user's are worked out once
+        # here (a captured request then costs a list lookup, not its user's whole history)
+        self.user_signals = [torchship_capture.signals_json(self._signals_of(n)) for n in range(len(self.seen))]
+        self.unknown_user_signals = torchship_capture.signals_json(torchship_signals.recommender(None, None))
 
     def parse(self, payload: Any) -> tuple[str, int | None, int, bool]:
         if not isinstance(payload, dict) or "user_id" not in payload:
@@ -54,12 +59,13 @@ class RecommenderHandler(BatchHandler):
         user = str(user)
         return user, self.users.get(user), k, exclude
 
-    def signals(self, model_input: tuple[str, int | None, int, bool]) -> dict[str, list]:
+    def signals(self, model_input: tuple[str, int | None, int, bool]) -> bytes:
         """Drift signals (torchship_signals.recommender): whether the user is unknown, else how many items they
-        rated in training and how popular those items are."""
+        rated in training and how popular those items are (as record JSON, worked out at start-up)."""
         idx = model_input[1]
-        if idx is None:
-            return torchship_signals.recommender(None, None)
+        return self.unknown_user_signals if idx is None else self.user_signals[idx]
+
+    def _signals_of(self, idx: int) -> dict[str, list]:
         seen = self.seen[idx].tolist()
         return torchship_signals.recommender(len(seen), torchship_signals.mean_log_popularity(seen, self.popularity))
 

@@ -55,9 +55,12 @@ class SentimentHandler(BatchHandler):
         ids.text = text
         return ids
 
-    def signals(self, model_input: tuple[list[list[int]], bool]) -> dict[str, list]:
+    def signals(self, model_input: tuple[list[list[int]], bool]) -> dict[str, list] | bytes:
         """Drift signals (torchship_signals.sentiment): each text's length in words and out-of-vocabulary share."""
         items = model_input[0]
+        if len(items) == 1:  # one text: its record JSON at once
+            words = torchship_signals.words(getattr(items[0], "text", ""))
+            return torchship_signals.one_text_json(*torchship_signals.text(words, self.tokens))
         texts = [getattr(items[i], "text", "") for i in torchship_signals.picked(len(items))]
         return torchship_signals.sentiment(
             torchship_signals.text(torchship_signals.words(t), self.tokens) for t in texts

@@ -359,8 +359,10 @@ class BatchHandler:
                 logger.warning("request %d: not captured", idx, exc_info=True)
         capture.write(lines)
 
-    def signals(self, model_input: Any) -> dict[str, float] | None:
-        """What drift is measured on, derived from one parsed request (none by default; see the examples)."""
+    def signals(self, model_input: Any) -> dict[str, Any] | bytes | None:
+        """What drift is measured on, derived from one parsed request (none by default; see the examples):
+        a dict of lists of values, or that dict as `torchship_capture.signals_json` gives it (signals a
+        handler works out ahead of time, once, cost nothing per request)."""
         return None
 
     # what a subclass changes

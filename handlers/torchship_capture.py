@@ -113,6 +113,11 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _INPUT = b'"input"'  # the signals of a handler whose drift signals are its input (see the base handler)
 
 
+def signals_json(signals: dict[str, Any]) -> bytes:
+    """A request's drift signals as they go into its record (compact JSON; NaN refused)."""
+    return _ENCODER.encode(signals).encode("ascii")
+
+
 def bounded_json(text: str) -> str:
     """JSON text as it goes into a record: itself, or its size when it is over MAX_FIELD_BYTES."""
     return text if len(text) <= MAX_FIELD_BYTES else f'{{"omitted_bytes":{len(text)}}}'
@@ -293,10 +298,13 @@ class Capture:
         gateway_id: str | None = None,
     ) -> bytes:
         """One record: `head` (batch_head), then this request's fields; `body` and `answer` are record
-        JSON already (input_bytes, answer_bytes), so nothing is decoded and encoded again."""
+        JSON already (input_bytes, answer_bytes), so nothing is decoded and encoded again. `signals`: a
+        dict, "input", or a dict's `signals_json` already (a handler that works them out ahead of time)."""
         more = b""
         if signals:
-            more = b',"signals":' + (_INPUT if signals == "input" else _ENCODER.encode(signals).encode("ascii"))
+            if type(signals) is not bytes:
+                signals = _INPUT if signals == "input" else signals_json(signals)
+            more = b',"signals":' + signals
         if gateway_id:
             more += b',"gateway_id":' + _str_json(gateway_id)
         return b'%s,"request_id":%s,"status":%d%s,"input":%s,"answer":%s}\n' % (

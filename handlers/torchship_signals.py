@@ -162,6 +162,12 @@ def sentiment(texts: Iterable[tuple[int, float]], cap: bool = True) -> Signals:
     return {"tokens": [int(n) for n, _ in texts], "oov": [_r(o) for _, o in texts]}
 
 
+def one_text_json(words: int, oov: float) -> bytes:
+    """`sentiment` of a request of one text (the common case) as record JSON, the bytes
+    `torchship_capture.signals_json` gives for it, without building and encoding the dict."""
+    return b'{"tokens":[%d],"oov":[%s]}' % (int(words), repr(_r(oov)).encode("ascii"))
+
+
 def fashion(images: np.ndarray, cap: bool = True) -> Signals:
     """Images (n x 28 x 28, intensities 0-1): each one's mean, spread and share of dark pixels."""
     images = np.asarray(images, dtype=np.float64)

@@ -40,6 +40,19 @@ def sentiment(sentiment_run, tmp_path_factory):
     return load_handler(sentiment_run, "sentiment_handler", "SentimentHandler", tmp_path_factory)
 
 
+def test_sentiment_drift_signals_of_one_text_are_the_bytes_of_the_general_path(sentiment):
+    import torchship_capture
+    import torchship_signals
+
+    texts = ["A gripping, funny film.", "Ünïcödé wörds, naïve café", "!!! ...", "word " * 900, "x"]
+    for text in texts:
+        signals = sentiment.signals(sentiment.parse({"text": text}))
+        general = torchship_signals.sentiment([torchship_signals.text(torchship_signals.words(text), sentiment.tokens)])
+        assert signals == torchship_capture.signals_json(general), text  # the same bytes in the record
+    many = sentiment.signals(sentiment.parse({"texts": texts[:2]}))
+    assert many["tokens"] == [4, 4] and len(many["oov"]) == 2  # a request of several texts: the dict
+
+
 def test_sentiment_answers_and_per_item_errors(sentiment):
     bodies = [
         {"text": "a gripping, funny and moving film"},
@@ -182,6 +195,21 @@ def test_recommender_top_k_matches_the_model_and_excludes_seen(recommender, reco
     assert not seen_ids & set(answer["item_ids"])
     assert all(it["title"] and it["title"] != it["item_id"] for it in answer["items"])
     assert with_seen["item_ids"] != answer["item_ids"]
+
+
+def test_recommender_drift_signals_worked_out_ahead_are_those_of_the_catalog(recommender, recommender_run):
+    import torchship_signals
+
+    catalog = json.loads((recommender_run / "catalog.json").read_text())
+    for n in (0, 1, len(catalog["users"]) // 2, len(catalog["users"]) - 1):
+        seen = catalog["seen"][n]
+        expected = torchship_signals.recommender(
+            len(seen), torchship_signals.mean_log_popularity(seen, catalog["popularity"])
+        )
+        signals = recommender.signals(recommender.parse({"user_id": catalog["users"][n]}))
+        assert json.loads(signals) == expected and expected["unknown_user"] == [0]
+    unknown = recommender.signals(recommender.parse({"user_id": "no-such-user"}))
+    assert json.loads(unknown) == torchship_signals.recommender(None, None) == {"unknown_user": [1]}
 
 
 def test_recommender_unknown_user_gets_popular_items_flagged(recommender):
