@@ -35,9 +35,9 @@ class RecommenderHandler(BatchHandler):
         self.seen = [torch.tensor(s, dtype=torch.long) for s in catalog["seen"]]
         self.popular = catalog["popular"]
         self.popularity = catalog["popularity"]
-        # a request's drift signals depend on its user alone: each known user's are worked out once
-        # here (a captured request then costs a list lookup, not its user's whole history)
-        self.user_signals = [torchship_capture.signals_json(self._signals_of(n)) for n in range(len(self.seen))]
+        # a request's drift signals depend on its user alone: each user's are worked out once, at their
+        # first captured request (then a list lookup, not the user's whole history each time)
+        self.user_signals: list[bytes | None] = [None] * len(self.seen)
         self.unknown_user_signals = torchship_capture.signals_json(torchship_signals.recommender(None, None))
 
     def parse(self, payload: Any) -> tuple[str, int | None, int, bool]:
@@ -61,13 +61,18 @@ class RecommenderHandler(BatchHandler):
 
     def signals(self, model_input: tuple[str, int | None, int, bool]) -> bytes:
         """Drift signals (torchship_signals.recommender): whether the user is unknown, else how many items they
-        rated in training and how popular those items are (as record JSON, worked out at start-up)."""
+        rated in training and how popular those items are (as record JSON, kept per user)."""
         idx = model_input[1]
-        return self.unknown_user_signals if idx is None else self.user_signals[idx]
-
-    def _signals_of(self, idx: int) -> dict[str, list]:
-        seen = self.seen[idx].tolist()
-        return torchship_signals.recommender(len(seen), torchship_signals.mean_log_popularity(seen, self.popularity))
+        if idx is None:
+            return self.unknown_user_signals
+        known = self.user_signals[idx]
+        if known is None:
+            seen = self.seen[idx].tolist()
+            signals = torchship_signals.recommender(
+                len(seen), torchship_signals.mean_log_popularity(seen, self.popularity)
+            )
+            known = self.user_signals[idx] = torchship_capture.signals_json(signals)
+        return known
 
     def predict(self, inputs: list[tuple[str, int | None, int, bool]]) -> list[Any]:
         known = [idx for _, idx, _, _ in inputs if idx is not None]

@@ -163,11 +163,9 @@ def _alive(pid: str) -> bool:
     """Whether process `pid` (as a capture file names it) is running."""
     try:
         os.kill(int(pid), 0)
-    except ValueError:
+    except (ValueError, ProcessLookupError):
         return False
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    except PermissionError:  # another account's: it exists
         return True
     return True
 

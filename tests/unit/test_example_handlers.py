@@ -206,8 +206,10 @@ def test_recommender_drift_signals_worked_out_ahead_are_those_of_the_catalog(rec
         expected = torchship_signals.recommender(
             len(seen), torchship_signals.mean_log_popularity(seen, catalog["popularity"])
         )
-        signals = recommender.signals(recommender.parse({"user_id": catalog["users"][n]}))
+        parsed = recommender.parse({"user_id": catalog["users"][n]})
+        signals = recommender.signals(parsed)
         assert json.loads(signals) == expected and expected["unknown_user"] == [0]
+        assert recommender.signals(parsed) is signals  # worked out once per user
     unknown = recommender.signals(recommender.parse({"user_id": "no-such-user"}))
     assert json.loads(unknown) == torchship_signals.recommender(None, None) == {"unknown_user": [1]}
 
