@@ -325,10 +325,8 @@ class BatchHandler:
         assert self.capture is not None
         capture = self.capture
         head = capture.batch_head(time.time(), (time.perf_counter() - started) * 1000, len(data))
-        # the common case, a JSON body on one line of ASCII with nothing to redact, goes in as it was
-        # sent; the loop's lookups are hoisted: this runs for every sampled request
-        as_is = None if capture.settings.get("redact") else torchship_capture.as_sent
-        line, answer_bytes = capture.line, torchship_capture.answer_bytes
+        # the loop's lookups are hoisted: this runs for every sampled request
+        line, input_bytes, answer_bytes = capture.line, capture.input_bytes, torchship_capture.answer_bytes
         kept, inputs, results = batch.captured, batch.inputs, batch.results
         request_id, status = context.get_request_id, context.get_response_status
         from_input = self.signals_from_input
@@ -337,7 +335,7 @@ class BatchHandler:
             try:
                 if idx in kept:
                     body, raw, gateway_id = kept[idx]
-                    record = (as_is and as_is(raw)) or capture.input_bytes(body, raw)
+                    record = input_bytes(body, raw)
                 else:  # it failed to parse: what was sent, as text when it is UTF-8
                     record = torchship_capture.json_bytes(_raw_body(data[idx]))
                     gateway_id = _gateway_id(_headers(context, idx))

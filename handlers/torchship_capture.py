@@ -357,14 +357,13 @@ class Capture:
                 st = p.stat()
             except OSError:
                 continue
-            files.append((p.name, st.st_size, p))
             pid = p.stem.rsplit("-", 1)[-1]
+            files.append((p.name, st.st_size, p, pid))
             newest[pid] = max(newest.get(pid, ""), p.name)  # names sort in time order
-        total = sum(size for _, size, _ in files)
-        for name, size, p in sorted(files):
+        total = sum(size for _, size, _, _ in files)
+        for name, size, p, pid in sorted(files):
             if total <= self.settings["max_bytes"]:
                 break
-            pid = p.stem.rsplit("-", 1)[-1]
             if p == self._path or (name == newest[pid] and _alive(pid)):
                 continue
             p.unlink(missing_ok=True)
