@@ -44,7 +44,12 @@ EXAMPLES: dict[str, Example] = {
         serving=_SERVING,
         run_files=("vocab.json",),
     ),
-    "fashion": Example(handler="fashion_handler.py", model_config=_CONFIG, serving=_SERVING),
+    "fashion": Example(
+        handler="fashion_handler.py",
+        extra_files=_SHARED + ("torchship_image.py",),
+        model_config=_CONFIG,
+        serving=_SERVING,
+    ),
     "recommender": Example(
         handler="recommender_handler.py", model_config=_CONFIG, serving=_SERVING, run_files=("catalog.json",)
     ),

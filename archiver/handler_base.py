@@ -26,6 +26,7 @@ BASE_MODULES = (
     "torchship_base_handler",
     "torchship_capture",
     "torchship_drift",
+    "torchship_image",
     "torchship_models",
     "torchship_oip",
     "torchship_signals",

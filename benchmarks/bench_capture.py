@@ -197,7 +197,8 @@ def in_process(archive: Path, folder: Path, body: object, sample: float, batches
         capture.write_settings(root, "m", "1.0", sample=rate, drift_every_s=0)
         handler.capture = torchship_capture.Capture(root, "m", "1.0")
         handlers[label] = handler
-    data = [{"body": json.dumps(body).encode()} for _ in range(8)]
+    sent = body if isinstance(body, bytes) else json.dumps(body).encode()  # a PNG as it is, else JSON
+    data = [{"body": sent} for _ in range(8)]
     times: dict[str, list[float]] = {"off": [], "on": []}
     for _ in range(3):
         for label, handler in handlers.items():

@@ -55,7 +55,7 @@ CANDIDATES = {
 
 
 def payload(model: str) -> object:
-    """A real held-out input of the model, as the client sends it."""
+    """A real held-out input of the model, as the client sends it (fashion: a PNG's bytes)."""
     if model == "mlp":
         from torchship.train.mlp import make_data
 
@@ -63,6 +63,15 @@ def payload(model: str) -> object:
         return {"data": [round(v, 6) for v in x[-1].tolist()]}
     import subprocess
 
+    if model == "fashion":  # an image: the PNG bytes a client sends
+        with tempfile.TemporaryDirectory() as tmp:
+            png = Path(tmp) / "request.png"
+            subprocess.run(
+                [sys.executable, str(ROOT / "scripts" / "demo_request.py"), model, "--png", str(png)],
+                capture_output=True,
+                check=True,
+            )
+            return png.read_bytes()
     body = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "demo_request.py"), model], capture_output=True, check=True
     ).stdout

@@ -14,30 +14,18 @@ input of shape [28, 28], [n, 28, 28] or [n, 1, 28, 28].
 
 from __future__ import annotations
 
-import io
-import struct
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
+import torchship_image
 import torchship_signals
-from PIL import Image, UnidentifiedImageError
 from torchship_base_handler import NPY_MAGIC, BatchHandler, ItemError
-
-MAX_PIXELS = 4_194_304  # 2048x2048: larger images (decompression bombs) are refused from their header
-MAX_SIDE = 16_384  # a 1-pixel-high strip is refused too
-MAX_IMAGES = 256
-_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF")
-_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
-# The handler refuses more than MAX_PIXELS itself, from the header (with its own message); PIL's own
-# guard (DecompressionBombError at twice its MAX_IMAGE_PIXELS, while opening) stays as a backstop
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS * 8
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # refused below, not warned
 
 
 class FashionHandler(BatchHandler):
     max_body_bytes = 6 * 1024 * 1024
+    signals_from_input = True  # drift decodes the recorded image itself (torchship_signals.from_input)
 
     def initialize(self, context: Any) -> None:
         super().initialize(context)
@@ -52,6 +40,10 @@ class FashionHandler(BatchHandler):
         ):
             return {"_image_bytes": bytes(body)}, b""
         return super().payload(request, headers)
+
+    def captured_body(self, payload: Any) -> Any:
+        """An image is recorded as its bytes (base64 in the record), which replay sends again."""
+        return payload["_image_bytes"] if isinstance(payload, dict) and "_image_bytes" in payload else payload
 
     def parse(self, payload: Any) -> tuple[np.ndarray, int]:
         if isinstance(payload, np.ndarray):  # a binary .npy body of 28x28 images
@@ -79,50 +71,19 @@ class FashionHandler(BatchHandler):
             raise ItemError(f"input {name!r} must hold numbers")
         return self._normalise(array, f"input {name!r}"), len(self.labels)
 
-    def _normalise(self, image: np.ndarray, what: str) -> np.ndarray:
-        """28x28 images scaled to 0-1; the shape is checked before any conversion allocates."""
-        if image.ndim == 4 and image.shape[1] == 1:
-            image = image[:, 0]
-        if image.ndim == 2:
-            image = image[None]
-        if image.ndim != 3 or image.shape[1:] != (28, 28) or image.shape[0] == 0 or image.shape[0] > MAX_IMAGES:
-            raise ItemError(f"{what} has shape {list(image.shape)}: expected 28x28 (at most {MAX_IMAGES} images)")
-        image = image.astype(np.float64)
-        if not np.isfinite(image).all() or image.min() < 0 or image.max() > 255:
-            raise ItemError(f"{what} values must be finite, from 0 to 255 (or 0 to 1)")
-        scale = 1.0 if image.max() <= 1.0 else 255.0
-        return (image / scale).astype(np.float32)
-
-    def _decode_image(self, data: bytes) -> np.ndarray:
-        if not data.startswith(_MAGIC):
-            raise ItemError("the body is neither JSON nor a PNG/JPEG image")
+    @staticmethod
+    def _normalise(image: np.ndarray, what: str) -> np.ndarray:
         try:
-            # formats: no probing of every plugin; the size is checked from the header, before decoding
-            with Image.open(io.BytesIO(data), formats=_FORMATS) as img:
-                if img.width * img.height > MAX_PIXELS or max(img.size) > MAX_SIDE:
-                    raise ItemError(
-                        f"the image has {img.width}x{img.height} pixels: at most {MAX_PIXELS:,} "
-                        f"(and {MAX_SIDE:,} a side)"
-                    )
-                img.load()
-                grey = img if img.mode == "L" else img.convert("L")
-                if grey.size != (28, 28):
-                    grey = grey.resize((28, 28), Image.Resampling.BILINEAR)
-                return (np.asarray(grey, dtype=np.float32) / 255.0)[None]
-        except (
-            UnidentifiedImageError,
-            OSError,
-            ValueError,
-            SyntaxError,
-            Image.DecompressionBombError,
-            EOFError,
-            IndexError,
-            TypeError,
-            struct.error,
-            ZeroDivisionError,
-        ) as exc:
-            text = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-            raise ItemError(f"cannot read the image: {text}") from None
+            return torchship_image.normalise(image, what)
+        except torchship_image.ImageError as exc:
+            raise ItemError(str(exc)) from None
+
+    @staticmethod
+    def _decode_image(data: bytes) -> np.ndarray:
+        try:
+            return torchship_image.decode(data)
+        except torchship_image.ImageError as exc:
+            raise ItemError(str(exc)) from None
 
     def signals(self, model_input: tuple[np.ndarray, int]) -> dict[str, list]:
         """Drift signals (torchship_signals.fashion): each image's mean, spread and share of dark pixels."""

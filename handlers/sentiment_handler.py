@@ -23,6 +23,8 @@ MAX_TEXTS = 256
 
 class SentimentHandler(BatchHandler):
     max_body_bytes = 6 * 1024 * 1024  # 256 texts of 5,000 characters
+    # drift reads the recorded texts with the archive's vocab.json (torchship_signals.from_input)
+    signals_from_input = True
 
     def initialize(self, context: Any) -> None:
         super().initialize(context)

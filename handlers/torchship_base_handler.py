@@ -110,8 +110,9 @@ class BatchHandler:
 
     max_body_bytes = MAX_BODY  # a body (or an unpacked gzip body) over this answers 413 with a JSON message
     # True when the drift side derives the signals from the recorded input alone
-    # (torchship_signals.from_input): the capture writes "signals": "input" instead of them (for mlp,
-    # whose signals are its 100 features again, they were most of a captured request's cost)
+    # (torchship_signals.from_input): the capture writes "signals": "input" instead of them, and the
+    # request pays nothing for them (mlp's 100 features, sentiment's words, fashion's pixels were most of
+    # a captured request's cost). With a field redacted, or a v2 binary request, they are worked out here.
     signals_from_input = False
 
     def __init__(self) -> None:
@@ -152,7 +153,7 @@ class BatchHandler:
         reference = self.meta.get("reference")
         if self.capture.dir is not None and isinstance(reference, dict) and isinstance(reference.get("signals"), dict):
             self.drift_gauge = torchship_drift.DriftGauge(
-                self.capture.dir, reference, self.capture.model, self.capture.version
+                self.capture.dir, reference, self.capture.model, self.capture.version, self.model_dir
             )
         self.initialized = True
 
@@ -230,7 +231,8 @@ class BatchHandler:
                 is_v2 = oip.has_binary_header(headers)  # the binary extension: a v2 request for sure
                 payload, binary = self.read(request, headers)
                 if idx in captured:
-                    batch.captured[idx] = (payload, None if is_v2 else _body_of(request), _gateway_id(headers))
+                    kept = self.captured_body(payload)
+                    batch.captured[idx] = (kept, None if is_v2 else _body_of(request), _gateway_id(headers))
                 is_v2 = is_v2 or oip.is_v2(payload)
                 if is_v2:
                     batch.inputs[idx] = self.parse_v2(oip.decode_inputs(payload, binary))
@@ -329,10 +331,12 @@ class BatchHandler:
         line, input_bytes, answer_bytes = capture.line, capture.input_bytes, torchship_capture.answer_bytes
         kept, inputs, results = batch.captured, batch.inputs, batch.results
         request_id, status = context.get_request_id, context.get_response_status
-        from_input = self.signals_from_input
+        # drift derives the signals from the recorded input, unless a field of it is redacted
+        from_input = self.signals_from_input and not capture.settings.get("redact")
         lines = []
         for idx in picked:
             try:
+                raw = None
                 if idx in kept:
                     body, raw, gateway_id = kept[idx]
                     record = input_bytes(body, raw)
@@ -340,8 +344,9 @@ class BatchHandler:
                     record = torchship_capture.json_bytes(_raw_body(data[idx]))
                     gateway_id = _gateway_id(_headers(context, idx))
                 signals: Any = None
-                if idx in inputs:  # parsed: its signals, or where drift finds them (the input itself)
-                    signals = "input" if from_input else self.signals(inputs[idx])
+                if idx in inputs:  # parsed: its signals, or where drift finds them (the whole input recorded:
+                    # not under the v2 binary extension, whose tensors the record leaves out)
+                    signals = "input" if from_input and raw is not None else self.signals(inputs[idx])
                 lines.append(
                     line(
                         head,
@@ -356,6 +361,11 @@ class BatchHandler:
             except Exception:  # noqa: BLE001 - a request the capture cannot describe is left out
                 logger.warning("request %d: not captured", idx, exc_info=True)
         capture.write(lines)
+
+    def captured_body(self, payload: Any) -> Any:
+        """What the capture records of a request's decoded body (`payload`'s first part): the body itself,
+        unless a handler's `payload` wraps what was sent (the fashion handler's image bytes)."""
+        return payload
 
     def signals(self, model_input: Any) -> dict[str, Any] | bytes | None:
         """What drift is measured on, derived from one parsed request (none by default; see the examples):

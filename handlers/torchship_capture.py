@@ -153,6 +153,15 @@ def as_sent(raw: Any) -> bytes | None:
     return None
 
 
+def base64_json(data: bytes) -> bytes:
+    """Bytes as record JSON, {"base64": ...}, as `json_bytes` gives them (its size when the JSON would be over
+    MAX_FIELD_BYTES), without building and encoding the dict."""
+    encoded = base64.b64encode(data)
+    if len(encoded) + 13 > MAX_FIELD_BYTES:
+        return b'{"omitted_bytes":%d}' % (len(encoded) + 13)
+    return b'{"base64":"' + encoded + b'"}'
+
+
 def answer_bytes(result: Any) -> bytes:
     """The answer a caller got, as record JSON: a handler's compact JSON answer goes in as it is."""
     fast = as_sent(result)
@@ -279,6 +288,8 @@ class Capture:
             fast = as_sent(raw)
             if fast is not None:
                 return fast
+        if type(body) is bytes:  # an image or other binary body (no field to redact): its base64 as it is
+            return base64_json(body)
         return json_bytes(self.redact(body))
 
     def batch_head(self, now: float, worker_ms: float, size: int) -> bytes:

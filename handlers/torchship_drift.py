@@ -131,10 +131,12 @@ def _time(record: dict[str, Any]) -> float:
 # ------------------------------------------------------------------ the comparison
 
 
-def live_values(kind: str, records: list[dict[str, Any]]) -> tuple[dict[str, list[Any]], int]:
+def live_values(kind: str, records: list[dict[str, Any]], data: Any = None) -> tuple[dict[str, list[Any]], int]:
     """Return each signal's values over the answered records, and how many records that is.
 
-    The values are the handler's signals and the answer's predictions (torchship_signals.predictions)."""
+    The values are the handler's signals, or those `torchship_signals.from_input` derives from the
+    recorded input (with `data`, its `input_data` of the archive), and the answer's predictions
+    (torchship_signals.predictions)."""
     values: dict[str, list[Any]] = {}
     used = 0
     for r in records:
@@ -142,7 +144,7 @@ def live_values(kind: str, records: list[dict[str, Any]]) -> tuple[dict[str, lis
             continue
         signals = r.get("signals")
         if signals == "input":  # the handler left them in the input (signals_from_input)
-            signals = torchship_signals.from_input(kind, r.get("input"))
+            signals = torchship_signals.from_input(kind, r.get("input"), data)
         if not isinstance(signals, dict):
             continue
         used += 1
@@ -233,10 +235,12 @@ def _verdict(stat: float | None, drift_at: float, watch_at: float) -> str:
     return "drift" if stat > drift_at else "watch" if stat > watch_at else "calm"
 
 
-def compare(reference: dict[str, Any], records: list[dict[str, Any]]) -> tuple[list[SignalDrift], int]:
-    """(each reference signal judged on the records, how many records were used)."""
+def compare(
+    reference: dict[str, Any], records: list[dict[str, Any]], data: Any = None
+) -> tuple[list[SignalDrift], int]:
+    """(each reference signal judged on the records, how many records were used); `data`: see live_values."""
     kind = str(reference.get("kind", ""))
-    values, used = live_values(kind, records)
+    values, used = live_values(kind, records, data)
     signals = reference["signals"]
     continuous = sum(1 for s in signals.values() if s.get("type") != "categorical")
     return [compare_signal(name, ref, values.get(name, []), continuous) for name, ref in signals.items()], used
@@ -254,12 +258,13 @@ def score(judged: list[SignalDrift]) -> float:
 GAUGES = ("TorchshipDrift", "TorchshipDriftScore", "TorchshipDriftRecords")
 
 
-# What the child process of DriftGauge.measure_apart runs: the job (folder, window, reference) on stdin,
-# the figures as JSON on stdout.
+# What the child process of DriftGauge.measure_apart runs: the job (folder, window, reference, the model's
+# folder) on stdin, the figures as JSON on stdout.
 _CHILD = (
     "import json, os, sys; os.nice(10); job = json.load(sys.stdin); sys.path.insert(0, job['path']); "
     "import torchship_drift as d; "
-    "g = d.DriftGauge(job['folder'], job['reference'], '', ''); print(json.dumps(g.measure(job['window'])))"
+    "g = d.DriftGauge(job['folder'], job['reference'], '', '', job['model_dir']); "
+    "print(json.dumps(g.measure(job['window'])))"
 )
 
 
@@ -268,8 +273,11 @@ class DriftGauge:
     seconds in a process of its own (started and waited on from a thread), and hands the figures to the
     next batch to emit."""
 
-    def __init__(self, folder: Path, reference: dict[str, Any], model: str, version: str) -> None:
+    def __init__(
+        self, folder: Path, reference: dict[str, Any], model: str, version: str, model_dir: Path | None = None
+    ) -> None:
         self.folder, self.reference, self.model, self.version = Path(folder), reference, model, version
+        self.model_dir = None if model_dir is None else str(model_dir)  # where the archive's files are
         self._last = time.monotonic()
         self._thread: threading.Thread | None = None
         self._found: tuple[float, tuple[int, float, int]] | None = None  # (when, (drift, score, records))
@@ -295,16 +303,25 @@ class DriftGauge:
 
     def measure(self, window: int) -> tuple[int, float, int] | None:
         """(drift 0/1, score, records) of the last `window` captured requests; None under MIN_RECORDS."""
-        judged, used = compare(self.reference, read_records(self.folder, last=window))
+        judged, used = compare(self.reference, read_records(self.folder, last=window), self.input_data())
         if used < MIN_RECORDS:
             return None
         return int(any(s.verdict == "drift" for s in judged)), round(score(judged), 4), used
+
+    def input_data(self) -> Any:
+        """torchship_signals.input_data of the model's folder (the sentiment vocabulary), read when measured."""
+        kind = str(self.reference.get("kind", ""))
+        name = torchship_signals.INPUT_FILES.get(kind)
+        if name is None or self.model_dir is None:
+            return None
+        path = Path(self.model_dir) / name
+        return torchship_signals.input_data(kind, path.read_bytes() if path.is_file() else None)
 
     def measure_apart(self, window: int, timeout: float = 120.0) -> tuple[int, float, int] | None:
         """`measure` in a child process at a lower priority (nice 10), which reads the capture itself: none
         of its CPU is spent holding this worker's GIL. The model keys are not handed down."""
         job = {"path": str(Path(__file__).resolve().parent), "folder": str(self.folder), "window": window}
-        job["reference"] = self.reference
+        job["reference"], job["model_dir"] = self.reference, self.model_dir
         env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHSHIP_MODEL_KEYS")}
         proc = subprocess.run(
             [sys.executable, "-c", _CHILD],

@@ -1,8 +1,11 @@
 """Drift signals: what the example models' traffic is measured on, one definition for training and serving.
 
 Training records a *reference* of each signal on its held-out data in the checkpoint's meta.json
-(`reference`); the handler of a served version derives the same signals from each captured request
-(`BatchHandler.signals`, recorded in the capture as `signals`); `torchship drift` compares the two.
+(`reference`); the same signals of each captured request are derived where drift is measured, from the
+input the capture recorded (`from_input`, with the archive's vocab.json for sentiment: the request pays
+nothing for them), or by the handler of a served version (`BatchHandler.signals`, recorded in the
+capture as `signals`: a model of your own, or a request whose input the record does not hold whole);
+`torchship drift` compares them with the reference.
 
 A request's signals: ``{name: [value per item]}``, an item being a row (mlp), a text (sentiment) or an
 image (fashion) of the request; a request of many items contributes at most ``MAX_ITEMS`` of them,
@@ -28,11 +31,15 @@ A model of your own: its handler's ``signals`` returns what it measures of one r
 rows of features), and its training records the same signals of its held-out data with
 ``torchship.checkpoint.save(..., drift_signals=...)``.
 
-numpy only (no torch): the drift command imports this without loading a model.
+numpy only (no torch): the drift command imports this without loading a model (and Pillow, through
+torchship_image, for a captured image).
 """
 
 from __future__ import annotations
 
+import base64
+import importlib
+import json
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -127,14 +134,76 @@ def mlp_rows(model_input: Any) -> np.ndarray | None:
     return rows if rows.ndim == 2 and rows.size else None
 
 
-def from_input(kind: str, model_input: Any) -> Signals | None:
+# The archive file each kind's `from_input` reads besides the record (the sentiment vocabulary).
+INPUT_FILES = {"sentiment": "vocab.json"}
+
+
+def input_data(kind: str, content: bytes | None) -> Any:
+    """What `from_input` needs of the archive for `kind`, from the content of its INPUT_FILES member
+    (the sentiment vocabulary's tokens, as a set); None when the kind needs none or it is missing."""
+    if kind == "sentiment" and content is not None:
+        vocab = json.loads(content)
+        tokens = vocab.get("tokens") if isinstance(vocab, dict) else None
+        return frozenset(tokens) if isinstance(tokens, (dict, list)) else None
+    return None
+
+
+def from_input(kind: str, model_input: Any, data: Any = None) -> Signals | None:
     """The signals of a captured request whose handler records them as "input" (`signals_from_input`):
     derived here, where drift reads the capture, from the input recorded (the same values the handler
-    would have recorded). None when the input cannot be read."""
+    would have recorded); `data` is `input_data`'s. None when the input cannot be read."""
     if kind == "mlp":
         rows = mlp_rows(model_input)
         return mlp(rows) if rows is not None else None
+    if kind == "sentiment" and data is not None:
+        texts = _texts(model_input)
+        return None if texts is None else sentiment(text(words(t), data) for t in texts)
+    if kind == "fashion":
+        images = _images(model_input)
+        return None if images is None else fashion(images)
     return None
+
+
+def _texts(model_input: Any) -> list[str] | None:
+    """The texts of a captured sentiment request ({"text": ...} or {"texts": [...]}), the picked ones."""
+    if not isinstance(model_input, dict):
+        return None
+    texts = model_input["texts"] if "texts" in model_input else [model_input.get("text")]  # as the handler reads it
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        return None
+    return [texts[i] for i in picked(len(texts))]
+
+
+def _images(model_input: Any) -> np.ndarray | None:
+    """The images of a captured fashion request as its handler reads them (n x 28 x 28, 0-1): image bytes
+    ({"base64": ...}), {"image": ...}, an .npy body or one Open Inference Protocol input."""
+    # imported by name: a worker imports each archive file as a top-level module (the fashion archive
+    # packs this one), the drift command as torchship's; and an archive packing the handler base for
+    # other kinds of data does not pack it (or need Pillow) because this module names it
+    try:
+        torchship_image: Any = importlib.import_module("torchship_image")
+    except ModuleNotFoundError:
+        torchship_image = importlib.import_module("torchship.handlers.torchship_image")
+
+    if not isinstance(model_input, dict):
+        return None
+    inputs = model_input.get("inputs")
+    try:
+        if set(model_input) == {"base64"}:
+            return torchship_image.decode(base64.b64decode(model_input["base64"], validate=True))
+        if "image" in model_input:
+            image = np.asarray(model_input["image"], dtype=np.float64)
+        elif set(model_input) == {"npy", "data"}:
+            image = np.asarray(model_input["data"], dtype=np.float64).reshape([int(d) for d in model_input["npy"]])
+        elif isinstance(inputs, list) and len(inputs) == 1 and isinstance(inputs[0], dict):
+            shape = inputs[0].get("shape")
+            image = np.asarray(inputs[0].get("data"), dtype=np.float64)
+            image = image.reshape([int(d) for d in shape]) if shape is not None else image
+        else:
+            return None
+        return torchship_image.normalise(image, "image")
+    except (torchship_image.ImageError, TypeError, ValueError):
+        return None
 
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")  # letters and digits of any script, inner apostrophes

@@ -310,3 +310,12 @@ def test_a_record_is_one_json_line_whatever_its_ids_and_bodies_hold(tmp_path):
         )
         assert record["input"] == (body if isinstance(body, dict) else {"base64": "iVBORy4uLg=="})
         assert record["answer"] == {"a": 1} and record["time"] == 1700000000.123
+
+
+@pytest.mark.parametrize("size", [0, 1, 700, 49_140, 49_141, 70_000])
+def test_a_binary_body_is_recorded_as_the_general_encoding_would(size):
+    """Binary bodies (images) skip the JSON encoder: the same bytes as encoding {"base64": ...} gives,
+    its size past the field bound."""
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert torchship_capture.base64_json(data) == torchship_capture.json_bytes(data)
+    assert torchship_capture.Capture(None, "m", "1").input_bytes(data, data) == torchship_capture.json_bytes(data)

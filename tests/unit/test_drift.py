@@ -22,10 +22,13 @@ N = 240  # requests per window: over drift's least (200)
 
 
 def archive_of(run, tmp_path):
-    """An archive as drift reads it: the run's meta.json packed at the top (the rest is never read)."""
+    """An archive as drift reads it: the run's meta.json packed at the top, and its vocab.json where it
+    has one (sentiment's signals are derived from the recorded text with it; the rest is never read)."""
     path = tmp_path / "model.mar"
     with zipfile.ZipFile(path, "w") as zf:
         zf.write(run / "meta.json", "meta.json")
+        if (run / "vocab.json").is_file():
+            zf.write(run / "vocab.json", "vocab.json")
     return path
 
 
@@ -108,6 +111,28 @@ def test_the_workers_drift_metric_is_measured_in_a_process_of_its_own(mlp_run, t
         broken.measure_apart(500)
 
 
+def test_the_workers_drift_metric_reads_the_vocabulary_from_the_models_folder(
+    sentiment_run, tmp_path_factory, tmp_path
+):
+    """The metric of a version whose signals drift derives with an archive file (sentiment's vocab.json)
+    reads it from the worker's model folder, in the child process too; without the folder it has no
+    records to judge."""
+    import torchship_drift
+
+    from tests.conftest import load_handler
+    from torchship.train import sentiment
+
+    handler = load_handler(sentiment_run, "sentiment_handler", "SentimentHandler", tmp_path_factory)
+    _, texts, _, _, test_idx = sentiment.corpus()
+    root = serve(handler, "sentiment", [json.dumps({"text": texts[i]}) for i in test_idx[:N]], tmp_path, "1.0")
+    folder, reference = root / "sentiment" / "1.0", handler.meta["reference"]
+    gauge = torchship_drift.DriftGauge(folder, reference, "sentiment", "1.0", handler.model_dir)
+    here = gauge.measure(500)
+    assert here is not None and here[0] == 0 and here[2] == N
+    assert gauge.measure_apart(500) == here
+    assert torchship_drift.DriftGauge(folder, reference, "sentiment", "1.0").measure(500) is None
+
+
 @pytest.mark.parametrize(
     "recorded",
     [
@@ -159,6 +184,87 @@ def test_fashion_held_out_images_are_calm_and_inverted_images_drift(fashion_run,
     shifted = report(handler, fashion_run, "fashion", inverted, tmp_path, "2.0")
     v = verdicts(shifted)
     assert shifted.drift and v["mean"] == v["dark"] == "drift"  # the spread stays: inverting keeps it
+
+
+def captured_signals(handler, name, bodies, tmp_path, redact=None):
+    """Each body through the handler with capture at 1.0 (fields redacted as `redact` says): per request,
+    (its record, the signals the handler itself works out for it)."""
+    root = tmp_path / "capture"
+    ops.write_settings(root, name, "1.0", sample=1.0, redact=redact)
+    handler.capture = torchship_capture.Capture(root, name, "1.0")
+    run_batch(handler, bodies)
+    records = ops.records(root, name, "1.0")
+    own = [handler.signals(handler.parse(handler.payload({"body": b}, {})[0])) for b in bodies]
+    return records, [json.loads(o) if isinstance(o, bytes) else o for o in own]
+
+
+def test_sentiment_signals_are_derived_from_the_recorded_text_with_the_archives_vocabulary(
+    sentiment_run, tmp_path_factory, tmp_path
+):
+    """A captured sentiment request pays nothing for its drift signals: the record says "input", and drift
+    works out what the handler would have, from the text recorded and the vocab.json packed in the archive."""
+    from tests.conftest import load_handler
+
+    handler = load_handler(sentiment_run, "sentiment_handler", "SentimentHandler", tmp_path_factory)
+    bodies = [
+        json.dumps({"text": "A gripping, funny film that never lets go"}),
+        json.dumps({"text": "Привет, мир! zxqv blorf"}),  # another script, and words the vocabulary lacks
+        json.dumps({"texts": [f"review number {i}: a dull, plodding mess" for i in range(20)]}),  # 8 of 20 picked
+    ]
+    records, own = captured_signals(handler, "sentiment", bodies, tmp_path)
+    vocab = drift_ops.read_input_data(archive_of(sentiment_run, tmp_path), "sentiment")
+    assert isinstance(vocab, frozenset) and len(vocab) > 1000
+    assert [r["signals"] for r in records] == ["input"] * 3
+    assert [torchship_signals.from_input("sentiment", r["input"], vocab) for r in records] == own
+    assert len(own[2]["tokens"]) == torchship_signals.MAX_ITEMS and own[1]["oov"] == [1.0]
+    # without the vocabulary (an archive without vocab.json) the records are left out, not guessed at
+    assert torchship_signals.from_input("sentiment", records[0]["input"], None) is None
+    assert drift_ops.live_values("sentiment", records, None) == ({}, 0)
+
+
+def test_a_redacted_field_keeps_the_signals_in_the_record(sentiment_run, tmp_path_factory, tmp_path):
+    """With the text hashed, drift could not read it: the worker works the signals out itself."""
+    from tests.conftest import load_handler
+
+    handler = load_handler(sentiment_run, "sentiment_handler", "SentimentHandler", tmp_path_factory)
+    bodies = [json.dumps({"text": "a gripping, funny film", "user": "u1"}), json.dumps({"text": "dull"})]
+    records, own = captured_signals(handler, "sentiment", bodies, tmp_path, redact={"text": "hash"})
+    assert [r["input"]["text"][:5] for r in records] == ["hmac:"] * 2
+    assert [r["signals"] for r in records] == own
+
+
+def test_fashion_signals_are_derived_from_the_recorded_image(fashion_run, tmp_path_factory, tmp_path):
+    """An image body is recorded as its bytes (base64, which replay sends again), and drift decodes it as
+    the handler does; the same for the other forms the handler takes."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from tests.conftest import load_handler
+    from torchship.train.data import load_fashion
+
+    handler = load_handler(fashion_run, "fashion_handler", "FashionHandler", tmp_path_factory)
+    images = load_fashion()[2][:3]
+    png, jpeg = io.BytesIO(), io.BytesIO()
+    Image.fromarray(images[0]).save(png, format="PNG")
+    Image.fromarray(images[1]).resize((56, 56)).convert("RGB").save(jpeg, format="JPEG")
+    bodies = [
+        png.getvalue(),
+        jpeg.getvalue(),  # another size and mode: converted to 28x28 grey, as the handler does
+        json.dumps({"image": images[2].tolist(), "k": 2}),
+        json.dumps({"image": (images[:2] / 255.0).tolist()}),  # two images, scaled 0-1
+    ]
+    records, own = captured_signals(handler, "fashion", bodies, tmp_path)
+    assert [r["status"] for r in records] == [200] * 4 and [r["signals"] for r in records] == ["input"] * 4
+    assert base64.b64decode(records[0]["input"]["base64"]) == png.getvalue()
+    assert ops.replay_inputs(records)[0] == png.getvalue()  # replay sends the image as it came
+    assert [torchship_signals.from_input("fashion", r["input"]) for r in records] == own
+    npy = {"npy": [1, 28, 28], "data": images[:1].tolist()}
+    v2 = {"inputs": [{"name": "x", "shape": [28, 28], "datatype": "UINT8", "data": images[0].ravel().tolist()}]}
+    assert torchship_signals.from_input("fashion", npy) == torchship_signals.from_input("fashion", v2) == own[0]
+    for unreadable in ({"base64": "bm90IGFuIGltYWdl"}, {"image": [[1, 2]]}, {"image": "hmac:0123"}, [1], None):
+        assert torchship_signals.from_input("fashion", unreadable) is None
 
 
 def test_recommender_known_users_are_calm_and_unknown_users_drift(recommender_run, tmp_path_factory, tmp_path):

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from torchship.handlers import torchship_signals
 from torchship.handlers.torchship_drift import (  # the comparison, shared with the workers' drift metric
     MIN_RECORDS,
     SignalDrift,
@@ -51,6 +52,7 @@ __all__ = [
     "SignalDrift",
     "DriftReport",
     "read_reference",
+    "read_input_data",
     "compare",
     "compare_signal",
     "live_values",
@@ -135,6 +137,23 @@ def read_reference(archive: Path) -> tuple[dict[str, Any], str | None]:
     return reference, meta.get("run")
 
 
+def read_input_data(archive: Path, kind: str) -> Any:
+    """Return what drift needs of the archive to derive signals from a recorded input, read as data.
+
+    That is torchship_signals.INPUT_FILES' member for `kind` (the sentiment vocabulary); None when the
+    kind needs nothing, or the member is missing or too large (then those records are left out)."""
+    member = torchship_signals.INPUT_FILES.get(kind)
+    if member is None:
+        return None
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            info = next((i for i in zf.infolist() if i.filename == member), None)
+            content = zf.read(info) if info is not None and info.file_size <= MAX_META_BYTES else None
+        return torchship_signals.input_data(kind, content)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+
+
 # ------------------------------------------------------------------ the comparison
 
 
@@ -157,7 +176,7 @@ def drift(
         raise BadInput(f"a window of {window} requests is too small: drift needs at least {min_records}")
     reference, run = read_reference(archive)
     recs = captured(capture_root, name, version, last=window)
-    judged, used = compare(reference, recs)
+    judged, used = compare(reference, recs, read_input_data(archive, str(reference.get("kind", ""))))
     if used < min_records:
         raise BadInput(
             f"{used} captured request(s) of {name} {version} with drift signals"
