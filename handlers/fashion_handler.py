@@ -1,7 +1,7 @@
 """Handler for `fashion`: what piece of clothing is in a picture?
 
-Request:  a PNG or JPEG body (any size or mode: converted to 28x28 grey), a .npy body of 28x28
-          images (uint8 0-255 or floats 0-1), or
+Request:  a PNG, JPEG, GIF, BMP or WEBP body (any size or mode: converted to 28x28 grey), a .npy
+          body of 28x28 images (uint8 0-255 or floats 0-1), or
           {"image": 28x28 numbers (0-255, or 0-1), "k": 3}
 Answer:   {"label": "Ankle boot", "class_id": 9, "predictions": [{"label", "class_id", "score"}, ... top k],
            "probabilities": [10 floats]}
@@ -51,7 +51,13 @@ class FashionHandler(BatchHandler):
                 raise ItemError("the .npy array must hold numbers")
             return self._normalise(payload, "the .npy array"), 3
         if isinstance(payload, dict) and "_image_bytes" in payload:
-            return self._decode_image(payload["_image_bytes"]), 3
+            try:
+                image, pixels = torchship_image.decode_sized(payload["_image_bytes"])
+            except torchship_image.ImageError as exc:
+                raise ItemError(str(exc)) from None
+            parsed = torchship_image.Parsed((image, 3))
+            parsed.pixels = pixels  # the image's size as sent (input_has_signals)
+            return parsed
         if not isinstance(payload, dict) or "image" not in payload:
             raise ItemError('expected a PNG/JPEG body, or {"image": 28x28 numbers, "k": 3}')
         k = payload.get("k", 3)
@@ -78,16 +84,14 @@ class FashionHandler(BatchHandler):
         except torchship_image.ImageError as exc:
             raise ItemError(str(exc)) from None
 
-    @staticmethod
-    def _decode_image(data: bytes) -> np.ndarray:
-        try:
-            return torchship_image.decode(data)
-        except torchship_image.ImageError as exc:
-            raise ItemError(str(exc)) from None
-
     def signals(self, model_input: tuple[np.ndarray, int]) -> dict[str, list]:
         """Drift signals (torchship_signals.fashion): each image's mean, spread and share of dark pixels."""
         return torchship_signals.fashion(model_input[0])
+
+    def input_has_signals(self, model_input: tuple[np.ndarray, int]) -> bool:
+        """Drift decodes a recorded image again at every measurement: only a small one (a photo's signals
+        are worked out here, where it was decoded anyway)."""
+        return getattr(model_input, "pixels", 0) <= torchship_signals.DERIVED_MAX_PIXELS
 
     def predict(self, inputs: list[tuple[np.ndarray, int]]) -> list[Any]:
         batch = torch.from_numpy(np.concatenate([images for images, _ in inputs]))[:, None]

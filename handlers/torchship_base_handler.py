@@ -25,6 +25,7 @@ request with `per_request`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -110,9 +111,11 @@ class BatchHandler:
 
     max_body_bytes = MAX_BODY  # a body (or an unpacked gzip body) over this answers 413 with a JSON message
     # True when the drift side derives the signals from the recorded input alone
-    # (torchship_signals.from_input): the capture writes "signals": "input" instead of them, and the
-    # request pays nothing for them (mlp's 100 features, sentiment's words, fashion's pixels were most of
-    # a captured request's cost). With a field redacted, or a v2 binary request, they are worked out here.
+    # (torchship_signals.from_input, which knows the example models' inputs): the capture writes
+    # "signals": "input" instead of them, and the request pays nothing for them (mlp's 100 features,
+    # sentiment's words, fashion's pixels were most of a captured request's cost). They are worked out
+    # here when capture redacts a field, for a v2 binary request or an input over the field bound, and for
+    # a subclass that reads input its own way (signals_read_from_input).
     signals_from_input = False
 
     def __init__(self) -> None:
@@ -331,8 +334,8 @@ class BatchHandler:
         line, input_bytes, answer_bytes = capture.line, capture.input_bytes, torchship_capture.answer_bytes
         kept, inputs, results = batch.captured, batch.inputs, batch.results
         request_id, status = context.get_request_id, context.get_response_status
-        # drift derives the signals from the recorded input, unless a field of it is redacted
-        from_input = self.signals_from_input and not capture.settings.get("redact")
+        # drift derives the signals from the recorded input, unless capture redacts a field (it may be this one)
+        from_input = signals_read_from_input(type(self)) and not capture.settings.get("redact")
         lines = []
         for idx in picked:
             try:
@@ -344,9 +347,12 @@ class BatchHandler:
                     record = torchship_capture.json_bytes(_raw_body(data[idx]))
                     gateway_id = _gateway_id(_headers(context, idx))
                 signals: Any = None
-                if idx in inputs:  # parsed: its signals, or where drift finds them (the whole input recorded:
-                    # not under the v2 binary extension, whose tensors the record leaves out)
-                    signals = "input" if from_input and raw is not None else self.signals(inputs[idx])
+                if idx in inputs:  # parsed: its signals, or where drift finds them: the whole input recorded
+                    # (not under the v2 binary extension, whose tensors the record leaves out, nor over the
+                    # field bound) and cheap to read again (input_has_signals)
+                    model_input = inputs[idx]
+                    later = from_input and raw is not None and not record.startswith(OMITTED)
+                    signals = "input" if later and self.input_has_signals(model_input) else self.signals(model_input)
                 lines.append(
                     line(
                         head,
@@ -366,6 +372,12 @@ class BatchHandler:
         """What the capture records of a request's decoded body (`payload`'s first part): the body itself,
         unless a handler's `payload` wraps what was sent (the fashion handler's image bytes)."""
         return payload
+
+    def input_has_signals(self, model_input: Any) -> bool:
+        """With `signals_from_input`: whether drift derives this parsed request's signals from its recorded
+        input (True); False has them worked out here (the fashion handler: a large image, which drift would
+        decode again at every measurement)."""
+        return True
 
     def signals(self, model_input: Any) -> dict[str, Any] | bytes | None:
         """What drift is measured on, derived from one parsed request (none by default; see the examples):
@@ -556,6 +568,22 @@ def tensors_in(buffer: bytearray) -> dict[str, torch.Tensor]:
         flat = torch.frombuffer(buffer, dtype=dtype, count=count, offset=base + begin)
         out[name] = flat.reshape(shape)
     return out
+
+
+OMITTED = b'{"omitted_bytes"'  # how a record's input over the field bound begins (torchship_capture)
+_INPUT_METHODS = ("payload", "parse", "parse_v2", "captured_body", "signals", "input_has_signals")
+
+
+@functools.cache
+def signals_read_from_input(cls: type) -> bool:
+    """Whether drift may derive `cls`'s signals from a recorded input: `signals_from_input` is True, and
+    no subclass of the class that said so reads input or works out signals its own way (a handler built
+    on the fashion handler that inverts images in `parse` must not have drift read the raw image)."""
+    if not getattr(cls, "signals_from_input", False):
+        return False
+    said = next(c for c in cls.__mro__ if "signals_from_input" in vars(c))
+    below = cls.__mro__[: cls.__mro__.index(said)]
+    return not any(name in vars(c) for c in below for name in _INPUT_METHODS)
 
 
 def _raw_body(request: Any) -> Any:

@@ -26,6 +26,14 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS * 8
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # refused below, not warned
 
 
+class Parsed(tuple):  # type: ignore[type-arg]
+    """A parsed image request, (images, k) as any, that also says how many pixels the image had as sent
+    (`pixels`: what decoding it cost). Here, not in the handler's module: TorchServe wants exactly one
+    class in a handler file."""
+
+    pixels: int = 0
+
+
 class ImageError(Exception):
     """An image that cannot be read, or an array that is not 28x28 images: the request's 400."""
 
@@ -46,22 +54,28 @@ def normalise(image: np.ndarray, what: str) -> np.ndarray:
     return (image / scale).astype(np.float32)
 
 
-def decode(data: bytes) -> np.ndarray:
+def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Image bytes as one 28x28 grey image (1 x 28 x 28, 0-1): any size or mode, converted."""
+    return decode_sized(data, max_pixels)[0]
+
+
+def decode_sized(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, int]:
+    """`decode`, and the pixels of the image as sent (what decoding it cost); an image of more than
+    `max_pixels` is refused from its header."""
     if not data.startswith(MAGIC):
         raise ImageError("the body is neither JSON nor a PNG/JPEG image")
     try:
         # formats: no probing of every plugin; the size is checked from the header, before decoding
         with Image.open(io.BytesIO(data), formats=_FORMATS) as img:
-            if img.width * img.height > MAX_PIXELS or max(img.size) > MAX_SIDE:
+            if img.width * img.height > max_pixels or max(img.size) > MAX_SIDE:
                 raise ImageError(
-                    f"the image has {img.width}x{img.height} pixels: at most {MAX_PIXELS:,} (and {MAX_SIDE:,} a side)"
+                    f"the image has {img.width}x{img.height} pixels: at most {max_pixels:,} (and {MAX_SIDE:,} a side)"
                 )
             img.load()
             grey = img if img.mode == "L" else img.convert("L")
             if grey.size != (28, 28):
                 grey = grey.resize((28, 28), Image.Resampling.BILINEAR)
-            return (np.asarray(grey, dtype=np.float32) / 255.0)[None]
+            return (np.asarray(grey, dtype=np.float32) / 255.0)[None], img.width * img.height
     except (
         UnidentifiedImageError,
         OSError,

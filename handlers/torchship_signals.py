@@ -114,25 +114,53 @@ def _named_columns(rows: np.ndarray, prefix: str) -> Signals:
 
 
 def mlp_rows(model_input: Any) -> np.ndarray | None:
-    """The feature rows of a captured mlp input, as its handler accepts them ({"data": a row or rows},
-    an .npy body as the capture records it, or one Open Inference Protocol input); None when they cannot
-    be read (a redacted field, another form)."""
-    if not isinstance(model_input, dict):
-        return None
-    data, shape = model_input.get("data"), model_input.get("npy")
-    inputs = model_input.get("inputs")
-    if data is None and isinstance(inputs, list) and len(inputs) == 1 and isinstance(inputs[0], dict):
-        data, shape = inputs[0].get("data"), inputs[0].get("shape")
+    """The feature rows of a captured mlp input, as its handler reads them ({"data": a row or rows}, an
+    .npy body as the capture records it, or an Open Inference Protocol request's one input, typed as
+    declared); None when they cannot be read (a redacted field, another form)."""
     try:
+        if _oip().is_v2(model_input):  # the handler reads a v2 request's inputs alone
+            data, shape = _v2_tensor(model_input), None
+        elif isinstance(model_input, dict):
+            data, shape = model_input.get("data"), model_input.get("npy")
+        else:
+            return None
         rows = np.asarray(data, dtype=np.float64)
         if shape is not None:
             rows = rows.reshape([int(d) for d in shape])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if rows.ndim == 1:
         rows = rows[None]
     return rows if rows.ndim == 2 and rows.size else None
 
+
+def _oip() -> Any:
+    try:  # a worker imports each archive file as a top-level module
+        import torchship_oip
+    except ModuleNotFoundError:  # the drift command, the library
+        from torchship.handlers import torchship_oip
+    return torchship_oip
+
+
+def _v2_tensor(request: dict[str, Any]) -> np.ndarray:
+    """The one input tensor of a v2 request (JSON data), typed and shaped as declared, as the worker
+    decodes it; ValueError when there is not exactly one, or it does not decode."""
+    oip = _oip()
+    try:
+        tensors = oip.decode_inputs(request, b"")
+    except oip.ProtocolError as exc:
+        raise ValueError(str(exc)) from None
+    if len(tensors) != 1:
+        raise ValueError(f"{len(tensors)} inputs")
+    [tensor] = tensors.values()
+    if tensor.dtype.kind not in "iuf":
+        raise ValueError("not numbers")
+    return tensor
+
+
+# The most pixels of a recorded image drift decodes (it does so at every measurement): a handler works
+# out the signals of a larger one itself, where it was decoded anyway (the fashion handler).
+DERIVED_MAX_PIXELS = 128 * 128
 
 # The archive file each kind's `from_input` reads besides the record (the sentiment vocabulary).
 INPUT_FILES = {"sentiment": "vocab.json"}
@@ -151,7 +179,15 @@ def input_data(kind: str, content: bytes | None) -> Any:
 def from_input(kind: str, model_input: Any, data: Any = None) -> Signals | None:
     """The signals of a captured request whose handler records them as "input" (`signals_from_input`):
     derived here, where drift reads the capture, from the input recorded (the same values the handler
-    would have recorded); `data` is `input_data`'s. None when the input cannot be read."""
+    would have recorded); `data` is `input_data`'s. None when the input cannot be read (a record is
+    anyone's to write: nothing in one raises here)."""
+    try:
+        return _from_input(kind, model_input, data)
+    except Exception:  # noqa: BLE001 - an unreadable record is left out, not the measurement
+        return None
+
+
+def _from_input(kind: str, model_input: Any, data: Any) -> Signals | None:
     if kind == "mlp":
         rows = mlp_rows(model_input)
         return mlp(rows) if rows is not None else None
@@ -176,7 +212,8 @@ def _texts(model_input: Any) -> list[str] | None:
 
 def _images(model_input: Any) -> np.ndarray | None:
     """The images of a captured fashion request as its handler reads them (n x 28 x 28, 0-1): image bytes
-    ({"base64": ...}), {"image": ...}, an .npy body or one Open Inference Protocol input."""
+    ({"base64": ...}) of at most DERIVED_MAX_PIXELS, an .npy body, {"image": ...} or an Open Inference
+    Protocol request's one input (typed as declared)."""
     # imported by name: a worker imports each archive file as a top-level module (the fashion archive
     # packs this one), the drift command as torchship's; and an archive packing the handler base for
     # other kinds of data does not pack it (or need Pillow) because this module names it
@@ -187,22 +224,20 @@ def _images(model_input: Any) -> np.ndarray | None:
 
     if not isinstance(model_input, dict):
         return None
-    inputs = model_input.get("inputs")
     try:
-        if set(model_input) == {"base64"}:
-            return torchship_image.decode(base64.b64decode(model_input["base64"], validate=True))
-        if "image" in model_input:
-            image = np.asarray(model_input["image"], dtype=np.float64)
+        if _oip().is_v2(model_input):  # the handler reads a v2 request's inputs alone
+            image = _v2_tensor(model_input)
+        elif set(model_input) == {"base64"}:
+            raw = base64.b64decode(model_input["base64"], validate=True)
+            return torchship_image.decode(raw, DERIVED_MAX_PIXELS)
         elif set(model_input) == {"npy", "data"}:
             image = np.asarray(model_input["data"], dtype=np.float64).reshape([int(d) for d in model_input["npy"]])
-        elif isinstance(inputs, list) and len(inputs) == 1 and isinstance(inputs[0], dict):
-            shape = inputs[0].get("shape")
-            image = np.asarray(inputs[0].get("data"), dtype=np.float64)
-            image = image.reshape([int(d) for d in shape]) if shape is not None else image
+        elif "image" in model_input:
+            image = np.asarray(model_input["image"], dtype=np.float64)
         else:
             return None
         return torchship_image.normalise(image, "image")
-    except (torchship_image.ImageError, TypeError, ValueError):
+    except (torchship_image.ImageError, TypeError, ValueError, OverflowError):
         return None
 
 

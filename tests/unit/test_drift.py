@@ -10,10 +10,12 @@ import zipfile
 
 import numpy as np
 import pytest
+import torchship_base_handler
 import torchship_capture
+import torchship_oip
 import torchship_signals
 
-from tests.unit.handler_context import run_batch
+from tests.unit.handler_context import make_context, run_batch
 from torchship.ops import capture as ops
 from torchship.ops import drift as drift_ops
 from torchship.sdk.errors import BadInput
@@ -194,8 +196,14 @@ def captured_signals(handler, name, bodies, tmp_path, redact=None):
     handler.capture = torchship_capture.Capture(root, name, "1.0")
     run_batch(handler, bodies)
     records = ops.records(root, name, "1.0")
-    own = [handler.signals(handler.parse(handler.payload({"body": b}, {})[0])) for b in bodies]
-    return records, [json.loads(o) if isinstance(o, bytes) else o for o in own]
+    own = []
+    for b in bodies:  # parsed as the worker parses it (a v2 request: its inputs, typed as declared)
+        payload, binary = handler.payload({"body": b}, {})
+        is_v2 = torchship_oip.is_v2(payload)
+        parsed = handler.parse_v2(torchship_oip.decode_inputs(payload, binary)) if is_v2 else handler.parse(payload)
+        signals = handler.signals(parsed)
+        own.append(json.loads(signals) if isinstance(signals, bytes) else signals)
+    return records, own
 
 
 def test_sentiment_signals_are_derived_from_the_recorded_text_with_the_archives_vocabulary(
@@ -265,6 +273,111 @@ def test_fashion_signals_are_derived_from_the_recorded_image(fashion_run, tmp_pa
     assert torchship_signals.from_input("fashion", npy) == torchship_signals.from_input("fashion", v2) == own[0]
     for unreadable in ({"base64": "bm90IGFuIGltYWdl"}, {"image": [[1, 2]]}, {"image": "hmac:0123"}, [1], None):
         assert torchship_signals.from_input("fashion", unreadable) is None
+
+
+def v2_body(values, datatype, shape=(28, 28), **beside):
+    """A v2 request with one input tensor, and `beside` its inputs (decoy fields the handler ignores)."""
+    return json.dumps({"inputs": [{"name": "x", "shape": list(shape), "datatype": datatype, "data": values}], **beside})
+
+
+def test_v2_requests_are_read_as_the_worker_decodes_them(fashion_run, mlp_run, tmp_path_factory, tmp_path):
+    """A v2 request is its inputs alone, typed as declared: a decoy field beside them is not what drift
+    measures, and FP16 values just over 1 round to 1 as the model saw them."""
+    from tests.conftest import load_handler
+
+    fashion = load_handler(fashion_run, "fashion_handler", "FashionHandler", tmp_path_factory)
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, 784).astype(float).tolist()
+    bodies = [
+        v2_body(image, "FP32", image=np.zeros((28, 28)).tolist()),  # a decoy "image" beside the inputs
+        v2_body(image, "UINT8", image=int("9" * 400)),  # one no float can hold
+        v2_body(np.r_[rng.random(783) * 0.5, 1.0004].tolist(), "FP16"),  # 1.0004 is 1.0 in FP16: a 0-1 image
+    ]
+    records, own = captured_signals(fashion, "fashion", bodies, tmp_path / "f")
+    assert [r["status"] for r in records] == [200] * 3
+    assert [torchship_signals.from_input("fashion", r["input"]) for r in records] == own
+    mlp = load_handler(mlp_run, "mlp_handler", "MLPHandler", tmp_path_factory)
+    row = rng.random(100).tolist()
+    decoy = v2_body(row, "FP32", (100,), data=[9e99] * 100)  # a decoy "data" beside the inputs
+    records, own = captured_signals(mlp, "mlp", [decoy], tmp_path / "m")
+    assert records[0]["status"] == 200 and torchship_signals.from_input("mlp", records[0]["input"]) == own[0]
+
+
+@pytest.mark.parametrize(
+    "kind, recorded",
+    [
+        ("fashion", {"image": [[int("9" * 400)] * 28] * 28}),
+        ("fashion", {"npy": [28, 28], "data": [[int("9" * 400)] * 28] * 28}),
+        ("fashion", {"npy": [float("inf")], "data": [1]}),
+        ("fashion", {"inputs": [{"name": "x", "shape": [float("inf")], "datatype": "FP32", "data": [1]}]}),
+        ("fashion", {"base64": "not base64!"}),
+        ("fashion", {"image": [[1j]]}),
+        ("mlp", {"data": [int("9" * 400)] * 100}),
+        ("mlp", {"npy": [float("inf")], "data": [1]}),
+        ("sentiment", {"texts": [1, 2]}),
+        ("sentiment", {"text": None}),
+    ],
+)
+def test_a_record_drift_cannot_read_is_left_out_and_never_raises(kind, recorded):
+    """A record is anyone's to write (and holds what callers sent): one drift cannot read is skipped."""
+    assert torchship_signals.from_input(kind, recorded, frozenset({"a"})) is None
+    assert drift_ops.live_values(kind, [{"status": 200, "signals": "input", "input": recorded}], frozenset()) == ({}, 0)
+
+
+def test_the_worker_keeps_the_signals_drift_could_not_read_cheaply(
+    fashion_run, sentiment_run, tmp_path_factory, tmp_path
+):
+    """An input over the record's field bound is recorded by its size, and a large image would be decoded
+    again at every measurement: the worker records their signals itself."""
+    import io
+
+    from PIL import Image
+
+    from tests.conftest import load_handler
+
+    fashion = load_handler(fashion_run, "fashion_handler", "FashionHandler", tmp_path_factory)
+    small, large = io.BytesIO(), io.BytesIO()
+    Image.new("L", (28, 28), 200).save(small, format="PNG")
+    side = int(torchship_signals.DERIVED_MAX_PIXELS**0.5) + 1
+    Image.new("L", (side, side), 200).save(large, format="PNG")  # a few hundred bytes, but many pixels
+    records, own = captured_signals(fashion, "fashion", [small.getvalue(), large.getvalue()], tmp_path / "f")
+    assert records[0]["signals"] == "input" and records[1]["signals"] == own[1]
+    assert torchship_signals.from_input("fashion", records[1]["input"]) is None  # drift never decodes it
+    sentiment = load_handler(sentiment_run, "sentiment_handler", "SentimentHandler", tmp_path_factory)
+    many = json.dumps({"texts": ["a gripping, funny film " * 200] * 20})  # 90 KB: over the field bound
+    records, own = captured_signals(sentiment, "sentiment", [many], tmp_path / "s")
+    assert set(records[0]["input"]) == {"omitted_bytes"} and records[0]["signals"] == own[0]
+
+
+def test_a_subclass_that_reads_input_its_own_way_keeps_its_own_signals(fashion_run, tmp_path_factory, tmp_path):
+    """Built on the fashion handler, a handler that inverts images in parse (dark clothes on white) must not
+    have drift read the raw image: its records carry its own signals."""
+    import io
+
+    from PIL import Image
+
+    from tests.conftest import load_handler
+
+    loaded = load_handler(fashion_run, "fashion_handler", "FashionHandler", tmp_path_factory)
+    base = type(loaded)
+
+    class Inverting(base):  # type: ignore[misc, valid-type]
+        def parse(self, payload):
+            images, k = super().parse(payload)
+            return 1.0 - images, k
+
+    class Declared(Inverting):  # a subclass that says its input is still read the example's way
+        signals_from_input = True
+
+    assert torchship_base_handler.signals_read_from_input(base)
+    assert not torchship_base_handler.signals_read_from_input(Inverting)
+    assert torchship_base_handler.signals_read_from_input(Declared)
+    handler = Inverting()
+    handler.initialize(make_context(loaded.model_dir))
+    png = io.BytesIO()
+    Image.new("L", (28, 28), 230).save(png, format="PNG")
+    records, own = captured_signals(handler, "fashion", [png.getvalue()], tmp_path)
+    assert records[0]["signals"] == own[0] and own[0]["dark"] == [1.0]  # inverted: all dark, as the model saw it
 
 
 def test_recommender_known_users_are_calm_and_unknown_users_drift(recommender_run, tmp_path_factory, tmp_path):
