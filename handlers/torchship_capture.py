@@ -21,12 +21,15 @@ Records: ``capture-<time>-<pid>.jsonl``, one JSON object per sampled request::
 
 ``input`` is the request's decoded body (a JSON value; raw bytes as {"base64": ...}; an .npy array
 as {"npy": shape, "data": [...]}), ``answer`` the JSON the caller got (or {"base64": ...}),
-``signals`` what the model's handler derives from the input for drift (its ``signals`` method).
+``signals`` what drift measures of the request: ``"input"`` when drift derives it from ``input`` where it
+is measured (the example models, `torchship_signals.from_input`), else what the model's handler derives
+from the input (its ``signals`` method).
 No header is ever recorded (the bearer token travels in one), only the request id. Fields named in
 ``redact`` (top-level keys of a JSON object input, and of a list of such objects) are replaced by
 ``"hmac:<16 hex>"`` (``hash``: an HMAC-SHA256 under a random key kept in the capture folder, mode 0600,
 so the same user maps to the same value without a dictionary attack on the raw id) or removed
-(``drop``).
+(``drop``). A rule on ``body`` also covers a body that is not JSON (an image, an .npy array): recorded
+as the HMAC of its bytes, or as ``{"redacted_bytes": N}``.
 
 Bounded: an input or answer over ``MAX_FIELD_BYTES`` is replaced by its size; a file is closed at
 ``file_bytes`` and a new one begun; the oldest files are removed while the folder holds more than
@@ -60,6 +63,7 @@ DEFAULT_DRIFT_EVERY_S = 30  # how often a worker measures drift for the metric (
 DRIFT_WINDOW = 500  # the captured requests it is measured on (`torchship drift`'s default window)
 CHECK_EVERY_S = 1.0
 REDACTIONS = ("hash", "drop")
+BODY = "body"  # a redact rule of this name also covers a body that is not JSON (an image, an .npy array)
 
 
 def folder(root: str | os.PathLike[str], model: str, version: str) -> Path:
@@ -257,10 +261,13 @@ class Capture:
         return out
 
     def _hash(self, value: Any) -> str:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+        return "hmac:" + hmac.new(self._redact_key_bytes(), text.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+    def _redact_key_bytes(self) -> bytes:
         if self._key is None:
             self._key = self._redact_key()
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-        return "hmac:" + hmac.new(self._key, text.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+        return self._key
 
     def _redact_key(self) -> bytes:
         """The folder's redaction key: made once (0600), the same for every worker of the version."""
@@ -284,12 +291,20 @@ class Capture:
         """A request's body as record JSON: `raw`, the JSON it was sent as, when it can go in as it is
         (one line of ASCII, no field to redact), else the decoded `body` encoded (redacted as the
         settings say)."""
-        if not self.settings.get("redact"):
+        rules = self.settings.get("redact")
+        if not rules:
             fast = as_sent(raw)
             if fast is not None:
                 return fast
-        if type(body) is bytes:  # an image or other binary body (no field to redact): its base64 as it is
-            return base64_json(body)
+        if type(body) is bytes or hasattr(body, "shape"):  # a binary body (an image, an .npy array)
+            rule = rules.get(BODY) if rules else None
+            if rule == "drop":
+                return b'{"redacted_bytes":%d}' % len(raw if isinstance(raw, (bytes, bytearray)) else b"")
+            if rule == "hash":
+                data = body if type(body) is bytes else bytes(raw) if isinstance(raw, (bytes, bytearray)) else b""
+                return _str_json("hmac:" + hmac.new(self._redact_key_bytes(), data, hashlib.sha256).hexdigest()[:16])
+            if type(body) is bytes:
+                return base64_json(body)  # as it is, without building and encoding a dict
         return json_bytes(self.redact(body))
 
     def batch_head(self, now: float, worker_ms: float, size: int) -> bytes:

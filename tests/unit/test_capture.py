@@ -319,3 +319,39 @@ def test_a_binary_body_is_recorded_as_the_general_encoding_would(size):
     data = bytes(range(256)) * (size // 256) + bytes(size % 256)
     assert torchship_capture.base64_json(data) == torchship_capture.json_bytes(data)
     assert torchship_capture.Capture(None, "m", "1").input_bytes(data, data) == torchship_capture.json_bytes(data)
+
+
+@pytest.mark.parametrize("rule", ["hash", "drop"])
+def test_a_redacted_body_that_is_not_json_is_neither_recorded_nor_replayed(
+    fashion_run, tmp_path_factory, tmp_path, monkeypatch, rule
+):
+    """A photo may be the personal data: a `body` rule records an image's HMAC (the same picture, the
+    same value) or its size, never its bytes, and replay leaves such a record out."""
+    import io
+
+    from PIL import Image
+
+    from tests.conftest import load_handler
+
+    fashion = load_handler(fashion_run, "fashion_handler", "FashionHandler", tmp_path_factory)
+    fashion.capture = torchship_capture.Capture(tmp_path / "capture", "fashion", "1.0")
+    monkeypatch.setattr(torchship_capture, "CHECK_EVERY_S", 0.0)
+    ops.write_settings(tmp_path / "capture", "fashion", "1.0", sample=1.0, redact={"body": rule})
+    pngs = []
+    for shade in (30, 200, 30):
+        buffer = io.BytesIO()
+        Image.new("L", (28, 28), shade).save(buffer, format="PNG")
+        pngs.append(buffer.getvalue())
+    ctx, _ = run_batch(fashion, pngs)
+    records = ops.records(tmp_path / "capture", "fashion", "1.0")
+    assert [r["status"] for r in records] == statuses(ctx, 3) == [200] * 3
+    inputs = [r["input"] for r in records]
+    if rule == "hash":
+        assert all(i.startswith("hmac:") for i in inputs) and inputs[0] == inputs[2] != inputs[1]
+    else:
+        assert inputs == [{"redacted_bytes": len(p)} for p in pngs]
+    folder = tmp_path / "capture" / "fashion" / "1.0"
+    text = b"".join(p.read_bytes() for p in folder.glob("*.jsonl"))
+    assert b"iVBOR" not in text  # no PNG's base64 anywhere
+    assert all(isinstance(r["signals"], dict) for r in records)  # drift still measures them (the worker's)
+    assert ops.replay_inputs(records) == []

@@ -21,7 +21,10 @@ MIB = 1024 * 1024
     "--redact",
     multiple=True,
     metavar="FIELD[=hash|drop]",
-    help="A top-level field of the request to hash (HMAC, the same user maps to the same value) or drop; repeat.",
+    help=(
+        "A top-level field of the request to hash (HMAC, the same user maps to the same value) or drop; repeat. "
+        "`body` also covers a body that is not JSON (an image)."
+    ),
 )
 @click.option("--max-mb", type=click.IntRange(min=1), default=None, help="Most the version's captures hold [64].")
 @click.option("--file-mb", type=click.IntRange(min=1), default=None, help="Each capture file's size [8].")

@@ -212,12 +212,14 @@ def _replayable(value: Any) -> Any:
             import numpy as np
 
             return np.asarray(value["data"], dtype=np.float32).reshape(value["npy"])
-        if "omitted_bytes" in value or "unencodable" in value or set(value) == {"type"}:
+        if "omitted_bytes" in value or "redacted_bytes" in value or "unencodable" in value or set(value) == {"type"}:
             return None
         if any(isinstance(v, str) and v.startswith("hmac:") for v in value.values()):
             return None  # a redacted field: the model would see the hash, not what production sent
     if isinstance(value, list) and any(_replayable(v) is None for v in value if isinstance(v, dict)):
         return None
+    if isinstance(value, str) and value.startswith("hmac:"):
+        return None  # a binary body redacted to its hash
     return value
 
 
