@@ -68,6 +68,7 @@ class MLPHandler(BatchHandler):
         return rows, single
 
     signals_from_input = True  # the features are in the captured input: drift reads them there
+    signals_reveal_input = ("data", "inputs")  # they are the features: see the base handler
 
     def signals(self, model_input: tuple[np.ndarray, bool]) -> dict[str, list]:
         """Drift signals (torchship_signals.mlp): each feature of the request's rows, and each row's RMS."""

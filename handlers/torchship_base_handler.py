@@ -117,6 +117,11 @@ class BatchHandler:
     # here when capture redacts a field, for a v2 binary request or an input over the field bound, and for
     # a subclass that reads input its own way (signals_read_from_input).
     signals_from_input = False
+    # Whether the signals reveal the input they are derived from (mlp's, and the template's, are its
+    # features): True, or the top-level fields they are read from. Under a redact rule that touches the
+    # request (one of those fields, or a binary body), the worker records none of its own for it; with
+    # signals_from_input, drift derives them from what the record holds.
+    signals_reveal_input: bool | tuple[str, ...] = False
 
     def __init__(self) -> None:
         self.initialized = False
@@ -334,25 +339,34 @@ class BatchHandler:
         line, input_bytes, answer_bytes = capture.line, capture.input_bytes, torchship_capture.answer_bytes
         kept, inputs, results = batch.captured, batch.inputs, batch.results
         request_id, status = context.get_request_id, context.get_response_status
-        # drift derives the signals from the recorded input, unless capture redacts a field (it may be this one)
-        from_input = signals_read_from_input(type(self)) and not capture.settings.get("redact")
+        # drift derives the signals from the recorded input, unless capture redacts a field (it may be this
+        # one): then the worker works them out, unless they would reveal what was redacted
+        rules = capture.settings.get("redact")
+        reveal = bool(rules) and self.signals_reveal_input
+        from_input = signals_read_from_input(type(self)) and (not rules or reveal)
         lines = []
         for idx in picked:
             try:
-                raw = None
+                raw = body = None
                 if idx in kept:
                     body, raw, gateway_id = kept[idx]
                     record = input_bytes(body, raw)
-                else:  # it failed to parse: what was sent, as text when it is UTF-8
-                    record = torchship_capture.json_bytes(_raw_body(data[idx]))
+                else:  # it failed to read: what was sent, as text when it is UTF-8 (by its size under a
+                    # redact rule: it was never read, so what to redact in it is unknown)
+                    sent = data[idx]
+                    record = _redacted_size(sent) if rules else torchship_capture.json_bytes(_raw_body(sent))
                     gateway_id = _gateway_id(_headers(context, idx))
                 signals: Any = None
                 if idx in inputs:  # parsed: its signals, or where drift finds them: the whole input recorded
                     # (not under the v2 binary extension, whose tensors the record leaves out, nor over the
-                    # field bound) and cheap to read again (input_has_signals)
+                    # field bound, nor a JSON body shaped like the record's own encodings) and cheap to read
+                    # again (input_has_signals)
                     model_input = inputs[idx]
                     later = from_input and raw is not None and not record.startswith(OMITTED)
-                    signals = "input" if later and self.input_has_signals(model_input) else self.signals(model_input)
+                    if later and not _like_an_encoding(body) and self.input_has_signals(model_input):
+                        signals = "input"
+                    elif not (reveal and capture.redacts(body, raw, self.signals_reveal_input)):
+                        signals = self.signals(model_input)
                 lines.append(
                     line(
                         head,
@@ -584,6 +598,20 @@ def signals_read_from_input(cls: type) -> bool:
     said = next(c for c in cls.__mro__ if "signals_from_input" in vars(c))
     below = cls.__mro__[: cls.__mro__.index(said)]
     return not any(name in vars(c) for c in below for name in _INPUT_METHODS)
+
+
+def _like_an_encoding(body: Any) -> bool:
+    """Whether a JSON body reads like the capture's own encoding of a binary one (an .npy array's
+    {"npy", "data"}, bytes' {"base64"}): drift could not tell which was sent, so the worker works out
+    its signals."""
+    return type(body) is dict and len(body) <= 2 and ("npy" in body or "base64" in body)
+
+
+def _redacted_size(request: Any) -> bytes:
+    """The record of a request that failed to read while capture redacts: its size as sent, no more."""
+    body = _body_of(request)
+    size = len(body) if isinstance(body, (bytes, bytearray, str)) else len(torchship_capture.to_json(body))
+    return b'{"redacted_bytes":%d}' % size
 
 
 def _raw_body(request: Any) -> Any:

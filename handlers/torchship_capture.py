@@ -29,7 +29,9 @@ No header is ever recorded (the bearer token travels in one), only the request i
 ``"hmac:<16 hex>"`` (``hash``: an HMAC-SHA256 under a random key kept in the capture folder, mode 0600,
 so the same user maps to the same value without a dictionary attack on the raw id) or removed
 (``drop``). A rule on ``body`` also covers a body that is not JSON (an image, an .npy array): recorded
-as the HMAC of its bytes, or as ``{"redacted_bytes": N}``.
+as the HMAC of its bytes, or as ``{"redacted_bytes": N}``. Under any rule, a request that failed to read
+is recorded by its size alone (``{"redacted_bytes": N}``), and a handler whose signals reveal its input
+(``signals_reveal_input``) records none of its own for a request a rule touched.
 
 Bounded: an input or answer over ``MAX_FIELD_BYTES`` is replaced by its size; a file is closed at
 ``file_bytes`` and a new one begun; the oldest files are removed while the folder holds more than
@@ -259,6 +261,19 @@ class Capture:
                 continue
             out[key] = self._hash(v) if rule == "hash" else v
         return out
+
+    def redacts(self, body: Any, raw: Any, fields: Any = True) -> bool:
+        """Whether a redact rule touches this request: a field it names is in the body (or in an object of a
+        list body; only `fields`, when they are named), or a `body` rule and the body is binary (an image,
+        an .npy array, v2 binary tensors: `raw` None)."""
+        rules = self.settings.get("redact")
+        if not rules:
+            return False
+        if BODY in rules and (raw is None or type(body) is bytes or hasattr(body, "shape")):
+            return True
+        named = set(rules) if fields is True else set(rules) & set(fields)
+        items = body if isinstance(body, list) else [body]
+        return any(isinstance(item, dict) and any(key in named for key in item) for item in items)
 
     def _hash(self, value: Any) -> str:
         text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

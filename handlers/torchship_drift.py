@@ -97,7 +97,7 @@ def read_records(folder: Path, last: int | None = None) -> list[dict[str, Any]]:
         for line in lines:
             try:
                 record = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # torn, or anyone's crafted line (a record is a file's)
                 continue
             if isinstance(record, dict):
                 out.append(record)
@@ -124,8 +124,18 @@ def _tail(path: Path, n: int, block: int = 1 << 16) -> list[bytes]:
 
 
 def _time(record: dict[str, Any]) -> float:
-    t = record.get("time")
-    return float(t) if isinstance(t, (int, float)) else 0.0
+    return finite(record.get("time")) or 0.0
+
+
+def finite(value: Any) -> float | None:
+    """A number as a finite float; None for anything else (a string, NaN, an int no float holds)."""
+    if not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 # ------------------------------------------------------------------ the comparison
@@ -142,16 +152,33 @@ def live_values(kind: str, records: list[dict[str, Any]], data: Any = None) -> t
     for r in records:
         if r.get("status") != 200:
             continue
-        signals = r.get("signals")
-        if signals == "input":  # the handler left them in the input (signals_from_input)
-            signals = torchship_signals.from_input(kind, r.get("input"), data)
-        if not isinstance(signals, dict):
+        try:  # a record is anyone's to write: one drift cannot read is left out, not the measurement
+            found = _record_values(kind, r, data)
+        except Exception:  # noqa: BLE001
             continue
-        used += 1
-        for name, vs in [*signals.items(), *torchship_signals.predictions(kind, r.get("answer")).items()]:
-            if isinstance(vs, list):
+        if found:
+            used += 1
+            for name, vs in found.items():
                 values.setdefault(name, []).extend(vs)
     return values, used
+
+
+def _record_values(kind: str, record: dict[str, Any], data: Any) -> dict[str, list[Any]]:
+    """One answered record's signal values: its input's (those the handler recorded, or derived from the
+    recorded input) and its answer's predictions; none when its input's cannot be had (a redacted input,
+    a handler that records none), so every signal is judged on the same requests. Only category names
+    (strings, booleans) and finite numbers are kept."""
+    signals = record.get("signals")
+    if signals == "input":  # the handler left them in the input (signals_from_input)
+        signals = torchship_signals.from_input(kind, record.get("input"), data)
+    if not isinstance(signals, dict):
+        return {}
+    found: dict[str, list[Any]] = {}
+    for name, vs in [*signals.items(), *torchship_signals.predictions(kind, record.get("answer")).items()]:
+        if isinstance(name, str) and isinstance(vs, list):
+            kept = [v if isinstance(v, (str, bool)) else finite(v) for v in vs]
+            found[name] = [v for v in kept if v is not None]
+    return found
 
 
 def _smoothed(counts: np.ndarray) -> np.ndarray:
@@ -202,7 +229,7 @@ def compare_signal(name: str, ref: dict[str, Any], values: list[Any], continuous
             [round(float(x), 4) for x in live_counts / max(n, 1)],
         )
     edges = [float(e) for e in ref["edges"]]
-    numbers = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    numbers = [v for v in map(finite, values) if v is not None]
     n = len(numbers)
     live_counts = torchship_signals.histogram(numbers, edges).astype(np.float64)
     k = max(continuous_signals, 1)

@@ -114,24 +114,29 @@ def _named_columns(rows: np.ndarray, prefix: str) -> Signals:
 
 
 def mlp_rows(model_input: Any) -> np.ndarray | None:
-    """The feature rows of a captured mlp input, as its handler reads them ({"data": a row or rows}, an
-    .npy body as the capture records it, or an Open Inference Protocol request's one input, typed as
-    declared); None when they cannot be read (a redacted field, another form)."""
+    """The feature rows of a captured mlp input as its handler reads them, float32 as the model saw them:
+    {"data": a row or rows} (any other field ignored), an .npy body as the capture records it (exactly
+    {"npy": shape, "data": values}: the worker records the signals of a JSON body that looks like one), or
+    an Open Inference Protocol request's one input, typed as declared. None when they cannot be read (a
+    redacted field, another form, values the handler would have refused)."""
     try:
         if _oip().is_v2(model_input):  # the handler reads a v2 request's inputs alone
-            data, shape = _v2_tensor(model_input), None
-        elif isinstance(model_input, dict):
-            data, shape = model_input.get("data"), model_input.get("npy")
+            rows = _v2_tensor(model_input)
+        elif isinstance(model_input, dict) and set(model_input) == {"npy", "data"}:
+            rows = np.asarray(model_input["data"]).reshape([int(d) for d in model_input["npy"]])
+        elif isinstance(model_input, dict) and "data" in model_input:
+            rows = np.asarray(model_input["data"])
         else:
             return None
-        rows = np.asarray(data, dtype=np.float64)
-        if shape is not None:
-            rows = rows.reshape([int(d) for d in shape])
+        if rows.dtype.kind not in "iuf":
+            return None
+        with np.errstate(over="ignore"):
+            rows = rows.astype(np.float32)  # as the handler casts them
     except (TypeError, ValueError, OverflowError):
         return None
     if rows.ndim == 1:
         rows = rows[None]
-    return rows if rows.ndim == 2 and rows.size else None
+    return rows if rows.ndim == 2 and rows.size and np.isfinite(rows).all() else None
 
 
 def _oip() -> Any:

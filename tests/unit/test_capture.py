@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torchship_capture
+import torchship_signals
 
 from tests.unit.handler_context import run_batch, statuses
 from torchship.ops import capture as ops
@@ -355,3 +356,57 @@ def test_a_redacted_body_that_is_not_json_is_neither_recorded_nor_replayed(
     assert b"iVBOR" not in text  # no PNG's base64 anywhere
     assert all(isinstance(r["signals"], dict) for r in records)  # drift still measures them (the worker's)
     assert ops.replay_inputs(records) == []
+
+
+def npy_bytes(array):
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, dtype=np.float32))
+    return buffer.getvalue()
+
+
+def capture_text(tmp_path, model="mlp"):
+    return b"".join(p.read_bytes() for p in (tmp_path / "capture" / model / "1.0").glob("*.jsonl"))
+
+
+def test_under_a_redact_rule_a_request_that_failed_to_read_is_recorded_by_its_size(mlp, tmp_path):
+    """A body that never parsed cannot have its fields redacted: under any rule it is recorded by its
+    size alone (without a rule, as sent: test_nothing_is_captured_until_it_is_turned_on)."""
+    ops.write_settings(tmp_path / "capture", "mlp", "1.0", sample=1.0, redact={"user": "hash", "body": "hash"})
+    torn = '{"user": "alice@example.com", "data": [' + ",".join(["0.25"] * 100) + "]"  # no closing brace
+    bad_npy = npy_bytes([0.101] * 100) + b"\x00"  # one byte too many
+    ctx, _ = run_batch(mlp, [torn, bad_npy])
+    records = captured(tmp_path)
+    assert [r["status"] for r in records] == statuses(ctx, 2) == [400, 400]
+    assert [r["input"] for r in records] == [{"redacted_bytes": len(torn)}, {"redacted_bytes": len(bad_npy)}]
+    text = capture_text(tmp_path)
+    assert b"alice" not in text and b"k0NUTVBZ" not in text  # neither the user nor the .npy's base64
+
+
+def test_signals_that_are_the_input_are_not_recorded_beside_its_redaction(mlp, tmp_path):
+    """mlp's drift signals are its features: with them redacted (a field rule, or `body` on an .npy
+    body) the record holds them nowhere, and drift reads only what the record holds; a rule on another
+    field keeps them measured."""
+    import numpy as np
+
+    secret = np.round(np.linspace(0.1011, 0.9989, 100), 4).tolist()
+    ops.write_settings(tmp_path / "capture", "mlp", "1.0", sample=1.0, redact={"data": "hash", "body": "drop"})
+    run_batch(mlp, [json.dumps({"data": secret}), npy_bytes(secret)])
+    records = captured(tmp_path)
+    assert [r["status"] for r in records] == [200, 200]
+    assert records[0]["input"]["data"].startswith("hmac:") and records[1]["input"] == {"redacted_bytes": 528}
+    assert all(torchship_signals.from_input("mlp", r["input"]) is None for r in records)  # left out of drift
+    text = capture_text(tmp_path)
+    assert not any(b"%g" % v in text for v in secret[1:-1])
+    # a handler of your own whose signals are the features, not derived where drift is measured
+    mlp.__class__ = type("OwnMLP", (type(mlp),), {"signals_from_input": False})
+    ops.write_settings(tmp_path / "capture", "mlp", "1.0", sample=1.0, redact={"user": "hash", "data": "hash"})
+    run_batch(mlp, [json.dumps({"user": "bob", "data": secret})])
+    assert "signals" not in captured(tmp_path)[-1]
+    ops.write_settings(tmp_path / "capture", "mlp", "1.0", sample=1.0, redact={"user": "hash"})
+    run_batch(mlp, [json.dumps({"user": "bob", "data": secret})])
+    kept = captured(tmp_path)[-1]
+    assert kept["input"]["user"].startswith("hmac:") and kept["signals"]["x1"] == [secret[1]]

@@ -466,3 +466,63 @@ def test_the_last_records_come_from_each_files_end(tmp_path):
     assert [r["time"] for r in read_records(tmp_path, last=5)] == [195, 196, 197, 198, 199]
     everything = read_records(tmp_path)
     assert len(everything) == 201 and everything[-7:] == read_records(tmp_path, last=7)
+
+
+def test_mlp_is_measured_on_what_the_model_was_given(mlp_run, tmp_path_factory, tmp_path):
+    """Drift reads mlp's recorded rows as the handler casts them (float32: a value rounds as the model saw
+    it), and a JSON body shaped like the record of an .npy one ({"data", "npy"}, whose "npy" the handler
+    ignores) keeps the worker's own signals: no client can make drift measure rows the model never saw."""
+    from tests.conftest import load_handler
+
+    mlp = load_handler(mlp_run, "mlp_handler", "MLPHandler", tmp_path_factory)
+    row, edge = [0.25] * 99, 0.12344999984  # 0.1234 to 4 digits, 0.1235 as the float32 the model saw
+    bodies = [
+        json.dumps({"data": [edge, *row]}),
+        json.dumps({"data": [1e-46, *row]}),  # 0 in float32
+        v2_body([edge, *row], "FP64", (1, 100)),
+        json.dumps({"data": [[0.25] * 100, [0.5] * 100], "npy": [100, 2]}),  # not 100 rows of 2
+        json.dumps({"data": [0.25] * 100, "npy": [7]}),  # not unreadable
+    ]
+    records, own = captured_signals(mlp, "mlp", bodies, tmp_path)
+    assert [r["status"] for r in records] == [200] * 5
+    assert own[0]["x0"] == [0.1235] and own[1]["x0"] == [0.0] and len(own[3]["rms"]) == 2
+    assert [r["signals"] for r in records[:3]] == ["input"] * 3
+    assert [torchship_signals.from_input("mlp", r["input"]) for r in records[:3]] == own[:3]
+    assert [r["signals"] for r in records[3:]] == own[3:]  # the worker's own
+
+
+def good_mlp_records(n):
+    answer = {"class_id": 1, "probabilities": [0.1] * 10}
+    return [
+        {"model": "mlp", "version": "1.0", "time": 1.0 + i, "status": 200, "signals": "input"}
+        | {"input": {"data": [0.25] * 100}, "answer": answer}
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[" * 1500 + "]" * 1500,  # 2 KB nested past the parser's recursion
+        '{"time": 1' + "0" * 400 + ', "status": 200}',  # no float holds it
+        '{"time": 999, "status": 200, "signals": {"rms": [1' + "0" * 400 + "]}}",
+        '{"time": 999, "status": 200, "signals": {}, "answer": {"class_id": 0, "probabilities": [1' + "0" * 400 + "]}}",
+        '{"time": 999, "status": 200, "signals": {}, "answer": {"class_id": 0, "probabilities": ["x"]}}',
+        '{"time": 999, "status": 200, "signals": {}, "answer": {"label": [1], "probabilities": {}}}',
+        '{"time": 999, "status": 200, "signals": {"rms": {"a": 1}, "7": [null, NaN, true]}}',
+    ],
+)
+def test_a_crafted_record_is_left_out_not_the_measurement(mlp_run, tmp_path, line):
+    """A capture file is anyone's to write: a line drift cannot use costs that line, never the report
+    (`torchship drift`) nor the workers' metric."""
+    import torchship_drift
+
+    folder = torchship_capture.folder(tmp_path / "capture", "mlp", "1.0")
+    folder.mkdir(parents=True)
+    text = "".join(json.dumps(r) + "\n" for r in good_mlp_records(250)) + line + "\n"
+    (folder / "capture-20260101T000000-000000000-1.jsonl").write_text(text)
+    rep = drift_ops.drift(tmp_path / "capture", archive_of(mlp_run, tmp_path), "mlp", "1.0", window=500)
+    assert rep.records in (250, 251) and rep.first is not None and rep.first >= 1.0
+    reference = json.loads((mlp_run / "meta.json").read_text())["reference"]
+    measured = torchship_drift.DriftGauge(folder, reference, "mlp", "1.0").measure(500)
+    assert measured is not None and measured[2] == rep.records

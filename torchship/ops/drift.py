@@ -43,6 +43,7 @@ from torchship.handlers.torchship_drift import (  # the comparison, shared with 
     SignalDrift,
     compare,
     compare_signal,
+    finite,
     live_values,
 )
 from torchship.sdk.errors import BadInput
@@ -184,7 +185,7 @@ def drift(
             + f"; drift needs at least {min_records}: turn capture on (torchship capture {name} --sample F) "
             "and let traffic flow"
         )
-    times = [float(r["time"]) for r in recs if isinstance(r.get("time"), (int, float))]
+    times = [t for t in (finite(r.get("time")) for r in recs) if t]
     report = DriftReport(
         name,
         version,
