@@ -198,7 +198,7 @@ def in_process(archive: Path, folder: Path, body: object, sample: float, batches
         handler.capture = torchship_capture.Capture(root, "m", "1.0")
         handlers[label] = handler
     sent = body if isinstance(body, bytes) else json.dumps(body).encode()  # a PNG as it is, else JSON
-    data = [{"body": sent} for _ in range(8)]
+    data = [{"body": bytearray(sent)} for _ in range(8)]  # as a worker receives a body
     times: dict[str, list[float]] = {"off": [], "on": []}
     for _ in range(3):
         for label, handler in handlers.items():

@@ -338,7 +338,8 @@ class BatchHandler:
         # the loop's lookups are hoisted: this runs for every sampled request
         line, input_bytes, answer_bytes = capture.line, capture.input_bytes, torchship_capture.answer_bytes
         kept, inputs, results = batch.captured, batch.inputs, batch.results
-        request_id, status = context.get_request_id, context.get_response_status
+        # each request's id and status as the context's getters read them, without their calls
+        ids, processors = context.request_ids or {}, context.request_processor
         # drift derives the signals from the recorded input, unless capture redacts a field (it may be this
         # one): then the worker works them out, unless they would reveal what was redacted
         rules = capture.settings.get("redact")
@@ -370,8 +371,8 @@ class BatchHandler:
                 lines.append(
                     line(
                         head,
-                        request_id(idx),
-                        int(status(idx)[0] or 200),
+                        ids.get(idx),
+                        int(processors[idx].get_response_status_code() or 200),
                         record,
                         answer_bytes(results[idx]),
                         signals,

@@ -142,19 +142,20 @@ def json_bytes(value: Any) -> bytes:
     return to_json(value).encode("utf-8")
 
 
-def as_sent(raw: Any) -> bytes | None:
+def as_sent(raw: Any) -> bytes | bytearray | None:
     """`raw` itself (or its size, when over MAX_FIELD_BYTES) when it can go into a record as it is: the
     bytes of a JSON object or list on one line of ASCII (what every client sends a JSON body as; the
-    handler has parsed it already). None otherwise: it is encoded from its decoded value instead."""
-    if type(raw) is not bytes:  # (bytes is the common case: checked first, it runs for every record)
-        if not isinstance(raw, (bytes, bytearray)):
-            return None
-        raw = bytes(raw)
+    handler has parsed it already). None otherwise: it is encoded from its decoded value instead.
+
+    A bytearray (how a worker receives a body) is returned as it is, not copied: a record is formatted
+    with it before the batch returns."""
+    if type(raw) is not bytes and type(raw) is not bytearray:
+        return None
     if not raw.startswith(_OPENERS):
         return None
     if len(raw) > MAX_FIELD_BYTES:  # recorded by its size, as any field over the bound (and never scanned)
         return b'{"omitted_bytes":%d}' % len(raw)
-    if raw.isascii() and b"\n" not in raw and b"\r" not in raw:
+    if raw.isascii() and 10 not in raw and 13 not in raw:  # no "\n" nor "\r" (a byte's search: 10x a substring's)
         return raw
     return None
 

@@ -31,7 +31,15 @@ def run_batch(handler, bodies: list, headers: list[dict] | None = None) -> tuple
     if headers is not None:
         ctx.request_processor = [RequestProcessor(h or {}) for h in headers]
     ctx.request_ids = {i: f"req-{i}" for i in range(len(bodies))}
-    return ctx, handler.handle([{"body": b} for b in bodies], ctx)
+    return ctx, handler.handle([{"body": as_received(b)} for b in bodies], ctx)
+
+
+def as_received(body):
+    """A body as a worker receives it: the bytes sent, in a bytearray (the handlers turn off TorchServe's
+    decoding of JSON and text bodies); anything else as it is."""
+    if isinstance(body, str):
+        return bytearray(body.encode("utf-8"))
+    return bytearray(body) if isinstance(body, bytes) else body
 
 
 def run_stream(handler, bodies: list, headers: list[dict] | None = None) -> tuple[list[int], list]:
