@@ -4,6 +4,7 @@ TorchServe of its own, so that its logs hold only what this module did)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -170,4 +171,7 @@ def test_a_cause_written_after_much_output_is_still_named(logs_server, store):
             assert info.value.cause is not None, info.value
             assert info.value.cause.line == "RuntimeError: chatty_failing_handler: the last part is missing"
         finally:
-            c.unregister("chatty", "1.0")  # TorchServe keeps it, retrying its worker (deploy removes it)
+            # TorchServe removes a model whose first worker failed when its answer to the registration
+            # says so, and otherwise keeps it, retrying the worker: which, depends on timing
+            with contextlib.suppress(E.ModelNotFound):
+                c.unregister("chatty", "1.0")
