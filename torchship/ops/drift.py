@@ -121,12 +121,8 @@ def read_reference(archive: Path) -> tuple[dict[str, Any], str | None]:
     if not archive.is_file():
         raise BadInput(f"no archive {archive}: drift compares with the reference packed in it")
     try:
-        with zipfile.ZipFile(archive) as zf:
-            info = next((i for i in zf.infolist() if i.filename == "meta.json"), None)
-            if info is None or info.file_size > MAX_META_BYTES:
-                meta: dict[str, Any] = {}
-            else:
-                meta = json.loads(zf.read(info))
+        content = _member(archive, "meta.json")
+        meta: Any = {} if content is None else json.loads(content)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise BadInput(f"{archive.name} is not a readable archive: {exc}") from None
     reference = meta.get("reference") if isinstance(meta, dict) else None
@@ -147,12 +143,17 @@ def read_input_data(archive: Path, kind: str) -> Any:
     if member is None:
         return None
     try:
-        with zipfile.ZipFile(archive) as zf:
-            info = next((i for i in zf.infolist() if i.filename == member), None)
-            content = zf.read(info) if info is not None and info.file_size <= MAX_META_BYTES else None
-        return torchship_signals.input_data(kind, content)
+        return torchship_signals.input_data(kind, _member(archive, member))
     except (zipfile.BadZipFile, OSError, ValueError):
         return None
+
+
+def _member(archive: Path, name: str) -> bytes | None:
+    """A top-level member of the archive, read as data (a zip read: nothing of the archive runs); None when
+    it is missing or over MAX_META_BYTES. Raises what zipfile raises for an unreadable archive."""
+    with zipfile.ZipFile(archive) as zf:
+        info = next((i for i in zf.infolist() if i.filename == name), None)
+        return zf.read(info) if info is not None and info.file_size <= MAX_META_BYTES else None
 
 
 # ------------------------------------------------------------------ the comparison
